@@ -1,0 +1,160 @@
+"""Runtime configuration (``runtime.toml``) and how it combines with a manifest.
+
+Precedence for per-session settings: the manifest's ``metadata.multiprocess``
+> runtime.toml ``[multiprocess]`` > built-in defaults. Global limits
+(``[limits]``) always win: a manifest asking for more is a validation error.
+
+Example ``runtime.toml`` (every key optional)::
+
+    [server]
+    listen = "127.0.0.1:50051"
+
+    [limits]
+    max_sessions = 64
+    max_processes = 64
+    max_processes_per_session = 16
+
+    [multiprocess]
+    channel_capacity = 100
+    init_timeout_secs = 30
+    grace_period_secs = 2.0
+    warm_pool = 0
+
+    [routing]
+    default = "inprocess"
+    explicit = { SpeechRecognitionNode = "multiprocess" }
+    rules = [{ pattern = "*Model*", executor = "multiprocess", priority = 20 }]
+
+    [nodes]
+    modules = ["my_company.pipeline_nodes"]
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+from ._errors import ConfigError
+
+__all__ = [
+    "LimitsConfig",
+    "MultiprocessDefaults",
+    "NodesConfig",
+    "RoutingConfig",
+    "RoutingRuleConfig",
+    "RuntimeConfig",
+    "ServerConfig",
+    "load_config",
+]
+
+Executor = Literal["inprocess", "multiprocess"]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    pass
+
+
+class ServerConfig(_Section, frozen=True):
+    listen: str = "127.0.0.1:50051"
+    max_message_bytes: PositiveInt = 64 * 1024 * 1024
+    tls_cert: str = ""
+    tls_key: str = ""
+    auth_token: str = ""
+    """Bearer token clients must send; empty disables auth. Prefer ``auth_token_env``."""
+    auth_token_env: str = ""
+    """Name of an environment variable holding the bearer token."""
+    drain_timeout_secs: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    metrics_interval_secs: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+
+
+class LimitsConfig(_Section, frozen=True):
+    max_sessions: PositiveInt = 64
+    max_processes: PositiveInt = 64
+    """Worker processes across all sessions of this runtime."""
+    max_processes_per_session: PositiveInt = 16
+    """The cap no manifest may exceed."""
+
+
+class MultiprocessDefaults(_Section, frozen=True):
+    max_processes_per_session: PositiveInt = 10
+    channel_capacity: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 100
+    init_timeout_secs: Annotated[float, msgspec.Meta(ge=1, le=300)] = 30.0
+    enable_backpressure: bool = True
+    python_executable: str = ""
+    grace_period_secs: Annotated[float, msgspec.Meta(ge=0, le=60)] = 2.0
+    worker_type: Literal["forkserver", "spawn"] = "forkserver"
+    warm_pool: Annotated[int, msgspec.Meta(ge=0, le=256)] = 0
+    slot_count: Annotated[int, msgspec.Meta(ge=2, le=1024)] = 8
+    slot_size: Annotated[int, msgspec.Meta(ge=4096)] = 256 * 1024
+    checksums: bool = False
+
+
+class RoutingRuleConfig(_Section, frozen=True):
+    pattern: str
+    executor: Executor
+    priority: int = 0
+
+
+class RoutingConfig(_Section, frozen=True):
+    default: Executor = "inprocess"
+    seed_rule: bool = True
+    """The seed's rule: node types named ``*Node`` with no declared executor go to multiprocess."""
+    explicit: dict[str, Executor] = msgspec.field(default_factory=dict)
+    rules: list[RoutingRuleConfig] = msgspec.field(default_factory=list)
+
+
+class NodesConfig(_Section, frozen=True):
+    modules: list[str] = msgspec.field(default_factory=list)
+    entry_points: bool = True
+    testing: bool = False
+    """Register the fault-injection nodes of ``nursery_pipes.testing`` (never in production)."""
+
+
+class RuntimeConfig(_Section, frozen=True):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    multiprocess: MultiprocessDefaults = msgspec.field(default_factory=MultiprocessDefaults)
+    routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
+    nodes: NodesConfig = msgspec.field(default_factory=NodesConfig)
+
+    def __post_init__(self) -> None:
+        cap = self.limits.max_processes_per_session
+        if self.multiprocess.max_processes_per_session > cap:
+            raise ValueError(
+                f"multiprocess.max_processes_per_session ({self.multiprocess.max_processes_per_session}) "
+                f"exceeds limits.max_processes_per_session ({cap})"
+            )
+
+    def auth_token_value(self) -> str:
+        if self.server.auth_token_env:
+            return os.environ.get(self.server.auth_token_env, "")
+        return self.server.auth_token
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, text: str | None = None) -> RuntimeConfig:
+    """Load runtime.toml (or defaults when ``path`` and ``text`` are None)."""
+    if path is None and text is None:
+        return RuntimeConfig()
+    where = os.fspath(path) if path is not None else "<runtime.toml>"
+    if text is None:
+        try:
+            text = Path(where).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {where}: {exc.strerror}") from exc
+    try:
+        return msgspec.toml.decode(text, type=RuntimeConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{where}: {_locate(str(exc))}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{where}: invalid TOML: {exc}") from None
+
+
+def _locate(message: str) -> str:
+    head, sep, tail = message.partition(" - at `$")
+    if not sep:
+        return message
+    return f"[{tail.rstrip('`').lstrip('.')}] {head}"

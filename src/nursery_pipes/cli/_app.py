@@ -1,0 +1,202 @@
+"""The ``nursery-pipes`` command line (typer + rich).
+
+Exit codes: 0 success; 1 the pipeline failed while running (a node error,
+named); 2 a user mistake (bad manifest, config, input file or flag) — nothing
+was started. No traceback is shown for a user mistake.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .._config import RuntimeConfig, load_config
+from .._errors import ManifestError, NurseryPipesError, SessionError
+from ..manifest import Manifest
+from ..runtime import Runtime
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="nursery-pipes",
+    help="Run media/ML pipeline manifests under trio supervision.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+console = Console(stderr=True)
+out = Console()
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="runtime.toml to use (limits, routing, node modules).", dir_okay=False
+    ),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+T = TypeVar("T")
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _guard(fn: Callable[[], T], *, as_json: bool = False) -> T:
+    """Run ``fn``; turn our errors into a message and an exit code (never a traceback)."""
+    try:
+        return fn()
+    except ManifestError as exc:
+        if as_json:
+            out.print_json(
+                data={"valid": False, "errors": [{"path": i.path, "message": i.message} for i in exc.issues]}
+            )
+            raise typer.Exit(2) from None
+        _print_manifest_error(exc)
+        raise typer.Exit(2) from None
+    except SessionError as exc:
+        _fail(str(exc), 1)
+    except NurseryPipesError as exc:
+        _fail(str(exc), 2)
+
+
+def _print_manifest_error(exc: ManifestError) -> None:
+    where = f" {exc.source}" if exc.source else ""
+    count = len(exc.issues)
+    console.print(
+        f"[bold red]invalid manifest{where}:[/] {count} problem{'s' * (count != 1)}", highlight=False
+    )
+    for issue in exc.issues:
+        path = f"[cyan]{issue.path}[/]: " if issue.path else ""
+        console.print(f"  • {path}{issue.message}", highlight=False)
+
+
+def _runtime(config_path: Path | None) -> Runtime:
+    config = load_config(config_path) if config_path else RuntimeConfig()
+    return Runtime(config)
+
+
+@app.command()
+def validate(
+    manifest: Annotated[Path, typer.Argument(help="Manifest JSON file.", dir_okay=False)],
+    config: ConfigOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Check a manifest; list every problem with its JSON path (exit 2 if invalid)."""
+
+    def check() -> Manifest:
+        return _runtime(config).manifest(manifest)
+
+    m = _guard(check, as_json=as_json)
+    if as_json:
+        out.print_json(
+            data={"valid": True, "name": m.name, "nodes": len(m.nodes), "connections": len(m.connections)}
+        )
+    else:
+        console.print(
+            f"[green]✓[/] {manifest}: valid — {m.name!r}, {len(m.nodes)} nodes, "
+            f"{len(m.connections)} connections",
+            highlight=False,
+        )
+
+
+@app.command()
+def nodes(config: ConfigOption = None, as_json: JsonFlag = False) -> None:
+    """List the registered node types with their default executor and params."""
+    runtime = _guard(lambda: _runtime(config))
+    infos = [runtime.registry.info(name) for name in runtime.registry]
+    if as_json:
+        out.print_json(
+            data=[
+                {
+                    "node_type": i.node_type,
+                    "executor": i.executor,
+                    "accepts": list(i.accepts),
+                    "produces": list(i.produces),
+                    "params": list(i.params),
+                    "description": i.description,
+                    "origin": i.origin,
+                }
+                for i in infos
+            ]
+        )
+        return
+    table = Table(title="Registered node types", show_lines=False)
+    for column in ("node type", "executor", "in → out", "params", "description"):
+        table.add_column(column)
+    for i in infos:
+        params = ", ".join(_param_text(p) for p in i.params) or "—"
+        kinds = f"{_kinds(i.accepts)} → {_kinds(i.produces)}"
+        table.add_row(i.node_type, i.executor or "(routing rules)", kinds, params, i.description)
+    out.print(table)
+
+
+def _param_text(p: dict[str, Any]) -> str:
+    if p["required"]:
+        return f"{p['name']}: {p['type']} (required)"
+    return f"{p['name']}: {p['type']} = {json.dumps(p['default'])}"
+
+
+def _kinds(kinds: tuple[str, ...]) -> str:
+    return "any" if len(kinds) == 6 else "/".join(kinds)
+
+
+@app.command()
+def run(
+    manifest: Annotated[Path, typer.Argument(help="Manifest JSON file.", dir_okay=False)],
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input",
+            "-i",
+            help="NODE=FILE: feed FILE to source node NODE (WAV/FLAC, .json, .jsonl, .txt, other bytes). Repeatable.",
+        ),
+    ] = None,
+    output_dir: Annotated[
+        Path | None,
+        typer.Option("--output-dir", "-o", help="Write each sink's output here.", file_okay=False),
+    ] = None,
+    chunk_ms: Annotated[
+        float, typer.Option(help="Split audio inputs into chunks of this many ms (0: one frame).", min=0)
+    ] = 20.0,
+    config: ConfigOption = None,
+    as_json: JsonFlag = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show a failing node's traceback.")
+    ] = False,
+) -> None:
+    """Run a manifest locally on input files and print (and optionally save) the sink outputs."""
+    from ._run import run_local
+
+    code = run_local(
+        manifest=manifest,
+        input_specs=inputs or [],
+        output_dir=output_dir,
+        chunk_ms=chunk_ms,
+        runtime_factory=lambda: _runtime(config),
+        as_json=as_json,
+        verbose=verbose,
+        console=console,
+        out=out,
+        guard=_guard,
+    )
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        sys.exit(130)

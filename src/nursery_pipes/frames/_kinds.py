@@ -1,0 +1,126 @@
+"""Frame kinds and sample/pixel/tensor formats.
+
+The integer values are the remotemedia.v1 wire numbers (``DataBuffer`` oneof
+field numbers, ``AudioFormat``, ``PixelFormat``, ``TensorDtype``), so they can
+be copied across the gRPC boundary and into shared-memory slot headers as is.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+
+__all__ = ["AudioFormat", "FrameKind", "PixelFormat", "TensorDtype"]
+
+
+class FrameKind(enum.IntEnum):
+    """What a frame carries. Values match the ``DataBuffer.data_type`` oneof numbers."""
+
+    AUDIO = 1
+    VIDEO = 2
+    TENSOR = 3
+    JSON = 4
+    TEXT = 5
+    BINARY = 6
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, value: str | FrameKind) -> FrameKind:
+        if isinstance(value, FrameKind):
+            return value
+        try:
+            return cls[value.upper()]
+        except KeyError:
+            choices = ", ".join(k.label for k in cls)
+            raise ValueError(f"unknown frame kind {value!r} (expected one of {choices})") from None
+
+
+class AudioFormat(enum.IntEnum):
+    """Sample format of interleaved PCM audio."""
+
+    F32 = 1
+    I16 = 2
+    I32 = 3
+
+    @property
+    def dtype(self) -> np.dtype[np.generic]:
+        return np.dtype(_AUDIO_DTYPES[self])
+
+    @classmethod
+    def from_dtype(cls, dtype: np.dtype[np.generic]) -> AudioFormat:
+        for fmt, name in _AUDIO_DTYPES.items():
+            if np.dtype(name) == dtype:
+                return fmt
+        raise ValueError(f"audio samples must be float32, int16 or int32, not {dtype}")
+
+    @classmethod
+    def parse(cls, value: str | int | AudioFormat) -> AudioFormat:
+        if isinstance(value, str):
+            try:
+                return cls[value.upper()]
+            except KeyError:
+                raise ValueError(f"unknown audio format {value!r} (expected f32, i16 or i32)") from None
+        return cls(value)
+
+
+_AUDIO_DTYPES = {AudioFormat.F32: "<f4", AudioFormat.I16: "<i2", AudioFormat.I32: "<i4"}
+
+
+class PixelFormat(enum.IntEnum):
+    """Pixel layout of a video frame (8 bits per channel)."""
+
+    RGB24 = 1
+    RGBA32 = 2
+    YUV420P = 3
+    GRAY8 = 4
+
+    def byte_length(self, width: int, height: int) -> int:
+        if self is PixelFormat.YUV420P:
+            chroma = ((width + 1) // 2) * ((height + 1) // 2)
+            return width * height + 2 * chroma
+        return width * height * _PIXEL_CHANNELS[self]
+
+    def array_shape(self, width: int, height: int) -> tuple[int, ...]:
+        if self is PixelFormat.YUV420P:
+            return (self.byte_length(width, height),)
+        if self is PixelFormat.GRAY8:
+            return (height, width)
+        return (height, width, _PIXEL_CHANNELS[self])
+
+
+_PIXEL_CHANNELS = {PixelFormat.RGB24: 3, PixelFormat.RGBA32: 4, PixelFormat.GRAY8: 1}
+
+
+class TensorDtype(enum.IntEnum):
+    """Element type of a tensor frame."""
+
+    F32 = 1
+    F16 = 2
+    I32 = 3
+    I8 = 4
+    U8 = 5
+
+    @property
+    def dtype(self) -> np.dtype[np.generic]:
+        return np.dtype(_TENSOR_DTYPES[self])
+
+    @classmethod
+    def from_dtype(cls, dtype: np.dtype[np.generic]) -> TensorDtype:
+        for fmt, name in _TENSOR_DTYPES.items():
+            if np.dtype(name) == dtype:
+                return fmt
+        allowed = "float32, float16, int32, int8, uint8"
+        raise ValueError(f"tensor dtype must be one of {allowed}, not {dtype}")
+
+
+_TENSOR_DTYPES = {
+    TensorDtype.F32: "<f4",
+    TensorDtype.F16: "<f2",
+    TensorDtype.I32: "<i4",
+    TensorDtype.I8: "i1",
+    TensorDtype.U8: "u1",
+}

@@ -1,0 +1,17 @@
+"""Pipeline manifests: parsing, validation (all problems at once, with JSON paths) and the graph."""
+
+from ._graph import CycleError, Graph
+from ._manifest import Manifest
+from ._model import Capabilities, ConnectionSpec, MultiprocessConfig, NodeSpec
+from ._validate import load_schema
+
+__all__ = [
+    "Capabilities",
+    "ConnectionSpec",
+    "CycleError",
+    "Graph",
+    "Manifest",
+    "MultiprocessConfig",
+    "NodeSpec",
+    "load_schema",
+]

@@ -1,0 +1,101 @@
+"""Typed shape of a v1 manifest (msgspec structs), mirroring ``schema/manifest.v1.schema.json``.
+
+The two are kept in agreement by ``tests/test_manifest_schema.py``: the structs
+give a fast typed decode for valid manifests, the JSON Schema gives every
+structural error at once (with its path) for invalid ones, and is shipped for
+editors and other tools.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+__all__ = [
+    "Capabilities",
+    "ConnectionSpec",
+    "CpuRequirement",
+    "GpuRequirement",
+    "ManifestDoc",
+    "MetadataDoc",
+    "MultiprocessConfig",
+    "NodeSpec",
+]
+
+Executor = Literal["inprocess", "multiprocess"]
+DataType = Literal["audio", "video", "tensor", "json", "text", "binary", "any"]
+NODE_ID_PATTERN = "^[a-zA-Z0-9_-]+$"
+HOST_PATTERN = r"^[^\s:]+:[0-9]{1,5}$"
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, omit_defaults=True):
+    pass
+
+
+class GpuRequirement(_Strict, frozen=True):
+    type: Literal["cuda", "rocm", "metal", "vulkan", "any"] = "any"
+    min_memory_gb: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    required: bool = False
+
+
+class CpuRequirement(_Strict, frozen=True):
+    cores: Annotated[int, msgspec.Meta(ge=1)] = 1
+    arch: Literal["x86_64", "aarch64", "arm", "any"] = "any"
+
+
+class Capabilities(_Strict, frozen=True):
+    gpu: GpuRequirement | None = None
+    cpu: CpuRequirement | None = None
+    memory_gb: Annotated[float, msgspec.Meta(ge=0)] | None = None
+
+
+class MultiprocessConfig(_Strict, frozen=True):
+    """``metadata.multiprocess``: per-session settings; unset fields fall back to runtime.toml."""
+
+    max_processes_per_session: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    channel_capacity: Annotated[int, msgspec.Meta(ge=1, le=10000)] | None = None
+    init_timeout_secs: Annotated[float, msgspec.Meta(ge=1, le=300)] | None = None
+    python_executable: str | None = None
+    enable_backpressure: bool | None = None
+    executor_overrides: dict[str, Executor] = msgspec.field(default_factory=dict)
+
+
+class NodeSpec(_Strict, frozen=True):
+    """One node of a manifest."""
+
+    id: Annotated[str, msgspec.Meta(pattern=NODE_ID_PATTERN)]
+    node_type: Annotated[str, msgspec.Meta(min_length=1)]
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+    capabilities: Capabilities | None = None
+    host: Annotated[str, msgspec.Meta(pattern=HOST_PATTERN)] | None = None
+    is_streaming: bool = False
+    runtime_hint: Literal["rustpython", "cpython", "cpython_wasm", "auto"] | None = None
+    input_types: list[DataType] = msgspec.field(default_factory=list)
+    output_types: list[DataType] = msgspec.field(default_factory=list)
+
+
+class ConnectionSpec(_Strict, frozen=True):
+    """A directed edge ``from`` → ``to`` between node ids."""
+
+    from_: Annotated[str, msgspec.Meta(min_length=1)] = msgspec.field(name="from")
+    to: Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class MetadataDoc(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    # Unknown keys are allowed here (kept separately by the parser), so no forbid_unknown_fields.
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    description: str = ""
+    created_at: str = ""
+    multiprocess: MultiprocessConfig | None = None
+
+
+class ManifestDoc(_Strict, frozen=True):
+    version: Literal["v1"]
+    metadata: MetadataDoc
+    nodes: Annotated[list[NodeSpec], msgspec.Meta(min_length=1)]
+    connections: list[ConnectionSpec]
+    schema: str | None = msgspec.field(default=None, name="$schema")
+
+
+METADATA_KEYS = frozenset(f.encode_name for f in msgspec.structs.fields(MetadataDoc))

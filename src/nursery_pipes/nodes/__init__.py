@@ -1,0 +1,22 @@
+"""The node API, the registry of node types, and executor routing."""
+
+from ._base import ALL_KINDS, Node, NodeContext, NoParams, Params, ProgressReporter
+from ._registry import NodeInfo, NodeRegistry, default_registry, register_node
+from ._routing import Assignment, RoutingRule, RoutingTable, route
+
+__all__ = [
+    "ALL_KINDS",
+    "Assignment",
+    "NoParams",
+    "Node",
+    "NodeContext",
+    "NodeInfo",
+    "NodeRegistry",
+    "Params",
+    "ProgressReporter",
+    "RoutingRule",
+    "RoutingTable",
+    "default_registry",
+    "register_node",
+    "route",
+]

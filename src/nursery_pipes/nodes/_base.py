@@ -1,0 +1,170 @@
+"""The node API: what a pipeline node is, seen from the code that writes one.
+
+A node is a class with typed params and four hooks, each sync or async::
+
+    class Gain(Node[GainParams]):
+        accepts = produces = frozenset({FrameKind.AUDIO})
+
+        def process(self, frame):          # 0..N outputs per input
+            return replace(frame, samples=frame.samples * self.params.gain)
+
+- ``initialize(progress)``: load models; may call ``progress(fraction, message)``.
+- ``process(frame)``: return ``None``, one frame, an iterable of frames, or be a
+  (sync or async) generator that yields frames as they are ready (streaming).
+- ``flush()``: end of stream; same return forms as ``process``.
+- ``cleanup()``: release resources; always called once ``initialize`` began.
+
+Params are a :class:`Params` struct (msgspec) given as the generic argument:
+``Node[GainParams]`` makes ``GainNode.Params`` that struct and ``self.params``
+an instance of it, validated before the session starts.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar, get_args
+
+import msgspec
+
+from ..frames import Frame, FrameKind
+
+__all__ = [
+    "ALL_KINDS",
+    "ExecutorName",
+    "NoParams",
+    "Node",
+    "NodeContext",
+    "Params",
+    "ProcessResult",
+    "ProgressReporter",
+]
+
+ExecutorName = Literal["inprocess", "multiprocess"]
+EXECUTOR_NAMES: tuple[ExecutorName, ...] = ("inprocess", "multiprocess")
+
+ALL_KINDS: frozenset[FrameKind] = frozenset(FrameKind)
+
+
+class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    # Note for subclasses: msgspec applies kw_only per class; pass `kw_only=True` in a
+    # subclass that puts a required field after one with a default.
+    """Base for node parameter structs. Fields are typed; give each a default unless required.
+
+    Constraints use ``typing.Annotated[int, msgspec.Meta(ge=1)]``; cross-field checks go in
+    ``__post_init__`` (raise ``ValueError`` with a message naming the field).
+    """
+
+
+class NoParams(Params):
+    """For nodes that take no params."""
+
+
+P = TypeVar("P", bound=Params)
+
+ProcessResult = (
+    Frame | Iterable[Frame] | AsyncIterator[Frame] | Awaitable[Frame | Iterable[Frame] | None] | None
+)
+
+
+class ProgressReporter(Protocol):
+    """``progress(0.4, "loading weights")``: fraction in 0..1 and an optional message."""
+
+    def __call__(self, fraction: float, message: str = "") -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NodeContext:
+    """What a node knows about where it runs."""
+
+    node_id: str
+    node_type: str
+    session_id: str
+    executor: ExecutorName
+    logger: logging.Logger
+
+
+class Node(Generic[P]):
+    """Base class of every pipeline node. See the module docstring for the contract."""
+
+    node_type: ClassVar[str]
+    """Name used in manifests; defaults to the class name."""
+    Params: ClassVar[type[Params]] = NoParams
+    accepts: ClassVar[frozenset[FrameKind]] = ALL_KINDS
+    produces: ClassVar[frozenset[FrameKind]] = ALL_KINDS
+    executor: ClassVar[ExecutorName | None] = None
+    """Preferred executor; ``None`` lets the routing rules decide."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "node_type" not in cls.__dict__:
+            cls.node_type = cls.__name__
+        params = _params_from_generic(cls)
+        if params is not None and "Params" not in cls.__dict__:
+            cls.Params = params
+
+    def __init__(self, params: P, context: NodeContext) -> None:
+        self.params: P = params
+        self.context = context
+
+    @property
+    def log(self) -> logging.Logger:
+        return self.context.logger
+
+    def initialize(self, progress: ProgressReporter) -> Awaitable[None] | None:
+        """Prepare (load models, open devices). Runs once, before any frame."""
+        return None
+
+    def process(self, frame: Frame) -> ProcessResult:
+        """Turn one input frame into 0..N output frames."""
+        raise NotImplementedError(f"{type(self).__name__} must implement process()")
+
+    def flush(self) -> ProcessResult:
+        """End of stream: emit whatever is still buffered."""
+        return None
+
+    def cleanup(self) -> Awaitable[None] | None:
+        """Release resources. Called once initialize() has begun, whatever happened after."""
+        return None
+
+    @classmethod
+    def description(cls) -> str:
+        doc = inspect.getdoc(cls) or ""
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def _params_from_generic(cls: type) -> type[Params] | None:
+    for base in cls.__dict__.get("__orig_bases__", ()):
+        args = get_args(base)
+        if args and isinstance(args[0], type) and issubclass(args[0], Params):
+            return args[0]
+    return None
+
+
+def param_fields(params: type[Params]) -> tuple[msgspec.structs.FieldInfo, ...]:
+    return msgspec.structs.fields(params)
+
+
+def describe_params(params: type[Params]) -> list[dict[str, Any]]:
+    """Name, type and default of each param, for ``nursery-pipes nodes`` and GetVersion."""
+    rows = []
+    for f in param_fields(params):
+        default: Any = f.default
+        if default is msgspec.NODEFAULT:
+            default = f.default_factory() if f.default_factory is not msgspec.NODEFAULT else None
+            required = f.default_factory is msgspec.NODEFAULT
+        else:
+            required = False
+        rows.append({"name": f.name, "type": _type_name(f.type), "default": default, "required": required})
+    return rows
+
+
+def _type_name(tp: Any) -> str:
+    origin = getattr(tp, "__origin__", None)
+    if origin is not None and getattr(tp, "__metadata__", None) is not None:
+        return _type_name(origin)
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")

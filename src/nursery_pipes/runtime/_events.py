@@ -1,0 +1,137 @@
+"""What a session tells its user, and the queue that carries it.
+
+Events, in the order they happened:
+
+- :class:`NodeProgress` — a node's initialisation progress (starting, loading,
+  ready, failed; 0..1; a message);
+- :class:`Output` — a frame produced by a sink node, with the sequence number
+  of the input that caused it;
+- :class:`StateChanged` — the session moved to a new lifecycle state.
+
+The queue keeps one order for all of them. Outputs count against a bound (a
+client that stops reading slows the pipeline down — backpressure, never a
+drop); control events never block their producer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+import trio
+
+from ..frames import Frame
+from ._states import SessionState
+
+__all__ = ["Event", "EventQueue", "NodeProgress", "Output", "StateChanged"]
+
+ProgressState = Literal["starting", "loading", "ready", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeProgress:
+    node_id: str
+    state: ProgressState
+    progress: float
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    node_id: str
+    frame: Frame
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged:
+    state: SessionState
+    reason: str = ""
+
+
+Event = NodeProgress | Output | StateChanged
+
+
+class EventQueue:
+    """Single-consumer queue: outputs bounded by ``capacity``, control events unbounded."""
+
+    def __init__(self, capacity: float) -> None:
+        self._items: deque[Event] = deque()
+        self._outputs = 0
+        self._capacity = capacity
+        self._closed = False
+        self._discarding = False
+        self._error: BaseException | None = None
+        self._readable = trio.Event()
+        self._writable = trio.Event()
+        self.discarded = 0
+
+    def put_control(self, event: NodeProgress | StateChanged) -> None:
+        if self._closed:
+            return
+        self._items.append(event)
+        self._readable.set()
+
+    async def put_output(self, event: Output) -> None:
+        while not self._discarding and self._outputs >= self._capacity and not self._closed:
+            self._writable = trio.Event() if self._writable.is_set() else self._writable
+            await self._writable.wait()
+        if self._discarding or self._closed:
+            self.discarded += 1
+            await trio.lowlevel.checkpoint()
+            return
+        self._items.append(event)
+        self._outputs += 1
+        self._readable.set()
+        await trio.lowlevel.checkpoint()
+
+    async def get(self) -> Event | None:
+        """The next event; None once the queue is closed and drained.
+
+        Raises the session's error (after everything queued before it) if it failed.
+        """
+        while not self._items:
+            if self._closed:
+                if self._error is not None:
+                    raise self._error
+                return None
+            self._readable = trio.Event()
+            await self._readable.wait()
+        event = self._items.popleft()
+        if isinstance(event, Output):
+            self._outputs -= 1
+            self._writable.set()
+        return event
+
+    def close(self, error: BaseException | None = None) -> None:
+        """No more events. ``error``, if given, is raised by ``get`` after the backlog."""
+        self._closed = True
+        self._error = error
+        self._readable.set()
+        self._writable.set()
+
+    def discard_outputs(self) -> None:
+        """Drop unread outputs and stop queueing new ones (nobody will read them)."""
+        self._discarding = True
+        kept = [e for e in self._items if not isinstance(e, Output)]
+        self.discarded += len(self._items) - len(kept)
+        self._items = deque(kept)
+        self._outputs = 0
+        self._writable.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def statistics(self) -> dict[str, float]:
+        return {
+            "queued": len(self._items),
+            "outputs": self._outputs,
+            "capacity": self._capacity,
+            "discarded": self.discarded,
+        }
+
+
+UNBOUNDED = math.inf

@@ -1,0 +1,162 @@
+"""The in-process executor: a node as a trio task inside the supervisor.
+
+Light nodes live here. Their hooks run on the trio thread (async hooks are
+awaited; sync hooks must be quick), so an in-process node is stopped by
+cancellation alone — there is no process to kill. ``cleanup()`` still runs
+under a shielded scope bounded by the grace period.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import traceback
+from contextlib import aclosing
+from typing import Any
+
+import trio
+
+from .._errors import NodeError, NodeInitTimeout
+from ..frames import Frame
+from ..nodes._base import Node
+from ..nodes._calls import aiter_outputs
+from ._executor import NodeHost, NodePorts
+from ._ports import EndOfStream
+from ._states import NodeEvent
+from ._supervisor import Started
+
+__all__ = ["InProcessExecutor"]
+
+
+def node_failure(node_id: str, phase: str, exc: BaseException) -> NodeError:
+    """Wrap an exception raised by node code, keeping its traceback text."""
+    message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    tb = "".join(traceback.format_exception(exc))
+    return NodeError(node_id, phase, message, remote_traceback=tb)
+
+
+class InProcessExecutor:
+    name = "inprocess"
+
+    async def run_node(self, host: NodeHost, ports: NodePorts, *, task_status: Started) -> None:
+        host.progress("starting", 0.0)
+        host.state.fire(NodeEvent.START)
+        node = host.plan.node_class(host.plan.params, host.context(self.name))
+        began = False
+        try:
+            began = True
+            await self._initialize(node, host)
+            host.state.fire(NodeEvent.INIT_DONE)
+            host.progress("ready", 1.0)
+            task_status.started()
+            await _Pump(node, host, ports).run()
+            host.state.fire(NodeEvent.FINISHED)
+        except NodeError as exc:
+            host.state.fire(NodeEvent.FAIL)
+            if exc.phase == "initialize":
+                host.progress("failed", 0.0, str(exc))
+            raise
+        finally:
+            if began:
+                await _cleanup(node, host)
+
+    async def _initialize(self, node: Node[Any], host: NodeHost) -> None:
+        timeout = host.settings.init_timeout_secs
+        started = time.perf_counter()
+
+        def report(fraction: float, message: str = "") -> None:
+            host.progress("loading", fraction, message)
+
+        try:
+            with trio.fail_after(timeout):
+                result = node.initialize(report)
+                if inspect.isawaitable(result):
+                    await result
+        except trio.TooSlowError:
+            raise NodeInitTimeout(host.node_id, timeout) from None
+        except Exception as exc:
+            raise node_failure(host.node_id, "initialize", exc) from exc
+        finally:
+            host.metrics.init_s = time.perf_counter() - started
+
+
+class _Pump:
+    """Moves frames: inbox → node.process → output ports, then flush and end of stream."""
+
+    def __init__(self, node: Node[Any], host: NodeHost, ports: NodePorts) -> None:
+        assert ports.inbox is not None
+        self.node = node
+        self.host = host
+        self.ports = ports
+        self.inbox = ports.inbox
+        self.last_seq = 0
+        self.accepts = type(node).accepts
+
+    async def run(self) -> None:
+        open_inputs = self.ports.expected_eos
+        metrics = self.host.metrics
+        async for message in self.inbox:
+            if isinstance(message, EndOfStream):
+                open_inputs -= 1
+                if open_inputs == 0:
+                    break
+                continue
+            frame = message.frame
+            if frame.kind not in self.accepts:
+                raise NodeError(
+                    self.host.node_id,
+                    "process",
+                    f"{self.host.plan.node_type} does not accept {frame.kind.label} frames "
+                    f"(accepts {', '.join(sorted(k.label for k in self.accepts))}); it came from {message.source}",
+                )
+            metrics.count_in(frame)
+            self.last_seq = message.seq
+            self.host.state.fire(NodeEvent.FRAME)
+            await self._call("process", self.node.process, frame)
+            self.host.state.fire(NodeEvent.FRAME_DONE)
+        self.host.state.fire(NodeEvent.STOP)
+        await self._call("flush", self.node.flush)
+        for port in self.ports.outputs:
+            await port.end()
+
+    async def _call(self, phase: str, hook: Any, *args: Any) -> None:
+        """Run a hook, forwarding each output as soon as it exists; time only the node's own work."""
+        metrics = self.host.metrics
+        began = time.perf_counter()
+        waiting = 0.0
+        where = f"{self.host.plan.node_type}.{phase}"
+        try:
+            async with aclosing(aiter_outputs(hook(*args), where)) as outputs:
+                async for out in outputs:
+                    paused = time.perf_counter()
+                    await self._emit(out)
+                    waiting += time.perf_counter() - paused
+        except (NodeError, trio.Cancelled):
+            raise
+        except Exception as exc:
+            raise node_failure(self.host.node_id, phase, exc) from exc
+        finally:
+            metrics.processing_s += time.perf_counter() - began - waiting
+
+    async def _emit(self, frame: Frame) -> None:
+        self.host.metrics.count_out(frame)
+        for port in self.ports.outputs:
+            await port.send(self.last_seq, frame)
+
+
+async def _cleanup(node: Node[Any], host: NodeHost) -> None:
+    # Shielded: cleanup must run even when the session is being cancelled,
+    # but never for longer than the grace period.
+    with trio.CancelScope(shield=True), trio.move_on_after(host.settings.grace_period_secs) as scope:
+        try:
+            result = node.cleanup()
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            host.cleanup_error = f"cleanup() raised {type(exc).__name__}: {exc}"
+            host.logger.warning("node %s: %s", host.node_id, host.cleanup_error, exc_info=exc)
+    if scope.cancelled_caught:
+        host.cleanup_error = (
+            f"cleanup() did not finish within the grace period ({host.settings.grace_period_secs:g} s)"
+        )
+        host.logger.warning("node %s: %s", host.node_id, host.cleanup_error)

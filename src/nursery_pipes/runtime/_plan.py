@@ -1,0 +1,254 @@
+"""From a validated manifest to a session plan. Sans-I/O.
+
+Everything decided before anything starts lives here: the effective settings
+(manifest > runtime.toml > defaults, global limits win), each node's executor
+and the reason, each edge's transport, and the limit checks. A plan either
+comes out whole or raises an error naming what is wrong — nothing has been
+spawned yet.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .._config import RuntimeConfig
+from .._errors import InputError, ManifestError, ManifestIssue, ResourceLimitError
+from ..manifest import Manifest
+from ..nodes._base import Node, Params
+from ..nodes._routing import SEED_RULE, Assignment, RoutingRule, RoutingTable, route
+
+__all__ = ["CLIENT", "EdgePlan", "NodePlan", "SessionPlan", "SessionSettings", "plan_session"]
+
+CLIENT = "<client>"
+"""The session's user, as an edge endpoint: it feeds the sources and reads the sinks."""
+
+Transport = Literal["memory", "shm"]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    channel_capacity: int
+    init_timeout_secs: float
+    max_processes: int
+    enable_backpressure: bool
+    grace_period_secs: float
+    python_executable: str
+
+
+@dataclass(frozen=True, slots=True)
+class EdgePlan:
+    src: str
+    dst: str
+    transport: Transport
+
+
+@dataclass(frozen=True, slots=True)
+class NodePlan:
+    node_id: str
+    node_type: str
+    node_class: type[Node[Any]]
+    params: Params
+    assignment: Assignment
+    inputs: tuple[str, ...]
+    """Upstream node ids, or CLIENT for a source."""
+    outputs: tuple[str, ...]
+    """Downstream node ids, or CLIENT for a sink."""
+
+    @property
+    def executor(self) -> str:
+        return self.assignment.executor
+
+    @property
+    def on_supervisor(self) -> bool:
+        """Runs inside the supervisor's trio loop (else in a worker process)."""
+        return self.assignment.executor == "inprocess"
+
+
+@dataclass(frozen=True)
+class SessionPlan:
+    manifest: Manifest
+    settings: SessionSettings
+    nodes: Mapping[str, NodePlan]
+    edges: tuple[EdgePlan, ...]
+    order: tuple[str, ...]
+    sources: tuple[str, ...]
+    sinks: tuple[str, ...]
+
+    @property
+    def process_count(self) -> int:
+        return sum(1 for n in self.nodes.values() if n.executor == "multiprocess")
+
+    @property
+    def assignments(self) -> dict[str, Assignment]:
+        return {nid: n.assignment for nid, n in self.nodes.items()}
+
+
+def resolve_settings(manifest: Manifest, config: RuntimeConfig) -> SessionSettings:
+    mp, defaults = manifest.multiprocess, config.multiprocess
+    cap = config.limits.max_processes_per_session
+    max_processes = mp.max_processes_per_session or defaults.max_processes_per_session
+    if max_processes > cap:
+        raise ManifestError(
+            [
+                ManifestIssue(
+                    "metadata.multiprocess.max_processes_per_session",
+                    f"{max_processes} exceeds this server's limit of {cap} processes per session",
+                )
+            ],
+            manifest.source,
+        )
+    return SessionSettings(
+        channel_capacity=mp.channel_capacity or defaults.channel_capacity,
+        init_timeout_secs=float(mp.init_timeout_secs or defaults.init_timeout_secs),
+        max_processes=max_processes,
+        enable_backpressure=(
+            mp.enable_backpressure if mp.enable_backpressure is not None else defaults.enable_backpressure
+        ),
+        grace_period_secs=defaults.grace_period_secs,
+        python_executable=mp.python_executable or defaults.python_executable,
+    )
+
+
+def routing_table(config: RuntimeConfig) -> RoutingTable:
+    rules = [RoutingRule(r.pattern, r.executor, r.priority) for r in config.routing.rules]
+    if config.routing.seed_rule:
+        rules.append(SEED_RULE)
+    return RoutingTable(
+        explicit=dict(config.routing.explicit), rules=tuple(rules), default=config.routing.default
+    )
+
+
+def plan_session(
+    manifest: Manifest, config: RuntimeConfig, *, executors: frozenset[str] = frozenset({"inprocess"})
+) -> SessionPlan:
+    """Decide everything about a session; raise before anything starts if it cannot run.
+
+    ``executors`` names the executors this runtime has; routing to another one is an error.
+    """
+    settings = resolve_settings(manifest, config)
+    table = routing_table(config)
+    graph = manifest.graph
+    overrides = manifest.multiprocess.executor_overrides
+    nodes: dict[str, NodePlan] = {}
+    issues: list[ManifestIssue] = []
+    for index, spec in enumerate(manifest.nodes):
+        cls = manifest.registry[spec.node_type]
+        assignment = route(
+            spec.id, spec.node_type, declared=cls.executor, table=table, overrides=overrides, host=spec.host
+        )
+        issues += _placement_issues(index, spec.id, assignment, executors)
+        issues += _capability_issues(index, spec.capabilities)
+        nodes[spec.id] = NodePlan(
+            node_id=spec.id,
+            node_type=spec.node_type,
+            node_class=cls,
+            params=manifest.params(spec.id),
+            assignment=assignment,
+            inputs=graph.predecessors(spec.id) or (CLIENT,),
+            outputs=graph.successors(spec.id) or (CLIENT,),
+        )
+    if issues:
+        raise ManifestError(issues, manifest.source)
+    plan = SessionPlan(
+        manifest=manifest,
+        settings=settings,
+        nodes=nodes,
+        edges=_edges(nodes),
+        order=graph.topological_order,
+        sources=graph.sources,
+        sinks=graph.sinks,
+    )
+    if plan.process_count > settings.max_processes:
+        raise ResourceLimitError(
+            f"pipeline {manifest.name!r} needs {plan.process_count} worker processes but this session "
+            f"may use at most {settings.max_processes} (max_processes_per_session)"
+        )
+    return plan
+
+
+def check_input_target(plan: SessionPlan, node_id: str) -> None:
+    """Raise InputError unless ``node_id`` is a source of the plan (where client input goes)."""
+    if node_id in plan.sources:
+        return
+    if node_id not in plan.nodes:
+        raise InputError(
+            f"input for unknown node {node_id!r} (this pipeline's inputs are: {', '.join(plan.sources)})"
+        )
+    feeders = ", ".join(plan.nodes[node_id].inputs)
+    raise InputError(
+        f"node {node_id!r} is not an input of this pipeline (it is fed by {feeders}); "
+        f"send to one of: {', '.join(plan.sources)}"
+    )
+
+
+def _edges(nodes: Mapping[str, NodePlan]) -> tuple[EdgePlan, ...]:
+    def on_supervisor(endpoint: str) -> bool:
+        return endpoint == CLIENT or nodes[endpoint].on_supervisor
+
+    edges = []
+    for node in nodes.values():
+        for src in node.inputs:
+            transport: Transport = "memory" if on_supervisor(src) and node.on_supervisor else "shm"
+            edges.append(EdgePlan(src, node.node_id, transport))
+        if node.outputs == (CLIENT,):
+            edges.append(EdgePlan(node.node_id, CLIENT, "memory" if node.on_supervisor else "shm"))
+    return tuple(edges)
+
+
+def _placement_issues(
+    index: int, node_id: str, assignment: Assignment, executors: frozenset[str]
+) -> list[ManifestIssue]:
+    if assignment.executor == "remote":
+        return [
+            ManifestIssue(
+                f"nodes[{index}].host",
+                f"node {node_id!r} asks for a remote host, but remote execution is not available on this runtime",
+            )
+        ]
+    if assignment.executor not in executors:
+        return [
+            ManifestIssue(
+                f"nodes[{index}]",
+                f"node {node_id!r} routes to the {assignment.executor} executor ({assignment.reason}), "
+                f"which this runtime does not have (available: {', '.join(sorted(executors))})",
+            )
+        ]
+    return []
+
+
+def _capability_issues(index: int, caps: Any) -> list[ManifestIssue]:
+    if caps is None:
+        return []
+    issues = []
+    path = f"nodes[{index}].capabilities"
+    if caps.gpu is not None and caps.gpu.required:
+        issues.append(
+            ManifestIssue(f"{path}.gpu.required", "a GPU is required, but this runtime schedules no GPUs")
+        )
+    cores = os.cpu_count() or 1
+    if caps.cpu is not None and caps.cpu.cores > cores:
+        issues.append(
+            ManifestIssue(f"{path}.cpu.cores", f"needs {caps.cpu.cores} cores, this machine has {cores}")
+        )
+    if caps.cpu is not None and caps.cpu.arch not in ("any", os.uname().machine):
+        issues.append(
+            ManifestIssue(f"{path}.cpu.arch", f"needs {caps.cpu.arch}, this machine is {os.uname().machine}")
+        )
+    total_gb = _total_memory_gb()
+    if caps.memory_gb is not None and total_gb is not None and caps.memory_gb > total_gb:
+        issues.append(
+            ManifestIssue(
+                f"{path}.memory_gb", f"needs {caps.memory_gb:g} GB, this machine has {total_gb:.1f} GB"
+            )
+        )
+    return issues
+
+
+def _total_memory_gb() -> float | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError):
+        return None

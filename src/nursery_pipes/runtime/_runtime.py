@@ -1,0 +1,233 @@
+"""The runtime: configuration, node registry, executors and global limits, shared by sessions.
+
+A program (or the gRPC server) makes one :class:`Runtime` and opens sessions
+from it; the module-level :func:`open_session` / :func:`run_pipeline` use a
+default runtime built from built-in defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from .._config import RuntimeConfig
+from .._errors import NurseryPipesError, ResourceLimitError, SessionError
+from ..frames import Frame
+from ..manifest import Manifest
+from ..nodes._registry import NodeRegistry, builtin_registry, declared_nodes, default_registry
+from ..nodes._routing import Assignment
+from ._events import NodeProgress
+from ._executor import Executor
+from ._inprocess import InProcessExecutor
+from ._plan import SessionPlan, check_input_target, plan_session
+from ._session import Session, SessionMetrics
+
+__all__ = ["PipelineInputs", "PipelineResult", "Runtime", "registry_from_config"]
+
+ManifestSource = Manifest | str | bytes | Mapping[str, Any] | os.PathLike[str]
+PipelineInputs = Mapping[str, Frame | Iterable[Frame] | AsyncIterable[Frame]]
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """What :func:`run_pipeline` returns."""
+
+    outputs: dict[str, list[Frame]]
+    """Frames produced by each sink node, in order."""
+    sequences: dict[str, list[int]]
+    """For each output frame, the sequence number of the input that caused it."""
+    metrics: SessionMetrics
+    assignments: dict[str, Assignment]
+    progress: list[NodeProgress]
+    session_id: str
+
+
+def registry_from_config(config: RuntimeConfig) -> NodeRegistry:
+    """Built-ins, then entry points, configured modules and testing nodes as configured,
+    then classes decorated with :func:`register_node` in this process."""
+    registry = builtin_registry()
+    if config.nodes.entry_points:
+        registry.load_entry_points()
+    for module in config.nodes.modules:
+        registry.load_module(module)
+    if config.nodes.testing:
+        from ..testing._nodes import register_testing_nodes
+
+        register_testing_nodes(registry)
+    for cls in declared_nodes():
+        if cls.node_type not in registry:
+            registry.register(cls, origin="@register_node")
+    return registry
+
+
+class Runtime:
+    """Sessions share this: config, registry, executors, limits.
+
+    >>> import trio
+    >>> from nursery_pipes import Runtime, TextFrame
+    >>> manifest = {"version": "v1", "metadata": {"name": "shout"},
+    ...             "nodes": [{"id": "up", "node_type": "TextTransformNode",
+    ...                        "params": {"operation": "upper"}}], "connections": []}
+    >>> result = trio.run(Runtime().run_pipeline, manifest, {"up": TextFrame(text="hi")})
+    >>> result.outputs["up"][0].text
+    'HI'
+    """
+
+    def __init__(self, config: RuntimeConfig | None = None, *, registry: NodeRegistry | None = None) -> None:
+        if registry is None:
+            # No config: the process-wide default registry, which @register_node keeps current.
+            registry = default_registry() if config is None else registry_from_config(config)
+        self.config = config or RuntimeConfig()
+        self.registry = registry
+        self.executors: dict[str, Executor] = {"inprocess": InProcessExecutor()}
+        self._sessions: dict[str, Session] = {}
+
+    @property
+    def sessions(self) -> Mapping[str, Session]:
+        return dict(self._sessions)
+
+    def manifest(self, source: ManifestSource) -> Manifest:
+        """Parse and validate against this runtime's registry and limits."""
+        return Manifest.parse(
+            source,
+            registry=self.registry,
+            max_processes_per_session=self.config.limits.max_processes_per_session,
+        )
+
+    def plan(self, source: ManifestSource | SessionPlan) -> SessionPlan:
+        if isinstance(source, SessionPlan):
+            return source
+        return plan_session(self.manifest(source), self.config, executors=frozenset(self.executors))
+
+    @asynccontextmanager
+    async def open_session(
+        self,
+        manifest: ManifestSource | SessionPlan,
+        *,
+        session_id: str | None = None,
+        wait_ready: bool = True,
+    ) -> AsyncIterator[Session]:
+        """Start a session; yields it once every node is ready.
+
+        With ``wait_ready=False`` it yields at once, while nodes initialise:
+        :meth:`Session.events` then shows their progress, the READY state
+        change, or the init failure; :meth:`Session.send` waits for READY.
+
+        Leave the block after :meth:`Session.close` to let the pipeline drain
+        (unread outputs are discarded); leave it without closing, or with an
+        exception, to cancel. Errors come out unwrapped (a NodeError, not an
+        ExceptionGroup).
+        """
+        plan = self.plan(manifest)
+        self._check_limits(plan)
+        session = Session(plan, self.executors, session_id=session_id)
+        self._sessions[session.id] = session
+        body_error: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(session._main, name=f"session {session.id}")
+                if wait_ready:
+                    await session._ready.wait()
+                if session.error is None and session.state is not session.state.TERMINATED:
+                    try:
+                        yield session
+                    except BaseException as exc:
+                        body_error = exc
+                        session.cancel()
+                    else:
+                        await _leave(session)
+        finally:
+            self._sessions.pop(session.id, None)
+        if body_error is not None:
+            raise body_error
+        if session.error is not None:
+            raise session.error
+
+    async def run_pipeline(self, manifest: ManifestSource, inputs: PipelineInputs) -> PipelineResult:
+        """Run a manifest to completion on ``inputs`` (frames keyed by source node id)."""
+        plan = self.plan(manifest)
+        for node_id in inputs:
+            check_input_target(plan, node_id)
+        outputs: dict[str, list[Frame]] = {sink: [] for sink in plan.sinks}
+        sequences: dict[str, list[int]] = {sink: [] for sink in plan.sinks}
+        feed_errors: list[BaseException] = []
+        async with self.open_session(plan) as session:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_feed_all, session, inputs, feed_errors)
+                try:
+                    async for out in session.outputs():
+                        outputs[out.node_id].append(out.frame)
+                        sequences[out.node_id].append(out.seq)
+                except SessionError as exc:
+                    feed_errors.insert(0, exc)  # raised below, outside the nursery
+            if feed_errors:
+                raise feed_errors[0]
+            metrics = await session.wait()
+        return PipelineResult(
+            outputs, sequences, metrics, session.assignments, list(session.progress_log), session.id
+        )
+
+    def _check_limits(self, plan: SessionPlan) -> None:
+        limits = self.config.limits
+        if len(self._sessions) >= limits.max_sessions:
+            raise ResourceLimitError(
+                f"{len(self._sessions)} sessions are running; this runtime allows at most {limits.max_sessions} "
+                "(limits.max_sessions)"
+            )
+        running = sum(s.plan.process_count for s in self._sessions.values())
+        if running + plan.process_count > limits.max_processes:
+            raise ResourceLimitError(
+                f"pipeline {plan.manifest.name!r} needs {plan.process_count} worker processes, "
+                f"{running} are in use and this runtime allows at most {limits.max_processes} (limits.max_processes)"
+            )
+
+
+async def _leave(session: Session) -> None:
+    if session._closing and session.error is None and session._sm.state.name != "ERROR":
+        session._events.discard_outputs()
+        await session._finished.wait()
+    else:
+        session.cancel()
+
+
+async def _feed_all(session: Session, inputs: PipelineInputs, errors: list[BaseException]) -> None:
+    async with trio.open_nursery() as nursery:
+        for node_id, frames in inputs.items():
+            nursery.start_soon(_feed, session, node_id, frames, errors)
+    if errors:
+        session.cancel()
+    else:
+        await session.close()
+
+
+async def _feed(
+    session: Session,
+    node_id: str,
+    frames: Frame | Iterable[Frame] | AsyncIterable[Frame],
+    errors: list[BaseException],
+) -> None:
+    try:
+        await _send_all(session, node_id, frames)
+    except SessionError:
+        pass  # the session failed: the output loop reports it
+    except NurseryPipesError as exc:
+        errors.append(exc)  # a bad input: reported once the session is stopped
+        session.cancel()
+
+
+async def _send_all(
+    session: Session, node_id: str, frames: Frame | Iterable[Frame] | AsyncIterable[Frame]
+) -> None:
+    if isinstance(frames, Frame):
+        await session.send(node_id, frames)
+    elif isinstance(frames, AsyncIterable):
+        async for frame in frames:
+            await session.send(node_id, frame)
+    else:
+        for frame in frames:
+            await session.send(node_id, frame)

@@ -1,0 +1,333 @@
+"""A session: one pipeline run, supervised, inside its own trio nursery.
+
+Life of a session (see ``_states.SESSION_TRANSITIONS``)::
+
+    INITIALIZING ──all nodes ready──▶ READY ──input──▶ EXECUTING
+         │                              │                  │
+         │                            close / cancel     close / cancel
+         ▼                              ▼                  ▼
+       ERROR ◀──────── failure ──── TERMINATING ◀──────────┘
+         │                              │
+         └──────── everything stopped ──┴──▶ TERMINATED
+
+- All nodes initialise in parallel under a :class:`Supervisor` whose policy
+  is fail-fast (one-for-all, no restarts): a node that fails — at init, while
+  processing, while flushing — fails the session with a
+  :class:`~nursery_pipes.NodeError` naming it, and every other node is
+  cancelled and cleaned up.
+- ``close()`` ends the input: each source gets an end-of-stream marker, every
+  node flushes once all its inputs have ended, so nodes flush in topological
+  order, and the session terminates when the last sink has ended.
+- ``cancel()`` (or cancellation from outside) stops everything promptly;
+  in-flight frames are dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import trio
+
+from .._errors import InputError, SessionClosedError, SessionError
+from ..frames import Frame
+from ..nodes._routing import Assignment
+from ._events import Event, EventQueue, NodeProgress, Output, StateChanged
+from ._executor import Executor, NodeHost, NodePorts
+from ._plan import CLIENT, SessionPlan, check_input_target
+from ._ports import EventPort, MemoryPort, Message, NodeMetrics, OutPort
+from ._states import SESSION_TRANSITIONS, SessionEvent, SessionState, StateMachine
+from ._supervisor import ChildFailed, ChildSpec, Started, Supervisor
+
+__all__ = ["Session", "SessionMetrics"]
+
+
+@dataclass(frozen=True)
+class SessionMetrics:
+    """Counters of one session (a snapshot)."""
+
+    session_id: str
+    wall_time_s: float
+    cpu_time_s: float
+    frames_in: int
+    frames_out: int
+    bytes_in: int
+    bytes_out: int
+    nodes: Mapping[str, NodeMetrics]
+    data_type_breakdown: Mapping[str, int] = field(default_factory=dict)
+    outputs_discarded: int = 0
+
+
+class Session:
+    """A running pipeline. Get one from :func:`nursery_pipes.open_session`."""
+
+    def __init__(
+        self, plan: SessionPlan, executors: Mapping[str, Executor], *, session_id: str | None = None
+    ) -> None:
+        self.id = session_id or secrets.token_hex(8)
+        self.plan = plan
+        self._executors = executors
+        self._sm: StateMachine[SessionState, SessionEvent] = StateMachine(
+            f"session {self.id}", SessionState.INITIALIZING, SESSION_TRANSITIONS, on_change=self._on_state
+        )
+        settings = plan.settings
+        capacity = settings.channel_capacity if settings.enable_backpressure else math.inf
+        self._capacity = capacity
+        self._events = EventQueue(capacity)
+        self._metrics = {nid: NodeMetrics(nid, n.executor) for nid, n in plan.nodes.items()}
+        self._ingress: dict[str, OutPort] = {}
+        self._scope = trio.CancelScope()
+        self._ready = trio.Event()
+        self._finished = trio.Event()
+        self._error: SessionError | None = None
+        self._supervisor = Supervisor()
+        self._nursery: trio.Nursery | None = None
+        self._seq = 0
+        self._inflight = 0
+        self._idle = trio.Event()
+        self._idle.set()
+        self._closing = False
+        self._client = NodeMetrics(CLIENT, "client")
+        self.progress_log: list[NodeProgress] = []
+        self._t0 = 0.0
+        self._t_end: float | None = None
+        self._cpu0 = 0.0
+        self._cpu_end: float | None = None
+
+    # -- public API -----------------------------------------------------------------------
+
+    @property
+    def state(self) -> SessionState:
+        return self._sm.state
+
+    @property
+    def assignments(self) -> dict[str, Assignment]:
+        """Each node's executor and why it was chosen."""
+        return self.plan.assignments
+
+    @property
+    def error(self) -> SessionError | None:
+        return self._error
+
+    async def send(self, node_id: str, frame: Frame, *, seq: int | None = None) -> int:
+        """Feed ``frame`` to source node ``node_id``; returns its sequence number.
+
+        Waits while the pipeline is full (backpressure). Raises the session's
+        error if it failed, :class:`SessionClosedError` after close/cancel.
+        """
+        if not self._ready.is_set():
+            await self._ready.wait()
+        port = self._check_input(node_id, frame)
+        if seq is None:
+            self._seq += 1
+            seq = self._seq
+        else:
+            self._seq = max(self._seq, seq)
+        if self._sm.state is SessionState.READY:
+            self._sm.fire(SessionEvent.INPUT)
+        self._inflight += 1
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        try:
+            await port.send(seq, frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise self._error or SessionClosedError(
+                f"session {self.id} stopped before it could take the frame"
+            ) from None
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+        self._client.count_out(frame)
+        return seq
+
+    async def close(self) -> None:
+        """End of input: sources get end-of-stream, nodes flush, the session drains and ends.
+
+        Returns at once; keep reading :meth:`events`/:meth:`outputs` until they end.
+        """
+        await trio.lowlevel.checkpoint()
+        if (
+            self._closing
+            or self._finished.is_set()
+            or self._sm.state in (SessionState.ERROR, SessionState.TERMINATING)
+        ):
+            return
+        self._closing = True
+        self._sm.fire(SessionEvent.CLOSE)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._end_input, name=f"session {self.id}: end input")
+
+    def cancel(self) -> None:
+        """Stop everything now; in-flight frames are dropped. Idempotent."""
+        if self._sm.can(SessionEvent.CANCEL) and not self._finished.is_set():
+            self._sm.fire(SessionEvent.CANCEL)
+        self._closing = True
+        self._scope.cancel()
+
+    async def wait(self) -> SessionMetrics:
+        """Wait until the session has terminated; raise its error if it failed."""
+        await self._finished.wait()
+        if self._error is not None:
+            raise self._error
+        return self.metrics()
+
+    def events(self) -> AsyncIterator[Event]:
+        """Every event in order: progress, outputs, state changes. Ends when the session ends;
+        raises the session's error (after the events that came before it) if it failed."""
+        return _EventIterator(self._events, outputs_only=False)
+
+    def outputs(self) -> AsyncIterator[Output]:
+        """Only the outputs of sink nodes (see :meth:`events`)."""
+        return _EventIterator(self._events, outputs_only=True)  # type: ignore[return-value]
+
+    def metrics(self) -> SessionMetrics:
+        now = self._t_end if self._t_end is not None else trio.current_time()
+        cpu = self._cpu_end if self._cpu_end is not None else time.process_time()
+        breakdown: dict[str, int] = {}
+        for nid in self.plan.sinks:
+            for kind, count in self._metrics[nid].kinds_out.items():
+                breakdown[kind] = breakdown.get(kind, 0) + count
+        return SessionMetrics(
+            session_id=self.id,
+            wall_time_s=max(0.0, now - self._t0) if self._t0 else 0.0,
+            cpu_time_s=max(0.0, cpu - self._cpu0),
+            frames_in=self._client.frames_out,
+            frames_out=sum(self._metrics[n].frames_out for n in self.plan.sinks),
+            bytes_in=self._client.bytes_out,
+            bytes_out=sum(self._metrics[n].bytes_out for n in self.plan.sinks),
+            nodes=dict(self._metrics),
+            data_type_breakdown=breakdown,
+            outputs_discarded=self._events.discarded,
+        )
+
+    # -- inside ----------------------------------------------------------------------------
+
+    def _check_input(self, node_id: str, frame: Frame) -> OutPort:
+        if self._error is not None:
+            raise self._error
+        check_input_target(self.plan, node_id)
+        port = self._ingress[node_id]
+        if not isinstance(frame, Frame):
+            raise InputError(f"input for node {node_id!r} must be a Frame, got {type(frame).__name__}")
+        node = self.plan.nodes[node_id]
+        if frame.kind not in node.node_class.accepts:
+            accepted = ", ".join(sorted(k.label for k in node.node_class.accepts))
+            raise InputError(
+                f"node {node_id!r} ({node.node_type}) accepts {accepted} frames, not {frame.kind.label}"
+            )
+        if self._closing or self._sm.state not in (SessionState.READY, SessionState.EXECUTING):
+            raise SessionClosedError(f"session {self.id} is {self._sm.state.value} and takes no more input")
+        return port
+
+    def _on_state(self, old: SessionState, new: SessionState, event: SessionEvent) -> None:
+        self._events.put_control(StateChanged(new, event.value))
+
+    def _on_progress(self, progress: NodeProgress) -> None:
+        self.progress_log.append(progress)
+        self._events.put_control(progress)
+
+    def started(self, value: Any = None) -> None:
+        """Called by the supervisor once every node is ready."""
+        self._sm.fire(SessionEvent.ALL_READY)
+        self._ready.set()
+
+    async def _main(self) -> None:
+        self._t0 = trio.current_time()
+        self._cpu0 = time.process_time()
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    await self._supervise()
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._finish()
+
+    async def _supervise(self) -> None:
+        ports = self._wire()
+        specs = [ChildSpec(nid, partial(self._run_node, nid, ports[nid])) for nid in self.plan.order]
+        try:
+            await self._supervisor.run(specs, task_status=self)
+        except ChildFailed as exc:
+            self._fail(exc.error)
+
+    async def _run_node(self, node_id: str, ports: NodePorts, task_status: Started) -> None:
+        plan = self.plan.nodes[node_id]
+        host = NodeHost(plan, self.id, self.plan.settings, self._metrics[node_id], self._on_progress)
+        await self._executors[plan.executor].run_node(host, ports, task_status=task_status)
+
+    def _fail(self, error: BaseException) -> None:
+        if isinstance(error, SessionError):
+            self._error = error
+        else:
+            node = getattr(error, "node_id", None)
+            self._error = SessionError(
+                f"internal error while running the session: {type(error).__name__}: {error}", node_id=node
+            )
+            self._error.__cause__ = error
+        if self._sm.can(SessionEvent.FAIL):
+            self._sm.fire(SessionEvent.FAIL)
+
+    def _finish(self) -> None:
+        self._t_end = trio.current_time()
+        self._cpu_end = time.process_time()
+        if self._sm.state is SessionState.READY or self._sm.state is SessionState.EXECUTING:
+            self._sm.fire(SessionEvent.CANCEL)  # cancelled from outside
+        elif self._sm.state is SessionState.INITIALIZING:
+            self._sm.fire(SessionEvent.FAIL if self._error else SessionEvent.CANCEL)
+        self._sm.fire(SessionEvent.STOPPED)
+        self._closing = True
+        self._events.close(self._error)
+        self._ready.set()
+        self._finished.set()
+
+    async def _end_input(self) -> None:
+        await self._idle.wait()  # frames already being sent go before the end-of-stream
+        for port in self._ingress.values():
+            await port.end()
+
+    def _wire(self) -> dict[str, NodePorts]:
+        """Create every edge of the plan and hand each node its ports."""
+        inboxes: dict[str, trio.MemorySendChannel[Message]] = {}
+        ports: dict[str, NodePorts] = {}
+        for nid, node in self.plan.nodes.items():
+            if not node.on_supervisor:
+                raise NotImplementedError(f"node {nid!r}: no transport for executor {node.executor!r}")
+            send, recv = trio.open_memory_channel[Message](self._capacity)
+            inboxes[nid] = send
+            ports[nid] = NodePorts(expected_eos=len(node.inputs), inbox=recv, outputs=[])
+        for edge in self.plan.edges:
+            if edge.dst == CLIENT:
+                done = trio.Event()
+                port: OutPort = EventPort(self._events, edge.src, done)
+            else:
+                port = MemoryPort(inboxes[edge.dst].clone(), edge.src)
+            if edge.src == CLIENT:
+                self._ingress[edge.dst] = port
+            else:
+                ports[edge.src].outputs.append(port)
+        for send in inboxes.values():
+            send.close()  # each edge holds its own clone
+        return ports
+
+
+class _EventIterator:
+    def __init__(self, queue: EventQueue, *, outputs_only: bool) -> None:
+        self._queue = queue
+        self._outputs_only = outputs_only
+
+    def __aiter__(self) -> _EventIterator:
+        return self
+
+    async def __anext__(self) -> Event:
+        while True:
+            event = await self._queue.get()
+            if event is None:
+                raise StopAsyncIteration
+            if not self._outputs_only or isinstance(event, Output):
+                return event

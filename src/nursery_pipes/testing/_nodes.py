@@ -1,0 +1,307 @@
+"""Misbehaving nodes for testing how the runtime handles failure, slowness and progress.
+
+None of these is registered anywhere by default; a test opts in with
+:func:`register_testing_nodes`. They all have ``executor = None`` so routing
+rules decide where they run, and they behave like real code in each place:
+
+- **in-process** (``context.executor == "inprocess"``): waiting is done with
+  ``trio.sleep`` inside a coroutine returned from the hook, so the runtime can
+  cancel it; nodes that would kill their process raise ``RuntimeError`` instead.
+- **in a worker process**: waiting blocks the thread with ``time.sleep`` as heavy
+  native code would; :class:`HangNode` even ignores SIGTERM.
+
+This module is imported by worker processes, which must stay light: it does not
+import trio at import time (only inside the in-process coroutines).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal as _signal
+import threading
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+
+import msgspec
+import numpy as np
+
+from ..frames import Frame
+from ..nodes._base import Node, NodeContext, Params, ProcessResult, ProgressReporter
+
+if TYPE_CHECKING:
+    from ..nodes._registry import NodeRegistry
+
+__all__ = [
+    "TESTING_NODES",
+    "CpuBurnNode",
+    "ExitNode",
+    "HangNode",
+    "ProgressNode",
+    "RaiseNode",
+    "SignalNode",
+    "SleepNode",
+    "register_testing_nodes",
+]
+
+T = TypeVar("T")
+
+Phase = Literal["initialize", "process", "flush", "cleanup"]
+HangPhase = Literal["initialize", "process", "flush"]
+Seconds = Annotated[float, msgspec.Meta(ge=0.0)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+
+
+async def _sleep_then(seconds: float, result: T) -> T:
+    import trio  # lazily: workers never get here
+
+    await trio.sleep(seconds)
+    return result
+
+
+async def _sleep_forever() -> None:
+    import trio
+
+    await trio.sleep_forever()
+
+
+def _in_process(node: Node[Any]) -> bool:
+    return node.context.executor == "inprocess"
+
+
+def _delayed(node: Node[Any], seconds: float, result: T) -> T | Awaitable[T]:
+    """``result`` after ``seconds``: a cancellable coroutine in-process, else a blocking sleep."""
+    if seconds <= 0:
+        return result
+    if _in_process(node):
+        return _sleep_then(seconds, result)
+    time.sleep(seconds)
+    return result
+
+
+class _FaultParams(Params, kw_only=True):
+    """Where a fault fires: in ``phase``; for ``process``, after ``after_frames`` frames."""
+
+    phase: str
+    after_frames: Count = 0
+
+
+FP = TypeVar("FP", bound=_FaultParams)
+
+
+class _FaultNode(Node[FP]):
+    """Shared plumbing: count frames and fire ``_fault()`` in the configured phase."""
+
+    abstract = True  # not a node type of its own (see NodeRegistry.load_module)
+
+    def __init__(self, params: FP, context: NodeContext) -> None:
+        super().__init__(params, context)
+        self._frames = 0
+
+    def _fault(self) -> Any:
+        raise NotImplementedError
+
+    def initialize(self, progress: ProgressReporter) -> Awaitable[None] | None:
+        return self._fault() if self.params.phase == "initialize" else None
+
+    def process(self, frame: Frame) -> ProcessResult:
+        self._frames += 1
+        if self.params.phase == "process" and self._frames > self.params.after_frames:
+            fault = self._fault()
+            if fault is not None:  # a coroutine that hangs; None if a signal was survived
+                return fault  # type: ignore[no-any-return]
+        return frame
+
+    def flush(self) -> ProcessResult:
+        return self._fault() if self.params.phase == "flush" else None
+
+    def cleanup(self) -> Awaitable[None] | None:
+        return self._fault() if self.params.phase == "cleanup" else None
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class SleepParams(Params, kw_only=True):
+    init_seconds: Seconds = 0.0
+    process_seconds: Seconds = 0.0
+    """Per frame."""
+
+
+class SleepNode(Node[SleepParams]):
+    """Test node: pass frames through after sleeping in initialize and per frame."""
+
+    def initialize(self, progress: ProgressReporter) -> Awaitable[None] | None:
+        return _delayed(self, self.params.init_seconds, None)
+
+    def process(self, frame: Frame) -> ProcessResult:
+        return _delayed(self, self.params.process_seconds, frame)
+
+
+class RaiseParams(_FaultParams, kw_only=True):
+    phase: Phase
+    after_frames: Count = 0
+    """With phase ``process``: pass this many frames through, raise on the next."""
+    message: str = "boom"
+
+
+class RaiseNode(_FaultNode[RaiseParams]):
+    """Test node: raise RuntimeError(message) in the chosen phase; passes frames through."""
+
+    def _fault(self) -> Any:
+        raise RuntimeError(self.params.message)
+
+
+class HangParams(_FaultParams, kw_only=True):
+    phase: HangPhase
+    after_frames: Count = 0
+
+
+class HangNode(_FaultNode[HangParams]):
+    """Test node: hang forever in the chosen phase (in a worker, also ignoring SIGTERM)."""
+
+    def _fault(self) -> Any:
+        if _in_process(self):
+            return _sleep_forever()
+        # Like native code stuck in a C call: deaf to polite stop requests.
+        if threading.current_thread() is threading.main_thread():
+            _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)
+        while True:
+            time.sleep(1)
+
+
+class ExitParams(_FaultParams, kw_only=True):
+    code: Annotated[int, msgspec.Meta(ge=0, le=255)] = 3
+    phase: Phase
+    after_frames: Count = 0
+
+
+class ExitNode(_FaultNode[ExitParams]):
+    """Test node: os._exit(code) in the chosen phase (worker processes only)."""
+
+    def _fault(self) -> Any:
+        if _in_process(self):
+            raise RuntimeError("ExitNode refuses to exit the supervisor process")
+        os._exit(self.params.code)
+
+
+class SignalParams(_FaultParams, kw_only=True):
+    signal: str = "SIGKILL"
+    """Signal name; ``SIGSEGV`` is a real segfault (reading address 0), others use kill()."""
+    phase: Phase
+    after_frames: Count = 0
+
+    def __post_init__(self) -> None:
+        if self.signal not in _signal.Signals.__members__:
+            raise ValueError(f"signal: unknown signal name {self.signal!r} (e.g. 'SIGKILL')")
+
+
+class SignalNode(_FaultNode[SignalParams]):
+    """Test node: kill its own process with a signal in the chosen phase (worker processes only).
+
+    If the process survives the signal (it is handled or ignored), frames keep passing.
+    """
+
+    def _fault(self) -> Any:
+        if _in_process(self):
+            raise RuntimeError("SignalNode refuses to signal the supervisor process")
+        if self.params.signal == "SIGSEGV":
+            ctypes.string_at(0)  # a genuine invalid read, not a simulated one
+        os.kill(os.getpid(), _signal.Signals[self.params.signal])
+        return None
+
+
+class ProgressParams(Params, kw_only=True):
+    steps: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 4
+    step_seconds: Seconds = 0.0
+
+
+class ProgressNode(Node[ProgressParams]):
+    """Test node: report initialize progress in steps ("step k/steps"); passes frames through.
+
+    Each of the ``steps`` steps takes ``step_seconds`` and then reports ``k/steps``.
+    """
+
+    def initialize(self, progress: ProgressReporter) -> Awaitable[None] | None:
+        steps, pause = self.params.steps, self.params.step_seconds
+        if pause > 0 and _in_process(self):
+            return self._report_async(progress)
+        for k in range(1, steps + 1):
+            if pause > 0:
+                time.sleep(pause)
+            progress(k / steps, f"step {k}/{steps}")
+        return None
+
+    async def _report_async(self, progress: ProgressReporter) -> None:
+        import trio
+
+        steps = self.params.steps
+        for k in range(1, steps + 1):
+            await trio.sleep(self.params.step_seconds)
+            progress(k / steps, f"step {k}/{steps}")
+
+    def process(self, frame: Frame) -> Frame:
+        return frame
+
+
+class CpuBurnParams(Params, kw_only=True):
+    milliseconds: Annotated[float, msgspec.Meta(ge=0.0, le=60_000.0)] = 20.0
+    """CPU time to spend per frame (single-threaded numpy FFTs)."""
+
+
+class CpuBurnNode(Node[CpuBurnParams]):
+    """Test node: burn about `milliseconds` of real CPU per frame, then pass the frame through.
+
+    The amount of work per frame (single-threaded FFTs) is calibrated once in
+    ``initialize`` against CPU time and then fixed, so under CPU contention a frame
+    takes longer in wall time, like real compute.
+    """
+
+    _CALIBRATE_SECONDS = 0.01
+
+    def __init__(self, params: CpuBurnParams, context: NodeContext) -> None:
+        super().__init__(params, context)
+        self._data = np.random.default_rng(0).standard_normal(1024)
+        self.units_per_frame = 0
+
+    def initialize(self, progress: ProgressReporter) -> None:
+        if self.params.milliseconds <= 0:
+            return
+        self._burn(3)  # warm up caches and pocketfft plans before timing
+        # Calibrate on this thread's CPU time, not wall time: workers started together
+        # compete for cores, and preemption must not shrink the work per frame.
+        units, began = 0, time.thread_time()
+        while (elapsed := time.thread_time() - began) < self._CALIBRATE_SECONDS:
+            self._burn(8)
+            units += 8
+        self.units_per_frame = max(1, round(units * self.params.milliseconds / 1000 / elapsed))
+
+    def process(self, frame: Frame) -> Frame:
+        self._burn(self.units_per_frame)
+        return frame
+
+    def _burn(self, units: int) -> None:
+        data = self._data
+        for _ in range(units):
+            # A round trip keeps the values bounded, so no overflow warning ever fires.
+            data = np.fft.irfft(np.fft.rfft(data), n=len(data))
+        self._data = data
+
+
+TESTING_NODES: tuple[type[Node[Any]], ...] = (
+    SleepNode,
+    RaiseNode,
+    HangNode,
+    ExitNode,
+    SignalNode,
+    ProgressNode,
+    CpuBurnNode,
+)
+
+
+def register_testing_nodes(registry: NodeRegistry) -> None:
+    """Add the testing nodes to ``registry`` (origin ``nursery_pipes.testing``)."""
+    for cls in TESTING_NODES:
+        registry.register(cls, origin="nursery_pipes.testing")
+

@@ -1,0 +1,314 @@
+"""Sessions end to end with in-process nodes: data flow, lifecycle, failures, cancellation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+
+from nursery_pipes import (
+    AudioFrame,
+    InputError,
+    JsonFrame,
+    Node,
+    NodeError,
+    NodeInitTimeout,
+    NodeProgress,
+    Output,
+    Params,
+    Runtime,
+    RuntimeConfig,
+    SessionClosedError,
+    SessionState,
+    StateChanged,
+    TextFrame,
+)
+from nursery_pipes._config import NodesConfig
+
+CLEANED: list[str] = []
+
+
+class TagParams(Params):
+    tag: str = ""
+
+
+class Tag(Node[TagParams]):
+    """Appends its tag to text; records its cleanup."""
+
+    def process(self, frame: Any) -> TextFrame:
+        return TextFrame(text=frame.text + self.params.tag)
+
+    def cleanup(self) -> None:
+        CLEANED.append(self.context.node_id)
+
+
+class Merge(Node):
+    """Emits everything it receives; on flush, a marker listing how many frames it saw."""
+
+    def initialize(self, progress: Any) -> None:
+        self.seen = 0
+
+    def process(self, frame: Any) -> Any:
+        self.seen += 1
+        return frame
+
+    def flush(self) -> TextFrame:
+        return TextFrame(text=f"flush:{self.context.node_id}:{self.seen}")
+
+
+class AsyncGen(Node):
+    """An async-generator node: two outputs per input, with a checkpoint in between."""
+
+    async def process(self, frame: Any) -> Any:
+        yield frame
+        await trio.lowlevel.checkpoint()
+        yield TextFrame(text=frame.text + "'")
+
+
+def _runtime(**limits: Any) -> Runtime:
+    runtime = Runtime(RuntimeConfig(nodes=NodesConfig(testing=True)))
+    for cls in (Tag, Merge, AsyncGen):
+        runtime.registry.register(cls)
+    return runtime
+
+
+def manifest(nodes: list[tuple[str, str, dict[str, Any]]], edges: list[tuple[str, str]], **mp: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "version": "v1",
+        "metadata": {"name": "test"},
+        "nodes": [{"id": i, "node_type": t, "params": p} for i, t, p in nodes],
+        "connections": [{"from": a, "to": b} for a, b in edges],
+    }
+    # These tests are about in-process sessions: keep every node in the supervisor.
+    mp.setdefault("executor_overrides", {i: "inprocess" for i, _, _ in nodes})
+    doc["metadata"]["multiprocess"] = mp
+    return doc
+
+
+def texts(frames: list[Any]) -> list[str]:
+    return [f.text for f in frames]
+
+
+async def test_chain_delivers_in_order_with_sequences() -> None:
+    m = manifest([("a", "Tag", {"tag": "a"}), ("b", "Tag", {"tag": "b"})], [("a", "b")])
+    result = await _runtime().run_pipeline(m, {"a": [TextFrame(text=str(i)) for i in range(50)]})
+    assert texts(result.outputs["b"]) == [f"{i}ab" for i in range(50)]
+    assert result.sequences["b"] == list(range(1, 51))
+    assert result.metrics.nodes["a"].frames_in == 50
+    assert result.metrics.frames_in == result.metrics.frames_out == 50
+
+
+async def test_fan_out_and_fan_in_keep_per_edge_order() -> None:
+    m = manifest(
+        [("src", "PassThrough", {}), ("x", "Tag", {"tag": "x"}), ("y", "Tag", {"tag": "y"}), ("join", "Merge", {})],
+        [("src", "x"), ("src", "y"), ("x", "join"), ("y", "join")],
+    )
+    result = await _runtime().run_pipeline(m, {"src": [TextFrame(text=str(i)) for i in range(20)]})
+    out = texts(result.outputs["join"])
+    assert [t for t in out if t.endswith("x")] == [f"{i}x" for i in range(20)]
+    assert [t for t in out if t.endswith("y")] == [f"{i}y" for i in range(20)]
+    assert out[-1] == "flush:join:40"  # flushed once, after both inputs ended
+
+
+async def test_close_flushes_in_topological_order() -> None:
+    m = manifest(
+        [("c1", "AudioChunkerNode", {"chunk_size": 3}), ("c2", "AudioChunkerNode", {"chunk_size": 2})],
+        [("c1", "c2")],
+    )
+    audio = AudioFrame.from_array(np.arange(11, dtype=np.float32), sample_rate=8000)
+    result = await _runtime().run_pipeline(m, {"c1": audio})
+    sizes = [f.num_samples for f in result.outputs["c2"]]
+    joined = np.concatenate([f.samples[:, 0] for f in result.outputs["c2"]])
+    assert joined.tolist() == list(range(11))  # c1's remainder reached c2 before c2 flushed
+    assert sum(sizes) == 11
+
+
+async def test_async_generator_nodes_stream() -> None:
+    m = manifest([("g", "AsyncGen", {})], [])
+    result = await _runtime().run_pipeline(m, {"g": [TextFrame(text="a"), TextFrame(text="b")]})
+    assert texts(result.outputs["g"]) == ["a", "a'", "b", "b'"]
+    assert result.sequences["g"] == [1, 1, 2, 2]
+
+
+async def test_event_stream_shows_progress_then_states() -> None:
+    m = manifest([("p", "ProgressNode", {"steps": 3})], [])
+    events: list[Any] = []
+    async with _runtime().open_session(m, wait_ready=False) as session:
+        await session.send("p", TextFrame(text="x"))
+        await session.close()
+        events = [e async for e in session.events()]
+    progress = [e for e in events if isinstance(e, NodeProgress)]
+    assert progress[0].state == "starting"
+    assert [round(e.progress, 3) for e in progress if e.state == "loading"] == [0.333, 0.667, 1.0]
+    assert progress[-1].state == "ready"
+    states = [e.state for e in events if isinstance(e, StateChanged)]
+    assert states == [
+        SessionState.READY,
+        SessionState.EXECUTING,
+        SessionState.TERMINATING,
+        SessionState.TERMINATED,
+    ]
+    ready_at = events.index(StateChanged(SessionState.READY, "all nodes ready"))
+    assert all(events.index(p) < ready_at for p in progress)
+    assert [e.frame.text for e in events if isinstance(e, Output)] == ["x"]
+
+
+async def test_process_error_fails_session_naming_node_and_cleans_up() -> None:
+    CLEANED.clear()
+    m = manifest(
+        [("a", "Tag", {"tag": "a"}), ("boom", "RaiseNode", {"phase": "process", "after_frames": 2}), ("z", "Tag", {})],
+        [("a", "boom"), ("boom", "z")],
+    )
+    runtime = _runtime()
+    with pytest.raises(NodeError) as info:
+        await runtime.run_pipeline(m, {"a": [TextFrame(text=str(i)) for i in range(10)]})
+    assert info.value.node_id == "boom"
+    assert info.value.phase == "process"
+    assert "RuntimeError: boom" in str(info.value)
+    assert "RuntimeError" in (info.value.remote_traceback or "")
+    assert sorted(CLEANED) == ["a", "z"]
+    assert runtime.sessions == {}
+
+
+async def test_init_error_raises_from_open_session() -> None:
+    m = manifest([("ok", "Tag", {}), ("bad", "RaiseNode", {"phase": "initialize", "message": "no model"})], [("ok", "bad")])
+    with pytest.raises(NodeError, match=r"node 'bad' failed in initialize: RuntimeError: no model"):
+        async with _runtime().open_session(m):
+            pytest.fail("the session must not start")
+
+
+async def test_init_error_shows_failed_progress_when_not_waiting() -> None:
+    m = manifest([("bad", "RaiseNode", {"phase": "initialize"})], [])
+    seen: list[Any] = []
+
+    async def watch() -> None:
+        async with _runtime().open_session(m, wait_ready=False) as session:
+            async for event in session.events():
+                seen.append(event)
+
+    with pytest.raises(NodeError):
+        await watch()
+    failed = [e for e in seen if isinstance(e, NodeProgress) and e.state == "failed"]
+    assert failed
+    assert failed[0].node_id == "bad"
+    assert StateChanged(SessionState.ERROR, "failure") in seen
+
+
+async def test_init_timeout_names_the_node(autojump_clock: trio.testing.MockClock) -> None:
+    m = manifest([("fast", "Tag", {}), ("slow", "HangNode", {"phase": "initialize"})], [("fast", "slow")], init_timeout_secs=7)
+    start = trio.current_time()
+    with pytest.raises(NodeInitTimeout) as info:
+        async with _runtime().open_session(m):
+            pass
+    assert info.value.node_id == "slow"
+    assert "7 s" in str(info.value)
+    assert trio.current_time() - start == pytest.approx(7, abs=0.01)
+
+
+async def test_cancel_stops_a_hung_node_promptly(autojump_clock: trio.testing.MockClock) -> None:
+    CLEANED.clear()
+    m = manifest([("a", "Tag", {}), ("hang", "HangNode", {"phase": "process"})], [("a", "hang")])
+    async with _runtime().open_session(m) as session:
+        await session.send("a", TextFrame(text="x"))
+        await trio.sleep(1)
+        session.cancel()
+        assert [e async for e in session.outputs()] == []
+        assert session.state is SessionState.TERMINATED
+    assert CLEANED == ["a"]
+
+
+async def test_outside_cancellation_ends_everything(autojump_clock: trio.testing.MockClock) -> None:
+    CLEANED.clear()
+    m = manifest([("a", "Tag", {}), ("hang", "HangNode", {"phase": "process"})], [("a", "hang")])
+    runtime = _runtime()
+    with trio.move_on_after(5) as scope:
+        async with runtime.open_session(m) as session:
+            await session.send("a", TextFrame(text="x"))
+            await trio.sleep_forever()
+    assert scope.cancelled_caught
+    assert session.state is SessionState.TERMINATED
+    assert CLEANED == ["a"]
+    assert runtime.sessions == {}
+
+
+async def test_backpressure_blocks_sender_and_loses_nothing(autojump_clock: trio.testing.MockClock) -> None:
+    m = manifest([("a", "Tag", {}), ("b", "Tag", {})], [("a", "b")], channel_capacity=2)
+    sent = 0
+    async with _runtime().open_session(m) as session:
+        with trio.move_on_after(1):
+            while True:
+                await session.send("a", TextFrame(text=str(sent)))
+                sent += 1
+        # Bounded: two inboxes + the output queue (capacity 2 each) + one frame in each node's hands.
+        assert 0 < sent <= 8
+        got = []
+
+        async def feed_rest() -> None:
+            for i in range(sent, sent + 20):
+                await session.send("a", TextFrame(text=str(i)))
+            await session.close()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(feed_rest)
+            got = [o.frame.text async for o in session.outputs()]
+    assert got == [str(i) for i in range(sent + 20)]
+
+
+async def test_bad_inputs_are_named() -> None:
+    m = manifest([("a", "Tag", {}), ("b", "Tag", {})], [("a", "b")])
+    async with _runtime().open_session(m) as session:
+        with pytest.raises(InputError, match=r"unknown node 'nope'.*inputs are: a"):
+            await session.send("nope", TextFrame(text="x"))
+        with pytest.raises(InputError, match=r"node 'b' is not an input.*fed by a"):
+            await session.send("b", TextFrame(text="x"))
+        with pytest.raises(InputError, match=r"accepts .* not json"):
+            await _runtime_with_audio_only(session)
+        await session.close()
+        with pytest.raises(SessionClosedError):
+            await session.send("a", TextFrame(text="late"))
+
+
+async def _runtime_with_audio_only(session: Any) -> None:
+    # Tag accepts anything; use a node that only takes audio to check the kind check.
+    m = manifest([("g", "AudioGainNode", {})], [])
+    async with _runtime().open_session(m) as other:
+        await other.send("g", JsonFrame(value={}))
+
+
+async def test_run_pipeline_rejects_input_for_unknown_node_before_starting() -> None:
+    m = manifest([("a", "Tag", {})], [])
+    runtime = _runtime()
+    with pytest.raises(InputError, match="unknown node 'b'"):
+        await runtime.run_pipeline(m, {"b": TextFrame(text="x")})
+    assert runtime.sessions == {}
+
+
+async def test_leaving_without_close_cancels_and_after_close_drains() -> None:
+    CLEANED.clear()
+    m = manifest([("a", "Merge", {}), ("b", "Tag", {})], [("a", "b")])
+    runtime = _runtime()
+    async with runtime.open_session(m) as session:
+        await session.send("a", TextFrame(text="x"))
+    assert session.state is SessionState.TERMINATED
+    async with runtime.open_session(m) as session:
+        for i in range(5):
+            await session.send("a", TextFrame(text=str(i)))
+        await session.close()
+    metrics = session.metrics()
+    assert metrics.nodes["b"].frames_out == 6  # drained through flush, though nobody read the outputs
+    assert metrics.outputs_discarded == 6
+
+
+async def test_session_limit_is_a_resource_error() -> None:
+    from nursery_pipes import ResourceLimitError
+    from nursery_pipes._config import LimitsConfig
+
+    runtime = Runtime(RuntimeConfig(limits=LimitsConfig(max_sessions=1)))
+    m = manifest([("a", "PassThrough", {})], [])
+    async with runtime.open_session(m):
+        with pytest.raises(ResourceLimitError, match="at most 1"):
+            async with runtime.open_session(m):
+                pass
