@@ -1,0 +1,278 @@
+"""The consuming end of a ring: zero-copy views into slots, returned in order.
+
+Several frames may be held at once; slots go back to the producer strictly in
+ring order (a frame released early waits for the older ones), because the
+producer reuses slots round-robin.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from typing import TYPE_CHECKING, Literal
+
+import posix_ipc
+
+from . import _spec as L
+from ._doorbell import Bell, clear, open_waiter
+from ._errors import (
+    ChecksumError,
+    EndOfStream,
+    HeaderError,
+    RingAbortedError,
+    RingClosedError,
+    RingCorruptError,
+    RingError,
+)
+from ._header import FLAG_CHECKSUM, FLAG_EOS, FLAG_EXTERNAL, SlotHeader, decode_from
+from ._segment import Segment, round_up
+from ._sem import acquire
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from ._ring import Ring
+
+__all__ = ["Consumer", "Received"]
+
+
+class Received:
+    """One received frame: ``header``, read-only ``meta`` and ``payload`` views (zero copy).
+
+    The views point into the slot: :meth:`release` (or leaving the ``with``
+    block) hands the slot back, after which the producer may overwrite it.
+    Copy what you need to keep (``bytes(r.payload)``, ``np.array(...)``).
+    """
+
+    __slots__ = ("_consumer", "_pos", "_released", "header", "meta", "payload")
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        pos: int,
+        header: SlotHeader,
+        meta: memoryview,
+        payload: memoryview,
+    ) -> None:
+        self._consumer = consumer
+        self._pos = pos
+        self._released = False
+        self.header = header
+        self.meta = meta
+        self.payload = payload
+
+    @property
+    def position(self) -> int:
+        """The frame's position in the ring (0, 1, 2, ... per ring, no gaps)."""
+        return self._pos
+
+    def release(self) -> None:
+        """Return the slot to the producer (idempotent)."""
+        if self._released:
+            return
+        self._released = True
+        # Derived numpy arrays keep the memory mapped; we only drop our views.
+        self.meta.release()
+        self.payload.release()
+        self._consumer._release(self._pos)
+
+    def __enter__(self) -> Received:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
+        self.release()
+        return False
+
+
+class Consumer:
+    """The consuming end of a ring (one per ring). Obtain with ``Ring.consumer()``.
+
+    Not thread-safe: use it from one thread at a time (``abort`` excepted).
+    """
+
+    def __init__(self, ring: Ring) -> None:
+        spec = ring.spec
+        self._ring = ring
+        self._spec = spec
+        self._name = spec.name
+        self._buf = ring.buf
+        self._ro = ring.buf.toreadonly()  # received views are slices of this
+        self._free = ring.free_sem
+        self._used = ring.used_sem
+        self._slots = spec.slot_count
+        self._slot_size = spec.slot_size
+        self._data = spec.data_offset
+        self._pos = L.U64.unpack_from(self._buf, L.OFF_CONSUMED)[0]
+        self._release_next = self._pos
+        self._released: set[int] = set()
+        self._ext: dict[int, tuple[int, Segment]] = {}
+        self._eos = False
+        self._closed = False
+        self._bell = Bell(spec.free_doorbell) if spec.free_doorbell else None
+        # Opened before any attempt to receive: see the wake-up protocol in _ring.py.
+        self._wait_fd = open_waiter(spec.used_doorbell) if spec.used_doorbell else -1
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    # -- waiting on a file descriptor (async consumers, wait_any) -------------------------
+
+    def fileno(self) -> int:
+        """The "used" doorbell: readable after the producer posted a slot (or abort)."""
+        if self._wait_fd < 0:
+            raise RingError(self._name, "consumer has no doorbell (spec.async_consumer=False)")
+        return self._wait_fd
+
+    def clear_doorbell(self) -> None:
+        """Drain the doorbell; call after ``fileno()`` became readable, then retry."""
+        if self._wait_fd >= 0:
+            clear(self._wait_fd)
+
+    def ready(self) -> bool:
+        """True if a receive would not block (a frame, EOS, or abort is pending)."""
+        self._check_open()
+        return self._eos or bool(self._buf[L.OFF_ABORTED]) or self._used.value > 0
+
+    # -- receiving -------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RingClosedError(self._name, "consumer is closed")
+
+    def _check_live(self) -> None:
+        self._check_open()
+        if self._buf[L.OFF_ABORTED]:
+            raise RingAbortedError(self._name, "ring was aborted")
+        if self._eos:
+            raise EndOfStream(self._name, "the producer ended the stream")
+
+    def try_receive(self) -> Received | None:
+        """The next frame, or None if none is pending.
+
+        Raises :class:`EndOfStream` once every frame before the producer's
+        end-of-stream was received, :class:`RingAbortedError` after an abort.
+        """
+        self._check_live()
+        try:
+            self._used.acquire(0)
+        except posix_ipc.BusyError:
+            return None
+        return self._take()
+
+    def receive(self, timeout: float | None = None) -> Received:
+        """Like :meth:`try_receive` but blocks (GIL released) until a frame arrives."""
+        self._check_live()
+        if not acquire(self._used, timeout):
+            raise TimeoutError(f"ring {self._name}: no frame within {timeout}s")
+        return self._take()
+
+    def _take(self) -> Received:
+        # We hold one "used" token: the slot at our position is published.
+        if self._buf[L.OFF_ABORTED]:
+            raise RingAbortedError(self._name, "ring was aborted")  # the token was abort's
+        pos = self._pos
+        slot = pos % self._slots
+        rec = L.CTRL_SIZE + slot * L.RECORD_SIZE
+        stamp = L.U64.unpack_from(self._buf, rec)[0]
+        if stamp != pos + 1:
+            raise RingCorruptError(
+                self._name, f"slot {slot} holds frame #{stamp - 1}, expected #{pos} (lost/dup)"
+            )
+        try:
+            header = decode_from(self._buf, rec + L.REC_HEADER)
+        except HeaderError as exc:
+            raise RingCorruptError(self._name, f"slot {slot}, frame #{pos}: {exc}") from exc
+        self._pos = pos + 1
+        if header.flags & FLAG_EOS:
+            self._eos = True
+            self._release(pos)
+            raise EndOfStream(self._name, "the producer ended the stream")
+        try:
+            meta, payload = self._views(slot, pos, header)
+        except BaseException:
+            self._release(pos)
+            raise
+        return Received(self, pos, header, meta, payload)
+
+    def _views(self, slot: int, pos: int, h: SlotHeader) -> tuple[memoryview, memoryview]:
+        if h.flags & FLAG_EXTERNAL:  # a read-only mapping
+            view, base, cap = self._external(slot, h.ext_gen, h.ext_size), 0, h.ext_size
+        else:
+            view, base, cap = self._ro, self._data + slot * self._slot_size, self._slot_size
+        off = round_up(h.meta_len, L.META_ALIGN)
+        if off + h.payload_len > cap:
+            raise RingCorruptError(
+                self._name, f"frame #{pos} (seq={h.seq}): meta+payload exceed slot capacity {cap}"
+            )
+        meta = view[base : base + h.meta_len]
+        payload = view[base + off : base + off + h.payload_len]
+        if h.flags & FLAG_CHECKSUM:
+            actual = zlib.crc32(payload, zlib.crc32(meta))
+            if actual != h.checksum:
+                raise ChecksumError(self._name, h.seq, h.checksum, actual)
+        return meta, payload
+
+    def _external(self, slot: int, gen: int, size: int) -> memoryview:
+        """Map the slot's external segment lazily; keep it until its generation changes."""
+        cur = self._ext.get(slot)
+        if cur is not None and cur[0] == gen:
+            return cur[1].view
+        name = self._spec.ext_name(slot, gen)
+        try:
+            seg = Segment.open(name, readonly=True)
+        except posix_ipc.ExistentialError as exc:
+            raise RingCorruptError(self._name, f"external segment {name} vanished") from exc
+        if seg.size < size:
+            seg.close()
+            raise RingCorruptError(self._name, f"external segment {name} smaller than {size}")
+        seg.populate(write=False)
+        if cur is not None:
+            cur[1].close()
+        self._ext[slot] = (gen, seg)
+        return seg.view
+
+    def _release(self, pos: int) -> None:
+        if self._closed:
+            return
+        if pos != self._release_next:
+            self._released.add(pos)  # an older frame is still held: slots go back in order
+            return
+        nxt = pos + 1
+        while nxt in self._released:
+            self._released.discard(nxt)
+            nxt += 1
+        count = nxt - self._release_next
+        self._release_next = nxt
+        L.U64.pack_into(self._buf, L.OFF_CONSUMED, nxt)
+        for _ in range(count):
+            self._free.release()
+        if self._bell is not None:
+            self._bell.ring()  # after the posts: see the wake-up protocol
+
+    # -- ending ----------------------------------------------------------------------
+
+    def abort(self) -> None:
+        """Abort the ring: both ends' next (or current, blocked) operation raises."""
+        self._ring.abort()
+
+    def close(self) -> None:
+        """Release this endpoint's resources (idempotent). Does not signal the producer.
+
+        Frames still held stay readable (their mappings live until dropped) but
+        are no longer returned to the producer.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._ro.release()
+        for _, seg in self._ext.values():
+            seg.close()
+        self._ext.clear()
+        if self._bell is not None:
+            self._bell.close()
+        fd, self._wait_fd = self._wait_fd, -1
+        if fd >= 0:
+            os.close(fd)

@@ -1,0 +1,388 @@
+"""The producing end of a ring: loans of slots, filled in place, then committed.
+
+One loan at a time: frames become visible strictly in ring order because each
+commit posts exactly one "used" token for the oldest unposted slot.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from typing import TYPE_CHECKING, Final, Literal
+
+import posix_ipc
+
+from . import _spec as L
+from ._doorbell import Bell, clear, open_waiter
+from ._errors import HeaderError, RingAbortedError, RingBusyError, RingClosedError, RingError
+from ._header import FLAG_CHECKSUM, FLAG_EOS, FLAG_EXTERNAL, SlotHeader, encode_frame_into
+from ._segment import PAGE_SIZE, Segment, round_up, unlink_segment
+from ._sem import acquire
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from typing_extensions import Buffer
+
+    from ._ring import Ring
+
+__all__ = ["Loan", "Producer", "as_bytes"]
+
+_TRANSPORT_FLAGS: Final = FLAG_CHECKSUM | FLAG_EXTERNAL
+_EOS_HEADER: Final = SlotHeader(flags=FLAG_EOS)
+_U32_MAX: Final = 0xFFFF_FFFF
+
+
+def as_bytes(obj: Buffer) -> memoryview:
+    """A flat unsigned-byte view of ``obj`` (bytes, bytearray, numpy array, ...)."""
+    mv = memoryview(obj)
+    if mv.ndim == 1 and mv.format == "B":
+        return mv
+    if not mv.c_contiguous:
+        raise ValueError("frame buffers must be C-contiguous")
+    return mv.cast("B")
+
+
+class Loan:
+    """A slot lent to the producer: fill ``meta`` and ``payload`` in place, then commit.
+
+    Also a context manager: leaving the block without :meth:`commit` discards
+    the loan and returns the slot.
+    """
+
+    __slots__ = ("_done", "_ext", "_pos", "_producer", "_slot", "meta", "nbytes", "payload")
+
+    def __init__(
+        self,
+        producer: Producer,
+        pos: int,
+        slot: int,
+        ext: tuple[int, Segment] | None,
+        meta: memoryview,
+        payload: memoryview,
+    ) -> None:
+        self._producer = producer
+        self._pos = pos
+        self._slot = slot
+        self._ext = ext
+        self._done = False
+        self.meta = meta
+        self.payload = payload
+        self.nbytes = len(payload)
+
+    @property
+    def external(self) -> bool:
+        """True if this frame lives in a per-slot external segment (oversize frame)."""
+        return self._ext is not None
+
+    @property
+    def ext_gen(self) -> int:
+        return self._ext[0] if self._ext is not None else 0
+
+    def commit(self, header: SlotHeader, *, payload_len: int | None = None) -> None:
+        """Publish the frame. ``payload_len`` (default: all loaned bytes) may be shorter.
+
+        The transport owns ``meta_len``, ``payload_len``, ``checksum`` and the
+        external fields of ``header``; their values in ``header`` are ignored.
+        """
+        self._producer._commit(self, header, payload_len)
+
+    def discard(self) -> None:
+        """Give the slot back unpublished (idempotent)."""
+        if not self._done:
+            self._producer._discard(self)
+
+    def _finish(self) -> None:
+        self._done = True
+        # Views may still be exported (numpy arrays); they stay valid, we just let go.
+        self.meta.release()
+        self.payload.release()
+
+    def __enter__(self) -> Loan:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
+        self.discard()
+        return False
+
+
+class Producer:
+    """The producing end of a ring (one per ring). Obtain with ``Ring.producer()``.
+
+    Not thread-safe: use it from one thread at a time (``abort`` excepted).
+    """
+
+    def __init__(self, ring: Ring) -> None:
+        spec = ring.spec
+        self._ring = ring
+        self._spec = spec
+        self._name = spec.name
+        self._buf = ring.buf
+        self._free = ring.free_sem
+        self._used = ring.used_sem
+        self._slots = spec.slot_count
+        self._slot_size = spec.slot_size
+        self._data = spec.data_offset
+        self._checksum = spec.checksum
+        self._pos = L.U64.unpack_from(self._buf, L.OFF_PRODUCED)[0]
+        self._eos_sent = bool(self._buf[L.OFF_EOS])
+        self._loan: Loan | None = None
+        self._ext: dict[int, tuple[int, Segment]] = {}
+        self._closed = False
+        self._bell = Bell(spec.used_doorbell) if spec.used_doorbell else None
+        # Opened before any attempt to loan: see the wake-up protocol in _ring.py.
+        self._wait_fd = open_waiter(spec.free_doorbell) if spec.free_doorbell else -1
+
+    # -- waiting on a file descriptor (async producers) --------------------------------
+
+    def fileno(self) -> int:
+        """The "free" doorbell: readable after the consumer returned a slot (or abort)."""
+        if self._wait_fd < 0:
+            raise RingError(self._name, "producer has no doorbell (spec.async_producer=False)")
+        return self._wait_fd
+
+    def clear_doorbell(self) -> None:
+        """Drain the doorbell; call after ``fileno()`` became readable, then retry."""
+        if self._wait_fd >= 0:
+            clear(self._wait_fd)
+
+    # -- loans ---------------------------------------------------------------------------
+
+    def _check_can_loan(self, nbytes: int, meta_len: int) -> None:
+        if self._closed:
+            raise RingClosedError(self._name, "producer is closed")
+        if self._eos_sent:
+            raise RingClosedError(self._name, "end_of_stream() was already sent")
+        if self._loan is not None:
+            raise RingBusyError(self._name, "a loan is outstanding; commit or discard it first")
+        if self._buf[L.OFF_ABORTED]:
+            raise RingAbortedError(self._name, "ring was aborted")
+        if nbytes < 0 or not 0 <= meta_len <= _U32_MAX:
+            raise ValueError(f"ring {self._name}: bad sizes nbytes={nbytes} meta_len={meta_len}")
+
+    def try_loan(self, nbytes: int, meta_len: int = 0) -> Loan | None:
+        """Lend the next slot for ``meta_len`` + ``nbytes`` bytes, or None if the ring is full."""
+        self._check_can_loan(nbytes, meta_len)
+        try:
+            self._free.acquire(0)
+        except posix_ipc.BusyError:
+            return None
+        return self._grant(nbytes, meta_len)
+
+    def loan(self, nbytes: int, meta_len: int = 0, timeout: float | None = None) -> Loan:
+        """Like :meth:`try_loan` but blocks (GIL released) until a slot is free."""
+        self._check_can_loan(nbytes, meta_len)
+        if not acquire(self._free, timeout):
+            raise TimeoutError(f"ring {self._name}: no free slot within {timeout}s")
+        return self._grant(nbytes, meta_len)
+
+    def _grant(self, nbytes: int, meta_len: int) -> Loan:
+        # We hold one "free" token: slot (pos % slots) is ours until we post it.
+        try:
+            if self._buf[L.OFF_ABORTED]:
+                raise RingAbortedError(self._name, "ring was aborted")
+            pos = self._pos
+            slot = pos % self._slots
+            off = round_up(meta_len, L.META_ALIGN)
+            ext: tuple[int, Segment] | None = None
+            if off + nbytes <= self._slot_size:
+                view, base = self._buf, self._data + slot * self._slot_size
+            else:
+                ext = self._external(slot, off + nbytes)
+                view, base = ext[1].view, 0
+        except BaseException:
+            self._free.release()  # never leak the slot
+            raise
+        loan = Loan(
+            self, pos, slot, ext, view[base : base + meta_len],
+            view[base + off : base + off + nbytes],
+        )  # fmt: skip
+        self._loan = loan
+        return loan
+
+    def _external(self, slot: int, need: int) -> tuple[int, Segment]:
+        """The slot's external segment, reused while big enough, else grown 2x.
+
+        Safe to replace: holding the slot's free token means the consumer has
+        released the previous frame in this slot, hence is done with its segment.
+        """
+        cur = self._ext.get(slot)
+        if cur is not None and cur[1].size >= need:
+            return cur
+        rec = self._spec.record_offset(slot)
+        last = L.U32.unpack_from(self._buf, rec + L.REC_GEN)[0]
+        size = round_up(max(need, 2 * cur[1].size if cur else 0), PAGE_SIZE)
+        gen = last
+        while True:  # generations are unique per slot for the ring's lifetime
+            gen += 1
+            if gen > _U32_MAX:
+                raise RingError(self._name, f"slot {slot}: external generations exhausted")
+            try:
+                seg = Segment.create(self._spec.ext_name(slot, gen), size)
+                break
+            except posix_ipc.ExistentialError:
+                continue  # left over by a producer that died before recording it
+        L.U32.pack_into(self._buf, rec + L.REC_GEN, gen)
+        if last:
+            unlink_segment(self._spec.ext_name(slot, last))
+        if cur is not None:
+            cur[1].close()
+        self._ext[slot] = (gen, seg)
+        return gen, seg
+
+    def _commit(self, loan: Loan, header: SlotHeader, payload_len: int | None) -> None:
+        if self._closed:
+            raise RingClosedError(self._name, "producer was closed; the loan was discarded")
+        if loan._done:
+            raise RingError(self._name, "this loan was already committed or discarded")
+        if header.flags & FLAG_EOS:  # checked before we let go of the loan
+            raise HeaderError("flags", "end-of-stream is sent with end_of_stream()")
+        pl = loan.nbytes if payload_len is None else payload_len
+        if not 0 <= pl <= loan.nbytes:
+            raise ValueError(f"ring {self._name}: payload_len {pl} exceeds loan {loan.nbytes}")
+        if self._buf[L.OFF_ABORTED]:
+            self._discard(loan)
+            raise RingAbortedError(self._name, "ring was aborted before commit")
+        crc = zlib.crc32(loan.payload[:pl], zlib.crc32(loan.meta)) if self._checksum else 0
+        meta_len = len(loan.meta)
+        loan._finish()
+        self._loan = None
+        self._publish(loan._slot, header, meta_len, pl, crc, loan._ext)
+
+    def _publish(
+        self,
+        slot: int,
+        header: SlotHeader,
+        meta_len: int,
+        payload_len: int,
+        crc: int,
+        ext: tuple[int, Segment] | None,
+    ) -> None:
+        """Write the slot's header and stamp, then post it (we hold its free token)."""
+        flags = header.flags & ~_TRANSPORT_FLAGS
+        if flags & FLAG_EOS:
+            raise HeaderError("flags", "end-of-stream is sent with end_of_stream()")
+        if self._checksum:
+            flags |= FLAG_CHECKSUM
+        gen = size = 0
+        if ext is not None:
+            flags |= FLAG_EXTERNAL
+            gen, size = ext[0], ext[1].size
+        rec = L.CTRL_SIZE + slot * L.RECORD_SIZE
+        encode_frame_into(
+            self._buf, rec + L.REC_HEADER, header, flags=flags, meta_len=meta_len,
+            payload_len=payload_len, checksum=crc, ext_gen=gen, ext_size=size,
+        )  # fmt: skip
+        self._post(rec)
+
+    def _post(self, rec: int) -> None:
+        # Stamp, count, then post: the semaphore post is the release barrier that
+        # publishes the slot; the doorbell byte follows the post (never before it).
+        pos = self._pos
+        L.U64.pack_into(self._buf, rec, pos + 1)
+        self._pos = pos + 1
+        L.U64.pack_into(self._buf, L.OFF_PRODUCED, pos + 1)
+        self._used.release()
+        if self._bell is not None:
+            self._bell.ring()
+
+    def _discard(self, loan: Loan) -> None:
+        loan._finish()
+        self._loan = None
+        self._free.release()  # the slot was never published: give the token back
+
+    # -- convenience ------------------------------------------------------------------
+
+    def send(
+        self,
+        header: SlotHeader,
+        meta: Buffer = b"",
+        payload: Buffer = b"",
+        timeout: float | None = None,
+    ) -> None:
+        """Copy ``meta`` and ``payload`` into the next slot and publish (blocking)."""
+        m, p = as_bytes(meta), as_bytes(payload)
+        self._check_can_loan(len(p), len(m))
+        if not acquire(self._free, timeout):
+            raise TimeoutError(f"ring {self._name}: no free slot within {timeout}s")
+        self._copy_and_publish(header, m, p)
+
+    def try_send(self, header: SlotHeader, meta: Buffer = b"", payload: Buffer = b"") -> bool:
+        """Non-blocking :meth:`send`; False (nothing sent) if the ring is full."""
+        m, p = as_bytes(meta), as_bytes(payload)
+        self._check_can_loan(len(p), len(m))
+        try:
+            self._free.acquire(0)
+        except posix_ipc.BusyError:
+            return False
+        self._copy_and_publish(header, m, p)
+        return True
+
+    def _copy_and_publish(self, header: SlotHeader, m: memoryview, p: memoryview) -> None:
+        # The one-copy fast path of send(): no Loan object, no intermediate views.
+        try:
+            if self._buf[L.OFF_ABORTED]:
+                raise RingAbortedError(self._name, "ring was aborted")
+            slot = self._pos % self._slots
+            meta_len, n = len(m), len(p)
+            off = round_up(meta_len, L.META_ALIGN)
+            ext: tuple[int, Segment] | None = None
+            if off + n <= self._slot_size:
+                view, base = self._buf, self._data + slot * self._slot_size
+            else:
+                ext = self._external(slot, off + n)
+                view, base = ext[1].view, 0
+            if meta_len:
+                view[base : base + meta_len] = m
+            view[base + off : base + off + n] = p
+            crc = zlib.crc32(p, zlib.crc32(m)) if self._checksum else 0
+            self._publish(slot, header, meta_len, n, crc, ext)
+        except BaseException:
+            self._free.release()  # nothing was posted: give the slot back
+            raise
+
+    def try_end_of_stream(self) -> bool:
+        """Publish end-of-stream if a slot is free; False if the ring is full."""
+        loan = self.try_loan(0)
+        if loan is None:
+            return False
+        self._commit_eos(loan)
+        return True
+
+    def end_of_stream(self, timeout: float | None = None) -> None:
+        """Publish end-of-stream after everything sent so far (needs one free slot)."""
+        self._commit_eos(self.loan(0, 0, timeout))
+
+    def _commit_eos(self, loan: Loan) -> None:
+        rec = self._spec.record_offset(loan._slot)
+        encode_frame_into(
+            self._buf, rec + L.REC_HEADER, _EOS_HEADER, flags=FLAG_EOS, meta_len=0,
+            payload_len=0, checksum=0, ext_gen=0, ext_size=0,
+        )  # fmt: skip
+        loan._finish()
+        self._loan = None
+        self._eos_sent = True
+        self._buf[L.OFF_EOS] = 1
+        self._post(rec)
+
+    def abort(self) -> None:
+        """Abort the ring: both ends' next (or current, blocked) operation raises."""
+        self._ring.abort()
+
+    def close(self) -> None:
+        """Release this endpoint's resources (idempotent). Does not signal the consumer."""
+        if self._closed:
+            return
+        if self._loan is not None:
+            self._discard(self._loan)
+        self._closed = True
+        for _, seg in self._ext.values():
+            seg.close()  # not unlinked: the consumer may not have mapped it yet
+        self._ext.clear()
+        if self._bell is not None:
+            self._bell.close()
+        fd, self._wait_fd = self._wait_fd, -1
+        if fd >= 0:
+            os.close(fd)

@@ -1,0 +1,133 @@
+"""What a ring is called and how its shared segment is laid out (no I/O).
+
+A :class:`RingSpec` is everything a process needs to attach to one ring; it is
+a frozen, picklable value the supervisor sends to a worker.
+
+Segment layout (offsets in bytes)::
+
+    0      control area (CTRL_SIZE = 256)
+             0  static: magic[8], version u32, slot_count u32, record_size u32,
+                flags u32 (bit 0: checksums), slot_size u64, data_offset u64
+            64  producer line: produced u64 (frames+EOS posted), eos_sent u8
+           128  consumer line: consumed u64 (slots returned)
+           192  aborted u8
+    256    slot records, RECORD_SIZE = 192 each:
+             +0 stamp u64 (ring position + 1 of the frame in the slot)
+             +8 last external-segment generation of this slot u32
+            +16 SlotHeader (HEADER_SIZE = 136 bytes)
+    data_offset (page aligned)
+           slot data, slot_size bytes each: meta at +0, payload at
+           +round_up(meta_len, 16)
+
+Producer and consumer counters live on separate cache lines so the two
+processes do not false-share. The counters are statistics only: the two
+POSIX semaphores (free, used) are the authority on how many slots are where.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from ._errors import RingError
+from ._header import HEADER_SIZE
+from ._names import Namespace
+from ._segment import PAGE_SIZE, round_up
+
+__all__ = ["RingSpec"]
+
+MAGIC: Final = b"NPRING\x00\x01"
+VERSION: Final = 1
+CTRL_STATIC: Final = struct.Struct("<8sIIIIQQ")
+OFF_PRODUCED: Final = 64
+OFF_EOS: Final = 72
+OFF_CONSUMED: Final = 128
+OFF_ABORTED: Final = 192
+CTRL_SIZE: Final = 256
+RECORD_SIZE: Final = 192
+REC_GEN: Final = 8
+REC_HEADER: Final = 16
+META_ALIGN: Final = 16
+SLOT_ALIGN: Final = 64
+MAX_SLOTS: Final = 65536
+U64: Final = struct.Struct("<Q")
+U32: Final = struct.Struct("<I")
+FLAG_SPEC_CHECKSUM: Final = 1
+
+assert REC_HEADER + HEADER_SIZE <= RECORD_SIZE
+
+
+@dataclass(frozen=True)
+class RingSpec:
+    """Identity and geometry of one ring (one graph edge).
+
+    ``async_producer`` / ``async_consumer`` say which ends wait on a file
+    descriptor (``fileno()``) instead of blocking in the semaphore: a trio
+    endpoint, or a worker multiplexing several input rings with ``wait_any``.
+    Each such end gets a doorbell FIFO that the other end rings on every post.
+    ``slot_size`` is a multiple of 64 (0 allowed: every frame goes external).
+    """
+
+    namespace: Namespace
+    index: int
+    slot_count: int
+    slot_size: int
+    checksum: bool = False
+    async_producer: bool = False
+    async_consumer: bool = False
+
+    def __post_init__(self) -> None:
+        where = f"/{self.namespace.prefix}r{self.index}"
+        if not 0 <= self.index < 1_000_000:
+            raise RingError(where, f"index {self.index} out of range 0..999999")
+        if not 1 <= self.slot_count <= MAX_SLOTS:
+            raise RingError(where, f"slot_count {self.slot_count} out of range 1..{MAX_SLOTS}")
+        if self.slot_size < 0 or self.slot_size % SLOT_ALIGN:
+            raise RingError(where, f"slot_size {self.slot_size} is not a multiple of 64")
+
+    @property
+    def name(self) -> str:
+        """The ring's shm name, ``/np.<pid>.<token>.r<index>``."""
+        return self.namespace.name(f"r{self.index}")
+
+    @property
+    def free_sem_name(self) -> str:
+        return self.namespace.name(f"r{self.index}f")
+
+    @property
+    def used_sem_name(self) -> str:
+        return self.namespace.name(f"r{self.index}u")
+
+    @property
+    def ext_prefix(self) -> str:
+        """/dev/shm entry prefix (no ``/``) of this ring's external segments."""
+        return f"{self.namespace.prefix}r{self.index}x"
+
+    def ext_name(self, slot: int, gen: int) -> str:
+        return self.namespace.name(f"r{self.index}x{slot}g{gen}")
+
+    @property
+    def used_doorbell(self) -> str | None:
+        """FIFO rung by the producer on every post, if the consumer waits on an fd."""
+        return self.namespace.fifo_path(f"r{self.index}.used") if self.async_consumer else None
+
+    @property
+    def free_doorbell(self) -> str | None:
+        """FIFO rung by the consumer on every release, if the producer waits on an fd."""
+        return self.namespace.fifo_path(f"r{self.index}.free") if self.async_producer else None
+
+    @property
+    def data_offset(self) -> int:
+        return round_up(CTRL_SIZE + self.slot_count * RECORD_SIZE, PAGE_SIZE)
+
+    @property
+    def total_size(self) -> int:
+        return self.data_offset + self.slot_count * self.slot_size
+
+    @staticmethod
+    def record_offset(slot: int) -> int:
+        return CTRL_SIZE + slot * RECORD_SIZE
+
+    def slot_offset(self, slot: int) -> int:
+        return self.data_offset + slot * self.slot_size
