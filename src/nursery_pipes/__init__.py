@@ -4,7 +4,9 @@ Light nodes run as trio tasks; heavy Python nodes each get a worker process,
 with frames handed over POSIX shared memory. See README.md and docs/design.md.
 """
 
-from ._api import default_runtime, open_session, run_pipeline, run_pipeline_sync
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._config import RuntimeConfig, load_config
 from ._errors import (
     ConfigError,
@@ -46,18 +48,54 @@ from .nodes import (
     ProgressReporter,
     register_node,
 )
-from .runtime import (
-    NodeProgress,
-    Output,
-    PipelineResult,
-    Runtime,
-    Session,
-    SessionMetrics,
-    SessionState,
-    StateChanged,
-    SupervisionPolicy,
-    Supervisor,
-)
+
+if TYPE_CHECKING:
+    from ._api import default_runtime, open_session, run_pipeline, run_pipeline_sync
+    from .runtime import (
+        NodeProgress,
+        Output,
+        PipelineResult,
+        Runtime,
+        Session,
+        SessionMetrics,
+        SessionState,
+        StateChanged,
+        SupervisionPolicy,
+        Supervisor,
+    )
+
+# The runtime (trio) is imported on first use, so that worker processes, which
+# import nursery_pipes.frames / .nodes / .worker, never load trio or grpclib.
+_LAZY = {
+    "default_runtime": "._api",
+    "open_session": "._api",
+    "run_pipeline": "._api",
+    "run_pipeline_sync": "._api",
+    "NodeProgress": ".runtime",
+    "Output": ".runtime",
+    "PipelineResult": ".runtime",
+    "Runtime": ".runtime",
+    "Session": ".runtime",
+    "SessionMetrics": ".runtime",
+    "SessionState": ".runtime",
+    "StateChanged": ".runtime",
+    "SupervisionPolicy": ".runtime",
+    "Supervisor": ".runtime",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nursery_pipes' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "Assignment",

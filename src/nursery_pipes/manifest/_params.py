@@ -9,6 +9,7 @@ struct's ``__post_init__`` run last, once the fields themselves are fine.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 
 import msgspec
@@ -27,7 +28,11 @@ def check_params(
     """Return the params struct instance (or None) and the list of problems found."""
     if not isinstance(raw, dict):
         return None, [ManifestIssue(path, f"params must be an object, got {_json_type(raw)}")]
-    fields = {f.name: f for f in msgspec.structs.fields(params_type)}
+    try:  # fast path: valid params need one conversion
+        return msgspec.convert(raw, params_type), []
+    except msgspec.ValidationError:
+        pass
+    fields = _fields(params_type)
     issues: list[ManifestIssue] = []
     for key in raw:
         if key not in fields:
@@ -50,6 +55,12 @@ def check_params(
         return msgspec.convert(raw, params_type), []
     except msgspec.ValidationError as exc:
         return None, [ManifestIssue(*_locate(path, str(exc)))]
+
+
+@functools.cache
+def _fields(params_type: type[Params]) -> dict[str, msgspec.structs.FieldInfo]:
+    # msgspec.structs.fields() re-evaluates annotations on every call: look once per type.
+    return {f.name: f for f in msgspec.structs.fields(params_type)}
 
 
 def _unknown_param(key: str, known: list[str]) -> str:

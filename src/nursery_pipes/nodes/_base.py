@@ -96,6 +96,10 @@ class Node(Generic[P]):
     produces: ClassVar[frozenset[FrameKind]] = ALL_KINDS
     executor: ClassVar[ExecutorName | None] = None
     """Preferred executor; ``None`` lets the routing rules decide."""
+    zero_copy: ClassVar[bool] = False
+    """In a worker process, hand ``process()`` frames whose arrays are views into shared
+    memory (no copy). Only for nodes that never keep an input frame, or a view of its
+    data, after ``process()`` returns: the memory is reused for later frames."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -131,8 +135,10 @@ class Node(Generic[P]):
 
     @classmethod
     def description(cls) -> str:
-        doc = inspect.getdoc(cls) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
+        # The class's own docstring only: inspect.getdoc() would fall back to a base class's
+        # (for an undocumented node, Node's own docstring).
+        doc = inspect.cleandoc(cls.__dict__.get("__doc__") or "")
+        return doc.splitlines()[0] if doc else ""
 
 
 def _params_from_generic(cls: type) -> type[Params] | None:

@@ -19,7 +19,7 @@ task_status)``. The executor must:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -43,10 +43,8 @@ class NodePorts:
     """Supervisor-side nodes: every input edge feeds this one channel."""
     outputs: list[OutPort] = field(default_factory=list)
     """Supervisor-side nodes: one port per output edge."""
-    ring_inputs: Sequence[Any] = ()
-    """Worker nodes: shared-memory ring specs to attach to, one per input edge."""
-    ring_outputs: Sequence[Any] = ()
-    """Worker nodes: shared-memory ring specs, one per output edge."""
+    worker: Any = None
+    """Worker nodes: their rings (``executors.WorkerWiring``): input/output/event ring specs."""
 
 
 @dataclass

@@ -126,7 +126,14 @@ class _Pump:
         waiting = 0.0
         where = f"{self.host.plan.node_type}.{phase}"
         try:
-            async with aclosing(aiter_outputs(hook(*args), where)) as outputs:
+            result = hook(*args)
+            if result is None or isinstance(result, (Frame, list, tuple)):
+                # Fast path for the common plain-return forms: no generator machinery.
+                metrics.processing_s += time.perf_counter() - began
+                for out in () if result is None else (result,) if isinstance(result, Frame) else result:
+                    await self._emit(_checked(out, where))
+                return
+            async with aclosing(aiter_outputs(result, where)) as outputs:
                 async for out in outputs:
                     paused = time.perf_counter()
                     await self._emit(out)
@@ -135,13 +142,19 @@ class _Pump:
             raise
         except Exception as exc:
             raise node_failure(self.host.node_id, phase, exc) from exc
-        finally:
+        else:
             metrics.processing_s += time.perf_counter() - began - waiting
 
     async def _emit(self, frame: Frame) -> None:
         self.host.metrics.count_out(frame)
         for port in self.ports.outputs:
             await port.send(self.last_seq, frame)
+
+
+def _checked(item: object, where: str) -> Frame:
+    if not isinstance(item, Frame):
+        raise TypeError(f"{where} produced {type(item).__name__}, expected a Frame")
+    return item
 
 
 async def _cleanup(node: Node[Any], host: NodeHost) -> None:

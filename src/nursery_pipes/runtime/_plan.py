@@ -9,7 +9,9 @@ spawned yet.
 
 from __future__ import annotations
 
+import inspect
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -140,6 +142,8 @@ def plan_session(
             spec.id, spec.node_type, declared=cls.executor, table=table, overrides=overrides, host=spec.host
         )
         issues += _placement_issues(index, spec.id, assignment, executors)
+        if assignment.executor == "multiprocess":
+            issues += _worker_issues(index, spec.id, cls)
         issues += _capability_issues(index, spec.capabilities)
         nodes[spec.id] = NodePlan(
             node_id=spec.id,
@@ -150,6 +154,8 @@ def plan_session(
             inputs=graph.predecessors(spec.id) or (CLIENT,),
             outputs=graph.successors(spec.id) or (CLIENT,),
         )
+    if plan_needs_workers(nodes):
+        issues += _executable_issues(settings.python_executable)
     if issues:
         raise ManifestError(issues, manifest.source)
     plan = SessionPlan(
@@ -217,6 +223,40 @@ def _placement_issues(
             )
         ]
     return []
+
+
+def plan_needs_workers(nodes: Mapping[str, NodePlan]) -> bool:
+    return any(n.executor == "multiprocess" for n in nodes.values())
+
+
+def _worker_issues(index: int, node_id: str, cls: type[Node[Any]]) -> list[ManifestIssue]:
+    """A node class can run in a worker only if the worker can import it and call it synchronously."""
+    path = f"nodes[{index}].node_type"
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+        return [ManifestIssue(path, f"node {node_id!r} routes to multiprocess, but its class {where} is not importable "
+                                    "by a worker process (define it in a module, not in __main__ or a function)")]
+    hooks = [name for name in ("initialize", "process", "flush", "cleanup")
+             if inspect.iscoroutinefunction(getattr(cls, name)) or inspect.isasyncgenfunction(getattr(cls, name))]
+    if hooks:
+        return [ManifestIssue(path, f"node {node_id!r} routes to multiprocess, but {where} has async hooks "
+                                    f"({', '.join(hooks)}); async nodes run in-process — override its executor")]
+    return []
+
+
+def _executable_issues(requested: str) -> list[ManifestIssue]:
+    """Workers run on this runtime's interpreter; accept a request that names the same one."""
+    if not requested:
+        return []
+    ours = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    if requested in {"python", f"python{sys.version_info.major}", ours}:
+        return []
+    if os.path.isabs(requested) and os.path.realpath(requested) == os.path.realpath(sys.executable):
+        return []
+    return [ManifestIssue(
+        "metadata.multiprocess.python_executable",
+        f"workers run on this runtime's interpreter ({sys.executable}, {ours}); {requested!r} is not it",
+    )]
 
 
 def _capability_issues(index: int, caps: Any) -> list[ManifestIssue]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -24,10 +24,15 @@ from ..nodes._routing import Assignment
 from ._events import NodeProgress
 from ._executor import Executor
 from ._inprocess import InProcessExecutor
-from ._plan import SessionPlan, check_input_target, plan_session
+from ._plan import SessionPlan, SessionSettings, check_input_target, plan_session
 from ._session import Session, SessionMetrics
 
-__all__ = ["PipelineInputs", "PipelineResult", "Runtime", "registry_from_config"]
+if TYPE_CHECKING:
+    from ..executors import ShmTransport, WorkerPool
+
+__all__ = ["PipelineInputs", "PipelineResult", "Runtime", "WorkerBackend", "registry_from_config"]
+
+EXECUTORS = frozenset({"inprocess", "multiprocess"})
 
 ManifestSource = Manifest | str | bytes | Mapping[str, Any] | os.PathLike[str]
 PipelineInputs = Mapping[str, Frame | Iterable[Frame] | AsyncIterable[Frame]]
@@ -65,6 +70,48 @@ def registry_from_config(config: RuntimeConfig) -> NodeRegistry:
     return registry
 
 
+class WorkerBackend:
+    """Where a runtime's sessions get worker processes and shared memory from.
+
+    Sessions of a runtime entered with ``async with`` share one worker pool
+    (and its warm workers); otherwise each session opens its own pool.
+    """
+
+    def __init__(self, config: RuntimeConfig) -> None:
+        self.config = config
+        self.shared_pool: WorkerPool | None = None
+
+    def new_pool(self, *, warm: int = 0) -> WorkerPool:
+        from ..executors import WorkerPool
+
+        mp = self.config.multiprocess
+        return WorkerPool(
+            worker_type=mp.worker_type, max_processes=self.config.limits.max_processes, warm=warm
+        )
+
+    @asynccontextmanager
+    async def pool(self) -> AsyncIterator[WorkerPool]:
+        if self.shared_pool is not None:
+            yield self.shared_pool
+            return
+        async with self.new_pool().open() as pool:
+            yield pool
+
+    def transport(self, settings: SessionSettings) -> ShmTransport:
+        from ..executors import RingGeometry, ShmTransport
+
+        mp = self.config.multiprocess
+        geometry = RingGeometry.for_session(
+            settings.channel_capacity, mp.slot_count, mp.slot_size, mp.checksums
+        )
+        return ShmTransport(geometry)
+
+    def executor(self, pool: WorkerPool) -> Executor:
+        from ..executors import MultiprocessExecutor
+
+        return MultiprocessExecutor(pool)
+
+
 class Runtime:
     """Sessions share this: config, registry, executors, limits.
 
@@ -85,7 +132,29 @@ class Runtime:
         self.config = config or RuntimeConfig()
         self.registry = registry
         self.executors: dict[str, Executor] = {"inprocess": InProcessExecutor()}
+        self.workers = WorkerBackend(self.config)
         self._sessions: dict[str, Session] = {}
+        self._stack: AsyncExitStack | None = None
+
+    async def __aenter__(self) -> Runtime:
+        """Start shared resources: one worker pool for all sessions, pre-started workers
+        (``[multiprocess] warm_pool``), and a sweep of what dead supervisors left in /dev/shm."""
+        from ..ipc import sweep_stale
+
+        sweep_stale()
+        stack = AsyncExitStack()
+        pool = self.workers.new_pool(warm=self.config.multiprocess.warm_pool)
+        self.workers.shared_pool = await stack.enter_async_context(pool.open())
+        self._stack = stack
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        stack, self._stack = self._stack, None
+        self.workers.shared_pool = None
+        if stack is not None:
+            # Not wrapped in a new (shielded) scope: the pool's nursery was entered outside it, and
+            # scopes must unwind in order. The pool shields its own shutdown.
+            await stack.aclose()
 
     @property
     def sessions(self) -> Mapping[str, Session]:
@@ -102,7 +171,7 @@ class Runtime:
     def plan(self, source: ManifestSource | SessionPlan) -> SessionPlan:
         if isinstance(source, SessionPlan):
             return source
-        return plan_session(self.manifest(source), self.config, executors=frozenset(self.executors))
+        return plan_session(self.manifest(source), self.config, executors=EXECUTORS)
 
     @asynccontextmanager
     async def open_session(
@@ -125,7 +194,7 @@ class Runtime:
         """
         plan = self.plan(manifest)
         self._check_limits(plan)
-        session = Session(plan, self.executors, session_id=session_id)
+        session = Session(plan, self.executors, session_id=session_id, workers=self.workers)
         self._sessions[session.id] = session
         body_error: BaseException | None = None
         try:

@@ -27,10 +27,11 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -40,9 +41,13 @@ from ..nodes._routing import Assignment
 from ._events import Event, EventQueue, NodeProgress, Output, StateChanged
 from ._executor import Executor, NodeHost, NodePorts
 from ._plan import CLIENT, SessionPlan, check_input_target
-from ._ports import EventPort, MemoryPort, Message, NodeMetrics, OutPort
+from ._ports import NodeMetrics, OutPort
 from ._states import SESSION_TRANSITIONS, SessionEvent, SessionState, StateMachine
 from ._supervisor import ChildFailed, ChildSpec, Started, Supervisor
+from ._wiring import wire
+
+if TYPE_CHECKING:
+    from ._runtime import WorkerBackend
 
 __all__ = ["Session", "SessionMetrics"]
 
@@ -67,11 +72,17 @@ class Session:
     """A running pipeline. Get one from :func:`nursery_pipes.open_session`."""
 
     def __init__(
-        self, plan: SessionPlan, executors: Mapping[str, Executor], *, session_id: str | None = None
+        self,
+        plan: SessionPlan,
+        executors: Mapping[str, Executor],
+        *,
+        session_id: str | None = None,
+        workers: WorkerBackend | None = None,
     ) -> None:
         self.id = session_id or secrets.token_hex(8)
         self.plan = plan
         self._executors = executors
+        self._workers = workers
         self._sm: StateMachine[SessionState, SessionEvent] = StateMachine(
             f"session {self.id}", SessionState.INITIALIZING, SESSION_TRANSITIONS, on_change=self._on_state
         )
@@ -241,15 +252,38 @@ class Session:
         self._cpu0 = time.process_time()
         try:
             with self._scope:
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    await self._supervise()
-                    nursery.cancel_scope.cancel()
+                async with AsyncExitStack() as stack:
+                    transport = await self._open_workers(stack)
+                    wiring = wire(self.plan, self._events, self._capacity, transport)
+                    self._ingress = wiring.ingress
+                    async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
+                        pumps = _Countdown(len(wiring.pumps))
+                        for pump in wiring.pumps:
+                            nursery.start_soon(pumps.run, pump, self._pump_failed)
+                        await self._supervise(wiring.ports)
+                        if self._error is None:
+                            await pumps.wait()  # the nodes are done; their last frames may still be in rings
+                        nursery.cancel_scope.cancel()
         finally:
             self._finish()
 
-    async def _supervise(self) -> None:
-        ports = self._wire()
+    async def _open_workers(self, stack: AsyncExitStack) -> Any:
+        """Worker pool, executor and shared-memory transport — only if some node needs them."""
+        if not any(edge.transport == "shm" for edge in self.plan.edges):
+            return None
+        assert self._workers is not None, "this runtime has no multiprocess executor"
+        pool = await stack.enter_async_context(self._workers.pool())
+        transport = self._workers.transport(self.plan.settings)
+        stack.callback(transport.close)  # unlinks the session's namespace on every exit path
+        self._executors = {**self._executors, "multiprocess": self._workers.executor(pool)}
+        return transport
+
+    def _pump_failed(self, error: BaseException) -> None:
+        self._fail(error)
+        self._scope.cancel()
+
+    async def _supervise(self, ports: dict[str, NodePorts]) -> None:
         specs = [ChildSpec(nid, partial(self._run_node, nid, ports[nid])) for nid in self.plan.order]
         try:
             await self._supervisor.run(specs, task_status=self)
@@ -291,29 +325,26 @@ class Session:
         for port in self._ingress.values():
             await port.end()
 
-    def _wire(self) -> dict[str, NodePorts]:
-        """Create every edge of the plan and hand each node its ports."""
-        inboxes: dict[str, trio.MemorySendChannel[Message]] = {}
-        ports: dict[str, NodePorts] = {}
-        for nid, node in self.plan.nodes.items():
-            if not node.on_supervisor:
-                raise NotImplementedError(f"node {nid!r}: no transport for executor {node.executor!r}")
-            send, recv = trio.open_memory_channel[Message](self._capacity)
-            inboxes[nid] = send
-            ports[nid] = NodePorts(expected_eos=len(node.inputs), inbox=recv, outputs=[])
-        for edge in self.plan.edges:
-            if edge.dst == CLIENT:
-                done = trio.Event()
-                port: OutPort = EventPort(self._events, edge.src, done)
-            else:
-                port = MemoryPort(inboxes[edge.dst].clone(), edge.src)
-            if edge.src == CLIENT:
-                self._ingress[edge.dst] = port
-            else:
-                ports[edge.src].outputs.append(port)
-        for send in inboxes.values():
-            send.close()  # each edge holds its own clone
-        return ports
+
+class _Countdown:
+    """Runs tasks and lets you wait until all of them have returned."""
+
+    def __init__(self, count: int) -> None:
+        self._left = count
+        self._done = trio.Event()
+        if count == 0:
+            self._done.set()
+
+    async def run(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        try:
+            await fn(*args)
+        finally:
+            self._left -= 1
+            if self._left == 0:
+                self._done.set()
+
+    async def wait(self) -> None:
+        await self._done.wait()
 
 
 class _EventIterator:

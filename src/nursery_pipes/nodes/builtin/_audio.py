@@ -217,6 +217,7 @@ class AudioGainNode(Node[AudioGainParams]):
     accepts = _AUDIO
     produces = _AUDIO
     executor = "inprocess"
+    zero_copy = True  # keeps nothing between calls: may read inputs in place
 
     def process(self, frame: Frame) -> Frame:
         audio = _audio(frame, "AudioGainNode")
@@ -248,6 +249,7 @@ class AudioNormalizeNode(Node[AudioNormalizeParams]):
     accepts = _AUDIO
     produces = _AUDIO
     executor = "inprocess"
+    zero_copy = True  # keeps nothing between calls: may read inputs in place
 
     def process(self, frame: Frame) -> Frame:
         audio = _audio(frame, "AudioNormalizeNode")
@@ -291,6 +293,7 @@ class AudioFormatNode(Node[AudioFormatParams]):
     accepts = _AUDIO
     produces = _AUDIO
     executor = "inprocess"
+    zero_copy = True  # keeps nothing between calls: may read inputs in place
 
     def process(self, frame: Frame) -> Frame:
         audio = _audio(frame, "AudioFormatNode")

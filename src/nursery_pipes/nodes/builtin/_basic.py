@@ -49,6 +49,7 @@ class PassThrough(Node[NoParams]):
     accepts = ALL_KINDS
     produces = ALL_KINDS
     executor = "inprocess"
+    zero_copy = True  # keeps nothing between calls: may read inputs in place
 
     def process(self, frame: Frame) -> Frame:
         return frame
@@ -60,6 +61,7 @@ class Echo(Node[NoParams]):
     accepts = ALL_KINDS
     produces = ALL_KINDS
     executor = "inprocess"
+    zero_copy = True  # keeps nothing between calls: may read inputs in place
 
     def process(self, frame: Frame) -> Frame:
         return frame
@@ -84,6 +86,7 @@ class CalculatorNode(Node[NoParams]):
     accepts = _JSON_KINDS
     produces = _JSON_KINDS
     executor = "inprocess"
+    zero_copy = True  # keeps nothing between calls: may read inputs in place
 
     def process(self, frame: Frame) -> Frame:
         if not isinstance(frame, JsonFrame):  # the graph only routes JSON here
@@ -173,6 +176,7 @@ class TextTransformNode(Node[TextTransformParams]):
     accepts = _TEXT_KINDS
     produces = _TEXT_KINDS
     executor = "inprocess"
+    zero_copy = True  # keeps nothing between calls: may read inputs in place
 
     def process(self, frame: Frame) -> Frame:
         if not isinstance(frame, TextFrame):
@@ -221,6 +225,7 @@ class JsonTransformNode(Node[JsonTransformParams]):
     accepts = _JSON_KINDS
     produces = _JSON_KINDS
     executor = "inprocess"
+    zero_copy = True  # keeps nothing between calls: may read inputs in place
 
     def process(self, frame: Frame) -> Frame:
         if not isinstance(frame, JsonFrame):

@@ -1,0 +1,233 @@
+"""The multiprocess executor: one node per worker process, supervised from trio.
+
+Per node, two tasks in one nursery: the *job* (``WorkerPool.run`` of the
+worker-side :func:`~nursery_pipes.worker.run_node`) and the *event follower*
+(progress, ready, stats, failure, done from the worker's events ring).
+
+Shutdown contract (see also ``worker/_main.py``)::
+
+    cancelled / failed / init timeout
+        └─ ask:   abort the node's rings — a worker blocked in a ring wakes,
+                  cleans up and returns
+        └─ grace: wait up to grace_period_secs for the job to end
+        └─ kill:  cancel the job → trio-parallel SIGKILLs the worker; wait until reaped
+
+The job runs inside a cancel scope shielded from the session's cancellation,
+so the ask → grace → kill sequence decides when the worker dies, not the
+first cancel that happens to arrive. That sequence itself runs shielded, in a
+``finally``: it cannot be skipped.
+
+A crash — exception, non-zero exit, signal, OOM kill — is seen as an event,
+never by polling: a failure event from the worker, or trio-parallel noticing
+the process exit (``BrokenWorkerError``, via the process sentinel).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import msgspec
+import trio
+import trio_parallel
+
+from .._errors import NodeCrashed, NodeError, NodeInitTimeout
+from ..ipc import EndOfStream, RingAbortedError
+from ..nodes._registry import import_ref
+from ..runtime._executor import NodeHost, NodePorts
+from ..runtime._states import NodeEvent
+from ..runtime._supervisor import Started
+from ..worker import WorkerJob
+from ..worker._events import decode_event
+from ._pool import WorkerPool
+from ._transport import WorkerWiring
+
+__all__ = ["MultiprocessExecutor"]
+
+
+class MultiprocessExecutor:
+    name = "multiprocess"
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+
+    async def run_node(self, host: NodeHost, ports: NodePorts, *, task_status: Started) -> None:
+        wiring = ports.worker
+        assert isinstance(wiring, WorkerWiring)
+        assert wiring.events is not None
+        assert wiring.events_consumer is not None
+        job = self._job(host, wiring)
+        run = _NodeRun(host, wiring, self.pool)
+        host.state.fire(NodeEvent.START)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run.job, job)
+            try:
+                await run.follow(task_status)
+            finally:
+                await run.stop(host.settings.grace_period_secs)
+        run.raise_outcome()
+
+    def _job(self, host: NodeHost, wiring: WorkerWiring) -> WorkerJob:
+        cls = host.plan.node_class
+        assert wiring.events is not None
+        return WorkerJob(
+            session_id=host.session_id,
+            node_id=host.node_id,
+            node_type=host.plan.node_type,
+            import_ref=import_ref(cls),
+            params=msgspec.to_builtins(host.plan.params),
+            inputs=tuple(wiring.inputs),
+            outputs=tuple(wiring.outputs),
+            events=wiring.events,
+            supervisor_pid=os.getpid(),
+            parent_is_forkserver=self.pool.parent_is_forkserver,
+            copy_inputs=not getattr(cls, "zero_copy", False),
+        )
+
+
+class _NodeRun:
+    """One node's worker job and the supervisor's view of it."""
+
+    def __init__(self, host: NodeHost, wiring: WorkerWiring, pool: WorkerPool) -> None:
+        self.host = host
+        self.wiring = wiring
+        self.pool = pool
+        self.job_scope = trio.CancelScope(shield=True)
+        self.job_done = trio.Event()
+        self.follow_scope = trio.CancelScope()
+        self.result: dict[str, Any] | None = None
+        self.crash: BaseException | None = None
+        self.failure: dict[str, Any] | None = None
+        self.ready = False
+        self.timed_out = False
+
+    async def job(self, job: WorkerJob) -> None:
+        try:
+            with self.job_scope:
+                self.result = await self.pool.run(job)
+        except trio_parallel.BrokenWorkerError as exc:
+            self.crash = exc
+        except Exception as exc:
+            self.crash = exc
+        finally:
+            self.job_done.set()
+            self.follow_scope.cancel()
+
+    async def follow(self, task_status: Started) -> None:
+        """Apply the worker's events until its job ends; enforce the init timeout."""
+        consumer = self.wiring.events_consumer
+        assert consumer is not None
+        with self.follow_scope:
+            with trio.move_on_after(self.host.settings.init_timeout_secs) as init_scope:
+                while not self.ready:
+                    self._apply(await _next_event(consumer), task_status)
+            if init_scope.cancelled_caught and not self.job_done.is_set():
+                self.timed_out = True
+                return
+            while True:
+                self._apply(await _next_event(consumer), task_status)
+        # The job ended: whatever it said last is still in the ring.
+        while (event := _try_event(consumer)) is not None:
+            self._apply(event, task_status)
+
+    def _apply(self, event: dict[str, Any] | None, task_status: Started) -> None:
+        if event is None:
+            return
+        kind = event["type"]
+        host = self.host
+        if kind == "progress":
+            if event["state"] == "starting":
+                self.pool_taken()
+            host.progress(event["state"], event["progress"], event["message"])
+        elif kind == "ready":
+            host.metrics.pid = event["pid"]
+            host.metrics.init_s = event["init_s"]
+            host.state.fire(NodeEvent.INIT_DONE)
+            host.progress("ready", 1.0)
+            self.ready = True
+            task_status.started()
+        elif kind in ("stats", "done"):
+            _update_metrics(host, event)
+        elif kind == "failed":
+            self.failure = event
+        elif kind == "log":
+            host.logger.warning("node %s (worker): %s", host.node_id, event["message"])
+
+    def pool_taken(self) -> None:
+        self.pool.refill_soon()
+
+    async def stop(self, grace: float) -> None:
+        """Ask → grace → kill, unless the job already ended. Shielded: always runs."""
+        with trio.CancelScope(shield=True):
+            if not self.job_done.is_set():
+                self.wiring.request_stop()
+                with trio.move_on_after(grace):
+                    await self.job_done.wait()
+                self.job_scope.cancel()
+                await self.job_done.wait()
+
+    def raise_outcome(self) -> None:
+        host = self.host
+        phase = "process" if self.ready else "initialize"
+        if self.failure is not None:
+            error = NodeError(
+                host.node_id,
+                self.failure["phase"],
+                self.failure["message"],
+                remote_traceback=self.failure["traceback"],
+            )
+        elif self.timed_out:
+            error = NodeInitTimeout(host.node_id, host.settings.init_timeout_secs)
+        elif self.crash is not None:
+            error = _crash_error(host.node_id, phase, self.crash)
+        elif self.result is not None and self.result.get("status") == "done":
+            host.state.fire(NodeEvent.STOP)
+            host.state.fire(NodeEvent.FINISHED)
+            return
+        else:
+            return  # stopped on request (the session is ending)
+        if host.state.can(NodeEvent.FAIL):
+            host.state.fire(NodeEvent.FAIL)
+        if not self.ready:
+            host.progress("failed", 0.0, str(error))
+        raise error
+
+
+def _crash_error(node_id: str, phase: str, exc: BaseException) -> NodeError:
+    proc = exc.args[-1] if exc.args else None
+    code = getattr(proc, "exitcode", None)
+    if isinstance(code, int):
+        if code < 0:
+            return NodeCrashed(node_id, phase, signal=-code)
+        return NodeCrashed(node_id, phase, exitcode=code)
+    return NodeError(node_id, phase, f"worker failed: {type(exc).__name__}: {exc}")
+
+
+def _update_metrics(host: NodeHost, stats: dict[str, Any]) -> None:
+    m = host.metrics
+    m.frames_in = stats.get("frames_in", m.frames_in)
+    m.frames_out = stats.get("frames_out", m.frames_out)
+    m.bytes_in = stats.get("bytes_in", m.bytes_in)
+    m.bytes_out = stats.get("bytes_out", m.bytes_out)
+    m.processing_s = stats.get("processing_s", m.processing_s)
+
+
+async def _next_event(consumer: Any) -> dict[str, Any] | None:
+    try:
+        received = await consumer.receive()
+    except (EndOfStream, RingAbortedError):
+        await trio.sleep_forever()  # only the job's end (follow_scope) moves us on now
+        raise AssertionError("unreachable") from None
+    with received:
+        return decode_event(received.meta)
+
+
+def _try_event(consumer: Any) -> dict[str, Any] | None:
+    try:
+        received = consumer.consumer.try_receive()
+    except (EndOfStream, RingAbortedError):
+        return None
+    if received is None:
+        return None
+    with received:
+        return decode_event(received.meta)

@@ -1,0 +1,206 @@
+"""Shared-memory edges of one session, seen from the supervisor.
+
+The supervisor creates every ring of a session — including worker→worker ones
+— in one namespace, so it alone owns the names and can always unlink them,
+whatever the workers did. Per edge:
+
+==========================  ======================================  ===========================
+edge                        producer end                            consumer end
+==========================  ======================================  ===========================
+client → worker             :class:`ShmPort` (trio, doorbell)       worker (semaphore)
+in-process node → worker    :class:`ShmPort` as the node's OutPort  worker
+worker → in-process node    worker                                  pump task → node's inbox
+worker → client (sink)      worker                                  pump task → event queue
+worker → worker             worker                                  worker (direct, no hop)
+==========================  ======================================  ===========================
+
+A worker with several inputs waits on their doorbells (``wait_any``); with
+one input it blocks in the ring's semaphore, the cheapest wake-up there is.
+Every worker also has an events ring (worker → supervisor).
+
+Frames leaving shared memory for the supervisor are copied out of the slot
+(they may live on in user code); frames entering it are written in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from .._errors import SessionError
+from ..frames import Frame
+from ..ipc import (
+    EndOfStream,
+    Namespace,
+    Ring,
+    RingAbortedError,
+    RingClosedError,
+    RingSpec,
+    sweep_stale,
+    unlink_namespace,
+)
+from ..ipc._trio import TrioConsumer, TrioProducer
+from ..runtime._ports import OutPort
+from ..worker._codec import decode_frame, encode_frame
+
+__all__ = ["RingGeometry", "ShmPort", "ShmTransport", "WorkerWiring"]
+
+
+@dataclass(frozen=True)
+class RingGeometry:
+    slot_count: int
+    slot_size: int
+    checksum: bool = False
+
+    @classmethod
+    def for_session(
+        cls, channel_capacity: int, slot_count: int, slot_size: int, checksum: bool
+    ) -> RingGeometry:
+        # A ring never holds more frames than an in-process edge would (channel_capacity),
+        # and never more slots than configured: every slot gets touched, so it is real memory.
+        slots = max(2, min(channel_capacity, slot_count))
+        return cls(slots, _round64(slot_size), checksum)
+
+
+def _round64(n: int) -> int:
+    return (n + 63) // 64 * 64
+
+
+@dataclass
+class WorkerWiring:
+    """What a worker node gets: the specs of its rings and a way to ask it to stop."""
+
+    inputs: list[RingSpec] = field(default_factory=list)
+    outputs: list[RingSpec] = field(default_factory=list)
+    events: RingSpec | None = None
+    events_consumer: TrioConsumer | None = None
+    rings: list[Ring] = field(default_factory=list)
+
+    def request_stop(self) -> None:
+        """Ask the worker to stop: abort its rings, waking it wherever it blocks in them."""
+        for ring in self.rings:
+            with contextlib.suppress(RingClosedError):
+                ring.abort()
+
+
+class ShmPort:
+    """A supervisor-side producer on a ring, as an :class:`OutPort`."""
+
+    def __init__(self, producer: TrioProducer) -> None:
+        self._producer = producer
+
+    async def send(self, seq: int, frame: Frame) -> None:
+        encoded = encode_frame(frame)
+        loan = await self._producer.loan(encoded.payload.nbytes, len(encoded.meta))
+        with loan:
+            loan.meta[:] = encoded.meta
+            loan.payload[:] = encoded.payload
+            loan.commit(encoded.header(seq))
+
+    async def end(self) -> None:
+        await self._producer.end_of_stream()
+
+
+class ShmTransport:
+    """Creates, wires and finally unlinks every ring of one session."""
+
+    def __init__(self, geometry: RingGeometry, events_slots: int = 64) -> None:
+        sweep_stale()  # namespaces of supervisors that died: gone before we add ours
+        self.namespace = Namespace.create()
+        self.geometry = geometry
+        self._events_slots = events_slots
+        self._rings: list[Ring] = []
+        self._closers: list[Callable[[], None]] = []
+        self._next = 0
+        self._closed = False
+
+    def _ring(
+        self,
+        *,
+        async_producer: bool,
+        async_consumer: bool,
+        slot_count: int | None = None,
+        slot_size: int | None = None,
+    ) -> Ring:
+        spec = RingSpec(
+            namespace=self.namespace,
+            index=self._next,
+            slot_count=slot_count or self.geometry.slot_count,
+            slot_size=self.geometry.slot_size if slot_size is None else slot_size,
+            checksum=self.geometry.checksum,
+            async_producer=async_producer,
+            async_consumer=async_consumer,
+        )
+        self._next += 1
+        ring = Ring.create(spec)
+        self._rings.append(ring)
+        return ring
+
+    def edge(
+        self, *, producer_in_supervisor: bool, consumer_in_supervisor: bool, consumer_fan_in: int
+    ) -> Ring:
+        """A ring for one edge; doorbells where an end waits on a file descriptor."""
+        return self._ring(
+            async_producer=producer_in_supervisor,
+            async_consumer=consumer_in_supervisor or consumer_fan_in > 1,
+        )
+
+    def events(self) -> tuple[Ring, TrioConsumer]:
+        ring = self._ring(
+            async_producer=False, async_consumer=True, slot_count=self._events_slots, slot_size=4096
+        )
+        consumer = TrioConsumer(ring.consumer())
+        self._closers.append(consumer.close)
+        return ring, consumer
+
+    def port(self, ring: Ring) -> ShmPort:
+        producer = TrioProducer(ring.producer())
+        self._closers.append(producer.close)
+        return ShmPort(producer)
+
+    def pump(
+        self, ring: Ring, target: OutPort
+    ) -> Callable[[Callable[[BaseException], None]], Awaitable[None]]:
+        """A task body that moves the ring's frames into ``target``: ``await pump(on_error)``."""
+        consumer = TrioConsumer(ring.consumer())
+        self._closers.append(consumer.close)
+        return functools.partial(pump, consumer, target)
+
+    def abort_all(self) -> None:
+        for ring in self._rings:
+            with contextlib.suppress(RingClosedError):
+                ring.abort()
+
+    def close(self) -> list[str]:
+        """Close every ring and unlink the whole namespace (also what workers created in it)."""
+        if self._closed:
+            return []
+        self._closed = True
+        for close in self._closers:
+            close()
+        for ring in self._rings:
+            ring.close()
+        return unlink_namespace(self.namespace)
+
+
+async def pump(consumer: TrioConsumer, port: OutPort, on_error: Callable[[BaseException], None]) -> None:
+    """Move frames from a worker's ring into a supervisor-side port (copying them out)."""
+    try:
+        while True:
+            try:
+                received = await consumer.receive()
+            except EndOfStream:
+                await port.end()
+                return
+            with received:
+                frame = decode_frame(received.header, received.meta, received.payload, copy=True)
+                seq = received.header.seq
+            await port.send(seq, frame)
+    except (RingAbortedError, trio.ClosedResourceError, trio.BrokenResourceError):
+        return  # the session is stopping
+    except Exception as exc:
+        on_error(SessionError(f"frame transport failed: {exc}"))

@@ -1,0 +1,5 @@
+"""The worker side of multiprocess nodes. Light on purpose: imports no trio, grpclib or server code."""
+
+from ._main import WorkerJob, retire_after_node, run_node, warm_up
+
+__all__ = ["WorkerJob", "retire_after_node", "run_node", "warm_up"]

@@ -1,0 +1,196 @@
+"""Frames ↔ ring slots: the slot header fields, a small metadata blob and the payload. Sans-I/O.
+
+Numbers go in the fixed header (kind, format code, shape, sample rate, size,
+frame number, timestamp); strings go in the metadata blob (JSON, only when
+there is something to say); the payload is the frame's bytes, written in
+place. Decoding either copies the payload out (frames that outlive the slot)
+or wraps the slot memory read-only (zero copy, valid until the slot is
+released).
+
+    kind    fmt            shape            aux                              meta
+    audio   AudioFormat    (n, channels)    (sample_rate, 0, 0, 0)           metadata
+    video   PixelFormat    pixels.shape     (width, height, frame_no, 0)     metadata (+ timestamp_us)
+    tensor  TensorDtype    data.shape (≤6)  —                                layout, metadata
+    json    —              —                —                                schema_type, metadata
+    text    —              —                —                                language, metadata
+    binary  —              —                —                                mime_type, metadata
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from ..frames import (
+    AudioFormat,
+    AudioFrame,
+    BinaryFrame,
+    Frame,
+    FrameKind,
+    JsonFrame,
+    PixelFormat,
+    TensorDtype,
+    TensorFrame,
+    TextFrame,
+    VideoFrame,
+)
+from ..ipc import MAX_NDIM, SlotHeader
+
+__all__ = ["EncodedFrame", "decode_frame", "encode_frame"]
+
+_meta_encoder = msgspec.json.Encoder()
+_meta_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedFrame:
+    """What goes into a slot: header fields (without sizes/flags), metadata blob, payload."""
+
+    kind: int
+    fmt: int
+    shape: tuple[int, ...]
+    aux: tuple[int, int, int, int]
+    timestamp_us: int
+    meta: bytes
+    payload: memoryview
+
+    def header(self, seq: int) -> SlotHeader:
+        return SlotHeader(
+            kind=self.kind,
+            fmt=self.fmt,
+            ndim=len(self.shape),
+            shape=self.shape,
+            seq=seq,
+            payload_len=self.payload.nbytes,
+            meta_len=len(self.meta),
+            timestamp_us=self.timestamp_us,
+            aux=self.aux,
+        )
+
+
+def _meta(frame: Frame, **fields: str) -> bytes:
+    doc: dict[str, Any] = {k: v for k, v in fields.items() if v}
+    if frame.metadata:
+        doc["metadata"] = dict(frame.metadata)
+    return _meta_encoder.encode(doc) if doc else b""
+
+
+def _array_bytes(array: np.ndarray[Any, Any]) -> memoryview:
+    contiguous: Any = np.ascontiguousarray(array)
+    return memoryview(contiguous).cast("B")
+
+
+def encode_frame(frame: Frame) -> EncodedFrame:
+    """Split a frame into slot parts (no copy of the payload when the array is contiguous)."""
+    if isinstance(frame, AudioFrame):
+        return EncodedFrame(
+            FrameKind.AUDIO,
+            frame.format,
+            tuple(frame.samples.shape),
+            (frame.sample_rate, 0, 0, 0),
+            0,
+            _meta(frame),
+            _array_bytes(frame.samples),
+        )
+    if isinstance(frame, VideoFrame):
+        return EncodedFrame(
+            FrameKind.VIDEO,
+            frame.format,
+            tuple(frame.pixels.shape),
+            (frame.width, frame.height, frame.frame_number, 0),
+            frame.timestamp_us,
+            _meta(frame),
+            _array_bytes(frame.pixels),
+        )
+    if isinstance(frame, TensorFrame):
+        if frame.data.ndim > MAX_NDIM:
+            raise ValueError(
+                f"a tensor of {frame.data.ndim} dimensions cannot cross a process boundary (at most {MAX_NDIM})"
+            )
+        return EncodedFrame(
+            FrameKind.TENSOR,
+            frame.dtype,
+            tuple(frame.data.shape),
+            (0, 0, 0, 0),
+            0,
+            _meta(frame, layout=frame.layout),
+            _array_bytes(frame.data),
+        )
+    if isinstance(frame, JsonFrame):
+        return EncodedFrame(
+            FrameKind.JSON,
+            0,
+            (),
+            (0, 0, 0, 0),
+            0,
+            _meta(frame, schema_type=frame.schema_type),
+            memoryview(frame.to_bytes()),
+        )
+    if isinstance(frame, TextFrame):
+        return EncodedFrame(
+            FrameKind.TEXT,
+            0,
+            (),
+            (0, 0, 0, 0),
+            0,
+            _meta(frame, language=frame.language),
+            memoryview(frame.to_bytes()),
+        )
+    if isinstance(frame, BinaryFrame):
+        return EncodedFrame(
+            FrameKind.BINARY,
+            0,
+            (),
+            (0, 0, 0, 0),
+            0,
+            _meta(frame, mime_type=frame.mime_type),
+            memoryview(frame.data),
+        )
+    raise TypeError(f"cannot encode {type(frame).__name__}")
+
+
+def decode_frame(header: SlotHeader, meta: memoryview | bytes, payload: memoryview, *, copy: bool) -> Frame:
+    """Rebuild a frame. ``copy=False`` wraps the slot memory (valid until the slot is released)."""
+    doc = _meta_decoder.decode(meta) if len(meta) else {}
+    metadata = doc.get("metadata") or {}
+    kind = FrameKind(header.kind)
+    shape = tuple(header.shape)
+    if kind is FrameKind.AUDIO:
+        return AudioFrame(
+            samples=_array(payload, AudioFormat(header.fmt).dtype, shape, copy),
+            sample_rate=header.aux[0],
+            metadata=metadata,
+        )
+    if kind is FrameKind.VIDEO:
+        return VideoFrame(
+            pixels=_array(payload, np.dtype(np.uint8), shape, copy),
+            width=header.aux[0],
+            height=header.aux[1],
+            format=PixelFormat(header.fmt),
+            frame_number=header.aux[2],
+            timestamp_us=header.timestamp_us,
+            metadata=metadata,
+        )
+    if kind is FrameKind.TENSOR:
+        return TensorFrame(
+            data=_array(payload, TensorDtype(header.fmt).dtype, shape, copy),
+            layout=doc.get("layout", ""),
+            metadata=metadata,
+        )
+    if kind is FrameKind.JSON:
+        return JsonFrame.from_bytes(bytes(payload), schema_type=doc.get("schema_type", ""), metadata=metadata)
+    if kind is FrameKind.TEXT:
+        return TextFrame.from_bytes(payload, language=doc.get("language", ""), metadata=metadata)
+    return BinaryFrame(
+        data=bytes(payload), mime_type=doc.get("mime_type", "application/octet-stream"), metadata=metadata
+    )
+
+
+def _array(
+    payload: memoryview, dtype: np.dtype[Any], shape: tuple[int, ...], copy: bool
+) -> np.ndarray[Any, Any]:
+    array = np.frombuffer(payload, dtype=dtype).reshape(shape)
+    return array.copy() if copy else array

@@ -1,0 +1,59 @@
+"""Worker → supervisor events over a ring: progress, ready, stats, failure, done. Sans-I/O codec.
+
+Each event is one slot whose metadata blob is a small JSON object with a
+``type`` field; the payload is empty. Progress, ready, failed and done are
+sent blocking (they must arrive); stats are cumulative, so a stats event that
+finds the ring full is simply skipped.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+import msgspec
+
+from ..ipc import Producer, SlotHeader
+
+__all__ = ["EventSender", "decode_event"]
+
+EVENT_KIND = 0  # not a frame kind: these slots carry control events
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(dict[str, Any])
+
+
+def decode_event(meta: memoryview | bytes) -> dict[str, Any]:
+    return _decoder.decode(meta)
+
+
+class EventSender:
+    def __init__(self, producer: Producer) -> None:
+        self._producer = producer
+
+    def _send(self, event: dict[str, Any], *, required: bool = True) -> None:
+        meta = _encoder.encode(event)
+        header = SlotHeader(kind=EVENT_KIND, meta_len=len(meta))
+        if required:
+            self._producer.send(header, meta)
+        else:
+            self._producer.try_send(header, meta)
+
+    def progress(self, state: str, fraction: float, message: str = "") -> None:
+        self._send({"type": "progress", "state": state, "progress": float(fraction), "message": str(message)})
+
+    def ready(self, pid: int, init_s: float) -> None:
+        self._send({"type": "ready", "pid": pid, "init_s": init_s})
+
+    def stats(self, stats: dict[str, Any]) -> None:
+        self._send({"type": "stats", **stats}, required=False)
+
+    def log(self, message: str) -> None:
+        self._send({"type": "log", "message": message}, required=False)
+
+    def failed(self, phase: str, exc: BaseException) -> None:
+        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        tb = "".join(traceback.format_exception(exc))
+        self._send({"type": "failed", "phase": phase, "message": message, "traceback": tb})
+
+    def done(self, stats: dict[str, Any]) -> None:
+        self._send({"type": "done", **stats})

@@ -1,0 +1,253 @@
+"""The worker side of a multiprocess node: one node, one process, rings in and out.
+
+trio-parallel runs :func:`run_node` in a fresh worker process. It imports no
+trio, grpclib or server code (``tests/test_worker_light.py`` checks), only the
+node's own module, numpy and the ring transport.
+
+Life of a worker:
+
+1. title the process (``ps`` shows session and node), arm the parent-death
+   watchdog, attach to the rings the supervisor created;
+2. build the node, report ``starting``, run ``initialize`` (its progress calls
+   go to the supervisor), report ``ready``;
+3. receive frames (one input: block in the semaphore; several: ``wait_any`` on
+   their doorbells), call ``process``, write every output to every output ring
+   (blocking when a ring is full: backpressure);
+4. when every input has ended: ``flush``, end every output ring, ``cleanup``,
+   report ``done`` with the counters.
+
+Stop requests: the supervisor aborts the node's rings; a blocked receive or
+loan raises ``RingAbortedError`` and the worker cleans up and returns. A node
+stuck in its own code does not notice — the supervisor kills it after the
+grace period. Failures are reported as an event (phase, message, Python
+traceback) before the job returns; crashes are seen by the supervisor as the
+process's exit code or signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from ..frames import Frame
+from ..ipc import Consumer, EndOfStream, Producer, Ring, RingAbortedError, RingSpec, wait_any
+from ..nodes._base import Node, NodeContext
+from ..nodes._calls import iter_outputs
+from ..nodes._registry import load_ref
+from ._codec import decode_frame, encode_frame
+from ._events import EventSender
+from ._watchdog import arm_watchdog
+
+__all__ = ["WorkerJob", "retire_after_node", "run_node", "warm_up"]
+
+_ran_a_node = False
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """Everything a worker needs to run one node (picklable)."""
+
+    session_id: str
+    node_id: str
+    node_type: str
+    import_ref: str
+    params: dict[str, Any]
+    inputs: tuple[RingSpec, ...]
+    outputs: tuple[RingSpec, ...]
+    events: RingSpec
+    supervisor_pid: int
+    parent_is_forkserver: bool
+    stats_interval_s: float = 0.5
+    copy_inputs: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def warm_up() -> int:
+    """A no-op job that makes trio-parallel start (and cache) a worker: the warm pool."""
+    import numpy  # noqa: F401 - pay the import before any session needs this worker
+
+    return os.getpid()
+
+
+def retire_after_node() -> bool:
+    """trio-parallel's ``retire`` hook: a worker that ran a node never serves anyone else."""
+    return _ran_a_node
+
+
+def run_node(job: WorkerJob) -> dict[str, Any]:
+    """Run one node to completion in this process; returns its final counters."""
+    global _ran_a_node
+    _ran_a_node = True
+    _set_title(job)
+    arm_watchdog(job.supervisor_pid, parent_is_forkserver=job.parent_is_forkserver)
+    rings: list[Ring] = []
+    events_ring = Ring.attach(job.events)
+    rings.append(events_ring)
+    events = EventSender(events_ring.producer())
+    runner = _Runner(job, events)
+    try:
+        runner.attach(rings)
+        return runner.run()
+    finally:
+        for ring in rings:
+            ring.close()
+
+
+class _Runner:
+    def __init__(self, job: WorkerJob, events: EventSender) -> None:
+        self.job = job
+        self.events = events
+        self.inputs: list[Consumer] = []
+        self.outputs: list[Producer] = []
+        self.phase = "initialize"
+        self.node: Node[Any] | None = None
+        self.stats = {
+            "frames_in": 0,
+            "frames_out": 0,
+            "bytes_in": 0,
+            "bytes_out": 0,
+            "processing_s": 0.0,
+            "init_s": 0.0,
+        }
+        self.last_seq = 0
+        self._next_stats = 0.0
+
+    def attach(self, rings: list[Ring]) -> None:
+        for spec in self.job.inputs:
+            ring = Ring.attach(spec)
+            rings.append(ring)
+            self.inputs.append(ring.consumer())
+        for spec in self.job.outputs:
+            ring = Ring.attach(spec)
+            rings.append(ring)
+            self.outputs.append(ring.producer())
+
+    def run(self) -> dict[str, Any]:
+        began = False
+        try:
+            self.events.progress("starting", 0.0)
+            self.node = self._build()
+            began = True
+            self._initialize(self.node)
+            self.phase = "process"
+            self._loop(self.node)
+            self.phase = "flush"
+            self._emit_all(self.node.flush, "flush")
+            for out in self.outputs:
+                out.end_of_stream()
+        except RingAbortedError:
+            return {"status": "stopped", **self.stats}
+        except BaseException as exc:
+            self.events.failed(self.phase, exc)
+            return {"status": "failed", "phase": self.phase, **self.stats}
+        finally:
+            if began and self.node is not None:
+                self._cleanup(self.node)
+        self.events.done(self.stats)
+        return {"status": "done", **self.stats}
+
+    def _build(self) -> Node[Any]:
+        cls = load_ref(self.job.import_ref)
+        params = msgspec.convert(self.job.params, cls.Params)
+        context = NodeContext(
+            node_id=self.job.node_id,
+            node_type=self.job.node_type,
+            session_id=self.job.session_id,
+            executor="multiprocess",
+            logger=logging.getLogger(f"nursery_pipes.node.{self.job.node_id}"),
+        )
+        return cls(params, context)
+
+    def _initialize(self, node: Node[Any]) -> None:
+        started = time.perf_counter()
+        result = node.initialize(
+            lambda fraction, message="": self.events.progress("loading", fraction, message)
+        )
+        if result is not None:
+            raise TypeError(
+                f"{self.job.node_type}.initialize is asynchronous; async nodes must run in-process"
+            )
+        self.stats["init_s"] = time.perf_counter() - started
+        self.events.ready(os.getpid(), self.stats["init_s"])
+
+    def _loop(self, node: Node[Any]) -> None:
+        active = list(self.inputs)
+        single = len(active) == 1
+        while active:
+            ready = active if single else wait_any(active)
+            for consumer in ready:
+                try:
+                    received = consumer.receive() if single else consumer.try_receive()
+                except EndOfStream:
+                    active.remove(consumer)
+                    continue
+                if received is None:
+                    continue
+                with received:
+                    frame = decode_frame(
+                        received.header, received.meta, received.payload, copy=self.job.copy_inputs
+                    )
+                    self.stats["frames_in"] += 1
+                    self.stats["bytes_in"] += frame.nbytes
+                    self.last_seq = received.header.seq
+                    self._emit_all(node.process, "process", frame)
+            self._maybe_stats()
+
+    def _emit_all(self, hook: Any, phase: str, *args: Any) -> None:
+        """Call a hook and write each output as it comes; time the node's work, not the writes."""
+        where = f"{self.job.node_type}.{phase}"
+        began = time.perf_counter()
+        writing = 0.0
+        for frame in _outputs(hook(*args), where):
+            paused = time.perf_counter()
+            self._write(frame)
+            writing += time.perf_counter() - paused
+        self.stats["processing_s"] += time.perf_counter() - began - writing
+
+    def _write(self, frame: Frame) -> None:
+        encoded = encode_frame(frame)
+        header = encoded.header(self.last_seq)
+        for out in self.outputs:
+            with out.loan(encoded.payload.nbytes, len(encoded.meta)) as loan:
+                loan.meta[:] = encoded.meta
+                loan.payload[:] = encoded.payload
+                loan.commit(header)
+        self.stats["frames_out"] += 1
+        self.stats["bytes_out"] += encoded.payload.nbytes
+
+    def _maybe_stats(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_stats:
+            self._next_stats = now + self.job.stats_interval_s
+            self.events.stats(self.stats)
+
+    def _cleanup(self, node: Node[Any]) -> None:
+        try:
+            node.cleanup()
+        except Exception as exc:
+            self.events.log(f"cleanup() raised {type(exc).__name__}: {exc}")
+
+
+def _outputs(result: Any, where: str) -> Iterable[Frame]:
+    return iter_outputs(result, where)
+
+
+def _set_title(job: WorkerJob) -> None:
+    try:
+        import setproctitle
+    except ImportError:  # pragma: no cover - a declared dependency
+        return
+    setproctitle.setproctitle(
+        f"nursery-pipes worker session={job.session_id} node={job.node_id} ({job.node_type})"
+    )
+
+
+def format_exception(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))

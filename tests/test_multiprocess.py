@@ -1,0 +1,465 @@
+"""The multiprocess executor with real worker processes, real shared memory and real signals.
+
+Every test runs under the leak check (tests/conftest.py): after each one, no
+worker process, thread, /dev/shm entry or FIFO directory may be left.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+
+from nursery_pipes import (
+    AudioFrame,
+    ManifestError,
+    NodeCrashed,
+    NodeError,
+    NodeInitTimeout,
+    ResourceLimitError,
+    Runtime,
+    RuntimeConfig,
+    SessionState,
+    TensorFrame,
+    TextFrame,
+)
+from nursery_pipes._config import LimitsConfig, MultiprocessDefaults, NodesConfig
+
+pytestmark = pytest.mark.timeout(60)
+
+GRACE = 0.3
+
+
+def runtime(**mp: Any) -> Runtime:
+    return Runtime(
+        RuntimeConfig(
+            nodes=NodesConfig(testing=True),
+            multiprocess=MultiprocessDefaults(grace_period_secs=GRACE, **mp),
+        )
+    )
+
+
+def manifest(
+    nodes: list[tuple[str, str, dict[str, Any], str]], edges: list[tuple[str, str]], **mp: Any
+) -> dict[str, Any]:
+    """nodes: (id, type, params, executor)."""
+    mp["executor_overrides"] = {nid: ex for nid, _, _, ex in nodes}
+    return {
+        "version": "v1",
+        "metadata": {"name": "mp-test", "multiprocess": mp},
+        "nodes": [{"id": i, "node_type": t, "params": p} for i, t, p, _ in nodes],
+        "connections": [{"from": a, "to": b} for a, b in edges],
+    }
+
+
+def audio(i: int, n: int = 160) -> AudioFrame:
+    return AudioFrame.from_array(np.full(n, i, dtype=np.float32), sample_rate=16000)
+
+
+async def _process_table() -> str:
+    done = await trio.run_process(["ps", "-eo", "pid=,args="], capture_stdout=True)
+    return done.stdout.decode()
+
+
+async def _pids_of_session(session_id: str) -> list[int]:
+    return [int(line.split()[0]) for line in (await _process_table()).splitlines() if f"session={session_id}" in line]
+
+
+# -- data flow ---------------------------------------------------------------------------------
+
+
+async def test_worker_chain_keeps_order_and_runs_in_its_own_titled_process() -> None:
+    m = manifest(
+        [
+            ("src", "PassThrough", {}, "inprocess"),
+            ("w1", "PassThrough", {}, "multiprocess"),
+            ("w2", "AudioGainNode", {"gain_db": 6.0206}, "multiprocess"),
+            ("out", "PassThrough", {}, "inprocess"),
+        ],
+        [("src", "w1"), ("w1", "w2"), ("w2", "out")],
+    )
+    rt = runtime()
+    async with rt.open_session(m) as session:
+        titles = await _process_table()
+        assert f"session={session.id} node=w1 (PassThrough)" in titles
+        assert f"session={session.id} node=w2 (AudioGainNode)" in titles
+        pids = {session.metrics().nodes[n].pid for n in ("w1", "w2")}
+        assert len(pids) == 2
+        assert os.getpid() not in pids
+
+        async def feed() -> None:
+            for i in range(200):
+                await session.send("src", audio(i))
+            await session.close()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(feed)
+            outs = [o async for o in session.outputs()]
+    values = [float(o.frame.samples[0, 0]) for o in outs]
+    assert values == pytest.approx([2.0 * i for i in range(200)], rel=1e-4)
+    assert [o.seq for o in outs] == list(range(1, 201))
+    metrics = session.metrics()
+    assert metrics.nodes["w2"].frames_in == metrics.nodes["w2"].frames_out == 200
+
+
+async def test_fan_out_and_fan_in_between_workers() -> None:
+    m = manifest(
+        [
+            ("src", "PassThrough", {}, "multiprocess"),
+            ("a", "TextTransformNode", {"suffix": "a"}, "multiprocess"),
+            ("b", "TextTransformNode", {"suffix": "b"}, "multiprocess"),
+            ("join", "PassThrough", {}, "multiprocess"),
+        ],
+        [("src", "a"), ("src", "b"), ("a", "join"), ("b", "join")],
+    )
+    result = await runtime().run_pipeline(m, {"src": [TextFrame(text=str(i)) for i in range(100)]})
+    texts = [f.text for f in result.outputs["join"]]
+    assert [t for t in texts if t.endswith("a")] == [f"{i}a" for i in range(100)]
+    assert [t for t in texts if t.endswith("b")] == [f"{i}b" for i in range(100)]
+
+
+async def test_worker_to_worker_edges_are_direct() -> None:
+    m = manifest(
+        [("w1", "PassThrough", {}, "multiprocess"), ("w2", "PassThrough", {}, "multiprocess")], [("w1", "w2")]
+    )
+    plan = runtime().plan(m)
+    internal = [e for e in plan.edges if e.src == "w1" and e.dst == "w2"]
+    assert [e.transport for e in internal] == ["shm"]
+    from nursery_pipes.executors import RingGeometry, ShmTransport
+    from nursery_pipes.runtime._events import EventQueue
+    from nursery_pipes.runtime._wiring import wire
+
+    transport = ShmTransport(RingGeometry(4, 4096))
+    try:
+        wiring = wire(plan, EventQueue(10), 10, transport)
+        shared = set(map(id, wiring.ports["w1"].worker.outputs)) & set(
+            map(id, wiring.ports["w2"].worker.inputs)
+        )
+        assert len(shared) == 1  # the same ring spec: w1 writes what w2 reads
+        assert len(wiring.pumps) == 1  # only the sink's edge to the client passes through the supervisor
+    finally:
+        transport.close()
+
+
+@pytest.mark.parametrize("executor", ["inprocess", "multiprocess"])
+async def test_mixed_pipeline_checksums_match_end_to_end(executor: str) -> None:
+    m = manifest(
+        [
+            ("src", "PassThrough", {}, "inprocess"),
+            ("mid", "PassThrough", {}, "multiprocess"),
+            ("tail", "PassThrough", {}, executor),
+        ],
+        [("src", "mid"), ("mid", "tail")],
+    )
+    rng = np.random.default_rng(7)
+    frames = [TensorFrame(data=rng.standard_normal((64, 33)).astype(np.float32)) for _ in range(50)]
+    frames += [
+        TensorFrame(data=rng.integers(0, 255, (3, 1024, 1024), dtype=np.uint8))
+    ]  # 3 MiB: beyond a slot
+    result = await runtime(checksums=True, slot_size=65536).run_pipeline(m, {"src": frames})
+    got = [zlib.crc32(f.to_bytes()) for f in result.outputs["tail"]]
+    assert got == [zlib.crc32(f.to_bytes()) for f in frames]
+
+
+async def test_frames_larger_than_a_slot_pass_through() -> None:
+    m = manifest([("w", "PassThrough", {}, "multiprocess")], [])
+    big = [
+        AudioFrame.from_array(np.arange(2_621_440, dtype=np.float32) + i, sample_rate=48000) for i in range(4)
+    ]
+    result = await runtime(slot_size=4096).run_pipeline(m, {"w": big})
+    assert [f.samples[5, 0] for f in result.outputs["w"]] == [5.0, 6.0, 7.0, 8.0]
+    assert all(np.array_equal(a.samples, b.samples) for a, b in zip(result.outputs["w"], big, strict=True))
+
+
+async def test_slow_consumer_applies_backpressure_without_loss() -> None:
+    m = manifest(
+        [
+            ("src", "PassThrough", {}, "multiprocess"),
+            ("slow", "SleepNode", {"process_seconds": 0.002}, "multiprocess"),
+        ],
+        [("src", "slow")],
+        channel_capacity=4,
+    )
+    result = await runtime().run_pipeline(m, {"src": [TextFrame(text=str(i)) for i in range(300)]})
+    assert [f.text for f in result.outputs["slow"]] == [str(i) for i in range(300)]
+
+
+async def test_progress_from_a_worker_reaches_the_event_stream() -> None:
+    m = manifest([("p", "ProgressNode", {"steps": 4}, "multiprocess")], [])
+    result = await runtime().run_pipeline(m, {"p": TextFrame(text="x")})
+    loading = [e.progress for e in result.progress if e.state == "loading"]
+    assert loading == [0.25, 0.5, 0.75, 1.0]
+    assert result.progress[0].state == "starting"
+    assert result.progress[-1].state == "ready"
+
+
+# -- failures ----------------------------------------------------------------------------------
+
+
+async def test_exception_in_initialize_names_node_phase_and_traceback() -> None:
+    m = manifest(
+        [
+            ("ok", "PassThrough", {}, "multiprocess"),
+            ("bad", "RaiseNode", {"phase": "initialize", "message": "weights missing"}, "multiprocess"),
+        ],
+        [("ok", "bad")],
+    )
+    with pytest.raises(NodeError) as info:
+        async with runtime().open_session(m):
+            pass
+    assert info.value.node_id == "bad"
+    assert info.value.phase == "initialize"
+    assert "RuntimeError: weights missing" in str(info.value)
+    assert 'File "' in (info.value.remote_traceback or "")
+
+
+async def test_exception_in_process_fails_the_session() -> None:
+    m = manifest(
+        [
+            ("src", "PassThrough", {}, "inprocess"),
+            ("bad", "RaiseNode", {"phase": "process", "after_frames": 3}, "multiprocess"),
+        ],
+        [("src", "bad")],
+    )
+    with pytest.raises(NodeError, match=r"node 'bad' failed in process: RuntimeError: boom"):
+        await runtime().run_pipeline(m, {"src": [TextFrame(text=str(i)) for i in range(10)]})
+
+
+async def test_os_exit_is_reported_with_its_code() -> None:
+    m = manifest(
+        [
+            ("src", "PassThrough", {}, "inprocess"),
+            ("quit", "ExitNode", {"phase": "process", "code": 3, "after_frames": 1}, "multiprocess"),
+        ],
+        [("src", "quit")],
+    )
+    with pytest.raises(NodeCrashed) as info:
+        await runtime().run_pipeline(m, {"src": [TextFrame(text=str(i)) for i in range(5)]})
+    assert info.value.node_id == "quit"
+    assert info.value.exitcode == 3
+    assert "exited with code 3" in str(info.value)
+
+
+async def test_segfault_is_reported_with_its_signal() -> None:
+    m = manifest([("seg", "SignalNode", {"phase": "process", "signal": "SIGSEGV"}, "multiprocess")], [])
+    with pytest.raises(NodeCrashed) as info:
+        await runtime().run_pipeline(m, {"seg": TextFrame(text="x")})
+    assert info.value.signal == signal.SIGSEGV
+    assert "SIGSEGV" in str(info.value)
+
+
+async def test_sigkill_of_a_worker_mid_stream() -> None:
+    m = manifest([("src", "PassThrough", {}, "inprocess"), ("w", "PassThrough", {}, "multiprocess")], [("src", "w")])
+
+    async def kill_mid_stream() -> None:
+        async with runtime().open_session(m) as session:
+            for i in range(5):
+                await session.send("src", TextFrame(text=str(i)))
+            pid = session.metrics().nodes["w"].pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            async for _ in session.outputs():
+                pass
+
+    with pytest.raises(NodeCrashed) as info:
+        await kill_mid_stream()
+    assert info.value.node_id == "w"
+    assert info.value.signal == signal.SIGKILL
+    assert "SIGKILL" in str(info.value)
+
+
+async def test_hang_in_initialize_times_out_and_is_killed() -> None:
+    m = manifest([("hang", "HangNode", {"phase": "initialize"}, "multiprocess")], [], init_timeout_secs=1)
+    start = time.monotonic()
+    with pytest.raises(NodeInitTimeout) as info:
+        async with runtime().open_session(m):
+            pass
+    elapsed = time.monotonic() - start
+    assert info.value.node_id == "hang"
+    assert 1.0 <= elapsed < 1.0 + GRACE + 2.0  # timeout, grace, kill — not the 30 s default
+
+
+async def test_hang_in_process_ignoring_stop_is_killed_after_grace() -> None:
+    m = manifest(
+        [("src", "PassThrough", {}, "inprocess"), ("hang", "HangNode", {"phase": "process"}, "multiprocess")],
+        [("src", "hang")],
+    )
+    rt = runtime()
+    async with rt.open_session(m) as session:
+        pid = session.metrics().nodes["hang"].pid  # known once the session is ready
+        assert pid is not None
+        await session.send("src", TextFrame(text="x"))
+        await trio.sleep(0.1)  # it is inside process() now, ignoring SIGTERM and ring aborts
+        start = time.monotonic()
+        session.cancel()
+        await session.wait()
+        stopped_in = time.monotonic() - start
+    assert GRACE * 0.9 <= stopped_in < GRACE + 1.0
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+async def test_cancel_from_outside_mid_frame_stops_every_worker() -> None:
+    m = manifest(
+        [
+            ("src", "PassThrough", {}, "inprocess"),
+            ("slow", "SleepNode", {"process_seconds": 5}, "multiprocess"),
+            ("w", "PassThrough", {}, "multiprocess"),
+        ],
+        [("src", "slow"), ("slow", "w")],
+    )
+    rt = runtime()
+    with trio.move_on_after(0.5):
+        async with rt.open_session(m) as session:
+            await session.send("src", TextFrame(text="x"))
+            await trio.sleep_forever()
+    assert session.state is SessionState.TERMINATED
+    assert await _pids_of_session(session.id) == []
+
+
+async def test_cooperative_workers_stop_at_once_on_cancel() -> None:
+    m = manifest(
+        [("a", "PassThrough", {}, "multiprocess"), ("b", "PassThrough", {}, "multiprocess")], [("a", "b")]
+    )
+    async with runtime().open_session(m) as session:
+        start = time.monotonic()
+        session.cancel()
+        await session.wait()
+        assert time.monotonic() - start < GRACE  # asked and gone, no need to wait for the grace period
+
+
+# -- planning and limits -------------------------------------------------------------------------
+
+
+async def test_limits_are_checked_before_spawning() -> None:
+    m = manifest(
+        [(f"w{i}", "PassThrough", {}, "multiprocess") for i in range(3)],
+        [("w0", "w1"), ("w1", "w2")],
+        max_processes_per_session=2,
+    )
+    with pytest.raises(
+        ResourceLimitError, match="needs 3 worker processes but this session may use at most 2"
+    ):
+        await runtime().run_pipeline(m, {"w0": TextFrame(text="x")})
+    rt = Runtime(RuntimeConfig(nodes=NodesConfig(testing=True), limits=LimitsConfig(max_processes=2)))
+    m2 = manifest(
+        [(f"w{i}", "PassThrough", {}, "multiprocess") for i in range(3)], [("w0", "w1"), ("w1", "w2")]
+    )
+    with pytest.raises(ResourceLimitError, match="allows at most 2"):
+        await rt.run_pipeline(m2, {"w0": TextFrame(text="x")})
+
+
+def test_node_classes_that_cannot_run_in_a_worker_are_rejected() -> None:
+    from nursery_pipes import Node
+
+    class Local(Node):
+        async def process(self, frame: Any) -> Any:
+            return frame
+
+    rt = runtime()
+    rt.registry.register(Local)
+    m = manifest([("x", "Local", {}, "multiprocess")], [])
+    with pytest.raises(ManifestError, match="not importable by a worker process"):
+        rt.plan(m)
+
+
+def test_python_executable_must_be_this_interpreter() -> None:
+    m = manifest([("x", "PassThrough", {}, "multiprocess")], [], python_executable="/usr/bin/python2")
+    with pytest.raises(ManifestError, match="python_executable"):
+        runtime().plan(m)
+    ok = manifest([("x", "PassThrough", {}, "multiprocess")], [], python_executable="python3")
+    runtime().plan(ok)
+
+
+# -- the warm pool -------------------------------------------------------------------------------
+
+
+async def test_warm_pool_workers_serve_one_session_each() -> None:
+    rt = runtime(warm_pool=2)
+    m = manifest([("w", "PassThrough", {}, "multiprocess")], [])
+    async with rt:
+        assert rt.workers.shared_pool is not None
+        await rt.workers.shared_pool.wait_warm()
+        assert rt.workers.shared_pool.idle_workers() == 2
+        first = await rt.run_pipeline(m, {"w": TextFrame(text="x")})
+        second = await rt.run_pipeline(m, {"w": TextFrame(text="y")})
+    pids = {first.metrics.nodes["w"].pid, second.metrics.nodes["w"].pid}
+    assert len(pids) == 2  # a worker that ran a node is never handed to another session
+
+
+# -- the supervisor itself dies ----------------------------------------------------------------------
+
+SUPERVISOR = textwrap.dedent(
+    """
+    import sys, trio
+    from nursery_pipes import Runtime, RuntimeConfig, TextFrame
+    from nursery_pipes._config import NodesConfig
+
+    MANIFEST = {
+        "version": "v1", "metadata": {"name": "orphan", "multiprocess": {"executor_overrides": {
+            "a": "multiprocess", "b": "multiprocess"}}},
+        "nodes": [{"id": "a", "node_type": "PassThrough"}, {"id": "b", "node_type": "PassThrough"}],
+        "connections": [{"from": "a", "to": "b"}],
+    }
+
+    async def main():
+        async with Runtime(RuntimeConfig(nodes=NodesConfig(testing=True))).open_session(MANIFEST) as s:
+            await s.send("a", TextFrame(text="x"))
+            print("PIDS", s.metrics().nodes["a"].pid, s.metrics().nodes["b"].pid, flush=True)
+            await trio.sleep_forever()
+
+    trio.run(main)
+    """
+)
+
+
+def test_sigkill_of_the_supervisor_takes_its_workers_and_the_next_start_sweeps(tmp_path: Path) -> None:
+    script = tmp_path / "supervisor.py"
+    script.write_text(SUPERVISOR)
+    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            _check_orphans_die(proc)
+        finally:
+            proc.kill()  # on any failure above: never leave (or wait for) a live supervisor
+    from nursery_pipes.ipc import sweep_stale
+
+    removed = sweep_stale()
+    assert any(f"np.{proc.pid}." in entry for entry in removed)
+    assert not [e for e in os.listdir("/dev/shm") if f"np.{proc.pid}." in e]
+
+
+def _check_orphans_die(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("PIDS"), line
+    workers = [int(p) for p in line.split()[1:]]
+    owned = [e for e in os.listdir("/dev/shm") if f"np.{proc.pid}." in e]
+    assert owned  # the session's rings exist
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.01)
+    assert not any(_alive(pid) for pid in workers), "workers outlived their supervisor by > 1 s"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie counts as gone: it is only waiting for its (dead) parent's reaper.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
