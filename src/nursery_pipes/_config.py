@@ -146,11 +146,28 @@ def load_config(path: str | os.PathLike[str] | None = None, *, text: str | None 
         except OSError as exc:
             raise ConfigError(f"cannot read config file {where}: {exc.strerror}") from exc
     try:
-        return msgspec.toml.decode(text, type=RuntimeConfig)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{where}: {_locate(str(exc))}") from None
+        raw = msgspec.toml.decode(text)
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{where}: invalid TOML: {exc}") from None
+    _fit_default_to_cap(raw)
+    try:
+        return msgspec.convert(raw, RuntimeConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{where}: {_locate(str(exc))}") from None
+
+
+def _fit_default_to_cap(raw: object) -> None:
+    """A cap set below the built-in per-session default lowers that default too, unless the
+    file sets it: lowering ``[limits]`` alone must not fail on a key the user never wrote."""
+    if not isinstance(raw, dict):
+        return
+    limits, mp = raw.get("limits"), raw.setdefault("multiprocess", {})
+    if not (isinstance(limits, dict) and isinstance(mp, dict)) or "max_processes_per_session" in mp:
+        return
+    cap = limits.get("max_processes_per_session")
+    default = MultiprocessDefaults().max_processes_per_session
+    if isinstance(cap, int) and not isinstance(cap, bool) and 1 <= cap < default:
+        mp["max_processes_per_session"] = cap
 
 
 def _locate(message: str) -> str:

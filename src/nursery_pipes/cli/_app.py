@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .._config import RuntimeConfig, load_config
@@ -48,7 +49,8 @@ T = TypeVar("T")
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    # Messages carry user text and "[section.key]" paths: escape them, or rich eats them as markup.
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -71,14 +73,14 @@ def _guard(fn: Callable[[], T], *, as_json: bool = False) -> T:
 
 
 def _print_manifest_error(exc: ManifestError) -> None:
-    where = f" {exc.source}" if exc.source else ""
+    where = f" {escape(exc.source)}" if exc.source else ""
     count = len(exc.issues)
     console.print(
         f"[bold red]invalid manifest{where}:[/] {count} problem{'s' * (count != 1)}", highlight=False
     )
     for issue in exc.issues:
-        path = f"[cyan]{issue.path}[/]: " if issue.path else ""
-        console.print(f"  • {path}{issue.message}", highlight=False)
+        path = f"[cyan]{escape(issue.path)}[/]: " if issue.path else ""
+        console.print(f"  • {path}{escape(issue.message)}", highlight=False)
 
 
 def _runtime(config_path: Path | None) -> Runtime:
@@ -104,7 +106,7 @@ def validate(
         )
     else:
         console.print(
-            f"[green]✓[/] {manifest}: valid — {m.name!r}, {len(m.nodes)} nodes, "
+            f"[green]✓[/] {escape(str(manifest))}: valid — {escape(repr(m.name))}, {len(m.nodes)} nodes, "
             f"{len(m.connections)} connections",
             highlight=False,
         )

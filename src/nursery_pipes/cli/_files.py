@@ -47,8 +47,10 @@ def read_input(spec: InputSpec, *, chunk_ms: float) -> list[Frame]:
     if suffix in {".jsonl", ".ndjson"}:
         return [_json(line, path, n) for n, line in enumerate(data.splitlines(), 1) if line.strip()]
     if suffix in {".txt", ".text", ".md"}:
+        # A text file's final line break ends the file, not the text (write_outputs adds it back).
+        text = data.removesuffix(b"\n").removesuffix(b"\r") if data.endswith(b"\n") else data
         try:
-            return [TextFrame.from_bytes(data)]
+            return [TextFrame.from_bytes(text)]
         except FrameError as exc:
             raise InputError(f"{path}: {exc}") from None
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"

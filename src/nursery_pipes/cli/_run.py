@@ -8,6 +8,7 @@ from typing import Any
 
 import trio
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
@@ -51,9 +52,16 @@ def run_local(
     async def main() -> None:
         async with runtime.open_session(plan, wait_ready=False) as session:
             state["session"] = session
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_feed, session, inputs)
-                await _consume(session, collected, console, show_progress=not as_json)
+            error: BaseException | None = None
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_feed, session, inputs)
+                    await _consume(session, collected, console, show_progress=not as_json)
+            except BaseExceptionGroup as group:
+                # The nursery wraps the session's error: report that error, not a group traceback.
+                error = _sole_error(group)
+            if error is not None:
+                raise error  # outside the except block, so its own __cause__/__context__ stay
 
     try:
         trio.run(main)
@@ -62,7 +70,7 @@ def run_local(
         _report_failure(exc, session, as_json=as_json, verbose=verbose, console=console, out=out)
         return 1
     except NurseryPipesError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         return 2
     session = state["session"]
     metrics = session.metrics()
@@ -72,6 +80,21 @@ def run_local(
     else:
         _print_summary(session, collected, metrics, written, out)
     return 0
+
+
+def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error of our own inside ``group`` (unwrapped), else ``group`` itself."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    if len(leaves) == 1 and isinstance(leaves[0], NurseryPipesError):
+        return leaves[0]
+    return group
 
 
 async def _feed(session: Session, inputs: dict[str, list[Frame]]) -> None:
@@ -135,7 +158,7 @@ def _report_failure(
             }
         )
         return
-    console.print(f"[bold red]pipeline failed:[/] {exc}", highlight=False)
+    console.print(f"[bold red]pipeline failed:[/] {escape(str(exc))}", highlight=False)
     if tb and verbose:
         console.print(tb, highlight=False, markup=False)
     elif tb:

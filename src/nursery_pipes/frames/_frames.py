@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import msgspec
 import numpy as np
@@ -33,6 +33,16 @@ __all__ = [
 ]
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+
+E = TypeVar("E")
+
+
+def _parse_format(parse: Callable[[Any], E], value: Any) -> E:
+    """An AudioFormat/PixelFormat/TensorDtype from a caller's value; an unknown one is a FrameError."""
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise FrameError(str(exc)) from None
 
 
 def _readonly(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
@@ -106,7 +116,8 @@ class AudioFrame(Frame):
             raise FrameError(str(exc)) from None
         if samples.ndim != 2 or samples.shape[1] < 1:
             raise FrameError(f"audio samples must have shape (num_samples, channels), got {samples.shape}")
-        if not isinstance(self.sample_rate, int) or self.sample_rate <= 0:
+        rate = self.sample_rate
+        if not isinstance(rate, int) or isinstance(rate, bool) or rate <= 0:
             raise FrameError(f"audio sample_rate must be a positive integer, got {self.sample_rate!r}")
         object.__setattr__(self, "samples", _readonly(samples))
 
@@ -139,7 +150,7 @@ class AudioFrame(Frame):
         metadata: Mapping[str, str] | None = None,
     ) -> AudioFrame:
         """Decode interleaved little-endian PCM; the length must be whole samples."""
-        fmt = AudioFormat.parse(format)
+        fmt = _parse_format(AudioFormat.parse, format)
         if channels < 1:
             raise FrameError(f"audio channels must be ≥ 1, got {channels}")
         frame_size = fmt.dtype.itemsize * channels
@@ -163,11 +174,12 @@ class AudioFrame(Frame):
         import soundfile
 
         handle: Any = io.BytesIO(source) if isinstance(source, bytes) else source
+        wanted = _parse_format(AudioFormat.parse, format) if format is not None else None
         try:
             info = soundfile.info(handle)
             if isinstance(handle, io.BytesIO):
                 handle.seek(0)
-            fmt = AudioFormat.parse(format) if format is not None else _wav_default_format(info.subtype)
+            fmt = wanted if wanted is not None else _wav_default_format(info.subtype)
             data, rate = soundfile.read(handle, dtype=_SF_DTYPE[fmt], always_2d=True)
         except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
             where = "WAV bytes" if isinstance(source, bytes) else f"{os.fspath(source)!r}"
@@ -254,7 +266,7 @@ class VideoFrame(Frame):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        fmt = PixelFormat(self.format)
+        fmt = _parse_format(PixelFormat, self.format)
         object.__setattr__(self, "format", fmt)
         if self.width <= 0 or self.height <= 0:
             raise FrameError(f"video size must be positive, got {self.width}×{self.height}")
@@ -281,7 +293,7 @@ class VideoFrame(Frame):
         timestamp_us: int = 0,
         metadata: Mapping[str, str] | None = None,
     ) -> VideoFrame:
-        fmt = PixelFormat(format)
+        fmt = _parse_format(PixelFormat, format)
         if width <= 0 or height <= 0:
             raise FrameError(f"video size must be positive, got {width}×{height}")
         need = fmt.byte_length(width, height)
@@ -349,7 +361,7 @@ class TensorFrame(Frame):
         layout: str = "",
         metadata: Mapping[str, str] | None = None,
     ) -> TensorFrame:
-        fmt = TensorDtype(dtype)
+        fmt = _parse_format(TensorDtype, dtype)
         shape = tuple(int(d) for d in shape)
         if any(d < 0 for d in shape):
             raise FrameError(f"tensor shape must not be negative, got {shape}")
@@ -419,7 +431,10 @@ class JsonFrame(Frame):
         return encoded
 
     def _key(self) -> tuple[Any, ...]:
-        return (*super()._key(), self.schema_type, self.to_bytes())
+        # Equal JSON values are equal frames whatever their object key order ({"a":1,"b":2}
+        # == {"b":2,"a":1}), as after decoding; true and 1 stay different.
+        canonical = msgspec.json.encode(msgspec.json.decode(self.to_bytes()), order="sorted")
+        return (*super()._key(), self.schema_type, canonical)
 
     def __repr__(self) -> str:
         text = self.to_bytes().decode()
@@ -438,6 +453,11 @@ class TextFrame(Frame):
         super().__post_init__()
         if not isinstance(self.text, str):
             raise FrameError(f"text frame needs a str, got {type(self.text).__name__}")
+        try:  # encoded once here: a lone surrogate fails now, not later in metrics or on the wire
+            encoded = self.text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise FrameError(f"text is not valid Unicode: {exc.reason} at index {exc.start}") from None
+        object.__setattr__(self, "_encoded", encoded)
 
     @classmethod
     def from_bytes(
@@ -462,7 +482,8 @@ class TextFrame(Frame):
         return len(self.to_bytes())
 
     def to_bytes(self) -> bytes:
-        return self.text.encode("utf-8")
+        encoded: bytes = self.__dict__["_encoded"]
+        return encoded
 
     def _key(self) -> tuple[Any, ...]:
         return (*super()._key(), self.text, self.language)

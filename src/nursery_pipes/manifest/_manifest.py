@@ -39,8 +39,8 @@ class Manifest:
     ... except ManifestError as exc:
     ...     for issue in exc.issues:
     ...         print(issue)
-    nodes: must contain at least one node
     version: must be "v1", got "v2"
+    nodes: must contain at least one node
     """
 
     __slots__ = ("_doc", "_extra", "_graph", "_params", "_registry", "source")
@@ -75,7 +75,7 @@ class Manifest:
         """Parse and validate JSON text."""
         try:
             obj = msgspec.json.decode(text)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeError) as exc:  # UnicodeError: not UTF-8 text
             raise ManifestError([json_error_issue(text, exc)], source) from None
         return cls.from_dict(
             obj, registry=registry, max_processes_per_session=max_processes_per_session, source=source

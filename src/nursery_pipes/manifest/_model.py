@@ -25,8 +25,10 @@ __all__ = [
 
 Executor = Literal["inprocess", "multiprocess"]
 DataType = Literal["audio", "video", "tensor", "json", "text", "binary", "any"]
-NODE_ID_PATTERN = "^[a-zA-Z0-9_-]+$"
-HOST_PATTERN = r"^[^\s:]+:[0-9]{1,5}$"
+# ``(?!\n)``: Python's ``$`` also matches before a final newline, ECMA-262's (the schema's
+# dialect) does not; the lookahead makes both reject "a\n". Keep in sync with the schema.
+NODE_ID_PATTERN = r"^[a-zA-Z0-9_-]+$(?!\n)"
+HOST_PATTERN = r"^[^\s:]+:[0-9]{1,5}$(?!\n)"
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, omit_defaults=True):

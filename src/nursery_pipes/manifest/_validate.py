@@ -46,21 +46,50 @@ def load_schema() -> dict[str, Any]:
 def _schema_validator() -> Any:
     import jsonschema
 
-    return jsonschema.Draft202012Validator(load_schema())
+    # JSON Schema counts 5.0 as an "integer"; the typed model (msgspec) takes only true ints.
+    # Check the model's way here so that every structural problem is listed, this one too.
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    return jsonschema.validators.extend(base, type_checker=checker)(load_schema())
 
 
 def json_error_issue(text: str | bytes, exc: Exception) -> ManifestIssue:
-    """Turn msgspec's "malformed JSON (byte N)" into line/column."""
+    """Turn a JSON decode error into "invalid JSON at line L, column C: reason".
+
+    msgspec reports a byte offset ("... (byte N)"), or none for input that ends
+    early; text that is not UTF-8 fails with a UnicodeError. Columns count characters.
+    """
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+    located = _locate_json_error(raw, exc)
+    if located is None:
+        return ManifestIssue("", f"invalid JSON: {exc}")
+    offset, reason = located
+    line = raw.count(b"\n", 0, offset) + 1
+    line_start = raw.rfind(b"\n", 0, offset) + 1
+    column = len(raw[line_start:offset].decode("utf-8", "replace")) + 1
+    return ManifestIssue("", f"invalid JSON at line {line}, column {column}: {reason}")
+
+
+def _locate_json_error(raw: bytes, exc: Exception) -> tuple[int, str] | None:
+    """Byte offset and reason of a JSON decode error, when they can be known."""
+    if isinstance(exc, UnicodeError):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            return bad.start, f"not valid UTF-8 text ({bad.reason})"
+        return None
     message = str(exc)
-    raw = text.encode() if isinstance(text, str) else text
     head, sep, tail = message.rpartition("(byte ")
     if sep and tail.rstrip(")").isdigit():
-        offset = int(tail.rstrip(")"))
-        line = raw.count(b"\n", 0, offset) + 1
-        column = offset - (raw.rfind(b"\n", 0, offset) + 1) + 1
         reason = head.strip().removeprefix("JSON is malformed:").strip() or "malformed JSON"
-        return ManifestIssue("", f"invalid JSON at line {line}, column {column}: {reason}")
-    return ManifestIssue("", f"invalid JSON: {message}")
+        offset = int(tail.rstrip(")"))
+        # msgspec reports trailing characters one byte past the first of them.
+        return (offset - 1 if reason == "trailing characters" else offset), reason
+    if "truncated" in message:
+        return len(raw), "unexpected end of input"
+    return None
 
 
 def validate_document(
