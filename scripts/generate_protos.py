@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 OUT_DIR = ROOT / "src" / "nursery_pipes" / "_proto"
 PLUGIN_NAME = "protoc-gen-python_betterproto"
+DESCRIPTOR_SET = "remotemedia_v1.binpb"
 MAX_DIFF_LINES = 60
 
 
@@ -77,6 +78,8 @@ def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> list[Path]:
         f"--proto_path={proto_root}",
         f"--plugin={PLUGIN_NAME}={find_plugin()}",
         f"--python_betterproto_out={out_dir}",
+        # The descriptors too: the server's reflection service describes the API from them.
+        f"--descriptor_set_out={out_dir / DESCRIPTOR_SET}",
         *files,
     ]
     env = dict(os.environ, PYTHONHASHSEED="0")
@@ -87,6 +90,8 @@ def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> list[Path]:
         raise SystemExit(f"protoc failed with exit code {proc.returncode}")
     written = generated_files(out_dir)
     for path in written:
+        if path.suffix != ".py":
+            continue
         raw = path.read_text(encoding="utf-8")
         fixed = normalise(raw)
         if fixed != raw:
@@ -95,10 +100,14 @@ def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> list[Path]:
 
 
 def generated_files(tree: Path) -> list[Path]:
-    """The generated-code files of a tree (``*.py``, ignoring ``__pycache__``), sorted."""
+    """The generated files of a tree (``*.py`` and the descriptor set, not ``__pycache__``), sorted."""
     if not tree.is_dir():
         return []
-    return sorted(p for p in tree.rglob("*.py") if p.is_file() and "__pycache__" not in p.parts)
+    return sorted(
+        p
+        for p in tree.rglob("*")
+        if p.is_file() and p.suffix in {".py", ".binpb"} and "__pycache__" not in p.parts
+    )
 
 
 def compare_trees(expected: Path, actual: Path) -> list[str]:
@@ -114,6 +123,10 @@ def compare_trees(expected: Path, actual: Path) -> list[str]:
     for name in sorted(act.keys() - exp.keys()):
         problems.append(f"unexpected (stale) file: {name}")
     for name in sorted(exp.keys() & act.keys()):
+        if not name.endswith(".py"):
+            if exp[name].read_bytes() != act[name].read_bytes():
+                problems.append(f"differs: {name} (binary)")
+            continue
         a = exp[name].read_text(encoding="utf-8").splitlines(keepends=True)
         b = act[name].read_text(encoding="utf-8").splitlines(keepends=True)
         if a == b:

@@ -8,6 +8,7 @@ was started. No traceback is shown for a user mistake.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -176,8 +177,37 @@ def run(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show a failing node's traceback.")
     ] = False,
+    server: Annotated[
+        str | None,
+        typer.Option("--server", "-s", help="HOST:PORT of a server to run on instead of locally."),
+    ] = None,
+    token_env: Annotated[
+        str | None,
+        typer.Option(help="Environment variable holding the server's bearer token (with --server)."),
+    ] = None,
 ) -> None:
-    """Run a manifest locally on input files and print (and optionally save) the sink outputs."""
+    """Run a manifest on input files (locally, or on a server with --server) and print the sink outputs."""
+    if server is not None:
+        from ._remote import run_remote
+
+        token = os.environ.get(token_env, "") if token_env else None
+        raise typer.Exit(
+            _guard(
+                lambda: run_remote(
+                    address=server,
+                    manifest=manifest,
+                    input_specs=inputs or [],
+                    output_dir=output_dir,
+                    chunk_ms=chunk_ms,
+                    token=token or None,
+                    as_json=as_json,
+                    console=console,
+                    out=out,
+                    guard=_guard,
+                ),
+                as_json=as_json,
+            )
+        )
     from ._run import run_local
 
     code = run_local(
@@ -193,6 +223,64 @@ def run(
         guard=_guard,
     )
     raise typer.Exit(code)
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    listen: Annotated[
+        str | None, typer.Option(help="HOST:PORT to listen on (default 127.0.0.1:50051).")
+    ] = None,
+    auth_token_env: Annotated[
+        str | None, typer.Option(help="Environment variable holding the bearer token clients must send.")
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="TLS certificate chain (PEM).", dir_okay=False)
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).", dir_okay=False)] = None,
+    warm_pool: Annotated[
+        int | None, typer.Option(help="Worker processes to keep pre-started.", min=0)
+    ] = None,
+    testing_nodes: Annotated[
+        bool,
+        typer.Option(
+            "--testing-nodes", help="Register the fault-injection test nodes (never in production)."
+        ),
+    ] = False,
+) -> None:
+    """Serve the remotemedia.v1 gRPC API (plus health and reflection) until SIGTERM/SIGINT.
+
+    The first signal drains: no new sessions, running ones get server.drain_timeout_secs to finish.
+    Settings: flags > NURSERY_PIPES_<SECTION>__<KEY> environment variables > runtime.toml > defaults.
+    """
+    from ._serve import serve as run_server
+
+    flags = {
+        "server.listen": listen,
+        "server.auth_token_env": auth_token_env,
+        "server.tls_cert": str(tls_cert) if tls_cert else None,
+        "server.tls_key": str(tls_key) if tls_key else None,
+        "multiprocess.warm_pool": warm_pool,
+        "nodes.testing": True if testing_nodes else None,
+    }
+    raise typer.Exit(_guard(lambda: run_server(config, flags, _announce)))
+
+
+def _announce(message: str) -> None:
+    console.print(f"[bold]nursery-pipes:[/] {escape(message)}", highlight=False)
+    console.file.flush()
+
+
+@app.command()
+def demo(
+    keep: Annotated[Path, typer.Option(help="Directory for the demo's input and output files.")] = Path(
+        "out/demo"
+    ),
+) -> None:
+    """The main job: start a server on loopback, stream an example through it, print the results, stop it."""
+    from ._demo import run_demo
+
+    raise typer.Exit(_guard(lambda: run_demo(keep, console=console, out=out)))
 
 
 def main() -> None:

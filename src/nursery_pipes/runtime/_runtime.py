@@ -217,7 +217,7 @@ class Runtime:
         if session.error is not None:
             raise session.error
 
-    async def run_pipeline(self, manifest: ManifestSource, inputs: PipelineInputs) -> PipelineResult:
+    async def run_pipeline(self, manifest: ManifestSource | SessionPlan, inputs: PipelineInputs) -> PipelineResult:
         """Run a manifest to completion on ``inputs`` (frames keyed by source node id)."""
         plan = self.plan(manifest)
         for node_id in inputs:

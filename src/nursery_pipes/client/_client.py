@@ -1,0 +1,341 @@
+"""A Python client for remotemedia.v1 servers (nursery_pipes or any other implementation).
+
+asyncio-native (grpclib). From trio, run it under trio-asyncio::
+
+    async with trio_asyncio.open_loop():
+        result = await trio_asyncio.aio_as_trio(client.execute)(manifest, inputs)
+
+Example (asyncio)::
+
+    async with Client("127.0.0.1:50051") as client:
+        info = await client.version()
+        result = await client.execute(manifest, {"in": TextFrame(text="hi")})
+        async with client.stream(manifest) as stream:
+            await stream.send("in", frame)
+            await stream.close()
+            async for event in stream:
+                ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import betterproto
+from grpclib.client import Channel
+from grpclib.const import Cardinality
+
+from .._errors import (
+    FrameError,
+    InputError,
+    ManifestError,
+    ManifestIssue,
+    NodeError,
+    NurseryPipesError,
+    ResourceLimitError,
+    SessionError,
+)
+from .._proto.remotemedia import v1 as pb
+from ..frames import Frame
+from ..wire._convert import buffer_to_frame, frame_to_buffer, manifest_to_proto
+
+__all__ = [
+    "AuthenticationError",
+    "ChunkOutput",
+    "Client",
+    "RemoteError",
+    "RemoteResult",
+    "RemoteStream",
+    "StreamEvent",
+    "raise_for_error",
+]
+
+CLIENT_VERSION = "1.0"
+
+
+class RemoteError(NurseryPipesError):
+    """The server answered with an ErrorResponse we have no closer exception for."""
+
+    def __init__(self, error: pb.ErrorResponse) -> None:
+        super().__init__(f"{error.error_type.name}: {error.message}")
+        self.error = error
+
+
+class AuthenticationError(RemoteError):
+    """The server wants a (different) bearer token."""
+
+
+def raise_for_error(error: pb.ErrorResponse) -> None:
+    """Raise the library exception matching a server's ErrorResponse."""
+    kind = error.error_type
+    if kind == pb.ErrorType.VALIDATION and error.issues:
+        raise ManifestError([ManifestIssue(i.path, i.message) for i in error.issues], "server")
+    if kind == pb.ErrorType.VALIDATION:
+        raise InputError(error.message)
+    if kind == pb.ErrorType.TYPE_VALIDATION:
+        raise FrameError(error.message)
+    if kind == pb.ErrorType.RESOURCE_LIMIT:
+        raise ResourceLimitError(error.message)
+    if kind == pb.ErrorType.NODE_EXECUTION and error.failing_node_id:
+        exc = NodeError(
+            error.failing_node_id,
+            error.context or "process",
+            error.message,
+            remote_traceback=error.stack_trace or None,
+        )
+        exc.args = (error.message,)  # the server's message already names node and phase
+        raise exc
+    if kind == pb.ErrorType.AUTHENTICATION:
+        raise AuthenticationError(error)
+    if kind == pb.ErrorType.NODE_EXECUTION:
+        raise SessionError(error.message)
+    raise RemoteError(error)
+
+
+@dataclass(frozen=True)
+class RemoteResult:
+    outputs: dict[str, Frame]
+    metrics: pb.ExecutionMetrics
+    assignments: list[pb.NodeAssignment]
+    progress: list[pb.InitProgress]
+
+
+@dataclass(frozen=True)
+class ChunkOutput:
+    node_id: str
+    sequence: int
+    frame: Frame
+    processing_time_ms: float
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """Anything else a stream says: ``kind`` is progress, ready, metrics, closed or stream_error."""
+
+    kind: str
+    message: Any
+
+
+def load_manifest(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(source, Mapping):
+        return dict(source)
+    text = Path(source).read_text(encoding="utf-8") if isinstance(source, os.PathLike) else str(source)
+    try:
+        doc: dict[str, Any] = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(
+            [ManifestIssue("", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")]
+        ) from None
+    return doc
+
+
+class Client:
+    """A connection to a remotemedia.v1 server."""
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1:50051",
+        *,
+        token: str | None = None,
+        tls: ssl.SSLContext | bool | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        host, _, port = address.rpartition(":")
+        if not port.isdigit():
+            raise InputError(f"server address must be host:port, got {address!r}")
+        self._host, self._port = host.strip("[]") or "127.0.0.1", int(port)
+        self._ssl = tls
+        self._metadata = {"authorization": f"Bearer {token}"} if token else None
+        self._timeout = timeout
+        self._channel: Channel | None = None
+
+    async def __aenter__(self) -> Client:
+        self._channel = Channel(self._host, self._port, ssl=self._ssl)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def _stubs(self) -> tuple[pb.PipelineExecutionServiceStub, pb.StreamingPipelineServiceStub]:
+        if self._channel is None:
+            raise RuntimeError("use the client as 'async with Client(...) as client'")
+        return (
+            pb.PipelineExecutionServiceStub(self._channel, metadata=self._metadata, timeout=self._timeout),
+            pb.StreamingPipelineServiceStub(self._channel, metadata=self._metadata, timeout=self._timeout),
+        )
+
+    async def version(self) -> pb.VersionResponse:
+        execution, _ = self._stubs()
+        response: pb.VersionResponse = await execution.get_version(
+            pb.VersionRequest(client_version=CLIENT_VERSION)
+        )
+        return response
+
+    async def execute(
+        self, manifest: str | os.PathLike[str] | Mapping[str, Any], inputs: Mapping[str, Frame]
+    ) -> RemoteResult:
+        """One-shot run: one input frame per source node; one output buffer per sink."""
+        execution, _ = self._stubs()
+        request = pb.ExecuteRequest(
+            manifest=manifest_to_proto(load_manifest(manifest)),
+            data_inputs={nid: frame_to_buffer(frame) for nid, frame in inputs.items()},
+            client_version=CLIENT_VERSION,
+        )
+        response = await execution.execute_pipeline(request)
+        kind, value = betterproto.which_one_of(response, "outcome")
+        if kind == "error":
+            raise_for_error(value)
+        result: pb.ExecutionResult = response.result
+        outputs = {
+            nid: buffer_to_frame(buf, f"data_outputs[{nid}]") for nid, buf in result.data_outputs.items()
+        }
+        return RemoteResult(outputs, result.metrics, list(result.assignments), list(result.progress))
+
+    def stream(
+        self,
+        manifest: str | os.PathLike[str] | Mapping[str, Any],
+        inputs: Mapping[str, Frame] | None = None,
+        *,
+        on_progress: Callable[[pb.InitProgress], None] | None = None,
+    ) -> RemoteStream:
+        """A streaming session: ``async with client.stream(manifest) as s: await s.send(...)``.
+
+        Entering waits for StreamReady; ``on_progress`` sees each node's init progress meanwhile.
+        """
+        _, streaming = self._stubs()
+        return RemoteStream(streaming, load_manifest(manifest), inputs or {}, self._metadata, on_progress)
+
+
+@dataclass
+class RemoteStream:
+    """One StreamPipeline call. Iterate it for ChunkOutput and StreamEvent values."""
+
+    _stub: Any
+    _manifest: dict[str, Any]
+    _inputs: Mapping[str, Frame]
+    _metadata: Any
+    _on_progress: Callable[[pb.InitProgress], None] | None = None
+    session_id: str = ""
+    ready: pb.StreamReady | None = None
+    closed: pb.StreamClosed | None = None
+    progress: list[pb.InitProgress] = field(default_factory=list)
+    _seq: int = 0
+    _ended: bool = False
+    _call: Any = None
+    _stream: Any = None
+
+    async def __aenter__(self) -> RemoteStream:
+        channel = self._stub.channel
+        self._call = channel.request(
+            "/remotemedia.v1.StreamingPipelineService/StreamPipeline",
+            Cardinality.STREAM_STREAM,
+            pb.StreamRequest,
+            pb.StreamResponse,
+            metadata=self._metadata,
+        )
+        self._stream = await self._call.__aenter__()
+        await self._stream.send_request()
+        await self._stream.send_message(
+            pb.StreamRequest(
+                init=pb.StreamInit(
+                    manifest=manifest_to_proto(self._manifest),
+                    data_inputs={nid: frame_to_buffer(f) for nid, f in self._inputs.items()},
+                    client_version=CLIENT_VERSION,
+                )
+            )
+        )
+        await self._wait_ready()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if exc[0] is not None and self.closed is None:
+            await self._stream.cancel()
+        elif not self._ended:
+            await self._stream.end()
+            self._ended = True
+        await self._call.__aexit__(*exc)
+
+    async def _wait_ready(self) -> None:
+        while self.ready is None:
+            response = await self._stream.recv_message()
+            if response is None:
+                raise SessionError("the server ended the stream before StreamReady")
+            kind, found = betterproto.which_one_of(response, "response")
+            value: Any = found
+            if kind == "progress":
+                self.progress.append(value)
+                if self._on_progress is not None:
+                    self._on_progress(value)
+            elif kind == "ready":
+                self.ready = value
+                self.session_id = value.session_id
+            elif kind == "error":
+                raise_for_error(value)
+            elif kind == "stream_error":
+                raise_for_error(value.base_error)
+
+    async def send(self, node_id: str, frame: Frame, *, sequence: int | None = None) -> int:
+        self._seq = self._seq + 1 if sequence is None else sequence
+        await self._stream.send_message(
+            pb.StreamRequest(
+                data_chunk=pb.DataChunk(node_id=node_id, buffer=frame_to_buffer(frame), sequence=self._seq)
+            )
+        )
+        return self._seq
+
+    async def close(self) -> None:
+        """End of input: the server flushes the pipeline, then sends StreamClosed."""
+        await self._stream.send_message(
+            pb.StreamRequest(control=pb.StreamControl(command=pb.StreamControlCommand.COMMAND_CLOSE))
+        )
+
+    async def cancel(self) -> None:
+        await self._stream.send_message(
+            pb.StreamRequest(control=pb.StreamControl(command=pb.StreamControlCommand.COMMAND_CANCEL))
+        )
+
+    def __aiter__(self) -> AsyncIterator[ChunkOutput | StreamEvent]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[ChunkOutput | StreamEvent]:
+        while True:
+            response = await self._stream.recv_message()
+            if response is None:
+                return
+            kind, found = betterproto.which_one_of(response, "response")
+            value: Any = found
+            if kind == "result":
+                for nid, buf in value.data_outputs.items():
+                    yield ChunkOutput(nid, value.sequence, buffer_to_frame(buf), value.processing_time_ms)
+            elif kind == "error":
+                raise_for_error(value)
+            elif kind == "closed":
+                self.closed = value
+                yield StreamEvent(kind, value)
+                return
+            else:
+                yield StreamEvent(kind, value)
+
+
+async def collect(stream: RemoteStream, frames: Sequence[tuple[str, Frame]]) -> list[ChunkOutput]:
+    """Send frames, close, and return every output (a convenience for scripts and tests)."""
+
+    async def feed() -> None:
+        for node_id, frame in frames:
+            await stream.send(node_id, frame)
+        await stream.close()
+
+    task = asyncio.ensure_future(feed())
+    try:
+        return [event async for event in stream if isinstance(event, ChunkOutput)]
+    finally:
+        await task

@@ -1,0 +1,249 @@
+"""The gRPC server: grpclib inside the trio program, serving remotemedia.v1 + health + reflection.
+
+Life of a server (:meth:`Server.serve`)::
+
+    open the runtime (shared worker pool, warm workers, sweep of stale shm)
+      └─ open a trio-asyncio loop; start grpclib on the listen address (loopback by default; TLS optional)
+           └─ serving ── drain() (SIGTERM/SIGINT) ──▶ draining:
+                 health → NOT_SERVING, new sessions refused (RESOURCE_LIMIT),
+                 running sessions get ``drain_timeout_secs`` to finish, then are cancelled;
+                 the listener closes; the runtime stops every worker and unlinks its shm.
+
+Authentication: when a bearer token is configured, ExecutePipeline and
+StreamPipeline require ``authorization: Bearer <token>`` and answer anything
+else with ``ErrorResponse(error_type=AUTHENTICATION)``; GetVersion, health and
+reflection stay open (they reveal nothing a client could misuse).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ssl
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+import trio
+import trio_asyncio
+from grpclib.const import Cardinality, Handler
+from grpclib.health.check import ServiceStatus
+from grpclib.health.service import Health
+from grpclib.reflection.service import ServerReflection
+from grpclib.server import Server as GrpcServer
+
+from .._config import RuntimeConfig, ServerConfig
+from .._errors import ConfigError
+from .._proto.remotemedia import v1 as pb
+from ..runtime import Runtime
+from ._bridge import TrioStream
+from ._execution import execute, version
+from ._streaming import StreamSettings, handle_stream
+
+__all__ = ["Server", "parse_listen"]
+
+EXECUTION = "remotemedia.v1.PipelineExecutionService"
+STREAMING = "remotemedia.v1.StreamingPipelineService"
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"listen address must be host:port, got {listen!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
+    if not config.tls_cert and not config.tls_key:
+        return None
+    if not (config.tls_cert and config.tls_key):
+        raise ConfigError("TLS needs both server.tls_cert and server.tls_key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load TLS certificate/key ({config.tls_cert}, {config.tls_key}): {exc}"
+        ) from exc
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+class Server:
+    """A nursery_pipes gRPC server for one :class:`Runtime`.
+
+    >>> # in a trio program:
+    >>> # async with Runtime(config) as runtime:
+    >>> #     port = await nursery.start(Server(runtime).serve)
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.config: RuntimeConfig = runtime.config
+        self._accepting = True
+        self._drain = trio.Event()
+        self._active = 0
+        self._idle = trio.Event()
+        self._idle.set()
+        self._cancel_scopes: set[trio.CancelScope] = set()
+        self._status = ServiceStatus()
+        self._token = self.config.auth_token_value()
+        self.port: int | None = None
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def drain(self) -> None:
+        """Stop taking new sessions; running ones get ``drain_timeout_secs`` to finish."""
+        self._accepting = False
+        self._status.set(False)
+        self._drain.set()
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until :meth:`drain` completes (or the task is cancelled). Reports the bound port."""
+        host, port = parse_listen(self.config.server.listen)
+        context = _ssl_context(self.config.server)
+        self._status.set(True)
+        async with trio_asyncio.open_loop():
+            server = GrpcServer(self._handlers())
+            await trio_asyncio.aio_as_trio(server.start)(host, port, ssl=context)
+            try:
+                listener: Any = server._server
+                self.port = int(listener.sockets[0].getsockname()[1])
+                task_status.started(self.port)
+                await self._drain.wait()
+                await self._finish_sessions()
+            finally:
+                server.close()
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await trio_asyncio.aio_as_trio(server.wait_closed)()
+
+    async def _finish_sessions(self) -> None:
+        with trio.move_on_after(self.config.server.drain_timeout_secs):
+            await self._idle.wait()
+        for scope in list(self._cancel_scopes):
+            scope.cancel()
+        with trio.move_on_after(self.config.multiprocess.grace_period_secs + 5):
+            await self._idle.wait()
+
+    def _handlers(self) -> list[Any]:
+        reflection = ServerReflection(
+            _service_names=[EXECUTION, STREAMING, "grpc.health.v1.Health"], _pool=_descriptor_pool()
+        )
+        execution = _Service(
+            EXECUTION,
+            {
+                "ExecutePipeline": (
+                    self._execute,
+                    Cardinality.UNARY_UNARY,
+                    pb.ExecuteRequest,
+                    pb.ExecuteResponse,
+                ),
+                "GetVersion": (self._version, Cardinality.UNARY_UNARY, pb.VersionRequest, pb.VersionResponse),
+            },
+        )
+        streaming = _Service(
+            STREAMING,
+            {
+                "StreamPipeline": (
+                    self._stream,
+                    Cardinality.STREAM_STREAM,
+                    pb.StreamRequest,
+                    pb.StreamResponse,
+                ),
+            },
+        )
+        health = Health({execution: [self._status], streaming: [self._status]})
+        return [execution, streaming, health, reflection]
+
+    # -- handlers (asyncio shims → trio) ------------------------------------------------------
+
+    async def _version(self, stream: Any) -> None:
+        request = await stream.recv_message()
+        await stream.send_message(version(self.runtime, request))
+
+    async def _execute(self, stream: Any) -> None:
+        await trio_asyncio.trio_as_aio(self._execute_trio)(stream)
+
+    async def _stream(self, stream: Any) -> None:
+        await trio_asyncio.trio_as_aio(self._stream_trio)(stream)
+
+    async def _execute_trio(self, raw: Any) -> None:
+        stream = TrioStream(raw, pb.ExecuteRequest, self.config.server.max_message_bytes)
+        request = await stream.recv()
+        if request is None:
+            return
+        denied = self._auth_error(raw)
+        if denied is not None:
+            await stream.send(pb.ExecuteResponse(error=denied))
+            return
+        async with self._tracked():
+            response = await execute(self.runtime, request, self._accepting)
+        await stream.send(response)
+
+    async def _stream_trio(self, raw: Any) -> None:
+        stream = TrioStream(raw, pb.StreamRequest, self.config.server.max_message_bytes)
+        denied = self._auth_error(raw)
+        if denied is not None:
+            await stream.recv()
+            await stream.send(pb.StreamResponse(error=denied))
+            return
+        settings = StreamSettings(metrics_interval_secs=self.config.server.metrics_interval_secs)
+        async with self._tracked():
+            await handle_stream(stream, self.runtime, settings, lambda: self._accepting)
+
+    def _auth_error(self, raw: Any) -> pb.ErrorResponse | None:
+        if not self._token:
+            return None
+        header = raw.metadata.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), self._token.encode()):
+            return None
+        why = "missing" if not header else "wrong"
+        return pb.ErrorResponse(
+            error_type=pb.ErrorType.AUTHENTICATION,
+            message=f"{why} bearer token (send 'authorization: Bearer <token>')",
+        )
+
+    @asynccontextmanager
+    async def _tracked(self) -> AsyncIterator[None]:
+        """Count a running RPC, and let the drain cancel it once its deadline has passed."""
+        self._active += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        with trio.CancelScope() as scope:
+            self._cancel_scopes.add(scope)
+            try:
+                yield
+            finally:
+                self._cancel_scopes.discard(scope)
+                self._active -= 1
+                if self._active == 0:
+                    self._idle.set()
+
+
+class _Service:
+    """A grpclib service from (method name → handler) — we drive the raw streams ourselves."""
+
+    def __init__(
+        self, name: str, methods: dict[str, tuple[Callable[..., Any], Cardinality, type, type]]
+    ) -> None:
+        self._mapping = {
+            f"/{name}/{method}": Handler(fn, cardinality, request, reply)
+            for method, (fn, cardinality, request, reply) in methods.items()
+        }
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return self._mapping
+
+
+def _descriptor_pool() -> Any:
+    from google.protobuf import descriptor_pb2, descriptor_pool
+
+    data = resources.files("nursery_pipes._proto").joinpath("remotemedia_v1.binpb").read_bytes()
+    files = descriptor_pb2.FileDescriptorSet.FromString(data)
+    pool = descriptor_pool.DescriptorPool()
+    for proto in files.file:
+        pool.Add(proto)
+    return pool

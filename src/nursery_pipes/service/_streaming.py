@@ -1,0 +1,381 @@
+"""``StreamPipeline``: one bidirectional stream, one session.
+
+Three trio tasks per stream, in one nursery that the session lives in:
+
+- **inbound** reads requests: the first must be ``StreamInit``; then
+  ``DataChunk`` (or legacy ``AudioChunk``) frames go to the session with
+  their sequence; ``StreamControl`` CLOSE ends the input (the pipeline
+  flushes), CANCEL stops at once. A client that half-closes counts as CLOSE.
+- **outbound** turns the session's events into responses: ``InitProgress``
+  while nodes initialise, ``StreamReady`` (with every node's executor), a
+  ``ChunkResult`` per output (with the sequence of the input that caused
+  it), and at the end ``StreamClosed`` with the final metrics — or the error.
+- **sender** is the only task that writes to the stream (messages must not
+  interleave); it also sends ``StreamMetrics`` periodically. A client that
+  stops reading blocks it; after ``stall_timeout_secs`` the stream is ended
+  (the session is cancelled), never the server.
+
+Per-chunk problems (bad sequence, unknown node, bad bytes, both or neither
+buffer fields, a second StreamInit) are answered with a ``stream_error`` and
+the session carries on. Fatal ones (no StreamInit first, an invalid
+manifest, a node failure) are answered with ``error`` and end the stream.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import betterproto
+import trio
+
+from .._errors import FrameError, InputError, NurseryPipesError, SessionClosedError, SessionError
+from .._proto.remotemedia import v1 as pb
+from ..runtime import NodeProgress, Output, Runtime, Session, SessionState, StateChanged
+from ..wire._convert import (
+    buffer_to_frame,
+    error_response,
+    frame_to_buffer,
+    manifest_from_proto,
+    metrics_to_proto,
+)
+from ._bridge import TrioStream
+
+__all__ = ["StreamSettings", "handle_stream"]
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    metrics_interval_secs: float = 1.0
+    stall_timeout_secs: float = 30.0
+    recommended_chunk_size: int = 320
+
+
+@dataclass
+class _State:
+    session_id: str = ""
+    last_seq: int = -1
+    received_at: OrderedDict[int, float] = field(default_factory=OrderedDict)
+    outputs: int = 0
+    chunks: int = 0
+    dropped: int = 0
+    latency_sum_ms: float = 0.0
+    cancelled: bool = False
+
+
+async def handle_stream(
+    stream: TrioStream, runtime: Runtime, settings: StreamSettings, accepting: Any
+) -> None:
+    """Serve one StreamPipeline call (runs as a trio task)."""
+    first = await stream.recv()
+    if first is None:
+        return
+    kind, init_value = betterproto.which_one_of(first, "request")
+    init: Any = init_value
+    if kind != "init":
+        await stream.send(
+            _stream_error(
+                pb.StreamErrorType.STREAM_ERROR_INIT_REQUIRED,
+                pb.ErrorType.VALIDATION,
+                f"the first message must be StreamInit, got {kind or 'an empty request'}",
+            )
+        )
+        return
+    if not accepting():
+        await stream.send(
+            pb.StreamResponse(
+                error=pb.ErrorResponse(
+                    error_type=pb.ErrorType.RESOURCE_LIMIT, message="server is shutting down; no new sessions"
+                )
+            )
+        )
+        return
+    try:
+        plan = runtime.plan(manifest_from_proto(init.manifest))
+        initial = {nid: buffer_to_frame(buf, f"data_inputs[{nid}]") for nid, buf in init.data_inputs.items()}
+        for node_id in initial:
+            from ..runtime._plan import check_input_target
+
+            check_input_target(plan, node_id)
+    except NurseryPipesError as exc:
+        await stream.send(pb.StreamResponse(error=error_response(exc)))
+        return
+    await _run(stream, runtime, plan, initial, settings)
+
+
+async def _run(
+    stream: TrioStream, runtime: Runtime, plan: Any, initial: dict[str, Any], settings: StreamSettings
+) -> None:
+    state = _State()
+    send_channel, receive_channel = trio.open_memory_channel[pb.StreamResponse](64)
+    try:
+        async with runtime.open_session(plan, wait_ready=False) as session:
+            state.session_id = session.id
+            async with trio.open_nursery() as nursery:
+                # The sender outlives the other two: it ends once every response is written.
+                nursery.start_soon(_sender, stream, receive_channel, session, state, settings)
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(_inbound, stream, session, send_channel.clone(), state, initial)
+                    await _outbound(session, send_channel, state, settings)
+                    inner.cancel_scope.cancel()  # stop reading requests: the session is over
+    except SessionError:
+        pass  # already reported on the stream by _outbound
+    except NurseryPipesError as exc:  # e.g. a resource limit hit when opening the session
+        await stream.send(pb.StreamResponse(error=error_response(exc)))
+
+
+async def _outbound(
+    session: Session, out: trio.MemorySendChannel[pb.StreamResponse], state: _State, settings: StreamSettings
+) -> None:
+    async with out:
+        try:
+            async for event in session.events():
+                response = _response_for(event, session, state, settings)
+                if response is not None:
+                    await out.send(response)
+        except SessionError as exc:
+            await out.send(pb.StreamResponse(error=error_response(exc)))
+            await out.send(_closed(session, f"failed: {exc}"))
+            return
+        await out.send(_closed(session, "cancelled by client" if state.cancelled else "closed"))
+
+
+def _response_for(
+    event: Any, session: Session, state: _State, settings: StreamSettings
+) -> pb.StreamResponse | None:
+    if isinstance(event, NodeProgress):
+        return pb.StreamResponse(
+            progress=pb.InitProgress(
+                node_id=event.node_id, state=event.state, progress=event.progress, message=event.message
+            )
+        )
+    if isinstance(event, StateChanged):
+        if event.state is SessionState.READY:
+            return pb.StreamResponse(
+                ready=pb.StreamReady(
+                    session_id=session.id,
+                    recommended_chunk_size=settings.recommended_chunk_size,
+                    max_buffer_latency_ms=int(settings.metrics_interval_secs * 1000),
+                    assignments=_assignments(session),
+                )
+            )
+        return None
+    if isinstance(event, Output):
+        state.outputs += 1
+        received = state.received_at.get(event.seq)
+        elapsed_ms = (time.perf_counter() - received) * 1000 if received is not None else 0.0
+        state.latency_sum_ms += elapsed_ms
+        return pb.StreamResponse(
+            result=pb.ChunkResult(
+                sequence=event.seq,
+                data_outputs={event.node_id: frame_to_buffer(event.frame)},
+                processing_time_ms=elapsed_ms,
+                total_items_processed=state.outputs,
+            )
+        )
+    return None
+
+
+def _assignments(session: Session) -> list[pb.NodeAssignment]:
+    metrics = session.metrics()
+    return [
+        pb.NodeAssignment(node_id=nid, executor=a.executor, reason=a.reason, pid=metrics.nodes[nid].pid or 0)
+        for nid, a in session.assignments.items()
+    ]
+
+
+def _closed(session: Session, reason: str) -> pb.StreamResponse:
+    return pb.StreamResponse(
+        closed=pb.StreamClosed(
+            session_id=session.id, final_metrics=metrics_to_proto(session.metrics()), reason=reason
+        )
+    )
+
+
+async def _sender(
+    stream: TrioStream,
+    inbox: trio.MemoryReceiveChannel[pb.StreamResponse],
+    session: Session,
+    state: _State,
+    settings: StreamSettings,
+) -> None:
+    next_metrics = trio.current_time() + settings.metrics_interval_secs
+    async with inbox:
+        while True:
+            with trio.move_on_at(next_metrics):
+                try:
+                    response = await inbox.receive()
+                except trio.EndOfChannel:
+                    return
+                await _send_or_give_up(stream, response, session, settings)
+                continue
+            await _send_or_give_up(stream, _stream_metrics(session, state), session, settings)
+            next_metrics = trio.current_time() + settings.metrics_interval_secs
+
+
+async def _send_or_give_up(
+    stream: TrioStream, response: pb.StreamResponse, session: Session, settings: StreamSettings
+) -> None:
+    with trio.move_on_after(settings.stall_timeout_secs) as scope:
+        await stream.send(response)
+    if scope.cancelled_caught:
+        session.cancel()
+        from grpclib.const import Status
+        from grpclib.exceptions import GRPCError
+
+        raise GRPCError(
+            Status.RESOURCE_EXHAUSTED,
+            f"client did not read responses for {settings.stall_timeout_secs:g} s; stream ended",
+        )
+
+
+def _stream_metrics(session: Session, state: _State) -> pb.StreamResponse:
+    metrics = session.metrics()
+    breakdown = dict(metrics.data_type_breakdown)
+    return pb.StreamResponse(
+        metrics=pb.StreamMetrics(
+            session_id=session.id,
+            chunks_processed=state.chunks,
+            average_latency_ms=state.latency_sum_ms / state.outputs if state.outputs else 0.0,
+            total_items=state.outputs,
+            buffer_items=int(session._events.statistics()["queued"]),
+            chunks_dropped=state.dropped,
+            peak_memory_bytes=metrics_to_proto(metrics).memory_used_bytes,
+            data_type_breakdown=breakdown,
+        )
+    )
+
+
+async def _inbound(
+    stream: TrioStream,
+    session: Session,
+    out: trio.MemorySendChannel[pb.StreamResponse],
+    state: _State,
+    initial: dict[str, Any],
+) -> None:
+    async with out:
+        for node_id, frame in initial.items():
+            await session.send(node_id, frame, seq=0)
+        closed = False
+        while True:
+            request = await stream.recv()
+            if request is None:
+                if not closed:
+                    await session.close()  # a client that half-closes has sent everything
+                return
+            kind, found = betterproto.which_one_of(request, "request")
+            value: Any = found
+            if kind == "control":
+                if value.command == pb.StreamControlCommand.COMMAND_CANCEL:
+                    state.cancelled = True
+                    session.cancel()
+                    return
+                if value.command == pb.StreamControlCommand.COMMAND_CLOSE:
+                    closed = True
+                    await session.close()
+                continue
+            error = await _data(kind, value, session, state, closed)
+            if error is not None:
+                await out.send(error)
+
+
+async def _data(
+    kind: str, value: Any, session: Session, state: _State, closed: bool
+) -> pb.StreamResponse | None:
+    """Feed one data message to the session; a stream_error response for a bad one."""
+    if kind == "init":
+        return _stream_error(
+            pb.StreamErrorType.STREAM_ERROR_UNSPECIFIED,
+            pb.ErrorType.VALIDATION,
+            "the stream is already initialised (a second StreamInit)",
+            session=session,
+        )
+    if kind == "audio_chunk":
+        value = pb.DataChunk(
+            node_id=value.node_id,
+            buffer=pb.DataBuffer(audio=value.buffer),
+            sequence=value.sequence,
+            timestamp_ms=value.timestamp_ms,
+        )
+    elif kind != "data_chunk":
+        return _stream_error(
+            pb.StreamErrorType.STREAM_ERROR_UNSPECIFIED,
+            pb.ErrorType.VALIDATION,
+            "empty request (set init, data_chunk or control)",
+            session=session,
+        )
+    seq = value.sequence
+    if closed:
+        return _stream_error(
+            pb.StreamErrorType.STREAM_ERROR_UNSPECIFIED,
+            pb.ErrorType.VALIDATION,
+            "data after CLOSE",
+            seq,
+            session,
+        )
+    if seq <= state.last_seq:
+        state.dropped += 1
+        return _stream_error(
+            pb.StreamErrorType.STREAM_ERROR_INVALID_SEQUENCE,
+            pb.ErrorType.VALIDATION,
+            f"sequence {seq} does not increase (last accepted: {state.last_seq})",
+            seq,
+            session,
+        )
+    try:
+        targets = _targets(value)
+        frames = [(nid, buffer_to_frame(buf, where)) for nid, buf, where in targets]
+        state.last_seq = seq
+        state.received_at[seq] = time.perf_counter()
+        while len(state.received_at) > 4096:
+            state.received_at.popitem(last=False)
+        for node_id, frame in frames:
+            await session.send(node_id, frame, seq=seq)
+        state.chunks += 1
+    except (InputError, FrameError) as exc:
+        state.dropped += 1
+        return pb.StreamResponse(
+            stream_error=pb.StreamErrorResponse(
+                base_error=error_response(exc),
+                stream_error_type=pb.StreamErrorType.STREAM_ERROR_UNSPECIFIED,
+                failing_sequence=seq,
+                session_id=session.id,
+            )
+        )
+    except SessionClosedError:
+        return None  # the session is ending; outbound reports why
+    return None
+
+
+def _targets(chunk: pb.DataChunk) -> list[tuple[str, pb.DataBuffer, str]]:
+    has_buffer = betterproto.serialized_on_wire(chunk.buffer) or chunk.buffer != pb.DataBuffer()
+    has_named = bool(chunk.named_buffers)
+    if has_buffer == has_named:
+        which = "both" if has_buffer else "neither"
+        raise InputError(
+            f"DataChunk sequence {chunk.sequence} sets {which} of buffer / named_buffers; exactly one is required"
+        )
+    if has_buffer:
+        return [(chunk.node_id, chunk.buffer, "data_chunk.buffer")]
+    if chunk.node_id:
+        raise InputError("with named_buffers, leave node_id empty: each buffer is keyed by its node id")
+    return [(nid, buf, f"data_chunk.named_buffers[{nid}]") for nid, buf in chunk.named_buffers.items()]
+
+
+def _stream_error(
+    kind: pb.StreamErrorType,
+    error_type: pb.ErrorType,
+    message: str,
+    seq: int = 0,
+    session: Session | None = None,
+) -> pb.StreamResponse:
+    return pb.StreamResponse(
+        stream_error=pb.StreamErrorResponse(
+            base_error=pb.ErrorResponse(error_type=error_type, message=message),
+            stream_error_type=kind,
+            failing_sequence=seq,
+            session_id=session.id if session else "",
+        )
+    )

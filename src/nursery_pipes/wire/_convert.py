@@ -1,0 +1,455 @@
+"""remotemedia.v1 messages ↔ library values. Sans-I/O.
+
+The gRPC layer speaks protobuf; everything behind it speaks frames, manifest
+dicts and our exceptions. This module is the only place that knows both.
+
+Conventions (recorded in docs/design.md, "gRPC API"):
+
+- ``AudioBuffer.format`` unspecified means f32; ``channels`` 0 means mono;
+  ``num_samples`` (samples per channel), when set, must match the bytes.
+- ``DataBuffer.metadata`` travels as the frame's metadata.
+- A manifest arrives as ``PipelineManifest`` and is turned into the JSON
+  document form, so validation errors carry the same JSON paths a file would
+  (``nodes[1].params.chunk_size``); ``params`` is a JSON string on the wire.
+- A sink that produced several frames in a unary ``ExecutePipeline`` is
+  returned as one buffer: audio concatenated (same format), text joined,
+  JSON as an array of the values, binary concatenated; tensors and video
+  frames must be single (else an error names the sink).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import betterproto
+import numpy as np
+
+from .._errors import (
+    FrameError,
+    InputError,
+    ManifestError,
+    ManifestIssue,
+    NodeError,
+    NurseryPipesError,
+    ResourceLimitError,
+)
+from .._proto.remotemedia import v1 as pb
+from ..frames import (
+    AudioFormat,
+    AudioFrame,
+    BinaryFrame,
+    Frame,
+    JsonFrame,
+    TensorFrame,
+    TextFrame,
+    VideoFrame,
+)
+from ..runtime import SessionMetrics
+
+__all__ = [
+    "buffer_to_frame",
+    "error_response",
+    "frame_to_buffer",
+    "frames_to_buffer",
+    "manifest_from_proto",
+    "manifest_to_proto",
+    "metrics_to_proto",
+]
+
+_HINTS = {
+    pb.DataTypeHint.AUDIO: "audio",
+    pb.DataTypeHint.VIDEO: "video",
+    pb.DataTypeHint.TENSOR: "tensor",
+    pb.DataTypeHint.JSON: "json",
+    pb.DataTypeHint.TEXT: "text",
+    pb.DataTypeHint.BINARY: "binary",
+    pb.DataTypeHint.ANY: "any",
+}
+_HINTS_BACK = {v: k for k, v in _HINTS.items()}
+_RUNTIME = {
+    pb.RuntimeHint.RUSTPYTHON: "rustpython",
+    pb.RuntimeHint.CPYTHON: "cpython",
+    pb.RuntimeHint.CPYTHON_WASM: "cpython_wasm",
+    pb.RuntimeHint.AUTO: "auto",
+}
+_RUNTIME_BACK = {v: k for k, v in _RUNTIME.items()}
+
+
+def present(message: betterproto.Message) -> bool:
+    """Was this (non-oneof) sub-message set? betterproto never leaves them None."""
+    return bool(betterproto.serialized_on_wire(message)) or message != type(message)()
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+
+def buffer_to_frame(buffer: pb.DataBuffer, where: str = "buffer") -> Frame:
+    """Decode a DataBuffer; a FrameError says what disagrees (``where`` names the field)."""
+    kind, value = betterproto.which_one_of(buffer, "data_type")
+    metadata = dict(buffer.metadata)
+    try:
+        return _decode(kind, value, metadata)
+    except FrameError as exc:
+        raise FrameError(f"{where}: {exc}") from None
+
+
+def _decode(kind: str, value: Any, metadata: dict[str, str]) -> Frame:
+    if kind == "audio":
+        return _audio(value, metadata)
+    if kind == "video":
+        fmt = value.format or pb.PixelFormat.RGB24
+        return VideoFrame.from_bytes(
+            value.pixel_data,
+            width=value.width,
+            height=value.height,
+            format=int(fmt),
+            frame_number=value.frame_number,
+            timestamp_us=value.timestamp_us,
+            metadata=metadata,
+        )
+    if kind == "tensor":
+        if not value.dtype:
+            raise FrameError("tensor dtype is not set")
+        return TensorFrame.from_bytes(
+            value.data,
+            shape=list(value.shape),
+            dtype=int(value.dtype),
+            layout=value.layout,
+            metadata=metadata,
+        )
+    if kind == "json":
+        return JsonFrame.from_bytes(value.json_payload, schema_type=value.schema_type, metadata=metadata)
+    if kind == "text":
+        return TextFrame.from_bytes(
+            value.text_data, encoding=value.encoding or "utf-8", language=value.language, metadata=metadata
+        )
+    if kind == "binary":
+        return BinaryFrame.from_bytes(value.data, mime_type=value.mime_type, metadata=metadata)
+    raise FrameError("no data set (one of audio, video, tensor, json, text, binary is required)")
+
+
+def _audio(value: pb.AudioBuffer, metadata: dict[str, str]) -> AudioFrame:
+    if value.sample_rate == 0:
+        raise FrameError("audio sample_rate is not set")
+    fmt = AudioFormat(int(value.format)) if value.format else AudioFormat.F32
+    channels = value.channels or 1
+    frame = AudioFrame.from_bytes(
+        value.samples, sample_rate=value.sample_rate, channels=channels, format=fmt, metadata=metadata
+    )
+    if value.num_samples and value.num_samples != frame.num_samples:
+        raise FrameError(
+            f"audio num_samples is {value.num_samples} but the {len(value.samples)} bytes hold "
+            f"{frame.num_samples} samples per channel ({fmt.name.lower()}, {channels} channel(s))"
+        )
+    return frame
+
+
+def frame_to_buffer(frame: Frame) -> pb.DataBuffer:
+    metadata = dict(frame.metadata)
+    if isinstance(frame, AudioFrame):
+        return pb.DataBuffer(
+            audio=pb.AudioBuffer(
+                samples=frame.to_bytes(),
+                sample_rate=frame.sample_rate,
+                channels=frame.channels,
+                format=pb.AudioFormat(int(frame.format)),
+                num_samples=frame.num_samples,
+            ),
+            metadata=metadata,
+        )
+    if isinstance(frame, VideoFrame):
+        return pb.DataBuffer(
+            video=pb.VideoFrame(
+                pixel_data=frame.to_bytes(),
+                width=frame.width,
+                height=frame.height,
+                format=pb.PixelFormat(int(frame.format)),
+                frame_number=frame.frame_number,
+                timestamp_us=frame.timestamp_us,
+            ),
+            metadata=metadata,
+        )
+    if isinstance(frame, TensorFrame):
+        return pb.DataBuffer(
+            tensor=pb.TensorBuffer(
+                data=frame.to_bytes(),
+                shape=list(frame.data.shape),
+                dtype=pb.TensorDtype(int(frame.dtype)),
+                layout=frame.layout,
+            ),
+            metadata=metadata,
+        )
+    if isinstance(frame, JsonFrame):
+        return pb.DataBuffer(
+            json=pb.JsonData(json_payload=frame.to_bytes().decode(), schema_type=frame.schema_type),
+            metadata=metadata,
+        )
+    if isinstance(frame, TextFrame):
+        return pb.DataBuffer(
+            text=pb.TextBuffer(text_data=frame.to_bytes(), encoding="utf-8", language=frame.language),
+            metadata=metadata,
+        )
+    if isinstance(frame, BinaryFrame):
+        return pb.DataBuffer(
+            binary=pb.BinaryBuffer(data=frame.data, mime_type=frame.mime_type), metadata=metadata
+        )
+    raise TypeError(f"cannot convert {type(frame).__name__}")
+
+
+def frames_to_buffer(node_id: str, frames: Sequence[Frame]) -> pb.DataBuffer:
+    """One buffer for everything a sink produced (see the module docstring)."""
+    if len(frames) == 1:
+        return frame_to_buffer(frames[0])
+    if not frames:
+        return pb.DataBuffer()
+    first = frames[0]
+    if all(isinstance(f, AudioFrame) for f in frames):
+        audio = [f for f in frames if isinstance(f, AudioFrame)]
+        layout = {(f.sample_rate, f.channels, f.format) for f in audio}
+        if len(layout) == 1:
+            joined = AudioFrame(
+                samples=np.concatenate([f.samples for f in audio]),
+                sample_rate=audio[0].sample_rate,
+                metadata=first.metadata,
+            )
+            return frame_to_buffer(joined)
+    elif all(isinstance(f, TextFrame) for f in frames):
+        texts = [f for f in frames if isinstance(f, TextFrame)]
+        return frame_to_buffer(
+            TextFrame(
+                text="".join(t.text for t in texts), language=texts[0].language, metadata=first.metadata
+            )
+        )
+    elif all(isinstance(f, JsonFrame) for f in frames):
+        values = [f.value for f in frames if isinstance(f, JsonFrame)]
+        return frame_to_buffer(JsonFrame(value=values, schema_type="array", metadata=first.metadata))
+    elif all(isinstance(f, BinaryFrame) for f in frames):
+        blobs = [f for f in frames if isinstance(f, BinaryFrame)]
+        return frame_to_buffer(
+            BinaryFrame(
+                data=b"".join(b.data for b in blobs), mime_type=blobs[0].mime_type, metadata=first.metadata
+            )
+        )
+    raise InputError(
+        f"sink {node_id!r} produced {len(frames)} frames that cannot be joined into one DataBuffer "
+        "(use StreamPipeline to receive them one by one)"
+    )
+
+
+# -- manifests -------------------------------------------------------------------------------------
+
+
+def manifest_from_proto(manifest: pb.PipelineManifest) -> dict[str, Any]:
+    """The JSON document form of a wire manifest (validated afterwards, like a file)."""
+    issues: list[ManifestIssue] = []
+    metadata: dict[str, Any] = {"name": manifest.metadata.name}
+    if manifest.metadata.extra_json:
+        try:
+            extra = json.loads(manifest.metadata.extra_json)
+        except json.JSONDecodeError as exc:
+            issues.append(ManifestIssue("metadata.extra_json", f"is not valid JSON: {exc.msg}"))
+        else:
+            if isinstance(extra, dict):
+                metadata.update(extra)
+            else:
+                issues.append(ManifestIssue("metadata.extra_json", "must be a JSON object"))
+    if manifest.metadata.description:
+        metadata["description"] = manifest.metadata.description
+    if manifest.metadata.created_at:
+        metadata["created_at"] = manifest.metadata.created_at
+    if present(manifest.metadata.multiprocess):
+        metadata["multiprocess"] = _multiprocess_from_proto(manifest.metadata.multiprocess)
+    nodes = [_node_from_proto(i, node, issues) for i, node in enumerate(manifest.nodes)]
+    if issues:
+        raise ManifestError(issues)
+    return {
+        "version": manifest.version,
+        "metadata": metadata,
+        "nodes": nodes,
+        "connections": [{"from": c.from_, "to": c.to} for c in manifest.connections],
+    }
+
+
+def _multiprocess_from_proto(mp: pb.MultiprocessConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field in ("max_processes_per_session", "channel_capacity", "init_timeout_secs", "python_executable"):
+        value = getattr(mp, field)
+        if value:
+            out[field] = value
+    if mp.enable_backpressure is not None:
+        out["enable_backpressure"] = mp.enable_backpressure
+    if mp.executor_overrides:
+        out["executor_overrides"] = dict(mp.executor_overrides)
+    return out
+
+
+def _node_from_proto(index: int, node: pb.NodeManifest, issues: list[ManifestIssue]) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": node.id, "node_type": node.node_type}
+    if node.params.strip():
+        try:
+            out["params"] = json.loads(node.params)
+        except json.JSONDecodeError as exc:
+            issues.append(
+                ManifestIssue(
+                    f"nodes[{index}].params",
+                    f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
+                )
+            )
+    if present(node.capabilities):
+        out["capabilities"] = _capabilities_from_proto(node.capabilities)
+    if node.host:
+        out["host"] = node.host
+    if node.is_streaming:
+        out["is_streaming"] = True
+    if node.runtime_hint:
+        out["runtime_hint"] = _RUNTIME.get(node.runtime_hint, "auto")
+    if node.input_types:
+        out["input_types"] = [_HINTS.get(h, "any") for h in node.input_types]
+    if node.output_types:
+        out["output_types"] = [_HINTS.get(h, "any") for h in node.output_types]
+    return out
+
+
+def _capabilities_from_proto(caps: pb.CapabilityRequirements) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if present(caps.gpu):
+        out["gpu"] = {
+            "type": caps.gpu.type or "any",
+            "min_memory_gb": caps.gpu.min_memory_gb,
+            "required": caps.gpu.required,
+        }
+    if present(caps.cpu):
+        out["cpu"] = {"cores": caps.cpu.cores or 1, "arch": caps.cpu.arch or "any"}
+    if caps.memory_gb:
+        out["memory_gb"] = caps.memory_gb
+    return out
+
+
+def manifest_to_proto(doc: Mapping[str, Any]) -> pb.PipelineManifest:
+    """The wire form of a manifest document (for clients)."""
+    meta = dict(doc.get("metadata", {}))
+    known = {"name", "description", "created_at", "multiprocess"}
+    metadata = pb.ManifestMetadata(
+        name=meta.get("name", ""),
+        description=meta.get("description", ""),
+        created_at=meta.get("created_at", ""),
+    )
+    extra = {k: v for k, v in meta.items() if k not in known}
+    if extra:
+        metadata.extra_json = json.dumps(extra)
+    if "multiprocess" in meta:
+        mp = meta["multiprocess"]
+        metadata.multiprocess = pb.MultiprocessConfig(
+            max_processes_per_session=mp.get("max_processes_per_session", 0),
+            channel_capacity=mp.get("channel_capacity", 0),
+            init_timeout_secs=int(mp.get("init_timeout_secs", 0)),
+            python_executable=mp.get("python_executable", ""),
+            enable_backpressure=mp.get("enable_backpressure"),
+            executor_overrides=dict(mp.get("executor_overrides", {})),
+        )
+    return pb.PipelineManifest(
+        version=doc.get("version", ""),
+        metadata=metadata,
+        nodes=[_node_to_proto(n) for n in doc.get("nodes", [])],
+        connections=[pb.Connection(from_=c["from"], to=c["to"]) for c in doc.get("connections", [])],
+    )
+
+
+def _node_to_proto(node: Mapping[str, Any]) -> pb.NodeManifest:
+    out = pb.NodeManifest(
+        id=node["id"],
+        node_type=node["node_type"],
+        params=json.dumps(node.get("params", {})),
+        host=node.get("host") or "",
+        is_streaming=bool(node.get("is_streaming", False)),
+    )
+    caps = node.get("capabilities")
+    if caps:
+        out.capabilities = pb.CapabilityRequirements(memory_gb=caps.get("memory_gb") or 0.0)
+        if caps.get("gpu"):
+            out.capabilities.gpu = pb.GpuRequirement(**caps["gpu"])
+        if caps.get("cpu"):
+            out.capabilities.cpu = pb.CpuRequirement(**caps["cpu"])
+    if node.get("runtime_hint"):
+        out.runtime_hint = _RUNTIME_BACK[node["runtime_hint"]]
+    out.input_types = [_HINTS_BACK[t] for t in node.get("input_types", [])]
+    out.output_types = [_HINTS_BACK[t] for t in node.get("output_types", [])]
+    return out
+
+
+# -- errors ----------------------------------------------------------------------------------------
+
+
+def error_response(exc: BaseException) -> pb.ErrorResponse:
+    """Our exceptions as ErrorResponse with the right ErrorType; anything else is INTERNAL."""
+    if isinstance(exc, ManifestError):
+        return pb.ErrorResponse(
+            error_type=pb.ErrorType.VALIDATION,
+            message=str(exc),
+            context="manifest",
+            issues=[pb.ValidationIssue(path=i.path, message=i.message) for i in exc.issues],
+        )
+    if isinstance(exc, FrameError):
+        return pb.ErrorResponse(error_type=pb.ErrorType.TYPE_VALIDATION, message=str(exc), context="data")
+    if isinstance(exc, InputError):
+        return pb.ErrorResponse(error_type=pb.ErrorType.VALIDATION, message=str(exc), context="data")
+    if isinstance(exc, ResourceLimitError):
+        return pb.ErrorResponse(error_type=pb.ErrorType.RESOURCE_LIMIT, message=str(exc))
+    if isinstance(exc, NodeError):
+        return pb.ErrorResponse(
+            error_type=pb.ErrorType.NODE_EXECUTION,
+            message=str(exc),
+            failing_node_id=exc.node_id or "",
+            context=exc.phase,
+            stack_trace=exc.remote_traceback or "",
+        )
+    if isinstance(exc, NurseryPipesError):
+        return pb.ErrorResponse(
+            error_type=pb.ErrorType.NODE_EXECUTION,
+            message=str(exc),
+            failing_node_id=getattr(exc, "node_id", None) or "",
+        )
+    return pb.ErrorResponse(
+        error_type=pb.ErrorType.INTERNAL, message=f"internal error: {type(exc).__name__}: {exc}"
+    )
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+
+
+def metrics_to_proto(metrics: SessionMetrics, *, serialization_ms: float = 0.0) -> pb.ExecutionMetrics:
+    nodes = {
+        nid: pb.NodeMetrics(
+            execution_time_ms=m.processing_s * 1000,
+            items_processed=m.frames_in,
+            custom_metrics=json.dumps(
+                {
+                    "executor": m.executor,
+                    "frames_out": m.frames_out,
+                    "bytes_in": m.bytes_in,
+                    "bytes_out": m.bytes_out,
+                    "init_ms": round(m.init_s * 1000, 3),
+                    "pid": m.pid,
+                }
+            ),
+        )
+        for nid, m in metrics.nodes.items()
+    }
+    return pb.ExecutionMetrics(
+        wall_time_ms=metrics.wall_time_s * 1000,
+        cpu_time_ms=metrics.cpu_time_s * 1000,
+        memory_used_bytes=_rss_bytes(),
+        node_metrics=nodes,
+        serialization_time_ms=serialization_ms,
+        data_type_breakdown=dict(metrics.data_type_breakdown),
+    )
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * 4096
+    except OSError:
+        return 0
