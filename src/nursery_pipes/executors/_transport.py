@@ -105,11 +105,23 @@ class ShmPort:
         await self._producer.end_of_stream()
 
 
+_swept = False
+
+
+def _sweep_once() -> None:
+    """Remove what dead supervisors left in /dev/shm — once per process (a runtime that is
+    entered with ``async with`` sweeps again at every start)."""
+    global _swept
+    if not _swept:
+        sweep_stale()
+        _swept = True
+
+
 class ShmTransport:
     """Creates, wires and finally unlinks every ring of one session."""
 
     def __init__(self, geometry: RingGeometry, events_slots: int = 64) -> None:
-        sweep_stale()  # namespaces of supervisors that died: gone before we add ours
+        _sweep_once()
         self.namespace = Namespace.create()
         self.geometry = geometry
         self._events_slots = events_slots

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import inspect
 import logging
+import types
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar, get_args
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar, Union, get_args, get_origin
 
 import msgspec
 
@@ -168,9 +169,26 @@ def describe_params(params: type[Params]) -> list[dict[str, Any]]:
 
 
 def _type_name(tp: Any) -> str:
-    origin = getattr(tp, "__origin__", None)
-    if origin is not None and getattr(tp, "__metadata__", None) is not None:
-        return _type_name(origin)
+    """A reader's name for a param type: ``int ≥ 1``, ``'f32' | 'i16'``, ``list[str] | None``."""
+    metadata = getattr(tp, "__metadata__", None)
+    if metadata is not None:
+        return _type_name(tp.__origin__) + "".join(_bounds(m) for m in metadata)
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " | ".join("None" if a is type(None) else _type_name(a) for a in args)
+    if origin is not None and args:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_type_name(a) for a in args)}]"
     if isinstance(tp, type):
         return tp.__name__
     return str(tp).replace("typing.", "")
+
+
+def _bounds(meta: Any) -> str:
+    parts = []
+    for attr, sign in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
+        value = getattr(meta, attr, None)
+        if value is not None:
+            parts.append(f" {sign} {value}")
+    return "".join(parts)

@@ -55,16 +55,8 @@ class PassThrough(Node[NoParams]):
         return frame
 
 
-class Echo(Node[NoParams]):
+class Echo(PassThrough):
     """Forward every frame unchanged (any kind); the remotemedia name for PassThrough."""
-
-    accepts = ALL_KINDS
-    produces = ALL_KINDS
-    executor = "inprocess"
-    zero_copy = True  # keeps nothing between calls: may read inputs in place
-
-    def process(self, frame: Frame) -> Frame:
-        return frame
 
 
 # ---------------------------------------------------------------------------------------------
