@@ -200,7 +200,7 @@ def test_nodes_table() -> None:
     assert result.exit_code == 0
     for name in ("PassThrough", "AudioChunkerNode", "CalculatorNode", "FastResampleNode"):
         assert name in result.stdout
-    assert "chunk_size: int = 1024" in result.stdout
+    assert "chunk_size: int ≥ 1 = 1024" in result.stdout
     assert "inprocess" in result.stdout
 
 
@@ -212,7 +212,7 @@ def test_nodes_json(tmp_path: Path) -> None:
     assert set(chunker) == {"node_type", "executor", "accepts", "produces", "params", "description", "origin"}
     assert chunker["executor"] == "inprocess"
     assert chunker["accepts"] == chunker["produces"] == ["audio"]
-    assert chunker["params"][0] == {"name": "chunk_size", "type": "int", "default": 1024, "required": False}
+    assert chunker["params"][0] == {"name": "chunk_size", "type": "int ≥ 1", "default": 1024, "required": False}
     assert chunker["origin"] == "built-in"
     assert "RaiseNode" not in rows
     config = tmp_path / "runtime.toml"
@@ -221,7 +221,7 @@ def test_nodes_json(tmp_path: Path) -> None:
     assert testing["RaiseNode"]["executor"] is None
     assert {
         "name": "phase",
-        "type": "Literal['initialize', 'process', 'flush', 'cleanup']",
+        "type": "'initialize' | 'process' | 'flush' | 'cleanup'",
         "default": None,
         "required": True,
     } in testing["RaiseNode"]["params"]

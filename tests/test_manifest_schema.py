@@ -25,7 +25,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nursery_pipes import Manifest, ManifestError
-from nursery_pipes.frames import Frame, FrameKind
 from nursery_pipes.manifest import load_schema
 from nursery_pipes.manifest._model import (
     Capabilities,
@@ -38,7 +37,7 @@ from nursery_pipes.manifest._model import (
     NodeSpec,
 )
 from nursery_pipes.manifest._validate import _schema_validator
-from nursery_pipes.nodes import Node, NodeRegistry
+from nursery_pipes.nodes import NodeRegistry
 from nursery_pipes.nodes._registry import builtin_registry
 from nursery_pipes.testing import register_testing_nodes
 
@@ -46,20 +45,9 @@ DATA = Path(__file__).parent / "data" / "manifests"
 CAP = 16  # the server's max_processes_per_session for the full-validator checks
 
 
-class SpeechRecognitionNode(Node[Any]):
-    """Stand-in for the remotemedia ASR node of the product brief's example."""
-
-    accepts = frozenset({FrameKind.AUDIO})
-    produces = frozenset({FrameKind.TEXT})
-
-    def process(self, frame: Frame) -> Frame:
-        return frame
-
-
 def corpus_registry() -> NodeRegistry:
     registry = builtin_registry()
-    register_testing_nodes(registry)
-    registry.register(SpeechRecognitionNode)
+    register_testing_nodes(registry)  # the built-ins include the product brief's SpeechRecognitionNode
     return registry
 
 

@@ -150,7 +150,7 @@ def test_info_rows() -> None:
         accepts=("audio",),
         produces=("audio", "json"),
         params=(
-            {"name": "gain", "type": "float", "default": 1.0, "required": False},
+            {"name": "gain", "type": "float ≥ 0", "default": 1.0, "required": False},
             {"name": "label", "type": "str", "default": None, "required": True},
             {"name": "tags", "type": "list[str]", "default": [], "required": False},
         ),

@@ -69,6 +69,9 @@ class ServerConfig(_Section, frozen=True):
     """Name of an environment variable holding the bearer token."""
     drain_timeout_secs: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     metrics_interval_secs: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    """How often a stream gets StreamMetrics."""
+    stall_timeout_secs: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    """A stream whose client reads no response for this long is ended (its session cancelled)."""
 
 
 class LimitsConfig(_Section, frozen=True):

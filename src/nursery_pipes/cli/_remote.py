@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
@@ -125,6 +126,18 @@ def run_remote(
             f"[bold red]error:[/] cannot reach server {escape(address)}: {escape(str(exc))}", highlight=False
         )
         return 2
+    except GRPCError as exc:  # e.g. a chunk over the server's size limit, or the server shutting down
+        console.print(
+            f"[bold red]error:[/] the server ended the call with {exc.status.name}: {escape(exc.message or '')}",
+            highlight=False,
+        )
+        return 1
+    except StreamTerminatedError as exc:
+        console.print(
+            f"[bold red]error:[/] lost the call to server {escape(address)}: {escape(str(exc))}",
+            highlight=False,
+        )
+        return 1
     written = write_outputs(run.outputs, output_dir) if output_dir else []
     if as_json:
         out.print_json(data=_summary(run, written))

@@ -20,7 +20,7 @@ import msgspec
 import trio
 
 from .._config import RuntimeConfig, load_config
-from .._errors import ConfigError
+from .._errors import ConfigError, NurseryPipesError
 
 __all__ = ["ENV_PREFIX", "apply_overrides", "serve"]
 
@@ -74,13 +74,42 @@ async def _serve(config: RuntimeConfig, announce: Any) -> None:
     from ..service import Server, parse_listen
 
     host, _ = parse_listen(config.server.listen)
-    async with Runtime(config) as runtime:
-        server = Server(runtime)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_signals, server, nursery.cancel_scope, announce)
-            await server.serve(task_status=_Started(lambda port: announce(f"listening on {host}:{port}")))
-            nursery.cancel_scope.cancel()  # drained: stop watching signals
+    listening = False
+
+    def started(port: int) -> None:
+        nonlocal listening
+        listening = True
+        announce(f"listening on {host}:{port}")
+
+    try:
+        async with Runtime(config) as runtime:
+            server = Server(runtime)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_watch_signals, server, nursery.cancel_scope, announce)
+                await server.serve(task_status=_Started(started))
+                nursery.cancel_scope.cancel()  # drained: stop watching signals
+    except BaseExceptionGroup as group:
+        # The nursery wraps what serve() raised: a bad TLS file or an address that cannot be
+        # bound is a user mistake to report in one line (exit 2), not a traceback.
+        error = _sole_leaf(group)
+        if isinstance(error, NurseryPipesError):
+            raise error from None
+        if isinstance(error, OSError) and not listening:
+            raise ConfigError(f"cannot listen on {config.server.listen}: {error}") from None
+        raise
     announce("stopped")
+
+
+def _sole_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else None
 
 
 class _Started:

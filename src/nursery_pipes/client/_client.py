@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import ssl
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 import betterproto
 from grpclib.client import Channel
 from grpclib.const import Cardinality
+from grpclib.exceptions import StreamTerminatedError
 
 from .._errors import (
     FrameError,
@@ -243,26 +245,42 @@ class RemoteStream:
             metadata=self._metadata,
         )
         self._stream = await self._call.__aenter__()
-        await self._stream.send_request()
-        await self._stream.send_message(
-            pb.StreamRequest(
-                init=pb.StreamInit(
-                    manifest=manifest_to_proto(self._manifest),
-                    data_inputs={nid: frame_to_buffer(f) for nid, f in self._inputs.items()},
-                    client_version=CLIENT_VERSION,
+        try:
+            await self._stream.send_request()
+            await self._stream.send_message(
+                pb.StreamRequest(
+                    init=pb.StreamInit(
+                        manifest=manifest_to_proto(self._manifest),
+                        data_inputs={nid: frame_to_buffer(f) for nid, f in self._inputs.items()},
+                        client_version=CLIENT_VERSION,
+                    )
                 )
             )
-        )
-        await self._wait_ready()
+            await self._wait_ready()
+        except BaseException:
+            # Refused (auth, limits, bad manifest...): release the HTTP/2 stream, or every refusal
+            # keeps one open until the connection runs out of concurrent streams and hangs.
+            await self._call.__aexit__(*sys.exc_info())
+            raise
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        if exc[0] is not None and self.closed is None:
-            await self._stream.cancel()
-        elif not self._ended:
-            await self._stream.end()
-            self._ended = True
+    async def __aexit__(self, *exc: Any) -> None:
+        ending_failed: StreamTerminatedError | None = None
+        try:
+            if exc[0] is not None and self.closed is None:
+                await self._stream.cancel()
+            elif not self._ended:
+                await self._stream.end()
+                self._ended = True
+        except StreamTerminatedError as error:  # the server already ended or reset the call
+            ending_failed = error
+        if exc[0] is None and ending_failed is not None:
+            exc = (type(ending_failed), ending_failed, ending_failed.__traceback__)
+        # Always release the call; on a reset stream this raises the server's status (GRPCError)
+        # if it sent one, which says more than "stream reset".
         await self._call.__aexit__(*exc)
+        if ending_failed is not None and exc[1] is ending_failed:
+            raise ending_failed
 
     async def _wait_ready(self) -> None:
         while self.ready is None:

@@ -210,6 +210,7 @@ def _update_metrics(host: NodeHost, stats: dict[str, Any]) -> None:
     m.bytes_in = stats.get("bytes_in", m.bytes_in)
     m.bytes_out = stats.get("bytes_out", m.bytes_out)
     m.processing_s = stats.get("processing_s", m.processing_s)
+    m.kinds_out = dict(stats.get("kinds_out", m.kinds_out))
 
 
 async def _next_event(consumer: Any) -> dict[str, Any] | None:

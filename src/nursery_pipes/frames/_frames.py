@@ -9,6 +9,7 @@ agrees with the declared format and shape, and says what disagrees.
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -365,7 +366,7 @@ class TensorFrame(Frame):
         shape = tuple(int(d) for d in shape)
         if any(d < 0 for d in shape):
             raise FrameError(f"tensor shape must not be negative, got {shape}")
-        need = int(np.prod(shape, dtype=np.int64)) * fmt.dtype.itemsize
+        need = math.prod(shape) * fmt.dtype.itemsize  # exact: numpy's int64 product would wrap
         if len(data) != need:
             raise FrameError(
                 f"tensor of shape {list(shape)} and dtype {fmt.name.lower()} needs {need} bytes, "

@@ -24,7 +24,7 @@ import trio_asyncio
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-__all__ = ["TrioStream"]
+__all__ = ["TrioStream", "recv_limited"]
 
 
 class TrioStream:
@@ -50,26 +50,30 @@ class TrioStream:
         await self._send(message)
 
     async def _recv_limited(self) -> Any | None:
-        # The same steps as grpclib.stream.recv_message, with the size check before the body.
-        inner = self.raw._stream  # grpclib.protocol.Stream
-        meta = await inner.recv_data(5)
-        if not meta:
-            return None
-        if meta[0]:
-            raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported")
-        length = struct.unpack(">I", meta[1:5])[0]
-        if length > self._max:
-            raise GRPCError(
-                Status.RESOURCE_EXHAUSTED,
-                f"message of {length} bytes exceeds this server's limit of {self._max} bytes (max_message_bytes)",
-            )
-        body = await inner.recv_data(length)
-        try:
-            return self.raw._codec.decode(body, self._recv_type)
-        except Exception as exc:
-            raise GRPCError(
-                Status.INVALID_ARGUMENT, f"cannot decode {self._recv_type.__name__}: {exc}"
-            ) from exc
+        return await recv_limited(self.raw, self._recv_type, self._max)
+
+
+async def recv_limited(stream: Any, recv_type: type[Any], max_message_bytes: int) -> Any | None:
+    """``stream.recv_message()`` of a grpclib server stream, refusing a message over the size
+    limit before its body is read (asyncio side)."""
+    # The same steps as grpclib.stream.recv_message, with the size check before the body.
+    inner = stream._stream  # grpclib.protocol.Stream
+    meta = await inner.recv_data(5)
+    if not meta:
+        return None
+    if meta[0]:
+        raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported")
+    length = struct.unpack(">I", meta[1:5])[0]
+    if length > max_message_bytes:
+        raise GRPCError(
+            Status.RESOURCE_EXHAUSTED,
+            f"message of {length} bytes exceeds this server's limit of {max_message_bytes} bytes (max_message_bytes)",
+        )
+    body = await inner.recv_data(length)
+    try:
+        return stream._codec.decode(body, recv_type)
+    except Exception as exc:
+        raise GRPCError(Status.INVALID_ARGUMENT, f"cannot decode {recv_type.__name__}: {exc}") from exc
 
 
 async def checkpoint() -> None:

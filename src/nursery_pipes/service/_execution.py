@@ -20,7 +20,7 @@ from ..wire._convert import (
     metrics_to_proto,
 )
 
-__all__ = ["PROTOCOL_VERSION", "compatible", "execute", "version"]
+__all__ = ["PROTOCOL_VERSION", "check_request_limits", "compatible", "execute", "version"]
 
 PROTOCOL_VERSION = "v1"
 BUILD_TIMESTAMP = ""
@@ -72,7 +72,7 @@ async def execute(runtime: Runtime, request: pb.ExecuteRequest, accepting: bool)
         inputs = {
             nid: buffer_to_frame(buf, f"data_inputs[{nid}]") for nid, buf in request.data_inputs.items()
         }
-        _check_request_limits(request.resource_limits, inputs)
+        check_request_limits(request.resource_limits, inputs)
         decode_ms = (time.perf_counter() - started) * 1000
         timeout = (
             request.resource_limits.max_timeout_ms / 1000 if request.resource_limits.max_timeout_ms else None
@@ -110,7 +110,8 @@ async def execute(runtime: Runtime, request: pb.ExecuteRequest, accepting: bool)
     )
 
 
-def _check_request_limits(limits: pb.ResourceLimits, inputs: dict[str, Frame]) -> None:
+def check_request_limits(limits: pb.ResourceLimits, inputs: dict[str, Frame]) -> None:
+    """``max_audio_samples`` per audio input, ``max_memory_bytes`` for all inputs together."""
     if limits.max_audio_samples:
         for nid, frame in inputs.items():
             if isinstance(frame, AudioFrame) and frame.num_samples > limits.max_audio_samples:

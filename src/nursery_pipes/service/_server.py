@@ -6,8 +6,9 @@ Life of a server (:meth:`Server.serve`)::
       └─ open a trio-asyncio loop; start grpclib on the listen address (loopback by default; TLS optional)
            └─ serving ── drain() (SIGTERM/SIGINT) ──▶ draining:
                  health → NOT_SERVING, new sessions refused (RESOURCE_LIMIT),
-                 running sessions get ``drain_timeout_secs`` to finish, then are cancelled;
-                 the listener closes; the runtime stops every worker and unlinks its shm.
+                 running sessions get ``drain_timeout_secs`` to finish, then are cancelled
+                 (their calls end with UNAVAILABLE); the listener and every client
+                 connection close; the runtime stops every worker and unlinks its shm.
 
 Authentication: when a bearer token is configured, ExecutePipeline and
 StreamPipeline require ``authorization: Bearer <token>`` and answer anything
@@ -17,16 +18,19 @@ reflection stay open (they reveal nothing a client could misuse).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ssl
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from importlib import resources
 from typing import Any
 
 import trio
 import trio_asyncio
-from grpclib.const import Cardinality, Handler
+from grpclib.const import Cardinality, Handler, Status
+from grpclib.exceptions import GRPCError
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
 from grpclib.reflection.service import ServerReflection
@@ -36,7 +40,7 @@ from .._config import RuntimeConfig, ServerConfig
 from .._errors import ConfigError
 from .._proto.remotemedia import v1 as pb
 from ..runtime import Runtime
-from ._bridge import TrioStream
+from ._bridge import TrioStream, recv_limited
 from ._execution import execute, version
 from ._streaming import StreamSettings, handle_stream
 
@@ -107,6 +111,7 @@ class Server:
         self._status.set(True)
         async with trio_asyncio.open_loop():
             server = GrpcServer(self._handlers())
+            connections = _track_connections(server)
             await trio_asyncio.aio_as_trio(server.start)(host, port, ssl=context)
             try:
                 listener: Any = server._server
@@ -115,9 +120,16 @@ class Server:
                 await self._drain.wait()
                 await self._finish_sessions()
             finally:
-                server.close()
+                server.close()  # stops listening, cancels the calls still running
+                # grpclib leaves client connections open: close them, or their clients wait
+                # forever and the sockets outlive the loop.
+                for protocol in list(connections):
+                    processor = getattr(protocol, "processor", None)
+                    if processor is not None:
+                        processor.close("server stopped")
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
                     await trio_asyncio.aio_as_trio(server.wait_closed)()
+                    await trio_asyncio.aio_as_trio(asyncio.sleep)(0)  # transports finish closing
 
     async def _finish_sessions(self) -> None:
         with trio.move_on_after(self.config.server.drain_timeout_secs):
@@ -128,9 +140,6 @@ class Server:
             await self._idle.wait()
 
     def _handlers(self) -> list[Any]:
-        reflection = ServerReflection(
-            _service_names=[EXECUTION, STREAMING, "grpc.health.v1.Health"], _pool=_descriptor_pool()
-        )
         execution = _Service(
             EXECUTION,
             {
@@ -155,43 +164,57 @@ class Server:
             },
         )
         health = Health({execution: [self._status], streaming: [self._status]})
-        return [execution, streaming, health, reflection]
+        # Reflection in both versions: v1, and v1alpha, which grpcio-reflection's client and
+        # older grpcurl speak. The pool holds our protos and the health service's.
+        services: list[Any] = ServerReflection.extend([execution, streaming, health], pool=_descriptor_pool())
+        return services
 
     # -- handlers (asyncio shims → trio) ------------------------------------------------------
 
     async def _version(self, stream: Any) -> None:
-        request = await stream.recv_message()
-        await stream.send_message(version(self.runtime, request))
+        request = await recv_limited(stream, pb.VersionRequest, self.config.server.max_message_bytes)
+        await stream.send_message(version(self.runtime, request or pb.VersionRequest()))
 
     async def _execute(self, stream: Any) -> None:
-        await trio_asyncio.trio_as_aio(self._execute_trio)(stream)
+        with self._counted():
+            await trio_asyncio.trio_as_aio(self._execute_trio)(stream)
 
     async def _stream(self, stream: Any) -> None:
-        await trio_asyncio.trio_as_aio(self._stream_trio)(stream)
+        with self._counted():
+            await trio_asyncio.trio_as_aio(self._stream_trio)(stream)
 
     async def _execute_trio(self, raw: Any) -> None:
-        stream = TrioStream(raw, pb.ExecuteRequest, self.config.server.max_message_bytes)
-        request = await stream.recv()
-        if request is None:
-            return
-        denied = self._auth_error(raw)
-        if denied is not None:
-            await stream.send(pb.ExecuteResponse(error=denied))
-            return
         async with self._tracked():
+            stream = TrioStream(raw, pb.ExecuteRequest, self.config.server.max_message_bytes)
+            denied = self._auth_error(raw)  # before reading: an unauthenticated body is never decoded
+            if denied is not None:
+                await stream.send(pb.ExecuteResponse(error=denied))
+                return
+            request = await stream.recv()
+            if request is None:
+                return
             response = await execute(self.runtime, request, self._accepting)
-        await stream.send(response)
+            await stream.send(response)
 
     async def _stream_trio(self, raw: Any) -> None:
-        stream = TrioStream(raw, pb.StreamRequest, self.config.server.max_message_bytes)
-        denied = self._auth_error(raw)
-        if denied is not None:
-            await stream.recv()
-            await stream.send(pb.StreamResponse(error=denied))
-            return
-        settings = StreamSettings(metrics_interval_secs=self.config.server.metrics_interval_secs)
-        async with self._tracked():
-            await handle_stream(stream, self.runtime, settings, lambda: self._accepting)
+        try:
+            async with self._tracked():
+                stream = TrioStream(raw, pb.StreamRequest, self.config.server.max_message_bytes)
+                denied = self._auth_error(raw)
+                if denied is not None:
+                    await stream.recv()
+                    await stream.send(pb.StreamResponse(error=denied))
+                    return
+                settings = StreamSettings(
+                    metrics_interval_secs=self.config.server.metrics_interval_secs,
+                    stall_timeout_secs=self.config.server.stall_timeout_secs,
+                )
+                await handle_stream(stream, self.runtime, settings, lambda: self._accepting)
+        except BaseExceptionGroup as group:
+            # A GRPCError raised by a task of the stream's nurseries (undecodable or oversized
+            # message, a client that stopped reading) arrives wrapped; grpclib only turns a bare
+            # GRPCError into its status, anything else becomes UNKNOWN "Internal Server Error".
+            raise _bare_grpc_error(group) from None
 
     def _auth_error(self, raw: Any) -> pb.ErrorResponse | None:
         if not self._token:
@@ -206,21 +229,61 @@ class Server:
             message=f"{why} bearer token (send 'authorization: Bearer <token>')",
         )
 
-    @asynccontextmanager
-    async def _tracked(self) -> AsyncIterator[None]:
-        """Count a running RPC, and let the drain cancel it once its deadline has passed."""
+    @contextmanager
+    def _counted(self) -> Iterator[None]:
+        """Count a running ExecutePipeline/StreamPipeline call (asyncio side): the drain waits
+        until grpclib has its outcome, so the status reaches the client before we close."""
         self._active += 1
         if self._idle.is_set():
             self._idle = trio.Event()
+        try:
+            yield
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+
+    @asynccontextmanager
+    async def _tracked(self) -> AsyncIterator[None]:
+        """Let the drain cancel a call once its deadline has passed; the call then ends with
+        UNAVAILABLE (a cancelled grpclib handler would otherwise leave its client waiting)."""
         with trio.CancelScope() as scope:
             self._cancel_scopes.add(scope)
             try:
                 yield
             finally:
                 self._cancel_scopes.discard(scope)
-                self._active -= 1
-                if self._active == 0:
-                    self._idle.set()
+        if scope.cancelled_caught:  # only the drain cancels this scope
+            raise GRPCError(
+                Status.UNAVAILABLE,
+                "server is shutting down: the call did not finish within "
+                f"server.drain_timeout_secs ({self.config.server.drain_timeout_secs:g} s) and was cancelled",
+            )
+
+
+def _track_connections(server: GrpcServer) -> weakref.WeakSet[Any]:
+    """The live client connections (H2Protocol) of a grpclib server."""
+    connections: weakref.WeakSet[Any] = weakref.WeakSet()
+    factory = server._protocol_factory
+
+    def tracked() -> Any:
+        protocol = factory()
+        connections.add(protocol)
+        return protocol
+
+    server._protocol_factory = tracked  # type: ignore[method-assign]
+    return connections
+
+
+def _bare_grpc_error(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The GRPCError a group carries if that is all it carries (else the group itself)."""
+    grpc_errors, rest = group.split(GRPCError)
+    if grpc_errors is None or rest is not None:
+        return group
+    first: BaseException = grpc_errors
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
 
 
 class _Service:
@@ -240,10 +303,12 @@ class _Service:
 
 def _descriptor_pool() -> Any:
     from google.protobuf import descriptor_pb2, descriptor_pool
+    from grpclib.health.v1 import health_pb2
 
     data = resources.files("nursery_pipes._proto").joinpath("remotemedia_v1.binpb").read_bytes()
     files = descriptor_pb2.FileDescriptorSet.FromString(data)
     pool = descriptor_pool.DescriptorPool()
     for proto in files.file:
         pool.Add(proto)
+    pool.AddSerializedFile(health_pb2.DESCRIPTOR.serialized_pb)
     return pool

@@ -23,6 +23,7 @@ manifest, a node failure) are answered with ``error`` and end the stream.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -31,9 +32,18 @@ from typing import Any
 import betterproto
 import trio
 
-from .._errors import FrameError, InputError, NurseryPipesError, SessionClosedError, SessionError
+from .._errors import (
+    FrameError,
+    InputError,
+    NurseryPipesError,
+    ResourceLimitError,
+    SessionClosedError,
+    SessionError,
+)
 from .._proto.remotemedia import v1 as pb
+from ..frames import Frame
 from ..runtime import NodeProgress, Output, Runtime, Session, SessionState, StateChanged
+from ..runtime._plan import check_input_target
 from ..wire._convert import (
     buffer_to_frame,
     error_response,
@@ -42,6 +52,7 @@ from ..wire._convert import (
     metrics_to_proto,
 )
 from ._bridge import TrioStream
+from ._execution import check_request_limits, compatible
 
 __all__ = ["StreamSettings", "handle_stream"]
 
@@ -63,6 +74,7 @@ class _State:
     dropped: int = 0
     latency_sum_ms: float = 0.0
     cancelled: bool = False
+    limits: pb.ResourceLimits = field(default_factory=pb.ResourceLimits)
 
 
 async def handle_stream(
@@ -83,6 +95,12 @@ async def handle_stream(
             )
         )
         return
+    ok, why = compatible(init.client_version)
+    if not ok:  # as ExecutePipeline does
+        await stream.send(
+            pb.StreamResponse(error=pb.ErrorResponse(error_type=pb.ErrorType.VERSION_MISMATCH, message=why))
+        )
+        return
     if not accepting():
         await stream.send(
             pb.StreamResponse(
@@ -96,20 +114,38 @@ async def handle_stream(
         plan = runtime.plan(manifest_from_proto(init.manifest))
         initial = {nid: buffer_to_frame(buf, f"data_inputs[{nid}]") for nid, buf in init.data_inputs.items()}
         for node_id in initial:
-            from ..runtime._plan import check_input_target
-
             check_input_target(plan, node_id)
+        check_request_limits(init.resource_limits, initial)
     except NurseryPipesError as exc:
         await stream.send(pb.StreamResponse(error=error_response(exc)))
         return
-    await _run(stream, runtime, plan, initial, settings)
+    limits: pb.ResourceLimits = init.resource_limits
+    timeout = limits.max_timeout_ms / 1000 if limits.max_timeout_ms else math.inf
+    with trio.move_on_after(timeout) as deadline:
+        await _run(stream, runtime, plan, initial, settings, limits)
+    if deadline.cancelled_caught:
+        await stream.send(
+            pb.StreamResponse(
+                error=pb.ErrorResponse(
+                    error_type=pb.ErrorType.RESOURCE_LIMIT,
+                    message=f"the stream exceeded resource_limits.max_timeout_ms ({limits.max_timeout_ms} ms); session cancelled",
+                )
+            )
+        )
 
 
 async def _run(
-    stream: TrioStream, runtime: Runtime, plan: Any, initial: dict[str, Any], settings: StreamSettings
+    stream: TrioStream,
+    runtime: Runtime,
+    plan: Any,
+    initial: dict[str, Any],
+    settings: StreamSettings,
+    limits: pb.ResourceLimits,
 ) -> None:
-    state = _State()
-    send_channel, receive_channel = trio.open_memory_channel[pb.StreamResponse](64)
+    state = _State(limits=limits)
+    # Small: with the session's own bounded queues this bounds what a client that stops
+    # reading can make the server hold.
+    send_channel, receive_channel = trio.open_memory_channel[pb.StreamResponse](8)
     try:
         async with runtime.open_session(plan, wait_ready=False) as session:
             state.session_id = session.id
@@ -202,16 +238,24 @@ async def _sender(
     settings: StreamSettings,
 ) -> None:
     next_metrics = trio.current_time() + settings.metrics_interval_secs
+    closed = False
     async with inbox:
         while True:
-            with trio.move_on_at(next_metrics):
+            response: pb.StreamResponse | None = None
+            # Only the wait for a response races the metrics deadline, never its sending: a send
+            # cut short would lose a response already taken from the inbox.
+            with trio.move_on_at(math.inf if closed else next_metrics):
                 try:
                     response = await inbox.receive()
                 except trio.EndOfChannel:
                     return
-                await _send_or_give_up(stream, response, session, settings)
+            if response is not None:
+                if not closed:  # StreamClosed is the last thing the client hears
+                    await _send_or_give_up(stream, response, session, settings)
+                    closed = betterproto.which_one_of(response, "response")[0] == "closed"
                 continue
-            await _send_or_give_up(stream, _stream_metrics(session, state), session, settings)
+            if session.state is not SessionState.INITIALIZING:  # metrics only once StreamReady went out
+                await _send_or_give_up(stream, _stream_metrics(session, state), session, settings)
             next_metrics = trio.current_time() + settings.metrics_interval_secs
 
 
@@ -258,6 +302,8 @@ async def _inbound(
     async with out:
         for node_id, frame in initial.items():
             await session.send(node_id, frame, seq=0)
+        if initial:
+            state.last_seq = 0  # StreamInit's data_inputs are sequence 0: chunks continue after it
         closed = False
         while True:
             request = await stream.recv()
@@ -327,6 +373,9 @@ async def _data(
     try:
         targets = _targets(value)
         frames = [(nid, buffer_to_frame(buf, where)) for nid, buf, where in targets]
+        for node_id, frame in frames:  # refuse the whole chunk before any of it is sent
+            _check_target(session, node_id, frame)
+        check_request_limits(state.limits, dict(frames))
         state.last_seq = seq
         state.received_at[seq] = time.perf_counter()
         while len(state.received_at) > 4096:
@@ -334,7 +383,7 @@ async def _data(
         for node_id, frame in frames:
             await session.send(node_id, frame, seq=seq)
         state.chunks += 1
-    except (InputError, FrameError) as exc:
+    except (InputError, FrameError, ResourceLimitError) as exc:
         state.dropped += 1
         return pb.StreamResponse(
             stream_error=pb.StreamErrorResponse(
@@ -347,6 +396,17 @@ async def _data(
     except SessionClosedError:
         return None  # the session is ending; outbound reports why
     return None
+
+
+def _check_target(session: Session, node_id: str, frame: Frame) -> None:
+    """What ``Session.send`` would refuse (not an input node, a kind it does not accept)."""
+    check_input_target(session.plan, node_id)
+    node = session.plan.nodes[node_id]
+    if frame.kind not in node.node_class.accepts:
+        accepted = ", ".join(sorted(k.label for k in node.node_class.accepts))
+        raise InputError(
+            f"node {node_id!r} ({node.node_type}) accepts {accepted} frames, not {frame.kind.label}"
+        )
 
 
 def _targets(chunk: pb.DataChunk) -> list[tuple[str, pb.DataBuffer, str]]:

@@ -93,6 +93,8 @@ def buffer_to_frame(buffer: pb.DataBuffer, where: str = "buffer") -> Frame:
         return _decode(kind, value, metadata)
     except FrameError as exc:
         raise FrameError(f"{where}: {exc}") from None
+    except (ValueError, OverflowError) as exc:  # bytes off the wire that no frame check caught
+        raise FrameError(f"{where}: cannot decode {kind or 'buffer'}: {exc}") from exc
 
 
 def _decode(kind: str, value: Any, metadata: dict[str, str]) -> Frame:
@@ -133,7 +135,11 @@ def _decode(kind: str, value: Any, metadata: dict[str, str]) -> Frame:
 def _audio(value: pb.AudioBuffer, metadata: dict[str, str]) -> AudioFrame:
     if value.sample_rate == 0:
         raise FrameError("audio sample_rate is not set")
-    fmt = AudioFormat(int(value.format)) if value.format else AudioFormat.F32
+    try:
+        fmt = AudioFormat(int(value.format)) if value.format else AudioFormat.F32
+    except ValueError:  # a value this side's AudioFormat does not know (proto3 keeps unknown enums)
+        known = ", ".join(f"{f.value} ({f.name.lower()})" for f in AudioFormat)
+        raise FrameError(f"audio format {int(value.format)} is not one of {known}") from None
     channels = value.channels or 1
     frame = AudioFrame.from_bytes(
         value.samples, sample_rate=value.sample_rate, channels=channels, format=fmt, metadata=metadata

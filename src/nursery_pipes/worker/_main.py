@@ -108,13 +108,14 @@ class _Runner:
         self.outputs: list[Producer] = []
         self.phase = "initialize"
         self.node: Node[Any] | None = None
-        self.stats = {
+        self.stats: dict[str, Any] = {
             "frames_in": 0,
             "frames_out": 0,
             "bytes_in": 0,
             "bytes_out": 0,
             "processing_s": 0.0,
             "init_s": 0.0,
+            "kinds_out": {},
         }
         self.last_seq = 0
         self._next_stats = 0.0
@@ -178,6 +179,7 @@ class _Runner:
         self.events.ready(os.getpid(), self.stats["init_s"])
 
     def _loop(self, node: Node[Any]) -> None:
+        self.accepts = type(node).accepts
         active = list(self.inputs)
         single = len(active) == 1
         while active:
@@ -194,6 +196,11 @@ class _Runner:
                     frame = decode_frame(
                         received.header, received.meta, received.payload, copy=self.job.copy_inputs
                     )
+                    if frame.kind not in self.accepts:
+                        accepted = ", ".join(sorted(k.label for k in self.accepts))
+                        raise TypeError(
+                            f"{self.job.node_type} does not accept {frame.kind.label} frames (accepts {accepted})"
+                        )
                     self.stats["frames_in"] += 1
                     self.stats["bytes_in"] += frame.nbytes
                     self.last_seq = received.header.seq
@@ -221,6 +228,8 @@ class _Runner:
                 loan.commit(header)
         self.stats["frames_out"] += 1
         self.stats["bytes_out"] += encoded.payload.nbytes
+        kinds = self.stats["kinds_out"]
+        kinds[frame.kind.label] = kinds.get(frame.kind.label, 0) + 1
 
     def _maybe_stats(self) -> None:
         now = time.monotonic()

@@ -1,0 +1,360 @@
+"""Shared helpers for the gRPC tests: a real server on a loopback socket, clients, manifests.
+
+The server runs inside the test's trio run (``Server.serve`` opens its own
+trio-asyncio loop); grpclib clients run on a second trio-asyncio loop opened by
+:func:`serving`, and are driven with :meth:`Served.aio` (an asyncio coroutine
+function, run to completion from trio). grpcio clients run in subprocesses
+(tests/test_interop_grpcio.py). :func:`open_stream` is a raw StreamPipeline call
+that sends exactly what a test asks for, bytes included.
+
+Usage::
+
+    async def test_x() -> None:
+        async with serving(limits={"max_sessions": 1}) as served:
+            async def call() -> pb.VersionResponse:
+                async with served.client() as client:
+                    return await client.version()
+            info = await served.aio(call)
+
+or the ``served`` fixture (import ``served_fixture`` into the test module; default config,
+overridden by indirect parametrisation: ``@pytest.mark.parametrize("served", [{"server":
+{...}}], indirect=True)``).
+"""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import betterproto
+import numpy as np
+import pytest
+import trio
+import trio_asyncio
+from grpclib.client import Channel
+from grpclib.const import Cardinality
+
+from nursery_pipes import AudioFrame, Runtime, RuntimeConfig
+from nursery_pipes._config import (
+    LimitsConfig,
+    MultiprocessDefaults,
+    NodesConfig,
+    ServerConfig,
+)
+from nursery_pipes._proto.remotemedia import v1 as pb
+from nursery_pipes.client import Client
+from nursery_pipes.service import Server
+from nursery_pipes.wire import manifest_to_proto
+
+T = TypeVar("T")
+
+GRACE = 0.3
+"""Worker stop grace period for every test server: tests with hung workers stay fast."""
+
+EXECUTION = "remotemedia.v1.PipelineExecutionService"
+STREAMING = "remotemedia.v1.StreamingPipelineService"
+EXECUTE_PATH = f"/{EXECUTION}/ExecutePipeline"
+VERSION_PATH = f"/{EXECUTION}/GetVersion"
+STREAM_PATH = f"/{STREAMING}/StreamPipeline"
+
+
+def make_config(
+    *,
+    server: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
+    multiprocess: dict[str, Any] | None = None,
+) -> RuntimeConfig:
+    """A test server's config: loopback, any free port, testing nodes, short grace and drain."""
+    server_kw: dict[str, Any] = {"listen": "127.0.0.1:0", "drain_timeout_secs": 2.0}
+    server_kw.update(server or {})
+    mp_kw: dict[str, Any] = {"grace_period_secs": GRACE}
+    mp_kw.update(multiprocess or {})
+    return RuntimeConfig(
+        server=ServerConfig(**server_kw),
+        limits=LimitsConfig(**(limits or {})),
+        multiprocess=MultiprocessDefaults(**mp_kw),
+        nodes=NodesConfig(testing=True),
+    )
+
+
+@dataclass
+class Served:
+    """A running server, and what a test needs to talk to it."""
+
+    server: Server
+    runtime: Runtime
+    port: int
+    nursery: trio.Nursery
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def client(self, **kwargs: Any) -> Client:
+        return Client(self.address, **kwargs)
+
+    async def aio(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run an asyncio coroutine function (grpclib client code) to completion from trio."""
+        result: T = await trio_asyncio.aio_as_trio(fn)(*args)
+        return result
+
+
+@asynccontextmanager
+async def serving(config: RuntimeConfig | None = None, **sections: Any) -> AsyncIterator[Served]:
+    """Run a server (``make_config(**sections)`` unless ``config`` is given) for the block.
+
+    On exit the server is drained (running streams get ``drain_timeout_secs``) and the
+    runtime stopped: no worker process or shared-memory segment outlives the block.
+    """
+    config = config or make_config(**sections)
+    async with Runtime(config) as runtime, trio.open_nursery() as nursery:
+        server = Server(runtime)
+        port = await nursery.start(server.serve)
+        try:
+            async with trio_asyncio.open_loop():
+                yield Served(server, runtime, port, nursery)
+        finally:
+            server.drain()
+
+
+@pytest.fixture(name="served")
+async def served_fixture(request: pytest.FixtureRequest) -> AsyncIterator[Served]:
+    """A running server; ``request.param`` (indirect parametrisation) gives ``make_config`` kwargs."""
+    sections: dict[str, Any] = getattr(request, "param", {}) or {}
+    async with serving(**sections) as running:
+        yield running
+
+
+# -- manifests and frames --------------------------------------------------------------------------
+
+
+def manifest(
+    nodes: list[tuple[str, str, dict[str, Any]]],
+    edges: Sequence[tuple[str, str]] = (),
+    *,
+    executors: dict[str, str] | None = None,
+    name: str = "grpc-test",
+    **mp: Any,
+) -> dict[str, Any]:
+    """A manifest document; ``executors`` pins nodes to inprocess/multiprocess."""
+    metadata: dict[str, Any] = {"name": name}
+    if executors:
+        mp["executor_overrides"] = executors
+    if mp:
+        metadata["multiprocess"] = mp
+    return {
+        "version": "v1",
+        "metadata": metadata,
+        "nodes": [{"id": i, "node_type": t, "params": p} for i, t, p in nodes],
+        "connections": [{"from": a, "to": b} for a, b in edges],
+    }
+
+
+UPPER = manifest([("up", "TextTransformNode", {"operation": "upper"})])
+"""One in-process text node: the cheapest real pipeline."""
+
+ECHO = manifest([("echo", "PassThrough", {})])
+
+
+def mixed_audio_manifest() -> dict[str, Any]:
+    """src (in-process) → gain (worker, ×2) → out (in-process), and src → tap (worker) as a second sink."""
+    return manifest(
+        [
+            ("src", "PassThrough", {}),
+            ("gain", "AudioGainNode", {"gain_db": 6.0206}),
+            ("out", "PassThrough", {}),
+            ("tap", "PassThrough", {}),
+        ],
+        [("src", "gain"), ("gain", "out"), ("src", "tap")],
+        executors={"src": "inprocess", "gain": "multiprocess", "out": "inprocess", "tap": "multiprocess"},
+    )
+
+
+def audio(value: float, n: int = 160, rate: int = 16000) -> AudioFrame:
+    return AudioFrame.from_array(np.full(n, value, dtype=np.float32), sample_rate=rate)
+
+
+def audio_buffer(value: float, n: int = 160, **fields: Any) -> pb.DataBuffer:
+    samples = np.full(n, value, dtype=np.float32).tobytes()
+    kw: dict[str, Any] = {"samples": samples, "sample_rate": 16000, "channels": 1, "num_samples": n}
+    kw.update(fields)
+    return pb.DataBuffer(audio=pb.AudioBuffer(**kw))
+
+
+def text_buffer(text: str) -> pb.DataBuffer:
+    return pb.DataBuffer(text=pb.TextBuffer(text_data=text.encode(), encoding="utf-8"))
+
+
+# -- raw grpclib calls -------------------------------------------------------------------------------
+
+
+class RawCodec:
+    """A grpclib codec that also sends ``bytes`` as they are (to send what no stub would)."""
+
+    __content_subtype__ = "proto"
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        return message if isinstance(message, bytes) else bytes(message)
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        return message_type().parse(data)
+
+
+def which(response: pb.StreamResponse) -> tuple[str, Any]:
+    kind, value = betterproto.which_one_of(response, "response")
+    return kind, value
+
+
+class RawStream:
+    """One StreamPipeline call, driven message by message from asyncio code."""
+
+    def __init__(self, stream: Any, channel: Channel) -> None:
+        self.stream = stream
+        self.channel = channel
+        self.received: list[tuple[str, Any]] = []
+
+    async def send(self, request: pb.StreamRequest | bytes) -> None:
+        await self.stream.send_message(request)
+
+    async def init(self, doc: dict[str, Any], **fields: Any) -> None:
+        await self.send(pb.StreamRequest(init=pb.StreamInit(manifest=manifest_to_proto(doc), **fields)))
+
+    async def chunk(self, node_id: str, buffer: pb.DataBuffer | None, sequence: int, **fields: Any) -> None:
+        if buffer is not None:
+            fields["buffer"] = buffer
+        await self.send(
+            pb.StreamRequest(data_chunk=pb.DataChunk(node_id=node_id, sequence=sequence, **fields))
+        )
+
+    async def control(self, command: pb.StreamControlCommand) -> None:
+        await self.send(pb.StreamRequest(control=pb.StreamControl(command=command)))
+
+    async def close(self) -> None:
+        await self.control(pb.StreamControlCommand.COMMAND_CLOSE)
+
+    async def cancel(self) -> None:
+        await self.control(pb.StreamControlCommand.COMMAND_CANCEL)
+
+    async def end(self) -> None:
+        """Half-close: the client has nothing more to send (the server treats it as CLOSE)."""
+        await self.stream.end()
+
+    async def recv(self) -> tuple[str, Any] | None:
+        """The next response as (oneof member, value); None at the end of the stream."""
+        response = await self.stream.recv_message()
+        if response is None:
+            return None
+        item = which(response)
+        self.received.append(item)
+        return item
+
+    async def until(self, *kinds: str) -> list[tuple[str, Any]]:
+        """Responses up to and including the first one of ``kinds`` (fails at the end of stream)."""
+        got = []
+        while True:
+            item = await self.recv()
+            assert item is not None, f"stream ended before {kinds}; got {[k for k, _ in got]}"
+            got.append(item)
+            if item[0] in kinds:
+                return got
+
+    async def rest(self) -> list[tuple[str, Any]]:
+        """Every remaining response; the call's status is checked (GRPCError if not OK)."""
+        got = []
+        while (item := await self.recv()) is not None:
+            got.append(item)
+        if not self.stream._end_done:  # the server may end the call before the client does
+            await self.stream.end()
+        await self.stream.recv_trailing_metadata()
+        return got
+
+
+@asynccontextmanager
+async def open_stream(port: int, *, metadata: dict[str, str] | None = None) -> AsyncIterator[RawStream]:
+    """A raw StreamPipeline call (asyncio side); the request headers are sent at once."""
+    channel = Channel("127.0.0.1", port, codec=RawCodec())  # type: ignore[arg-type]
+    try:
+        async with channel.request(
+            STREAM_PATH, Cardinality.STREAM_STREAM, pb.StreamRequest, pb.StreamResponse, metadata=metadata
+        ) as stream:
+            await stream.send_request()
+            yield RawStream(stream, channel)
+    finally:
+        channel.close()
+
+
+def results_by_sink(items: list[tuple[str, Any]]) -> dict[str, list[tuple[int, pb.DataBuffer]]]:
+    """ChunkResults as {sink: [(sequence, buffer), ...]} in arrival order."""
+    out: dict[str, list[tuple[int, pb.DataBuffer]]] = {}
+    for kind, value in items:
+        if kind == "result":
+            for node_id, buffer in value.data_outputs.items():
+                out.setdefault(node_id, []).append((value.sequence, buffer))
+    return out
+
+
+def first_audio_value(buffer: pb.DataBuffer) -> float:
+    return float(np.frombuffer(buffer.audio.samples, dtype=np.float32)[0])
+
+
+async def calls_finished(server: Server) -> None:
+    """Wait until no ExecutePipeline/StreamPipeline call is running (the drain's own condition)."""
+    with trio.fail_after(10):
+        await server._idle.wait()
+
+
+# -- processes ---------------------------------------------------------------------------------------
+
+
+async def process_table() -> str:
+    done = await trio.run_process(["ps", "-eo", "pid=,args="], capture_stdout=True)
+    return str(done.stdout.decode())
+
+
+async def pids_of_session(session_id: str) -> list[int]:
+    """Worker processes whose title names this session."""
+    table = await process_table()
+    return [int(line.split()[0]) for line in table.splitlines() if f"session={session_id} " in line]
+
+
+async def wait_no_session_processes(session_id: str, within: float) -> float:
+    """Seconds until no process of ``session_id`` is left; fails after ``within``."""
+    start = trio.current_time()
+    while True:
+        left = await pids_of_session(session_id)
+        elapsed = trio.current_time() - start
+        if not left:
+            return elapsed
+        if elapsed > within:
+            pytest.fail(f"session {session_id}: processes {left} still alive after {elapsed:.2f} s")
+        await trio.sleep(0.02)
+
+
+# -- TLS -----------------------------------------------------------------------------------------------
+
+
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1/localhost (openssl; no `cryptography` installed)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def client_tls_context(cert: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(cert))
+    context.set_alpn_protocols(["h2"])
+    return context
