@@ -72,7 +72,11 @@ async def _process_table() -> str:
 
 
 async def _pids_of_session(session_id: str) -> list[int]:
-    return [int(line.split()[0]) for line in (await _process_table()).splitlines() if f"session={session_id}" in line]
+    return [
+        int(line.split()[0])
+        for line in (await _process_table()).splitlines()
+        if f"session={session_id}" in line
+    ]
 
 
 # -- data flow ---------------------------------------------------------------------------------
@@ -259,7 +263,9 @@ async def test_segfault_is_reported_with_its_signal() -> None:
 
 
 async def test_sigkill_of_a_worker_mid_stream() -> None:
-    m = manifest([("src", "PassThrough", {}, "inprocess"), ("w", "PassThrough", {}, "multiprocess")], [("src", "w")])
+    m = manifest(
+        [("src", "PassThrough", {}, "inprocess"), ("w", "PassThrough", {}, "multiprocess")], [("src", "w")]
+    )
 
     async def kill_mid_stream() -> None:
         async with runtime().open_session(m) as session:
@@ -395,6 +401,24 @@ async def test_warm_pool_workers_serve_one_session_each() -> None:
         second = await rt.run_pipeline(m, {"w": TextFrame(text="y")})
     pids = {first.metrics.nodes["w"].pid, second.metrics.nodes["w"].pid}
     assert len(pids) == 2  # a worker that ran a node is never handed to another session
+
+
+async def test_warm_pool_refills_after_sessions_take_workers() -> None:
+    rt = runtime(warm_pool=2)
+    two = manifest(
+        [("a", "PassThrough", {}, "multiprocess"), ("b", "PassThrough", {}, "multiprocess")], [("a", "b")]
+    )
+    one = manifest([("w", "PassThrough", {}, "multiprocess")], [])
+    async with rt:
+        pool = rt.workers.shared_pool
+        assert pool is not None
+        used: list[int | None] = []
+        for doc in (one, two, one, two):
+            await pool.wait_warm()
+            result = await rt.run_pipeline(doc, {"a" if doc is two else "w": TextFrame(text="x")})
+            used += [m.pid for m in result.metrics.nodes.values()]
+        assert set(used) <= pool.warmed_pids  # every node got a pre-started worker
+        assert len(set(used)) == len(used) == 6  # and none served twice
 
 
 # -- the supervisor itself dies ----------------------------------------------------------------------

@@ -83,6 +83,8 @@ class WorkerPool:
         self._ctx: Any = None
         self._refill = trio.Event()
         self._warm = trio.Event()
+        self.warmed_pids: set[int] = set()
+        """Workers started ahead of time (for tests and statistics)."""
 
     @property
     def parent_is_forkserver(self) -> bool:
@@ -134,26 +136,32 @@ class WorkerPool:
     def refill_soon(self) -> None:
         """A job took a worker (it reported in): top the warm pool up again."""
         if self.warm_target:
+            if self._warm.is_set():
+                self._warm = trio.Event()
             self._refill.set()
 
     def idle_workers(self) -> int:
         return int(self._ctx.statistics().idle_workers) if self._ctx is not None else 0
 
     async def wait_warm(self) -> None:
-        """Wait until the warm pool has been filled once (returns at once without a pool)."""
+        """Wait until the warm pool is full (returns at once without a pool)."""
         if self.warm_target:
             await self._warm.wait()
 
     async def _keep_warm(self) -> None:
+        # trio-parallel's cache is LIFO and prunes dead workers lazily, so its idle count can
+        # include workers that retired after running a node. Running warm_target warm-up jobs
+        # *at once* leaves exactly warm_target live idle workers: each job takes a cached worker
+        # if one is alive, else starts a new one.
         while True:
-            missing = self.warm_target - self.idle_workers()
-            if missing > 0:
-                async with trio.open_nursery() as nursery:
-                    for _ in range(missing):
-                        nursery.start_soon(self._warm_one)
-            self._warm.set()
-            self._refill = trio.Event()
+            self._refill = trio.Event()  # reset first: a request arriving mid-pass is not lost
+            async with trio.open_nursery() as nursery:
+                for _ in range(self.warm_target):
+                    nursery.start_soon(self._warm_one)
+            if not self._refill.is_set():
+                self._warm.set()
             await self._refill.wait()
 
     async def _warm_one(self) -> None:
-        await self._ctx.run_sync(warm_up, kill_on_cancel=True, limiter=self.limiter)
+        pid = await self._ctx.run_sync(warm_up, kill_on_cancel=True, limiter=self.limiter)
+        self.warmed_pids.add(pid)

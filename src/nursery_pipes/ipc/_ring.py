@@ -143,7 +143,9 @@ class Ring:
         """Create the segment, semaphores and doorbells (fails if any of them exists)."""
         undo: list[Callable[[], object]] = []  # on failure, remove only what WE made
         try:
-            seg = Segment.create(spec.name, spec.total_size)
+            # Not pre-faulted: slots are touched as frames use them (small frames never touch most
+            # of a slot), so a session costs the memory it uses, not its geometry.
+            seg = Segment.create(spec.name, spec.total_size, populate=False)
             undo += [seg.close, lambda: unlink_segment(spec.name)]
             free = _sem(spec.free_sem_name, spec.slot_count)
             undo += [free.close, free.unlink]

@@ -18,8 +18,10 @@ released).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, TypeVar
 
 import msgspec
 import numpy as np
@@ -159,10 +161,13 @@ def decode_frame(header: SlotHeader, meta: memoryview | bytes, payload: memoryvi
     kind = FrameKind(header.kind)
     shape = tuple(header.shape)
     if kind is FrameKind.AUDIO:
-        return AudioFrame(
+        # The producer built this frame through the validating constructor; the header carries
+        # exactly what it checked, so the hot path skips a second validation.
+        return _trusted(
+            AudioFrame,
             samples=_array(payload, AudioFormat(header.fmt).dtype, shape, copy),
             sample_rate=header.aux[0],
-            metadata=metadata,
+            metadata=MappingProxyType(metadata) if metadata else _EMPTY_META,
         )
     if kind is FrameKind.VIDEO:
         return VideoFrame(
@@ -193,4 +198,18 @@ def _array(
     payload: memoryview, dtype: np.dtype[Any], shape: tuple[int, ...], copy: bool
 ) -> np.ndarray[Any, Any]:
     array = np.frombuffer(payload, dtype=dtype).reshape(shape)
-    return array.copy() if copy else array
+    if copy:
+        array = array.copy()
+        array.flags.writeable = False  # frames are values
+    return array
+
+
+F = TypeVar("F", bound=Frame)
+_EMPTY_META: Mapping[str, str] = MappingProxyType({})
+
+
+def _trusted(cls: type[F], **fields: Any) -> F:
+    """A frame from fields already known valid (no __post_init__ checks)."""
+    frame = object.__new__(cls)
+    frame.__dict__.update(fields)
+    return frame
