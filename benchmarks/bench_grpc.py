@@ -656,6 +656,7 @@ def breakdown_child(number: int) -> None:
     from nursery_pipes.service import _streaming
     from nursery_pipes.service._execution import execute
     from nursery_pipes.wire import _convert
+    from nursery_pipes.wire._messages import UPB
 
     out: dict[str, float] = {}
 
@@ -676,16 +677,11 @@ def breakdown_child(number: int) -> None:
     async def main() -> None:
         async with Runtime(RuntimeConfig()) as runtime:
             data = bytes(execute_request(binary_buffer()))
-            request = await timed("unary: decode ExecuteRequest", lambda: pb.ExecuteRequest().parse(data))
+            request = await timed(
+                "unary: decode ExecuteRequest (upb)", lambda: UPB.ExecuteRequest.FromString(data)
+            )
             doc = await timed(
                 "unary: manifest_from_proto", lambda: _convert.manifest_from_proto(request.manifest)
-            )
-            await timed(
-                "  of which present() × 2",
-                lambda: (
-                    _convert.present(request.manifest.metadata.multiprocess),
-                    _convert.present(request.manifest.nodes[0].capabilities),
-                ),
             )
             plan = await timed("unary: runtime.plan(manifest)", lambda: runtime.plan(doc))
             inputs = await timed(
@@ -695,25 +691,24 @@ def breakdown_child(number: int) -> None:
             result = await timed(
                 "unary: runtime.run_pipeline (1 in-process node)", lambda: runtime.run_pipeline(plan, inputs)
             )
-            await timed("unary: metrics_to_proto", lambda: _convert.metrics_to_proto(result.metrics))
+            await timed(
+                "unary: metrics_to_proto (upb)", lambda: _convert.metrics_to_proto(result.metrics, UPB)
+            )
             await timed("  of which _rss_bytes (/proc/self/statm)", _convert._rss_bytes)
             await timed(
-                "  a betterproto message construction, e.g. NodeResult(...)",
+                "  a betterproto message construction, e.g. NodeResult(...) (client side)",
                 lambda: pb.NodeResult(node_id="p", status=pb.NodeStatus.SUCCESS),
-            )
-            parsed = iter([pb.ExecuteRequest().parse(data) for _ in range(number)])
-            await timed(
-                "  request.resource_limits (unset: builds a default)", lambda: next(parsed).resource_limits
             )
             response = await timed(
                 "unary: execute() whole (the lines above + response build)",
                 lambda: execute(runtime, request, True),
             )
-            await timed("unary: encode ExecuteResponse", lambda: bytes(response))
+            await timed("unary: encode ExecuteResponse (upb)", lambda: response.SerializeToString())
             # one streamed chunk, as _streaming does it
             chunk_data = bytes(data_request("p", binary_buffer(), 1))
             request2 = await timed(
-                "stream: decode StreamRequest(DataChunk)", lambda: pb.StreamRequest().parse(chunk_data)
+                "stream: decode StreamRequest(DataChunk) (upb)",
+                lambda: UPB.StreamRequest.FromString(chunk_data),
             )
             chunk = request2.data_chunk
             targets = await timed("stream: _targets(chunk)", lambda: _streaming._targets(chunk))
@@ -737,8 +732,10 @@ def breakdown_child(number: int) -> None:
                     "stream: _response_for (frame_to_buffer + ChunkResult)",
                     lambda: _streaming._response_for(event, session, state, settings),
                 )
-                await timed("  of which frame_to_buffer", lambda: _convert.frame_to_buffer(event.frame))
-                await timed("stream: encode StreamResponse", lambda: bytes(response2))
+                await timed(
+                    "  of which frame_to_buffer (upb)", lambda: _convert.frame_to_buffer(event.frame, UPB)
+                )
+                await timed("stream: encode StreamResponse (upb)", lambda: response2.SerializeToString())
                 await session.close()
                 async for _ in events:
                     pass

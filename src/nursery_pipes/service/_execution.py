@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import Any
 
 import trio
 
@@ -19,6 +20,7 @@ from ..wire._convert import (
     manifest_from_proto,
     metrics_to_proto,
 )
+from ..wire._messages import UPB as M
 
 __all__ = ["PROTOCOL_VERSION", "check_request_limits", "compatible", "execute", "version"]
 
@@ -39,10 +41,10 @@ def compatible(client_version: str) -> tuple[bool, str]:
     )
 
 
-def version(runtime: Runtime, request: pb.VersionRequest) -> pb.VersionResponse:
+def version(runtime: Runtime, request: Any) -> Any:
     ok, why = compatible(request.client_version)
-    return pb.VersionResponse(
-        version_info=pb.VersionInfo(
+    return M.VersionResponse(
+        version_info=M.VersionInfo(
             protocol_version=PROTOCOL_VERSION,
             runtime_version=f"nursery_pipes {__version__}",
             supported_node_types=runtime.registry.names(),
@@ -54,15 +56,13 @@ def version(runtime: Runtime, request: pb.VersionRequest) -> pb.VersionResponse:
     )
 
 
-async def execute(runtime: Runtime, request: pb.ExecuteRequest, accepting: bool) -> pb.ExecuteResponse:
+async def execute(runtime: Runtime, request: Any, accepting: bool) -> Any:
     ok, why = compatible(request.client_version)
     if not ok:
-        return pb.ExecuteResponse(
-            error=pb.ErrorResponse(error_type=pb.ErrorType.VERSION_MISMATCH, message=why)
-        )
+        return M.ExecuteResponse(error=M.ErrorResponse(error_type=pb.ErrorType.VERSION_MISMATCH, message=why))
     if not accepting:
-        return pb.ExecuteResponse(
-            error=pb.ErrorResponse(
+        return M.ExecuteResponse(
+            error=M.ErrorResponse(
                 error_type=pb.ErrorType.RESOURCE_LIMIT, message="server is shutting down; no new sessions"
             )
         )
@@ -79,38 +79,38 @@ async def execute(runtime: Runtime, request: pb.ExecuteRequest, accepting: bool)
         )
         with trio.fail_after(timeout) if timeout else contextlib.nullcontext():
             result = await runtime.run_pipeline(plan, inputs)
-        outputs = {sink: frames_to_buffer(sink, frames) for sink, frames in result.outputs.items()}
+        outputs = {sink: frames_to_buffer(sink, frames, M) for sink, frames in result.outputs.items()}
     except trio.TooSlowError:
-        return pb.ExecuteResponse(
-            error=pb.ErrorResponse(
+        return M.ExecuteResponse(
+            error=M.ErrorResponse(
                 error_type=pb.ErrorType.RESOURCE_LIMIT,
                 message=f"execution exceeded resource_limits.max_timeout_ms ({request.resource_limits.max_timeout_ms} ms)",
             )
         )
     except NurseryPipesError as exc:
-        return pb.ExecuteResponse(error=error_response(exc))
-    metrics = metrics_to_proto(result.metrics, serialization_ms=decode_ms)
-    return pb.ExecuteResponse(
-        result=pb.ExecutionResult(
+        return M.ExecuteResponse(error=error_response(exc, M))
+    metrics = metrics_to_proto(result.metrics, M, serialization_ms=decode_ms)
+    return M.ExecuteResponse(
+        result=M.ExecutionResult(
             data_outputs=outputs,
             metrics=metrics,
-            node_results=[pb.NodeResult(node_id=nid, status=pb.NodeStatus.SUCCESS) for nid in plan.order],
+            node_results=[M.NodeResult(node_id=nid, status=pb.NodeStatus.SUCCESS) for nid in plan.order],
             status=pb.ExecutionStatus.SUCCESS,
             assignments=[
-                pb.NodeAssignment(
+                M.NodeAssignment(
                     node_id=nid, executor=a.executor, reason=a.reason, pid=result.metrics.nodes[nid].pid or 0
                 )
                 for nid, a in result.assignments.items()
             ],
             progress=[
-                pb.InitProgress(node_id=p.node_id, state=p.state, progress=p.progress, message=p.message)
+                M.InitProgress(node_id=p.node_id, state=p.state, progress=p.progress, message=p.message)
                 for p in result.progress
             ],
         )
     )
 
 
-def check_request_limits(limits: pb.ResourceLimits, inputs: dict[str, Frame]) -> None:
+def check_request_limits(limits: Any, inputs: dict[str, Frame]) -> None:
     """``max_audio_samples`` per audio input, ``max_memory_bytes`` for all inputs together."""
     if limits.max_audio_samples:
         for nid, frame in inputs.items():

@@ -30,6 +30,7 @@ from typing import Any
 import trio
 import trio_asyncio
 from grpclib.const import Cardinality, Handler, Status
+from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
@@ -40,7 +41,8 @@ from .._config import RuntimeConfig, ServerConfig
 from .._errors import ConfigError
 from .._proto.remotemedia import v1 as pb
 from ..runtime import Runtime
-from ._bridge import TrioStream, recv_limited
+from ..wire._messages import UPB as M
+from ._bridge import PumpedStream, recv_limited
 from ._execution import execute, version
 from ._streaming import StreamSettings, handle_stream
 
@@ -110,7 +112,7 @@ class Server:
         context = _ssl_context(self.config.server)
         self._status.set(True)
         async with trio_asyncio.open_loop():
-            server = GrpcServer(self._handlers())
+            server = GrpcServer(self._handlers(), codec=_WireCodec())
             connections = _track_connections(server)
             await trio_asyncio.aio_as_trio(server.start)(host, port, ssl=context)
             try:
@@ -146,10 +148,10 @@ class Server:
                 "ExecutePipeline": (
                     self._execute,
                     Cardinality.UNARY_UNARY,
-                    pb.ExecuteRequest,
-                    pb.ExecuteResponse,
+                    M.ExecuteRequest,
+                    M.ExecuteResponse,
                 ),
-                "GetVersion": (self._version, Cardinality.UNARY_UNARY, pb.VersionRequest, pb.VersionResponse),
+                "GetVersion": (self._version, Cardinality.UNARY_UNARY, M.VersionRequest, M.VersionResponse),
             },
         )
         streaming = _Service(
@@ -158,8 +160,8 @@ class Server:
                 "StreamPipeline": (
                     self._stream,
                     Cardinality.STREAM_STREAM,
-                    pb.StreamRequest,
-                    pb.StreamResponse,
+                    M.StreamRequest,
+                    M.StreamResponse,
                 ),
             },
         )
@@ -172,38 +174,42 @@ class Server:
     # -- handlers (asyncio shims → trio) ------------------------------------------------------
 
     async def _version(self, stream: Any) -> None:
-        request = await recv_limited(stream, pb.VersionRequest, self.config.server.max_message_bytes)
-        await stream.send_message(version(self.runtime, request or pb.VersionRequest()))
+        request = await recv_limited(stream, M.VersionRequest, self.config.server.max_message_bytes)
+        await stream.send_message(version(self.runtime, request or M.VersionRequest()))
 
-    async def _execute(self, stream: Any) -> None:
+    async def _execute(self, raw: Any) -> None:
+        # Receive and reply on the asyncio side; hop into trio once, for the work itself.
         with self._counted():
-            await trio_asyncio.trio_as_aio(self._execute_trio)(stream)
-
-    async def _stream(self, stream: Any) -> None:
-        with self._counted():
-            await trio_asyncio.trio_as_aio(self._stream_trio)(stream)
-
-    async def _execute_trio(self, raw: Any) -> None:
-        async with self._tracked():
-            stream = TrioStream(raw, pb.ExecuteRequest, self.config.server.max_message_bytes)
             denied = self._auth_error(raw)  # before reading: an unauthenticated body is never decoded
             if denied is not None:
-                await stream.send(pb.ExecuteResponse(error=denied))
+                await raw.send_message(M.ExecuteResponse(error=denied))
                 return
-            request = await stream.recv()
+            request = await recv_limited(raw, M.ExecuteRequest, self.config.server.max_message_bytes)
             if request is None:
                 return
-            response = await execute(self.runtime, request, self._accepting)
-            await stream.send(response)
+            response = await trio_asyncio.trio_as_aio(self._execute_trio)(request)
+            await raw.send_message(response)
 
-    async def _stream_trio(self, raw: Any) -> None:
+    async def _execute_trio(self, request: Any) -> Any:
+        async with self._tracked():
+            return await execute(self.runtime, request, self._accepting)
+
+    async def _stream(self, raw: Any) -> None:
+        with self._counted():
+            stream = PumpedStream(raw, M.StreamRequest, self.config.server.max_message_bytes)
+            await _pumped(
+                stream,
+                trio_asyncio.trio_as_aio(self._stream_trio)(stream),
+                drain_timeout=self.config.server.stall_timeout_secs,
+            )
+
+    async def _stream_trio(self, stream: PumpedStream) -> None:
         try:
             async with self._tracked():
-                stream = TrioStream(raw, pb.StreamRequest, self.config.server.max_message_bytes)
-                denied = self._auth_error(raw)
+                denied = self._auth_error(stream.raw)
                 if denied is not None:
                     await stream.recv()
-                    await stream.send(pb.StreamResponse(error=denied))
+                    await stream.send(M.StreamResponse(error=denied))
                     return
                 settings = StreamSettings(
                     metrics_interval_secs=self.config.server.metrics_interval_secs,
@@ -215,8 +221,10 @@ class Server:
             # message, a client that stopped reading) arrives wrapped; grpclib only turns a bare
             # GRPCError into its status, anything else becomes UNKNOWN "Internal Server Error".
             raise _bare_grpc_error(group) from None
+        finally:
+            stream.finish()
 
-    def _auth_error(self, raw: Any) -> pb.ErrorResponse | None:
+    def _auth_error(self, raw: Any) -> Any | None:
         if not self._token:
             return None
         header = raw.metadata.get("authorization", "")
@@ -224,7 +232,7 @@ class Server:
         if scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), self._token.encode()):
             return None
         why = "missing" if not header else "wrong"
-        return pb.ErrorResponse(
+        return M.ErrorResponse(
             error_type=pb.ErrorType.AUTHENTICATION,
             message=f"{why} bearer token (send 'authorization: Bearer <token>')",
         )
@@ -261,6 +269,29 @@ class Server:
             )
 
 
+async def _pumped(stream: PumpedStream, body: Any, *, drain_timeout: float) -> None:
+    """Run a stream's trio body with its asyncio reader and writer (asyncio side).
+
+    The body's outcome is the call's outcome. If the writer fails first (the connection
+    broke), the body is cancelled. Whatever happens, all three tasks are finished before
+    this returns — a cancelled handler (client gone) cancels the body, and the session with it.
+    """
+    reader = asyncio.ensure_future(stream.reader())
+    writer = asyncio.ensure_future(stream.writer())
+    work = asyncio.ensure_future(body)
+    try:
+        await asyncio.wait([work, writer], return_when=asyncio.FIRST_COMPLETED)
+        if writer.done() and not work.done():
+            work.cancel()
+        await work  # raises the body's error (a GRPCError becomes the call's status)
+        await asyncio.wait_for(writer, drain_timeout)  # every response queued before the end is sent
+    finally:
+        for task in (work, writer, reader):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(work, writer, reader, return_exceptions=True)
+
+
 def _track_connections(server: GrpcServer) -> weakref.WeakSet[Any]:
     """The live client connections (H2Protocol) of a grpclib server."""
     connections: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -284,6 +315,15 @@ def _bare_grpc_error(group: BaseExceptionGroup[Any]) -> BaseException:
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
     return first
+
+
+class _WireCodec(ProtoCodec):
+    """grpclib's protobuf codec without its exact-type check on replies: our handlers answer with
+    upb messages (see wire/_messages.py), health and reflection with their own; all serialise."""
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        data: bytes = message.SerializeToString()
+        return data
 
 
 class _Service:

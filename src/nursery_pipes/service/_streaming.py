@@ -29,7 +29,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-import betterproto
 import trio
 
 from .._errors import (
@@ -51,7 +50,9 @@ from ..wire._convert import (
     manifest_from_proto,
     metrics_to_proto,
 )
-from ._bridge import TrioStream
+from ..wire._messages import UPB as M
+from ..wire._messages import has, which
+from ._bridge import PumpedStream as TrioStream
 from ._execution import check_request_limits, compatible
 
 __all__ = ["StreamSettings", "handle_stream"]
@@ -74,7 +75,7 @@ class _State:
     dropped: int = 0
     latency_sum_ms: float = 0.0
     cancelled: bool = False
-    limits: pb.ResourceLimits = field(default_factory=pb.ResourceLimits)
+    limits: Any = field(default_factory=lambda: M.ResourceLimits())
 
 
 async def handle_stream(
@@ -84,7 +85,7 @@ async def handle_stream(
     first = await stream.recv()
     if first is None:
         return
-    kind, init_value = betterproto.which_one_of(first, "request")
+    kind, init_value = which(first, "request")
     init: Any = init_value
     if kind != "init":
         await stream.send(
@@ -98,13 +99,13 @@ async def handle_stream(
     ok, why = compatible(init.client_version)
     if not ok:  # as ExecutePipeline does
         await stream.send(
-            pb.StreamResponse(error=pb.ErrorResponse(error_type=pb.ErrorType.VERSION_MISMATCH, message=why))
+            M.StreamResponse(error=M.ErrorResponse(error_type=pb.ErrorType.VERSION_MISMATCH, message=why))
         )
         return
     if not accepting():
         await stream.send(
-            pb.StreamResponse(
-                error=pb.ErrorResponse(
+            M.StreamResponse(
+                error=M.ErrorResponse(
                     error_type=pb.ErrorType.RESOURCE_LIMIT, message="server is shutting down; no new sessions"
                 )
             )
@@ -117,16 +118,16 @@ async def handle_stream(
             check_input_target(plan, node_id)
         check_request_limits(init.resource_limits, initial)
     except NurseryPipesError as exc:
-        await stream.send(pb.StreamResponse(error=error_response(exc)))
+        await stream.send(M.StreamResponse(error=error_response(exc, M)))
         return
-    limits: pb.ResourceLimits = init.resource_limits
+    limits: Any = init.resource_limits
     timeout = limits.max_timeout_ms / 1000 if limits.max_timeout_ms else math.inf
     with trio.move_on_after(timeout) as deadline:
         await _run(stream, runtime, plan, initial, settings, limits)
     if deadline.cancelled_caught:
         await stream.send(
-            pb.StreamResponse(
-                error=pb.ErrorResponse(
+            M.StreamResponse(
+                error=M.ErrorResponse(
                     error_type=pb.ErrorType.RESOURCE_LIMIT,
                     message=f"the stream exceeded resource_limits.max_timeout_ms ({limits.max_timeout_ms} ms); session cancelled",
                 )
@@ -140,12 +141,12 @@ async def _run(
     plan: Any,
     initial: dict[str, Any],
     settings: StreamSettings,
-    limits: pb.ResourceLimits,
+    limits: Any,
 ) -> None:
     state = _State(limits=limits)
     # Small: with the session's own bounded queues this bounds what a client that stops
     # reading can make the server hold.
-    send_channel, receive_channel = trio.open_memory_channel[pb.StreamResponse](8)
+    send_channel, receive_channel = trio.open_memory_channel[Any](8)
     try:
         async with runtime.open_session(plan, wait_ready=False) as session:
             state.session_id = session.id
@@ -159,11 +160,11 @@ async def _run(
     except SessionError:
         pass  # already reported on the stream by _outbound
     except NurseryPipesError as exc:  # e.g. a resource limit hit when opening the session
-        await stream.send(pb.StreamResponse(error=error_response(exc)))
+        await stream.send(M.StreamResponse(error=error_response(exc, M)))
 
 
 async def _outbound(
-    session: Session, out: trio.MemorySendChannel[pb.StreamResponse], state: _State, settings: StreamSettings
+    session: Session, out: trio.MemorySendChannel[Any], state: _State, settings: StreamSettings
 ) -> None:
     async with out:
         try:
@@ -172,25 +173,23 @@ async def _outbound(
                 if response is not None:
                     await out.send(response)
         except SessionError as exc:
-            await out.send(pb.StreamResponse(error=error_response(exc)))
+            await out.send(M.StreamResponse(error=error_response(exc, M)))
             await out.send(_closed(session, f"failed: {exc}"))
             return
         await out.send(_closed(session, "cancelled by client" if state.cancelled else "closed"))
 
 
-def _response_for(
-    event: Any, session: Session, state: _State, settings: StreamSettings
-) -> pb.StreamResponse | None:
+def _response_for(event: Any, session: Session, state: _State, settings: StreamSettings) -> Any | None:
     if isinstance(event, NodeProgress):
-        return pb.StreamResponse(
-            progress=pb.InitProgress(
+        return M.StreamResponse(
+            progress=M.InitProgress(
                 node_id=event.node_id, state=event.state, progress=event.progress, message=event.message
             )
         )
     if isinstance(event, StateChanged):
         if event.state is SessionState.READY:
-            return pb.StreamResponse(
-                ready=pb.StreamReady(
+            return M.StreamResponse(
+                ready=M.StreamReady(
                     session_id=session.id,
                     recommended_chunk_size=settings.recommended_chunk_size,
                     max_buffer_latency_ms=int(settings.metrics_interval_secs * 1000),
@@ -203,10 +202,10 @@ def _response_for(
         received = state.received_at.get(event.seq)
         elapsed_ms = (time.perf_counter() - received) * 1000 if received is not None else 0.0
         state.latency_sum_ms += elapsed_ms
-        return pb.StreamResponse(
-            result=pb.ChunkResult(
+        return M.StreamResponse(
+            result=M.ChunkResult(
                 sequence=event.seq,
-                data_outputs={event.node_id: frame_to_buffer(event.frame)},
+                data_outputs={event.node_id: frame_to_buffer(event.frame, M)},
                 processing_time_ms=elapsed_ms,
                 total_items_processed=state.outputs,
             )
@@ -214,25 +213,25 @@ def _response_for(
     return None
 
 
-def _assignments(session: Session) -> list[pb.NodeAssignment]:
+def _assignments(session: Session) -> list[Any]:
     metrics = session.metrics()
     return [
-        pb.NodeAssignment(node_id=nid, executor=a.executor, reason=a.reason, pid=metrics.nodes[nid].pid or 0)
+        M.NodeAssignment(node_id=nid, executor=a.executor, reason=a.reason, pid=metrics.nodes[nid].pid or 0)
         for nid, a in session.assignments.items()
     ]
 
 
-def _closed(session: Session, reason: str) -> pb.StreamResponse:
-    return pb.StreamResponse(
-        closed=pb.StreamClosed(
-            session_id=session.id, final_metrics=metrics_to_proto(session.metrics()), reason=reason
+def _closed(session: Session, reason: str) -> Any:
+    return M.StreamResponse(
+        closed=M.StreamClosed(
+            session_id=session.id, final_metrics=metrics_to_proto(session.metrics(), M), reason=reason
         )
     )
 
 
 async def _sender(
     stream: TrioStream,
-    inbox: trio.MemoryReceiveChannel[pb.StreamResponse],
+    inbox: trio.MemoryReceiveChannel[Any],
     session: Session,
     state: _State,
     settings: StreamSettings,
@@ -241,7 +240,7 @@ async def _sender(
     closed = False
     async with inbox:
         while True:
-            response: pb.StreamResponse | None = None
+            response: Any | None = None
             # Only the wait for a response races the metrics deadline, never its sending: a send
             # cut short would lose a response already taken from the inbox.
             with trio.move_on_at(math.inf if closed else next_metrics):
@@ -252,7 +251,7 @@ async def _sender(
             if response is not None:
                 if not closed:  # StreamClosed is the last thing the client hears
                     await _send_or_give_up(stream, response, session, settings)
-                    closed = betterproto.which_one_of(response, "response")[0] == "closed"
+                    closed = which(response, "response")[0] == "closed"
                 continue
             if session.state is not SessionState.INITIALIZING:  # metrics only once StreamReady went out
                 await _send_or_give_up(stream, _stream_metrics(session, state), session, settings)
@@ -260,7 +259,7 @@ async def _sender(
 
 
 async def _send_or_give_up(
-    stream: TrioStream, response: pb.StreamResponse, session: Session, settings: StreamSettings
+    stream: TrioStream, response: Any, session: Session, settings: StreamSettings
 ) -> None:
     with trio.move_on_after(settings.stall_timeout_secs) as scope:
         await stream.send(response)
@@ -275,18 +274,18 @@ async def _send_or_give_up(
         )
 
 
-def _stream_metrics(session: Session, state: _State) -> pb.StreamResponse:
+def _stream_metrics(session: Session, state: _State) -> Any:
     metrics = session.metrics()
     breakdown = dict(metrics.data_type_breakdown)
-    return pb.StreamResponse(
-        metrics=pb.StreamMetrics(
+    return M.StreamResponse(
+        metrics=M.StreamMetrics(
             session_id=session.id,
             chunks_processed=state.chunks,
             average_latency_ms=state.latency_sum_ms / state.outputs if state.outputs else 0.0,
             total_items=state.outputs,
             buffer_items=int(session._events.statistics()["queued"]),
             chunks_dropped=state.dropped,
-            peak_memory_bytes=metrics_to_proto(metrics).memory_used_bytes,
+            peak_memory_bytes=metrics_to_proto(metrics, M).memory_used_bytes,
             data_type_breakdown=breakdown,
         )
     )
@@ -295,7 +294,7 @@ def _stream_metrics(session: Session, state: _State) -> pb.StreamResponse:
 async def _inbound(
     stream: TrioStream,
     session: Session,
-    out: trio.MemorySendChannel[pb.StreamResponse],
+    out: trio.MemorySendChannel[Any],
     state: _State,
     initial: dict[str, Any],
 ) -> None:
@@ -311,7 +310,7 @@ async def _inbound(
                 if not closed:
                     await session.close()  # a client that half-closes has sent everything
                 return
-            kind, found = betterproto.which_one_of(request, "request")
+            kind, found = which(request, "request")
             value: Any = found
             if kind == "control":
                 if value.command == pb.StreamControlCommand.COMMAND_CANCEL:
@@ -327,9 +326,7 @@ async def _inbound(
                 await out.send(error)
 
 
-async def _data(
-    kind: str, value: Any, session: Session, state: _State, closed: bool
-) -> pb.StreamResponse | None:
+async def _data(kind: str, value: Any, session: Session, state: _State, closed: bool) -> Any | None:
     """Feed one data message to the session; a stream_error response for a bad one."""
     if kind == "init":
         return _stream_error(
@@ -339,9 +336,9 @@ async def _data(
             session=session,
         )
     if kind == "audio_chunk":
-        value = pb.DataChunk(
+        value = M.DataChunk(
             node_id=value.node_id,
-            buffer=pb.DataBuffer(audio=value.buffer),
+            buffer=M.DataBuffer(audio=value.buffer),
             sequence=value.sequence,
             timestamp_ms=value.timestamp_ms,
         )
@@ -385,9 +382,9 @@ async def _data(
         state.chunks += 1
     except (InputError, FrameError, ResourceLimitError) as exc:
         state.dropped += 1
-        return pb.StreamResponse(
-            stream_error=pb.StreamErrorResponse(
-                base_error=error_response(exc),
+        return M.StreamResponse(
+            stream_error=M.StreamErrorResponse(
+                base_error=error_response(exc, M),
                 stream_error_type=pb.StreamErrorType.STREAM_ERROR_UNSPECIFIED,
                 failing_sequence=seq,
                 session_id=session.id,
@@ -409,8 +406,8 @@ def _check_target(session: Session, node_id: str, frame: Frame) -> None:
         )
 
 
-def _targets(chunk: pb.DataChunk) -> list[tuple[str, pb.DataBuffer, str]]:
-    has_buffer = betterproto.serialized_on_wire(chunk.buffer) or chunk.buffer != pb.DataBuffer()
+def _targets(chunk: Any) -> list[tuple[str, Any, str]]:
+    has_buffer = has(chunk, "buffer")
     has_named = bool(chunk.named_buffers)
     if has_buffer == has_named:
         which = "both" if has_buffer else "neither"
@@ -430,10 +427,10 @@ def _stream_error(
     message: str,
     seq: int = 0,
     session: Session | None = None,
-) -> pb.StreamResponse:
-    return pb.StreamResponse(
-        stream_error=pb.StreamErrorResponse(
-            base_error=pb.ErrorResponse(error_type=error_type, message=message),
+) -> Any:
+    return M.StreamResponse(
+        stream_error=M.StreamErrorResponse(
+            base_error=M.ErrorResponse(error_type=error_type, message=message),
             stream_error_type=kind,
             failing_sequence=seq,
             session_id=session.id if session else "",

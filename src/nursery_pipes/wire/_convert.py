@@ -23,7 +23,6 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import betterproto
 import numpy as np
 
 from .._errors import (
@@ -47,6 +46,7 @@ from ..frames import (
     VideoFrame,
 )
 from ..runtime import SessionMetrics
+from ._messages import BETTERPROTO, Messages, conn_from, has, optional, which
 
 __all__ = [
     "buffer_to_frame",
@@ -77,17 +77,13 @@ _RUNTIME = {
 _RUNTIME_BACK = {v: k for k, v in _RUNTIME.items()}
 
 
-def present(message: betterproto.Message) -> bool:
-    """Was this (non-oneof) sub-message set? betterproto never leaves them None."""
-    return bool(betterproto.serialized_on_wire(message)) or message != type(message)()
-
-
 # -- data ------------------------------------------------------------------------------------------
 
 
-def buffer_to_frame(buffer: pb.DataBuffer, where: str = "buffer") -> Frame:
-    """Decode a DataBuffer; a FrameError says what disagrees (``where`` names the field)."""
-    kind, value = betterproto.which_one_of(buffer, "data_type")
+def buffer_to_frame(buffer: Any, where: str = "buffer") -> Frame:
+    """Decode a DataBuffer (either implementation); a FrameError says what disagrees
+    (``where`` names the field)."""
+    kind, value = which(buffer, "data_type")
     metadata = dict(buffer.metadata)
     try:
         return _decode(kind, value, metadata)
@@ -101,7 +97,7 @@ def _decode(kind: str, value: Any, metadata: dict[str, str]) -> Frame:
     if kind == "audio":
         return _audio(value, metadata)
     if kind == "video":
-        fmt = value.format or pb.PixelFormat.RGB24
+        fmt = value.format or int(pb.PixelFormat.RGB24)
         return VideoFrame.from_bytes(
             value.pixel_data,
             width=value.width,
@@ -132,7 +128,7 @@ def _decode(kind: str, value: Any, metadata: dict[str, str]) -> Frame:
     raise FrameError("no data set (one of audio, video, tensor, json, text, binary is required)")
 
 
-def _audio(value: pb.AudioBuffer, metadata: dict[str, str]) -> AudioFrame:
+def _audio(value: Any, metadata: dict[str, str]) -> AudioFrame:
     if value.sample_rate == 0:
         raise FrameError("audio sample_rate is not set")
     try:
@@ -152,64 +148,65 @@ def _audio(value: pb.AudioBuffer, metadata: dict[str, str]) -> AudioFrame:
     return frame
 
 
-def frame_to_buffer(frame: Frame) -> pb.DataBuffer:
+def frame_to_buffer(frame: Frame, ns: Messages = BETTERPROTO) -> Any:
+    """A DataBuffer (of the ``ns`` implementation) holding ``frame``."""
     metadata = dict(frame.metadata)
     if isinstance(frame, AudioFrame):
-        return pb.DataBuffer(
-            audio=pb.AudioBuffer(
+        return ns.DataBuffer(
+            audio=ns.AudioBuffer(
                 samples=frame.to_bytes(),
                 sample_rate=frame.sample_rate,
                 channels=frame.channels,
-                format=pb.AudioFormat(int(frame.format)),
+                format=int(frame.format),
                 num_samples=frame.num_samples,
             ),
             metadata=metadata,
         )
     if isinstance(frame, VideoFrame):
-        return pb.DataBuffer(
-            video=pb.VideoFrame(
+        return ns.DataBuffer(
+            video=ns.VideoFrame(
                 pixel_data=frame.to_bytes(),
                 width=frame.width,
                 height=frame.height,
-                format=pb.PixelFormat(int(frame.format)),
+                format=int(frame.format),
                 frame_number=frame.frame_number,
                 timestamp_us=frame.timestamp_us,
             ),
             metadata=metadata,
         )
     if isinstance(frame, TensorFrame):
-        return pb.DataBuffer(
-            tensor=pb.TensorBuffer(
+        return ns.DataBuffer(
+            tensor=ns.TensorBuffer(
                 data=frame.to_bytes(),
                 shape=list(frame.data.shape),
-                dtype=pb.TensorDtype(int(frame.dtype)),
+                dtype=int(frame.dtype),
                 layout=frame.layout,
             ),
             metadata=metadata,
         )
     if isinstance(frame, JsonFrame):
-        return pb.DataBuffer(
-            json=pb.JsonData(json_payload=frame.to_bytes().decode(), schema_type=frame.schema_type),
+        return ns.DataBuffer(
+            json=ns.JsonData(json_payload=frame.to_bytes().decode(), schema_type=frame.schema_type),
             metadata=metadata,
         )
     if isinstance(frame, TextFrame):
-        return pb.DataBuffer(
-            text=pb.TextBuffer(text_data=frame.to_bytes(), encoding="utf-8", language=frame.language),
+        return ns.DataBuffer(
+            text=ns.TextBuffer(text_data=frame.to_bytes(), encoding="utf-8", language=frame.language),
             metadata=metadata,
         )
     if isinstance(frame, BinaryFrame):
-        return pb.DataBuffer(
-            binary=pb.BinaryBuffer(data=frame.data, mime_type=frame.mime_type), metadata=metadata
+        return ns.DataBuffer(
+            binary=ns.BinaryBuffer(data=frame.data, mime_type=frame.mime_type), metadata=metadata
         )
     raise TypeError(f"cannot convert {type(frame).__name__}")
 
 
-def frames_to_buffer(node_id: str, frames: Sequence[Frame]) -> pb.DataBuffer:
+def frames_to_buffer(node_id: str, frames: Sequence[Frame], ns: Messages = BETTERPROTO) -> Any:
     """One buffer for everything a sink produced (see the module docstring)."""
     if len(frames) == 1:
-        return frame_to_buffer(frames[0])
+        return frame_to_buffer(frames[0], ns)
     if not frames:
-        return pb.DataBuffer()
+        return ns.DataBuffer()
     first = frames[0]
     if all(isinstance(f, AudioFrame) for f in frames):
         audio = [f for f in frames if isinstance(f, AudioFrame)]
@@ -220,23 +217,25 @@ def frames_to_buffer(node_id: str, frames: Sequence[Frame]) -> pb.DataBuffer:
                 sample_rate=audio[0].sample_rate,
                 metadata=first.metadata,
             )
-            return frame_to_buffer(joined)
+            return frame_to_buffer(joined, ns)
     elif all(isinstance(f, TextFrame) for f in frames):
         texts = [f for f in frames if isinstance(f, TextFrame)]
         return frame_to_buffer(
             TextFrame(
                 text="".join(t.text for t in texts), language=texts[0].language, metadata=first.metadata
-            )
+            ),
+            ns,
         )
     elif all(isinstance(f, JsonFrame) for f in frames):
         values = [f.value for f in frames if isinstance(f, JsonFrame)]
-        return frame_to_buffer(JsonFrame(value=values, schema_type="array", metadata=first.metadata))
+        return frame_to_buffer(JsonFrame(value=values, schema_type="array", metadata=first.metadata), ns)
     elif all(isinstance(f, BinaryFrame) for f in frames):
         blobs = [f for f in frames if isinstance(f, BinaryFrame)]
         return frame_to_buffer(
             BinaryFrame(
                 data=b"".join(b.data for b in blobs), mime_type=blobs[0].mime_type, metadata=first.metadata
-            )
+            ),
+            ns,
         )
     raise InputError(
         f"sink {node_id!r} produced {len(frames)} frames that cannot be joined into one DataBuffer "
@@ -247,7 +246,7 @@ def frames_to_buffer(node_id: str, frames: Sequence[Frame]) -> pb.DataBuffer:
 # -- manifests -------------------------------------------------------------------------------------
 
 
-def manifest_from_proto(manifest: pb.PipelineManifest) -> dict[str, Any]:
+def manifest_from_proto(manifest: Any) -> dict[str, Any]:
     """The JSON document form of a wire manifest (validated afterwards, like a file)."""
     issues: list[ManifestIssue] = []
     metadata: dict[str, Any] = {"name": manifest.metadata.name}
@@ -265,7 +264,7 @@ def manifest_from_proto(manifest: pb.PipelineManifest) -> dict[str, Any]:
         metadata["description"] = manifest.metadata.description
     if manifest.metadata.created_at:
         metadata["created_at"] = manifest.metadata.created_at
-    if present(manifest.metadata.multiprocess):
+    if has(manifest.metadata, "multiprocess"):
         metadata["multiprocess"] = _multiprocess_from_proto(manifest.metadata.multiprocess)
     nodes = [_node_from_proto(i, node, issues) for i, node in enumerate(manifest.nodes)]
     if issues:
@@ -274,24 +273,25 @@ def manifest_from_proto(manifest: pb.PipelineManifest) -> dict[str, Any]:
         "version": manifest.version,
         "metadata": metadata,
         "nodes": nodes,
-        "connections": [{"from": c.from_, "to": c.to} for c in manifest.connections],
+        "connections": [{"from": conn_from(c), "to": c.to} for c in manifest.connections],
     }
 
 
-def _multiprocess_from_proto(mp: pb.MultiprocessConfig) -> dict[str, Any]:
+def _multiprocess_from_proto(mp: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for field in ("max_processes_per_session", "channel_capacity", "init_timeout_secs", "python_executable"):
         value = getattr(mp, field)
         if value:
             out[field] = value
-    if mp.enable_backpressure is not None:
-        out["enable_backpressure"] = mp.enable_backpressure
+    backpressure = optional(mp, "enable_backpressure")
+    if backpressure is not None:
+        out["enable_backpressure"] = backpressure
     if mp.executor_overrides:
         out["executor_overrides"] = dict(mp.executor_overrides)
     return out
 
 
-def _node_from_proto(index: int, node: pb.NodeManifest, issues: list[ManifestIssue]) -> dict[str, Any]:
+def _node_from_proto(index: int, node: Any, issues: list[ManifestIssue]) -> dict[str, Any]:
     out: dict[str, Any] = {"id": node.id, "node_type": node.node_type}
     if node.params.strip():
         try:
@@ -303,7 +303,7 @@ def _node_from_proto(index: int, node: pb.NodeManifest, issues: list[ManifestIss
                     f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
                 )
             )
-    if present(node.capabilities):
+    if has(node, "capabilities"):
         out["capabilities"] = _capabilities_from_proto(node.capabilities)
     if node.host:
         out["host"] = node.host
@@ -318,15 +318,15 @@ def _node_from_proto(index: int, node: pb.NodeManifest, issues: list[ManifestIss
     return out
 
 
-def _capabilities_from_proto(caps: pb.CapabilityRequirements) -> dict[str, Any]:
+def _capabilities_from_proto(caps: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    if present(caps.gpu):
+    if has(caps, "gpu"):
         out["gpu"] = {
             "type": caps.gpu.type or "any",
             "min_memory_gb": caps.gpu.min_memory_gb,
             "required": caps.gpu.required,
         }
-    if present(caps.cpu):
+    if has(caps, "cpu"):
         out["cpu"] = {"cores": caps.cpu.cores or 1, "arch": caps.cpu.arch or "any"}
     if caps.memory_gb:
         out["memory_gb"] = caps.memory_gb
@@ -388,46 +388,50 @@ def _node_to_proto(node: Mapping[str, Any]) -> pb.NodeManifest:
 # -- errors ----------------------------------------------------------------------------------------
 
 
-def error_response(exc: BaseException) -> pb.ErrorResponse:
+def error_response(exc: BaseException, ns: Messages = BETTERPROTO) -> Any:
     """Our exceptions as ErrorResponse with the right ErrorType; anything else is INTERNAL."""
     if isinstance(exc, ManifestError):
-        return pb.ErrorResponse(
-            error_type=pb.ErrorType.VALIDATION,
+        return ns.ErrorResponse(
+            error_type=int(pb.ErrorType.VALIDATION),
             message=str(exc),
             context="manifest",
-            issues=[pb.ValidationIssue(path=i.path, message=i.message) for i in exc.issues],
+            issues=[ns.ValidationIssue(path=i.path, message=i.message) for i in exc.issues],
         )
     if isinstance(exc, FrameError):
-        return pb.ErrorResponse(error_type=pb.ErrorType.TYPE_VALIDATION, message=str(exc), context="data")
+        return ns.ErrorResponse(
+            error_type=int(pb.ErrorType.TYPE_VALIDATION), message=str(exc), context="data"
+        )
     if isinstance(exc, InputError):
-        return pb.ErrorResponse(error_type=pb.ErrorType.VALIDATION, message=str(exc), context="data")
+        return ns.ErrorResponse(error_type=int(pb.ErrorType.VALIDATION), message=str(exc), context="data")
     if isinstance(exc, ResourceLimitError):
-        return pb.ErrorResponse(error_type=pb.ErrorType.RESOURCE_LIMIT, message=str(exc))
+        return ns.ErrorResponse(error_type=int(pb.ErrorType.RESOURCE_LIMIT), message=str(exc))
     if isinstance(exc, NodeError):
-        return pb.ErrorResponse(
-            error_type=pb.ErrorType.NODE_EXECUTION,
+        return ns.ErrorResponse(
+            error_type=int(pb.ErrorType.NODE_EXECUTION),
             message=str(exc),
             failing_node_id=exc.node_id or "",
             context=exc.phase,
             stack_trace=exc.remote_traceback or "",
         )
     if isinstance(exc, NurseryPipesError):
-        return pb.ErrorResponse(
-            error_type=pb.ErrorType.NODE_EXECUTION,
+        return ns.ErrorResponse(
+            error_type=int(pb.ErrorType.NODE_EXECUTION),
             message=str(exc),
             failing_node_id=getattr(exc, "node_id", None) or "",
         )
-    return pb.ErrorResponse(
-        error_type=pb.ErrorType.INTERNAL, message=f"internal error: {type(exc).__name__}: {exc}"
+    return ns.ErrorResponse(
+        error_type=int(pb.ErrorType.INTERNAL), message=f"internal error: {type(exc).__name__}: {exc}"
     )
 
 
 # -- metrics ---------------------------------------------------------------------------------------
 
 
-def metrics_to_proto(metrics: SessionMetrics, *, serialization_ms: float = 0.0) -> pb.ExecutionMetrics:
+def metrics_to_proto(
+    metrics: SessionMetrics, ns: Messages = BETTERPROTO, *, serialization_ms: float = 0.0
+) -> Any:
     nodes = {
-        nid: pb.NodeMetrics(
+        nid: ns.NodeMetrics(
             execution_time_ms=m.processing_s * 1000,
             items_processed=m.frames_in,
             custom_metrics=json.dumps(
@@ -443,7 +447,7 @@ def metrics_to_proto(metrics: SessionMetrics, *, serialization_ms: float = 0.0) 
         )
         for nid, m in metrics.nodes.items()
     }
-    return pb.ExecutionMetrics(
+    return ns.ExecutionMetrics(
         wall_time_ms=metrics.wall_time_s * 1000,
         cpu_time_ms=metrics.cpu_time_s * 1000,
         memory_used_bytes=_rss_bytes(),
