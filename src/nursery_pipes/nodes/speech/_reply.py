@@ -29,7 +29,7 @@ def _clock() -> str:
 # The patterns forgive pocketsphinx's usual confusions: "how are you" often comes out as "oh/all are you".
 _ANSWERS: tuple[tuple[re.Pattern[str], Callable[[], str]], ...] = (
     (re.compile(r"\b(hello|hi|hey|good (morning|afternoon|evening))\b"), lambda: "Hello there!"),
-    (re.compile(r"\b(how|oh|all) are you\b"), lambda: "I am doing well, thank you."),
+    (re.compile(r"\b((how|oh|all) are|how're) you\b"), lambda: "I am doing well, thank you."),
     (re.compile(r"\b(your name|who are you)\b"), lambda: "My name is Nursery Pipes."),
     (re.compile(r"\b(what time|the time)\b"), _clock),
     (re.compile(r"\b(thank you|thanks)\b"), lambda: "You are welcome."),
