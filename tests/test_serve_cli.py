@@ -28,7 +28,7 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from service_fixtures import manifest, open_stream, pids_of_session, text_buffer
 
 from nursery_pipes import TextFrame
-from nursery_pipes.cli._demo import make_demo_audio
+from nursery_pipes.cli._demo import make_vad_audio
 from nursery_pipes.client import Client
 
 pytestmark = pytest.mark.timeout(60)
@@ -317,7 +317,7 @@ async def test_run_against_server_matches_local_run(tmp_path: Path) -> None:
     text_manifest.write_text(json.dumps(MIXED_TEXT), encoding="utf-8")
 
     wav = tmp_path / "speech.wav"
-    make_demo_audio(seconds=2.0).to_wav(wav)
+    make_vad_audio(seconds=2.0).to_wav(wav)
     vad = json.loads(VAD_EXAMPLE.read_text(encoding="utf-8"))
     vad["metadata"]["multiprocess"]["executor_overrides"] = {
         "mono": "inprocess",
@@ -407,7 +407,7 @@ async def test_run_against_server_with_token(tmp_path: Path) -> None:
 async def test_run_against_server_reports_a_refused_call_without_traceback(tmp_path: Path) -> None:
     """The server ends the call (a chunk over its size limit): one clear line, exit 1."""
     wav = tmp_path / "speech.wav"
-    make_demo_audio(seconds=0.5).to_wav(wav)  # 20 ms stereo f32 chunks: ~7 KB messages
+    make_vad_audio(seconds=0.5).to_wav(wav)  # 20 ms stereo f32 chunks: ~7 KB messages
     doc = tmp_path / "m.json"
     doc.write_text(json.dumps(manifest([("echo", "PassThrough", {})])), encoding="utf-8")
     async with serve_process(env={"NURSERY_PIPES_SERVER__MAX_MESSAGE_BYTES": "2000"}) as server:
