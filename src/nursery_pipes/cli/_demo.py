@@ -255,7 +255,7 @@ def _report_speech(run: Any, ends: list[float], directory: Path, out: Console) -
         text = ", ".join(f"{ms:.0f} ms" for ms in firsts)
         out.print(
             f"end of each question → first reply audio at the client: {text} "
-            "(300 ms of that is the VAD's hangover: silence it waits for)"
+            "(the VAD waits for 300 ms of silence before it calls the end of an utterance)"
         )
     _nodes(run, out)
 
