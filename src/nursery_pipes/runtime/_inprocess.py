@@ -68,10 +68,14 @@ class InProcessExecutor:
             host.progress("loading", fraction, message)
 
         try:
-            with trio.fail_after(timeout):
-                result = node.initialize(report)
-                if inspect.isawaitable(result):
+            # A synchronous initialize cannot be interrupted anyway: only an awaitable needs
+            # the deadline (and its cancel scope) around it.
+            result = node.initialize(report)
+            if inspect.isawaitable(result):
+                with trio.fail_after(max(0.0, timeout - (time.perf_counter() - started))):
                     await result
+            elif time.perf_counter() - started > timeout:
+                raise trio.TooSlowError  # a blocking initialize that overran: same verdict
         except trio.TooSlowError:
             raise NodeInitTimeout(host.node_id, timeout) from None
         except Exception as exc:
@@ -151,6 +155,11 @@ class _Pump:
             await port.send(self.last_seq, frame)
 
 
+def _cleanup_failed(host: NodeHost, exc: Exception) -> None:
+    host.cleanup_error = f"cleanup() raised {type(exc).__name__}: {exc}"
+    host.logger.warning("node %s: %s", host.node_id, host.cleanup_error, exc_info=exc)
+
+
 def _checked(item: object, where: str) -> Frame:
     if not isinstance(item, Frame):
         raise TypeError(f"{where} produced {type(item).__name__}, expected a Frame")
@@ -158,16 +167,20 @@ def _checked(item: object, where: str) -> Frame:
 
 
 async def _cleanup(node: Node[Any], host: NodeHost) -> None:
-    # Shielded: cleanup must run even when the session is being cancelled,
+    try:
+        result = node.cleanup()
+    except Exception as exc:
+        _cleanup_failed(host, exc)
+        return
+    if not inspect.isawaitable(result):
+        return
+    # Shielded: an async cleanup must run even when the session is being cancelled,
     # but never for longer than the grace period.
     with trio.CancelScope(shield=True), trio.move_on_after(host.settings.grace_period_secs) as scope:
         try:
-            result = node.cleanup()
-            if inspect.isawaitable(result):
-                await result
+            await result
         except Exception as exc:
-            host.cleanup_error = f"cleanup() raised {type(exc).__name__}: {exc}"
-            host.logger.warning("node %s: %s", host.node_id, host.cleanup_error, exc_info=exc)
+            _cleanup_failed(host, exc)
     if scope.cancelled_caught:
         host.cleanup_error = (
             f"cleanup() did not finish within the grace period ({host.settings.grace_period_secs:g} s)"

