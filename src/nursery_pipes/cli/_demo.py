@@ -39,6 +39,7 @@ from ..frames import AudioFrame, Frame, JsonFrame, TextFrame
 __all__ = ["QUESTIONS", "SPEECH_MANIFEST", "VAD_MANIFEST", "make_vad_audio", "run_demo", "speech_available"]
 
 QUESTIONS = ["Hello, how are you?", "What is your name?", "What time is it?"]
+SILENT = 0.01  # -40 dBFS: quieter samples count as silence when finding where speech ends
 GAP_S = 1.2  # silence after each question: the VAD needs 300 ms of it to call the end
 
 SPEECH_MANIFEST: dict[str, Any] = {
@@ -151,8 +152,11 @@ def make_speech_audio() -> tuple[AudioFrame, list[float]]:
     for frame in frames:  # one frame per question (each is one sentence)
         samples = frame.samples.astype(np.float32) / (32768.0 if frame.samples.dtype == np.int16 else 1.0)
         pieces.append(samples[:, :1])
+        # the end of the question is its last speech sample (above -40 dBFS, as the speech
+        # benchmark measures it), not the end of the clip with the voice's trailing silence
+        loud = np.flatnonzero(np.abs(samples[:, 0]) > SILENT)
+        ends.append(t + ((int(loud[-1]) + 1) if loud.size else len(samples)) / rate)
         t += frame.duration
-        ends.append(t)
         pieces.append(np.zeros((int(GAP_S * rate), 1), np.float32))
         t += GAP_S
     return AudioFrame(samples=np.concatenate(pieces), sample_rate=rate), ends
