@@ -173,18 +173,23 @@ async def execute_aio(stream: Any) -> None:
     await stream.send_message(M.execute_reply(request))
 
 
-async def stream_aio(stream: Any) -> None:
+async def echo(recv: Any, send: Any) -> None:
+    """The echo loop of every handler: ``recv()`` until None, ``send`` each reply, stop after CLOSE."""
     count = 0
     while True:
-        request = await stream.recv_message()
+        request = await recv()
         if request is None:
             return
         count += 1
         response, last = M.reply(request, count)
         if response is not None:
-            await stream.send_message(response)
+            await send(response)
         if last:
             return
+
+
+async def stream_aio(stream: Any) -> None:
+    await echo(stream.recv_message, stream.send_message)
 
 
 # -- trio handlers (bodies in trio, one asyncio hop per recv/send) ---------------------------------
@@ -203,35 +208,15 @@ def _trio_handlers(tasks: bool) -> tuple[Any, Any]:
 
     async def stream_body(raw: Any) -> None:
         stream = TrioStream(raw, M.StreamRequest, MAX_MESSAGE_BYTES)
-        count = 0
-        while True:
-            request = await stream.recv()
-            if request is None:
-                return
-            count += 1
-            response, last = M.reply(request, count)
-            if response is not None:
-                await stream.send(response)
-            if last:
-                return
+        await echo(stream.recv, stream.send)
 
     async def stream_body_tasks(raw: Any) -> None:
         stream = TrioStream(raw, M.StreamRequest, MAX_MESSAGE_BYTES)
         send_channel, receive_channel = trio.open_memory_channel[Any](64)
 
         async def inbound() -> None:
-            count = 0
             async with send_channel:
-                while True:
-                    request = await stream.recv()
-                    if request is None:
-                        return
-                    count += 1
-                    response, last = M.reply(request, count)
-                    if response is not None:
-                        await send_channel.send(response)
-                    if last:
-                        return
+                await echo(stream.recv, send_channel.send)
 
         async def sender() -> None:
             async with receive_channel:
