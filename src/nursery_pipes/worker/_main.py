@@ -29,8 +29,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import traceback
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,7 +210,7 @@ class _Runner:
         where = f"{self.job.node_type}.{phase}"
         began = time.perf_counter()
         writing = 0.0
-        for frame in _outputs(hook(*args), where):
+        for frame in iter_outputs(hook(*args), where):
             paused = time.perf_counter()
             self._write(frame)
             writing += time.perf_counter() - paused
@@ -244,10 +242,6 @@ class _Runner:
             self.events.log(f"cleanup() raised {type(exc).__name__}: {exc}")
 
 
-def _outputs(result: Any, where: str) -> Iterable[Frame]:
-    return iter_outputs(result, where)
-
-
 def _set_title(job: WorkerJob) -> None:
     try:
         import setproctitle
@@ -256,7 +250,3 @@ def _set_title(job: WorkerJob) -> None:
     setproctitle.setproctitle(
         f"nursery-pipes worker session={job.session_id} node={job.node_id} ({job.node_type})"
     )
-
-
-def format_exception(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(exc))
