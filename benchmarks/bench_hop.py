@@ -168,18 +168,6 @@ async def stamped_round_trips(session: Any, probe: Probe, n: int) -> dict[str, l
 # ------------------------------------------------------------------------------ measurements
 
 
-async def exec_round_trips(session: Any, n: int) -> list[int]:
-    frame = AudioFrame.from_array(np.arange(1024, dtype=np.float32), sample_rate=16000)
-    outputs = session.outputs()
-    out = []
-    for _ in range(n):
-        t0 = now()
-        await session.send("w", frame)
-        await outputs.__anext__()
-        out.append(now() - t0)
-    return out
-
-
 async def big_hops(session: Any, n: int, frame: TensorFrame, src: str = "w") -> tuple[list[int], list[int]]:
     """(send → worker's process() entry, send call duration) per frame; the node acks with JSON."""
     outputs = session.outputs()
@@ -204,7 +192,7 @@ async def big_w2w(session: Any, n: int, frame: TensorFrame) -> list[int]:
     return out
 
 
-async def big_round_trips(session: Any, n: int, frame: TensorFrame) -> list[int]:
+async def round_trips(session: Any, n: int, frame: AudioFrame | TensorFrame) -> list[int]:
     outputs = session.outputs()
     out = []
     for _ in range(n):
@@ -335,6 +323,7 @@ async def measure(quick: bool) -> dict[str, Any]:
     src = rng.integers(0, 255, BIG, dtype=np.uint8)
     big = TensorFrame(data=src)
     big_payload = bytearray(src.tobytes())
+    small = AudioFrame.from_array(np.arange(1024, dtype=np.float32), sample_rate=16000)
     small_bytes = np.arange(1024, dtype=np.float32).tobytes()
     small_buf = bytearray(small_bytes)
 
@@ -374,14 +363,14 @@ async def measure(quick: bool) -> dict[str, Any]:
             raw.run(300)
             ring_small_sync(ring_sync, 300)
             await ring_small_trio(ring_trio, 300)
-            await exec_round_trips(hop, 300)
+            await round_trips(hop, 300, small)
             await stamped_round_trips(stamp, probe, 200)
             pipe_echo.run(300, small_buf, hop=False)
             await tp_run(5, small_bytes)
             warm = 2 * config.multiprocess.slot_count
             cold_hops, _ = await big_hops(big_zc, warm, big)
             await big_hops(big_cp, warm, big)
-            cold_rt = await big_round_trips(big_rt, warm, big)
+            cold_rt = await round_trips(big_rt, warm, big)
             await big_w2w(w2w, warm, big)
             ring_big(ring_hop, 4, src, hop=True)
             pipe_hop.run(2, big_payload, hop=True)
@@ -396,7 +385,7 @@ async def measure(quick: bool) -> dict[str, Any]:
                     place(where, [ring_trio.proc.pid])
                     add(f"ring_trio_rt[{where}]", await ring_small_trio(ring_trio, n_small))
                     place(where, [hop_pid])
-                    add(f"exec_rt[{where}]", await exec_round_trips(hop, n_small))
+                    add(f"exec_rt[{where}]", await round_trips(hop, n_small, small))
                     place(where, [stamp_pid])
                     for key, values in (await stamped_round_trips(stamp, probe, n_stamp)).items():
                         breakdown.setdefault(where, {}).setdefault(key, []).extend(values)
@@ -409,7 +398,7 @@ async def measure(quick: bool) -> dict[str, Any]:
                 sends.setdefault("big_exec_hop", []).extend(sent)
                 hops, sent = await big_hops(big_cp, n_big, big)
                 add("big_exec_hop_copy", hops)
-                add("big_exec_rt", await big_round_trips(big_rt, n_big, big))
+                add("big_exec_rt", await round_trips(big_rt, n_big, big))
                 add("big_exec_w2w", await big_w2w(w2w, n_big, big))
                 add("big_ring_hop", ring_big(ring_hop, n_big, src, hop=True))
                 add("big_pipe_hop", pipe_hop.run(n_big_pipe, big_payload, hop=True))
