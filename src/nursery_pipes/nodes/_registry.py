@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, TypeVar
@@ -246,22 +246,11 @@ def default_registry() -> NodeRegistry:
 
 
 def builtin_registry() -> NodeRegistry:
-    from .builtin import BUILTIN_NODES
+    from .builtin import ALIASES, BUILTIN_NODES
 
     registry = NodeRegistry()
     for cls in BUILTIN_NODES:
         registry.register(cls, origin="built-in")
-    for alias, cls in _builtin_aliases().items():
+    for alias, cls in ALIASES.items():
         registry.register(cls, name=alias, origin="built-in (remotemedia name)")
     return registry
-
-
-def _builtin_aliases() -> dict[str, type[Node[Any]]]:
-    from .builtin import ALIASES
-
-    return dict(ALIASES)
-
-
-def iter_registered(registry: NodeRegistry) -> Iterable[tuple[str, type[Node[Any]]]]:
-    for name in registry:
-        yield name, registry[name]
