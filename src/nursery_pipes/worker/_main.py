@@ -129,11 +129,9 @@ class _Runner:
             self.outputs.append(ring.producer())
 
     def run(self) -> dict[str, Any]:
-        began = False
         try:
             self.events.progress("starting", 0.0)
             self.node = self._build()
-            began = True
             self._initialize(self.node)
             self.phase = "process"
             self._loop(self.node)
@@ -147,7 +145,7 @@ class _Runner:
             self.events.failed(self.phase, exc)
             return {"status": "failed", "phase": self.phase, **self.stats}
         finally:
-            if began and self.node is not None:
+            if self.node is not None:  # built: cleanup() is owed even if initialize failed
                 self._cleanup(self.node)
         self.events.done(self.stats)
         return {"status": "done", **self.stats}
