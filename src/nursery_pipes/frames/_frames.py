@@ -39,7 +39,8 @@ E = TypeVar("E")
 
 
 def _parse_format(parse: Callable[[Any], E], value: Any) -> E:
-    """An AudioFormat/PixelFormat/TensorDtype from a caller's value; an unknown one is a FrameError."""
+    """An AudioFormat/PixelFormat/TensorDtype from a caller's value or an array dtype; an unknown one
+    is a FrameError."""
     try:
         return parse(value)
     except ValueError as exc:
@@ -111,10 +112,7 @@ class AudioFrame(Frame):
     def __post_init__(self) -> None:
         super().__post_init__()
         samples = np.asarray(self.samples)
-        try:
-            AudioFormat.from_dtype(samples.dtype)
-        except ValueError as exc:
-            raise FrameError(str(exc)) from None
+        _parse_format(AudioFormat.from_dtype, samples.dtype)
         if samples.ndim != 2 or samples.shape[1] < 1:
             raise FrameError(f"audio samples must have shape (num_samples, channels), got {samples.shape}")
         rate = self.sample_rate
@@ -346,10 +344,7 @@ class TensorFrame(Frame):
     def __post_init__(self) -> None:
         super().__post_init__()
         data = np.asarray(self.data)
-        try:
-            TensorDtype.from_dtype(data.dtype)
-        except ValueError as exc:
-            raise FrameError(str(exc)) from None
+        _parse_format(TensorDtype.from_dtype, data.dtype)
         object.__setattr__(self, "data", _readonly(data))
 
     @classmethod
