@@ -1,8 +1,9 @@
 """The worker side of a multiprocess node: one node, one process, rings in and out.
 
 trio-parallel runs :func:`run_node` in a fresh worker process. It imports no
-trio, grpclib or server code (``tests/test_worker_light.py`` checks), only the
-node's own module, numpy and the ring transport.
+trio, grpclib or server code (``test_worker_side_imports_no_trio_grpc_or_cli``
+in ``tests/test_api.py`` checks), only the node's own module, numpy and the
+ring transport.
 
 Life of a worker:
 
