@@ -42,19 +42,24 @@ import _bench_nodes
 import numpy as np
 import trio
 from _common import finish, parse_args, print_table
-from bench_ipc import BIG, PipePair, Raw, RingPair, ring_big, ring_small_sync, ring_small_trio, tp_run
+from bench_ipc import (
+    BIG,
+    PLACEMENTS,
+    PipePair,
+    Raw,
+    RingPair,
+    place,
+    ring_big,
+    ring_small_sync,
+    ring_small_trio,
+    tp_run,
+)
 
 from nursery_pipes import AudioFrame, Runtime, RuntimeConfig, TensorFrame
 from nursery_pipes._config import MultiprocessDefaults, NodesConfig
 from nursery_pipes.ipc import Namespace, unlink_namespace
 
 now = time.perf_counter_ns
-ALL_CPUS = set(range(os.cpu_count() or 1))
-PLACEMENTS: dict[str, tuple[set[int], set[int]] | None] = {
-    "free": None,  # nothing pinned
-    "cross": ({0}, {1}),  # (supervisor, worker)
-    "same": ({0}, {0}),
-}
 GOAL_RATIO = 1.3
 SEED_FLOOR_US = 2000.0
 GOAL_BIG_HOP_MS = 1.5
@@ -72,17 +77,6 @@ def manifest(nodes: list[tuple[str, str]], edges: list[tuple[str, str]] = ()) ->
         "nodes": [{"id": nid, "node_type": t, "params": {}} for nid, t in nodes],
         "connections": [{"from": a, "to": b} for a, b in edges],
     }
-
-
-def place(placement: str, worker_pids: list[int]) -> None:
-    pins = PLACEMENTS[placement]
-    if pins is None or len(ALL_CPUS) < 2:
-        sup, wrk = ALL_CPUS, ALL_CPUS
-    else:
-        sup, wrk = pins
-    os.sched_setaffinity(0, sup)
-    for pid in worker_pids:
-        os.sched_setaffinity(pid, wrk)
 
 
 # --------------------------------------------------------------------------- instrumentation
@@ -378,20 +372,20 @@ async def measure(quick: bool) -> dict[str, Any]:
 
             for _ in range(rounds):
                 for where in PLACEMENTS:
-                    place(where, [raw.proc.pid])
+                    place(where, raw.proc.pid)
                     add(f"raw_floor_rt[{where}]", raw.run(n_small))
-                    place(where, [ring_sync.proc.pid])
+                    place(where, ring_sync.proc.pid)
                     add(f"ring_sync_rt[{where}]", ring_small_sync(ring_sync, n_small))
-                    place(where, [ring_trio.proc.pid])
+                    place(where, ring_trio.proc.pid)
                     add(f"ring_trio_rt[{where}]", await ring_small_trio(ring_trio, n_small))
-                    place(where, [hop_pid])
+                    place(where, hop_pid)
                     add(f"exec_rt[{where}]", await round_trips(hop, n_small, small))
-                    place(where, [stamp_pid])
+                    place(where, stamp_pid)
                     for key, values in (await stamped_round_trips(stamp, probe, n_stamp)).items():
                         breakdown.setdefault(where, {}).setdefault(key, []).extend(values)
-                    place(where, [pipe_echo.proc.pid])
+                    place(where, pipe_echo.proc.pid)
                     add(f"pipe_rt[{where}]", pipe_echo.run(n_pipe, small_buf, hop=False))
-                place("free", [])
+                place("free", None)
                 add("trio_parallel_rt", await tp_run(n_tp, small_bytes))
                 hops, sent = await big_hops(big_zc, n_big, big)
                 add("big_exec_hop", hops)
@@ -405,7 +399,7 @@ async def measure(quick: bool) -> dict[str, Any]:
                 add("big_pipe_rt", pipe_echo.run(n_big_pipe, big_payload, hop=False))
                 await trio.lowlevel.checkpoint()
     finally:
-        place("free", [])
+        place("free", None)
         for close in reversed(closers):
             close()
         unlink_namespace(ns)
