@@ -190,5 +190,9 @@ def _bounds(meta: Any) -> str:
     for attr, sign in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
         value = getattr(meta, attr, None)
         if value is not None:
+            # typing caches Annotated[...] by equality, and Meta(ge=0) == Meta(ge=0.0): which of
+            # the two a class gets depends on import order, so whole floats print as integers.
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
             parts.append(f" {sign} {value}")
     return "".join(parts)
