@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -133,7 +132,3 @@ async def _watch_signals(server: Any, scope: trio.CancelScope, announce: Any) ->
                 announce(f"{signal.Signals(signum).name} again: stopping now")
                 scope.cancel()
                 return
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
