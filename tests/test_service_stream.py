@@ -570,6 +570,7 @@ async def test_params_that_are_not_json_end_the_stream_with_validation_error(ser
     await still_streaming(served)
 
 
+@pytest.mark.parametrize("served", [{"server": {"metrics_interval_secs": 0.05}}], indirect=True)
 async def test_frame_bytes_that_disagree_with_format(served: Served) -> None:
     async def scenario() -> list[tuple[str, Any]]:
         async with open_stream(served.port) as s:
@@ -588,8 +589,10 @@ async def test_frame_bytes_that_disagree_with_format(served: Served) -> None:
             overflow = pb.TensorBuffer(data=b"", shape=[2**32, 2**32], dtype=pb.TensorDtype.U8)
             await s.chunk("echo", pb.DataBuffer(tensor=overflow), 5)  # 2**64 elements "fit" in 0 bytes
             await s.chunk("echo", audio_buffer(0.1), 6)
+            got = await s.until("result")  # every chunk before it has been judged by now
+            got += await s.until("metrics")  # so this tick counts all five refusals
             await s.close()
-            return await s.rest()
+            return got + await s.rest()
 
     items = await served.aio(scenario)
     errors = stream_errors(items)
@@ -601,6 +604,7 @@ async def test_frame_bytes_that_disagree_with_format(served: Served) -> None:
     assert items[-1][0] == "closed"
     dropped = [v.chunks_dropped for k, v in items if k == "metrics"]
     assert dropped == sorted(dropped)
+    assert dropped[-1] == 5
 
 
 async def test_undecodable_bytes_mid_stream_end_the_stream(served: Served) -> None:
