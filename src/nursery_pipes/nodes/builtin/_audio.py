@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from ...frames import AudioFormat, AudioFrame, Frame, FrameKind
 from .._base import Node, NodeContext, Params
-from ._pcm import apply_gain, convert_format, from_float, parse_format, to_float64
+from ._pcm import apply_gain, convert_format, from_float, to_float64
 
 __all__ = [
     "AudioChunkerNode",
@@ -298,7 +298,7 @@ class AudioFormatNode(Node[AudioFormatParams]):
     def process(self, frame: Frame) -> Frame:
         audio = _audio(frame, "AudioFormatNode")
         p = self.params
-        fmt = audio.format if p.format is None else parse_format(p.format)
+        fmt = audio.format if p.format is None else AudioFormat.parse(p.format)
         channels = audio.channels if p.channels is None else p.channels
         if fmt is audio.format and channels == audio.channels:
             return audio

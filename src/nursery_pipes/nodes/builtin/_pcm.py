@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from ...frames import AudioFormat
 
-__all__ = ["FULL_SCALE", "apply_gain", "convert_format", "parse_format", "to_float64"]
+__all__ = ["FULL_SCALE", "apply_gain", "convert_format", "from_float", "to_float64"]
 
 FULL_SCALE: dict[AudioFormat, float] = {
     AudioFormat.F32: 1.0,
@@ -31,12 +31,6 @@ _INT_LIMITS: dict[AudioFormat, tuple[int, int]] = {
     AudioFormat.I16: (-(2**15), 2**15 - 1),
     AudioFormat.I32: (-(2**31), 2**31 - 1),
 }
-
-_NAMES = {"f32": AudioFormat.F32, "i16": AudioFormat.I16, "i32": AudioFormat.I32}
-
-
-def parse_format(name: str) -> AudioFormat:
-    return _NAMES[name]
 
 
 def to_float64(samples: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
