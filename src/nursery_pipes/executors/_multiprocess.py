@@ -29,7 +29,6 @@ from typing import Any
 
 import msgspec
 import trio
-import trio_parallel
 
 from .._errors import NodeCrashed, NodeError, NodeInitTimeout
 from ..ipc import EndOfStream, RingAbortedError
@@ -105,9 +104,7 @@ class _NodeRun:
         try:
             with self.job_scope:
                 self.result = await self.pool.run(job)
-        except trio_parallel.BrokenWorkerError as exc:
-            self.crash = exc
-        except Exception as exc:
+        except Exception as exc:  # trio_parallel.BrokenWorkerError (the process died) included
             self.crash = exc
         finally:
             self.job_done.set()
