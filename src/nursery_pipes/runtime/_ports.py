@@ -64,18 +64,16 @@ class MemoryPort:
 class EventPort:
     """A sink's edge to the client: frames become :class:`Output` events."""
 
-    __slots__ = ("_ended", "_node_id", "_queue")
+    __slots__ = ("_node_id", "_queue")
 
-    def __init__(self, queue: EventQueue, node_id: str, ended: trio.Event) -> None:
+    def __init__(self, queue: EventQueue, node_id: str) -> None:
         self._queue = queue
         self._node_id = node_id
-        self._ended = ended
 
     async def send(self, seq: int, frame: Frame) -> None:
         await self._queue.put_output(Output(self._node_id, frame, seq))
 
     async def end(self) -> None:
-        self._ended.set()
         await trio.lowlevel.checkpoint()
 
 

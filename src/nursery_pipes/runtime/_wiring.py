@@ -48,7 +48,7 @@ def wire(plan: SessionPlan, events: EventQueue, capacity: float, transport: ShmT
     wiring = Wiring(ports=ports, ingress={})
     for edge in plan.edges:
         if edge.transport == "memory":
-            _memory_edge(wiring, edge.src, edge.dst, inboxes, events)
+            _add_sender(wiring, edge.src, edge.dst, _receiving_port(edge.src, edge.dst, inboxes, events))
         else:
             assert transport is not None
             _shm_edge(wiring, plan, edge.src, edge.dst, inboxes, events, transport)
@@ -64,18 +64,15 @@ def _worker_wiring(transport: ShmTransport) -> Any:
     return WorkerWiring(events=ring.spec, events_consumer=consumer, rings=[ring])
 
 
-def _sink_port(events: EventQueue, node_id: str) -> OutPort:
-    return EventPort(events, node_id, trio.Event())
+def _receiving_port(
+    src: str, dst: str, inboxes: dict[str, trio.MemorySendChannel[Message]], events: EventQueue
+) -> OutPort:
+    """Where a supervisor-side edge end delivers: the client's event queue, or ``dst``'s inbox."""
+    return EventPort(events, src) if dst == CLIENT else MemoryPort(inboxes[dst].clone(), src)
 
 
-def _memory_edge(
-    wiring: Wiring,
-    src: str,
-    dst: str,
-    inboxes: dict[str, trio.MemorySendChannel[Message]],
-    events: EventQueue,
-) -> None:
-    port = _sink_port(events, src) if dst == CLIENT else MemoryPort(inboxes[dst].clone(), src)
+def _add_sender(wiring: Wiring, src: str, dst: str, port: OutPort) -> None:
+    """``port`` is how ``src`` (a supervisor-side node, or the client) sends along src → dst."""
     if src == CLIENT:
         wiring.ingress[dst] = port
     else:
@@ -101,19 +98,14 @@ def _shm_edge(
     )
     # producing end
     if src_in_supervisor:
-        port = transport.port(ring)
-        if src == CLIENT:
-            wiring.ingress[dst] = port
-        else:
-            wiring.ports[src].outputs.append(port)
+        _add_sender(wiring, src, dst, transport.port(ring))
     else:
         worker = wiring.ports[src].worker
         worker.outputs.append(ring.spec)
         worker.rings.append(ring)
     # consuming end
     if dst_in_supervisor:
-        target = _sink_port(events, src) if dst == CLIENT else MemoryPort(inboxes[dst].clone(), src)
-        wiring.pumps.append(transport.pump(ring, target))
+        wiring.pumps.append(transport.pump(ring, _receiving_port(src, dst, inboxes, events)))
     else:
         worker = wiring.ports[dst].worker
         worker.inputs.append(ring.spec)
