@@ -72,7 +72,6 @@ class _Child:
     spec: ChildSpec
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
-    starts: int = 0
 
 
 @dataclass(frozen=True)
@@ -152,7 +151,6 @@ class Supervisor:
         self, nursery: trio.Nursery, spec: ChildSpec, send: trio.MemorySendChannel[_Started | _Ended]
     ) -> None:
         child = _Child(spec)
-        child.starts = self._children[spec.name].starts + 1 if spec.name in self._children else 1
         self._children[spec.name] = child
         nursery.start_soon(self._child_main, child, send, name=f"child:{spec.name}")
 
@@ -203,7 +201,3 @@ class Supervisor:
             self._on_restart(names)
         for name in names:
             self._launch(nursery, self._children[name].spec, send)
-
-    def starts(self, name: str) -> int:
-        """How many times the child has been started (1 + restarts)."""
-        return self._children[name].starts if name in self._children else 0
