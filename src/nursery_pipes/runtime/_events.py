@@ -15,7 +15,6 @@ drop); control events never block their producer.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal
@@ -121,10 +120,6 @@ class EventQueue:
         self._outputs = 0
         self._writable.set()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def statistics(self) -> dict[str, float]:
         return {
             "queued": len(self._items),
@@ -132,6 +127,3 @@ class EventQueue:
             "capacity": self._capacity,
             "discarded": self.discarded,
         }
-
-
-UNBOUNDED = math.inf
