@@ -31,7 +31,7 @@ import msgspec
 import trio
 
 from .._errors import NodeCrashed, NodeError, NodeInitTimeout
-from ..ipc import EndOfStream, RingAbortedError
+from ..ipc import EndOfStream, RingAbortedError, TrioConsumer
 from ..nodes._registry import import_ref
 from ..runtime._executor import NodeHost, NodePorts
 from ..runtime._states import NodeEvent
@@ -127,9 +127,7 @@ class _NodeRun:
         while (event := _try_event(consumer)) is not None:
             self._apply(event, task_status)
 
-    def _apply(self, event: dict[str, Any] | None, task_status: Started) -> None:
-        if event is None:
-            return
+    def _apply(self, event: dict[str, Any], task_status: Started) -> None:
         kind = event["type"]
         host = self.host
         if kind == "progress":
@@ -210,7 +208,7 @@ def _update_metrics(host: NodeHost, stats: dict[str, Any]) -> None:
     m.kinds_out = dict(stats.get("kinds_out", m.kinds_out))
 
 
-async def _next_event(consumer: Any) -> dict[str, Any] | None:
+async def _next_event(consumer: TrioConsumer) -> dict[str, Any]:
     try:
         received = await consumer.receive()
     except (EndOfStream, RingAbortedError):
@@ -220,7 +218,7 @@ async def _next_event(consumer: Any) -> dict[str, Any] | None:
         return decode_event(received.meta)
 
 
-def _try_event(consumer: Any) -> dict[str, Any] | None:
+def _try_event(consumer: TrioConsumer) -> dict[str, Any] | None:
     try:
         received = consumer.consumer.try_receive()
     except (EndOfStream, RingAbortedError):
