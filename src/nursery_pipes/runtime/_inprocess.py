@@ -42,9 +42,7 @@ class InProcessExecutor:
         host.progress("starting", 0.0)
         host.state.fire(NodeEvent.START)
         node = host.plan.node_class(host.plan.params, host.context(self.name))
-        began = False
         try:
-            began = True
             await self._initialize(node, host)
             host.state.fire(NodeEvent.INIT_DONE)
             host.progress("ready", 1.0)
@@ -57,8 +55,7 @@ class InProcessExecutor:
                 host.progress("failed", 0.0, str(exc))
             raise
         finally:
-            if began:
-                await _cleanup(node, host)
+            await _cleanup(node, host)
 
     async def _initialize(self, node: Node[Any], host: NodeHost) -> None:
         timeout = host.settings.init_timeout_secs
