@@ -67,9 +67,7 @@ def test_chunker_fixed_chunks_remainder_and_metadata() -> None:
 
 def test_chunker_pad_final() -> None:
     data = np.arange(1, 11, dtype=np.int16)
-    out = only_audio(
-        run_node_sync(AudioChunkerNode, [audio(data)], {"chunk_size": 4, "pad_final": True})
-    )
+    out = only_audio(run_node_sync(AudioChunkerNode, [audio(data)], {"chunk_size": 4, "pad_final": True}))
     assert [f.num_samples for f in out] == [4, 4, 4]
     np.testing.assert_array_equal(out[-1].samples[:, 0], [9, 10, 0, 0])
     assert out[-1].samples.dtype == np.int16
@@ -133,9 +131,7 @@ def test_chunker_any_split_gives_the_same_chunks(
     data = np.arange(total * channels, dtype=np.int32).reshape(total, channels)
     bounds = sorted({0, total, *(c % (total + 1) for c in cuts)})
     frames = [AudioFrame(samples=data[a:b], sample_rate=8000) for a, b in pairwise(bounds)]
-    out = only_audio(
-        run_node_sync(AudioChunkerNode, frames, {"chunk_size": size, "pad_final": pad})
-    )
+    out = only_audio(run_node_sync(AudioChunkerNode, frames, {"chunk_size": size, "pad_final": pad}))
     full, rest = divmod(total, size)
     expected_sizes = [size] * full + ([size if pad else rest] if rest else [])
     assert [f.num_samples for f in out] == expected_sizes
@@ -195,10 +191,7 @@ def test_resample_sine_one_shot_and_streamed(rate_in: int, rate_out: int) -> Non
 def test_resample_int16_and_int32_keep_format() -> None:
     x = sine(44100, 0.5, 440.0)
     for dtype, scale in ((np.int16, 32767), (np.int32, 2**31 - 1)):
-        frames = [
-            audio(np.round(x[i : i + 441] * scale).astype(dtype), 44100)
-            for i in range(0, len(x), 441)
-        ]
+        frames = [audio(np.round(x[i : i + 441] * scale).astype(dtype), 44100) for i in range(0, len(x), 441)]
         out = resample(frames, 16000)
         assert all(f.samples.dtype == dtype for f in out)
         y = joined(list(out))[:, 0] / scale
@@ -287,9 +280,7 @@ def level_db(samples: npt.NDArray[Any], scale: float, mode: str) -> float:
     return 20 * math.log10(float(level))
 
 
-@pytest.mark.parametrize(
-    ("dtype", "scale"), [(np.float32, 1.0), (np.int16, 32768.0), (np.int32, 2.0**31)]
-)
+@pytest.mark.parametrize(("dtype", "scale"), [(np.float32, 1.0), (np.int16, 32768.0), (np.int32, 2.0**31)])
 @pytest.mark.parametrize(("mode", "target"), [("peak", -1.0), ("peak", -12.5), ("rms", -20.0)])
 def test_normalize_reaches_target(dtype: Any, scale: float, mode: str, target: float) -> None:
     x = sine(16000, 0.1, 440.0, amp=0.05) * scale
@@ -350,12 +341,8 @@ def test_format_float_to_int_scaling_and_saturation() -> None:
 
 def test_format_int_to_float_and_int_to_int() -> None:
     x = audio(np.array([-32768, 16384, 1, 32767], np.int16))
-    np.testing.assert_array_equal(
-        fmt(x, format="f32").samples[:, 0], [-1.0, 0.5, 2**-15, 32767 / 32768]
-    )
-    np.testing.assert_array_equal(
-        fmt(x, format="i32").samples[:, 0], [-(2**31), 2**30, 65536, 32767 * 65536]
-    )
+    np.testing.assert_array_equal(fmt(x, format="f32").samples[:, 0], [-1.0, 0.5, 2**-15, 32767 / 32768])
+    np.testing.assert_array_equal(fmt(x, format="i32").samples[:, 0], [-(2**31), 2**30, 65536, 32767 * 65536])
     y = audio(np.array([65536 + 65535, -1, 2**31 - 1], np.int32))
     np.testing.assert_array_equal(fmt(y, format="i16").samples[:, 0], [1, -1, 32767])
 

@@ -178,10 +178,7 @@ def test_gated_audio_is_exactly_the_speech_samples() -> None:
     mono = bursts(TRUTH, 3.2)
     stereo = np.round(np.stack([mono, mono * 0.5], axis=1) * 32767).astype(np.int16)
     stereo[:, 1] += rng.integers(-2, 3, len(stereo)).astype(np.int16)  # channels differ
-    frames = [
-        AudioFrame(samples=stereo[i : i + 528], sample_rate=RATE)
-        for i in range(0, len(stereo), 528)
-    ]
+    frames = [AudioFrame(samples=stereo[i : i + 528], sample_rate=RATE) for i in range(0, len(stereo), 528)]
     out = vad(frames, emit_audio=True)
     found = segments_of(events(out))
     assert len(found) == 2
@@ -204,9 +201,7 @@ def test_audio_only_mode() -> None:
     assert out
     assert all(isinstance(f, AudioFrame) for f in out)
     (segment,) = segments_of(events(vad(chunks(x, 7))))
-    assert (
-        sum(f.samples.shape[0] for f in out if isinstance(f, AudioFrame)) == segment[1] - segment[0]
-    )
+    assert sum(f.samples.shape[0] for f in out if isinstance(f, AudioFrame)) == segment[1] - segment[0]
 
 
 def test_odd_rate_and_i32_input() -> None:

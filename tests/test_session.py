@@ -75,7 +75,9 @@ def _runtime(**limits: Any) -> Runtime:
     return runtime
 
 
-def manifest(nodes: list[tuple[str, str, dict[str, Any]]], edges: list[tuple[str, str]], **mp: Any) -> dict[str, Any]:
+def manifest(
+    nodes: list[tuple[str, str, dict[str, Any]]], edges: list[tuple[str, str]], **mp: Any
+) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "version": "v1",
         "metadata": {"name": "test"},
@@ -103,7 +105,12 @@ async def test_chain_delivers_in_order_with_sequences() -> None:
 
 async def test_fan_out_and_fan_in_keep_per_edge_order() -> None:
     m = manifest(
-        [("src", "PassThrough", {}), ("x", "Tag", {"tag": "x"}), ("y", "Tag", {"tag": "y"}), ("join", "Merge", {})],
+        [
+            ("src", "PassThrough", {}),
+            ("x", "Tag", {"tag": "x"}),
+            ("y", "Tag", {"tag": "y"}),
+            ("join", "Merge", {}),
+        ],
         [("src", "x"), ("src", "y"), ("x", "join"), ("y", "join")],
     )
     result = await _runtime().run_pipeline(m, {"src": [TextFrame(text=str(i)) for i in range(20)]})
@@ -159,7 +166,11 @@ async def test_event_stream_shows_progress_then_states() -> None:
 async def test_process_error_fails_session_naming_node_and_cleans_up() -> None:
     CLEANED.clear()
     m = manifest(
-        [("a", "Tag", {"tag": "a"}), ("boom", "RaiseNode", {"phase": "process", "after_frames": 2}), ("z", "Tag", {})],
+        [
+            ("a", "Tag", {"tag": "a"}),
+            ("boom", "RaiseNode", {"phase": "process", "after_frames": 2}),
+            ("z", "Tag", {}),
+        ],
         [("a", "boom"), ("boom", "z")],
     )
     runtime = _runtime()
@@ -174,7 +185,10 @@ async def test_process_error_fails_session_naming_node_and_cleans_up() -> None:
 
 
 async def test_init_error_raises_from_open_session() -> None:
-    m = manifest([("ok", "Tag", {}), ("bad", "RaiseNode", {"phase": "initialize", "message": "no model"})], [("ok", "bad")])
+    m = manifest(
+        [("ok", "Tag", {}), ("bad", "RaiseNode", {"phase": "initialize", "message": "no model"})],
+        [("ok", "bad")],
+    )
     with pytest.raises(NodeError, match=r"node 'bad' failed in initialize: RuntimeError: no model"):
         async with _runtime().open_session(m):
             pytest.fail("the session must not start")
@@ -198,7 +212,11 @@ async def test_init_error_shows_failed_progress_when_not_waiting() -> None:
 
 
 async def test_init_timeout_names_the_node(autojump_clock: trio.testing.MockClock) -> None:
-    m = manifest([("fast", "Tag", {}), ("slow", "HangNode", {"phase": "initialize"})], [("fast", "slow")], init_timeout_secs=7)
+    m = manifest(
+        [("fast", "Tag", {}), ("slow", "HangNode", {"phase": "initialize"})],
+        [("fast", "slow")],
+        init_timeout_secs=7,
+    )
     start = trio.current_time()
     with pytest.raises(NodeInitTimeout) as info:
         async with _runtime().open_session(m):

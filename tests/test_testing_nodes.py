@@ -197,9 +197,7 @@ async def test_hang_node_in_process_hangs_cancellably(
         (SignalNode, {"phase": "flush", "signal": "SIGSEGV"}, "SignalNode refuses"),
     ],
 )
-def test_killers_refuse_in_process(
-    cls: type[Node[Any]], params: dict[str, Any], message: str
-) -> None:
+def test_killers_refuse_in_process(cls: type[Node[Any]], params: dict[str, Any], message: str) -> None:
     with pytest.raises(RuntimeError, match=message):
         run_node_sync(cls, FRAMES, params)
 
@@ -263,9 +261,7 @@ def test_exit_node_exits_a_worker(worker: Any) -> None:
     assert "done" not in stdout
 
 
-@pytest.mark.parametrize(
-    ("name", "signum"), [("SIGKILL", signal.SIGKILL), ("SIGSEGV", signal.SIGSEGV)]
-)
+@pytest.mark.parametrize(("name", "signum"), [("SIGKILL", signal.SIGKILL), ("SIGSEGV", signal.SIGSEGV)])
 def test_signal_node_kills_a_worker(worker: Any, name: str, signum: int) -> None:
     proc = worker("SignalNode", {"signal": name, "phase": "flush"})
     stdout, _ = proc.communicate(timeout=30)
