@@ -43,6 +43,8 @@ from ..ipc import (
     sweep_stale,
     unlink_namespace,
 )
+from ..ipc._segment import round_up
+from ..ipc._spec import SLOT_ALIGN
 from ..ipc._trio import TrioConsumer, TrioProducer
 from ..runtime._ports import OutPort
 from ..worker._codec import decode_frame, encode_frame
@@ -63,11 +65,7 @@ class RingGeometry:
         # A ring never holds more frames than an in-process edge would (channel_capacity),
         # and never more slots than configured: every slot gets touched, so it is real memory.
         slots = max(2, min(channel_capacity, slot_count))
-        return cls(slots, _round64(slot_size), checksum)
-
-
-def _round64(n: int) -> int:
-    return (n + 63) // 64 * 64
+        return cls(slots, round_up(slot_size, SLOT_ALIGN), checksum)
 
 
 @dataclass
