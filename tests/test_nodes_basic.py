@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-try:
-    import nursery_pipes  # noqa: F401
-except ImportError:  # not installed: test straight from the source tree
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-import numpy as np
 
 from nursery_pipes._errors import ManifestError
 from nursery_pipes.frames import AudioFrame, BinaryFrame, Frame, JsonFrame, TextFrame

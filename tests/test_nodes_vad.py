@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,11 +10,6 @@ import numpy.typing as npt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-try:
-    import nursery_pipes  # noqa: F401
-except ImportError:  # not installed: test straight from the source tree
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from nursery_pipes._errors import ManifestError
 from nursery_pipes.frames import AudioFrame, Frame, JsonFrame

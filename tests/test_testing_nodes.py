@@ -18,11 +18,6 @@ import pytest
 import trio
 import trio.testing
 
-try:
-    import nursery_pipes.frames
-except ImportError:  # not installed: test straight from the source tree
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
 import nursery_pipes
 from nursery_pipes._errors import ManifestError
 from nursery_pipes.frames import Frame, TextFrame
