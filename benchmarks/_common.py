@@ -62,6 +62,28 @@ def time_per_call(fn: Callable[[], object], *, repeat: int, number: int) -> list
     return samples
 
 
+async def stream_through(session: Any, node_id: str, frame: Any, n: int) -> float:
+    """Seconds from the first send to the last output: ``n`` copies of ``frame`` sent to
+    ``node_id`` as fast as backpressure allows (then ``close()``), every output read meanwhile."""
+    import trio
+
+    start = time.perf_counter()
+
+    async def feed() -> None:
+        for _ in range(n):
+            await session.send(node_id, frame)
+        await session.close()
+
+    count = 0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(feed)
+        async for _ in session.outputs():
+            count += 1
+    elapsed = time.perf_counter() - start
+    assert count == n
+    return elapsed
+
+
 def environment() -> dict[str, Any]:
     return {
         "python": platform.python_version(),

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import trio
-from _common import finish, parse_args, print_table, summarize
+from _common import finish, parse_args, print_table, stream_through, summarize
 
 from nursery_pipes import AudioFrame, Runtime
 
@@ -47,20 +47,7 @@ async def runtime_throughput(n: int) -> float:
     runtime = Runtime()
     audio = frame()
     async with runtime.open_session(manifest()) as session:
-        start = time.perf_counter()
-
-        async def feed() -> None:
-            for _ in range(n):
-                await session.send("p0", audio)
-            await session.close()
-
-        count = 0
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(feed)
-            async for _ in session.outputs():
-                count += 1
-        elapsed = time.perf_counter() - start
-    assert count == n
+        elapsed = await stream_through(session, "p0", audio, n)
     return n / elapsed
 
 

@@ -9,7 +9,6 @@ multiprocess wall time ≤ 55 % of the in-process one (seed: 60 %). On this
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import trio
-from _common import finish, parse_args, print_table
+from _common import finish, parse_args, print_table, stream_through
 
 from nursery_pipes import AudioFrame, Runtime, RuntimeConfig
 from nursery_pipes._config import NodesConfig
@@ -49,21 +48,8 @@ async def run(executor: str, frames: int, ms: float) -> tuple[float, float]:
     runtime = Runtime(RuntimeConfig(nodes=NodesConfig(testing=True)))
     audio = AudioFrame.from_array(np.zeros(320, dtype=np.float32), sample_rate=16000)
     async with runtime.open_session(manifest(executor, ms)) as session:  # init (calibration) not timed
-        start = time.perf_counter()
-
-        async def feed() -> None:
-            for _ in range(frames):
-                await session.send("burn0", audio)
-            await session.close()
-
-        count = 0
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(feed)
-            async for _ in session.outputs():
-                count += 1
-        wall = time.perf_counter() - start
+        wall = await stream_through(session, "burn0", audio, frames)
         metrics = await session.wait()
-    assert count == frames
     return wall, sum(m.processing_s for m in metrics.nodes.values())
 
 
