@@ -16,6 +16,7 @@ from .._errors import NurseryPipesError, SessionError
 from ..frames import Frame
 from ..runtime import NodeProgress, Output, Runtime, Session, SessionMetrics, SessionState, StateChanged
 from ._files import describe_frames, frame_summary, parse_input_spec, read_input, write_outputs
+from ._serve import sole_leaf
 
 __all__ = ["run_local"]
 
@@ -59,7 +60,8 @@ def run_local(
                     await _consume(session, collected, console, show_progress=not as_json)
             except BaseExceptionGroup as group:
                 # The nursery wraps the session's error: report that error, not a group traceback.
-                error = _sole_error(group)
+                leaf = sole_leaf(group)
+                error = leaf if isinstance(leaf, NurseryPipesError) else group
             if error is not None:
                 raise error  # outside the except block, so its own __cause__/__context__ stay
 
@@ -80,21 +82,6 @@ def run_local(
     else:
         _print_summary(session, collected, metrics, written, out)
     return 0
-
-
-def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one error of our own inside ``group`` (unwrapped), else ``group`` itself."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        exc = pending.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            pending.extend(exc.exceptions)
-        else:
-            leaves.append(exc)
-    if len(leaves) == 1 and isinstance(leaves[0], NurseryPipesError):
-        return leaves[0]
-    return group
 
 
 async def _feed(session: Session, inputs: dict[str, list[Frame]]) -> None:

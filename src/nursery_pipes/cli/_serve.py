@@ -21,7 +21,7 @@ import trio
 from .._config import RuntimeConfig, load_config
 from .._errors import ConfigError, NurseryPipesError
 
-__all__ = ["ENV_PREFIX", "apply_overrides", "serve"]
+__all__ = ["ENV_PREFIX", "apply_overrides", "serve", "sole_leaf"]
 
 ENV_PREFIX = "NURSERY_PIPES_"
 
@@ -90,7 +90,7 @@ async def _serve(config: RuntimeConfig, announce: Any) -> None:
     except BaseExceptionGroup as group:
         # The nursery wraps what serve() raised: a bad TLS file or an address that cannot be
         # bound is a user mistake to report in one line (exit 2), not a traceback.
-        error = _sole_leaf(group)
+        error = sole_leaf(group)
         if isinstance(error, NurseryPipesError):
             raise error from None
         if isinstance(error, OSError) and not listening:
@@ -99,7 +99,8 @@ async def _serve(config: RuntimeConfig, announce: Any) -> None:
     announce("stopped")
 
 
-def _sole_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+def sole_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception inside ``group`` and its nested groups, or None if there are several."""
     leaves: list[BaseException] = []
     pending: list[BaseException] = [group]
     while pending:
