@@ -72,14 +72,20 @@ async def _forward(recv: trio.MemoryReceiveChannel[Any], send: trio.MemorySendCh
             await send.send(item)
 
 
+def _floor_chain(nursery: trio.Nursery) -> tuple[trio.MemorySendChannel[Any], trio.MemoryReceiveChannel[Any]]:
+    """CHAIN forwarding tasks over memory channels of CAPACITY: (the first send end, the last receive end)."""
+    first_send, recv = trio.open_memory_channel[Any](CAPACITY)
+    for _ in range(CHAIN):
+        send, next_recv = trio.open_memory_channel[Any](CAPACITY)
+        nursery.start_soon(_forward, recv, send)
+        recv = next_recv
+    return first_send, recv
+
+
 async def floor_throughput(n: int) -> float:
     audio = frame()
     async with trio.open_nursery() as nursery:
-        first_send, recv = trio.open_memory_channel[Any](CAPACITY)
-        for _ in range(CHAIN):
-            send, next_recv = trio.open_memory_channel[Any](CAPACITY)
-            nursery.start_soon(_forward, recv, send)
-            recv = next_recv
+        first_send, recv = _floor_chain(nursery)
         start = time.perf_counter()
 
         async def feed() -> None:
@@ -100,11 +106,7 @@ async def floor_latency(n: int) -> list[float]:
     audio = frame()
     samples = []
     async with trio.open_nursery() as nursery:
-        first_send, recv = trio.open_memory_channel[Any](CAPACITY)
-        for _ in range(CHAIN):
-            send, next_recv = trio.open_memory_channel[Any](CAPACITY)
-            nursery.start_soon(_forward, recv, send)
-            recv = next_recv
+        first_send, recv = _floor_chain(nursery)
         for _ in range(n):
             start = time.perf_counter()
             await first_send.send(audio)
