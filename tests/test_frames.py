@@ -25,8 +25,6 @@ from nursery_pipes.frames import (
     VideoFrame,
 )
 
-AUDIO_DTYPES = {AudioFormat.F32: np.float32, AudioFormat.I16: np.int16, AudioFormat.I32: np.int32}
-
 
 def ramp(fmt: AudioFormat, frames: int, channels: int) -> np.ndarray:
     """Distinct, exactly representable samples for every format and channel."""
@@ -37,7 +35,7 @@ def ramp(fmt: AudioFormat, frames: int, channels: int) -> np.ndarray:
         values = (np.arange(n) * 97 % 65535) - 32767
     else:
         values = (np.arange(n, dtype=np.int64) * 2_654_435 % 4_294_967_295) - 2_147_483_647
-    return values.astype(AUDIO_DTYPES[fmt]).reshape(frames, channels)
+    return values.astype(fmt.dtype).reshape(frames, channels)
 
 
 # ---------------------------------------------------------------------------------------------
