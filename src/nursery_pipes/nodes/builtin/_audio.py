@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from ...frames import AudioFormat, AudioFrame, Frame, FrameKind
 from .._base import Node, NodeContext, Params
-from ._pcm import apply_gain, convert_format, from_float, to_float64
+from .._pcm import apply_gain, convert_format, from_float, to_float64
 
 __all__ = [
     "AudioChunkerNode",

@@ -31,7 +31,7 @@ import numpy.typing as npt
 
 from ...frames import AudioFrame, Frame, FrameKind, JsonFrame
 from .._base import Node, NodeContext, Params
-from ._pcm import to_float64
+from .._pcm import to_float64
 
 __all__ = ["EnergyVADNode", "EnergyVADParams", "VadOp", "VadTracker"]
 
@@ -268,9 +268,7 @@ class EnergyVADNode(Node[EnergyVADParams]):
             lo, hi = max(a, first), min(b, first + len(samples))
             if lo < hi:
                 piece = samples[lo - first : hi - first]
-                pieces.append(
-                    AudioFrame(samples=piece, sample_rate=self._rate, metadata=self._metadata)
-                )
+                pieces.append(AudioFrame(samples=piece, sample_rate=self._rate, metadata=self._metadata))
         self._drop_raw(b)
         return pieces
 

@@ -16,9 +16,10 @@ from typing import Annotated, Any
 
 import msgspec
 
-from ...frames import AudioFrame, Frame, FrameKind, JsonFrame, TextFrame
+from ...frames import AudioFormat, AudioFrame, Frame, FrameKind, JsonFrame, TextFrame
 from .._base import Node, NodeContext, Params, ProgressReporter
-from ._audio import SpeechStream, require, to_int16
+from .._pcm import from_float
+from ._audio import SpeechStream, require
 
 __all__ = ["SpeechRecognitionNode", "SpeechRecognitionParams", "normalize_words"]
 
@@ -110,7 +111,7 @@ class SpeechRecognitionNode(Node[SpeechRecognitionParams]):
 
     def _decode(self, samples: Any) -> None:
         if len(samples):
-            self._decoder.process_raw(to_int16(samples).tobytes(), False, False)
+            self._decoder.process_raw(from_float(samples, AudioFormat.I16).tobytes(), False, False)
 
     def _end_utterance(self) -> list[Frame]:
         if not self._in_utterance:

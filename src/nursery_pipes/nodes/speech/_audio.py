@@ -14,15 +14,14 @@ import numpy as np
 import numpy.typing as npt
 
 from ...frames import AudioFormat, AudioFrame
+from .._pcm import FULL_SCALE
 
-__all__ = ["SPEECH_RATE", "SpeechStream", "require", "to_int16"]
+__all__ = ["SPEECH_RATE", "SpeechStream", "require"]
 
 SPEECH_RATE = 16000
 """What Silero VAD and pocketsphinx's en-US model take: 16 kHz mono."""
 
 EXTRA_HINT = "pip install 'nursery-pipes[speech]'"
-
-_FULL_SCALE = {AudioFormat.F32: 1.0, AudioFormat.I16: 32768.0, AudioFormat.I32: 2147483648.0}
 
 
 def require(module: str, node: str) -> Any:
@@ -37,18 +36,11 @@ def require(module: str, node: str) -> Any:
 
 def mono_f32(samples: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
     """Interleaved samples of any format as mono float32, full scale ±1 (channels averaged)."""
-    scale = _FULL_SCALE[AudioFormat.from_dtype(samples.dtype)]
+    scale = FULL_SCALE[AudioFormat.from_dtype(samples.dtype)]
     if samples.shape[1] == 1 and scale == 1.0:
         return np.ascontiguousarray(samples[:, 0], dtype=np.float32)
     mono: npt.NDArray[np.float64] = samples.mean(axis=1, dtype=np.float64) / scale
     return mono.astype(np.float32)
-
-
-def to_int16(samples: npt.NDArray[np.float32]) -> npt.NDArray[np.int16]:
-    """Full-scale float to int16, rounded and saturated (what pocketsphinx reads)."""
-    scaled = np.rint(samples.astype(np.float64) * 32768.0)
-    np.clip(scaled, -32768, 32767, out=scaled)
-    return scaled.astype(np.int16)
 
 
 class SpeechStream:

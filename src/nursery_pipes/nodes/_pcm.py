@@ -1,4 +1,4 @@
-"""PCM sample-format arithmetic shared by the audio nodes.
+"""PCM sample-format arithmetic shared by the audio and speech nodes.
 
 Scaling conventions (the usual ones, so a round trip through float is exact):
 
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ...frames import AudioFormat
+from ..frames import AudioFormat
 
 __all__ = ["FULL_SCALE", "apply_gain", "convert_format", "from_float", "to_float64"]
 
