@@ -57,7 +57,6 @@ class NodeHost:
     metrics: NodeMetrics
     emit_progress: Callable[[NodeProgress], None]
     state: StateMachine[NodeState, NodeEvent] = field(init=False)
-    cleanup_error: str | None = None
     logger: logging.Logger = field(init=False)
 
     def __post_init__(self) -> None:

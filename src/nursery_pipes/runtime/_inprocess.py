@@ -153,8 +153,9 @@ class _Pump:
 
 
 def _cleanup_failed(host: NodeHost, exc: Exception) -> None:
-    host.cleanup_error = f"cleanup() raised {type(exc).__name__}: {exc}"
-    host.logger.warning("node %s: %s", host.node_id, host.cleanup_error, exc_info=exc)
+    host.logger.warning(
+        "node %s: cleanup() raised %s: %s", host.node_id, type(exc).__name__, exc, exc_info=exc
+    )
 
 
 async def _cleanup(node: Node[Any], host: NodeHost) -> None:
@@ -173,7 +174,8 @@ async def _cleanup(node: Node[Any], host: NodeHost) -> None:
         except Exception as exc:
             _cleanup_failed(host, exc)
     if scope.cancelled_caught:
-        host.cleanup_error = (
-            f"cleanup() did not finish within the grace period ({host.settings.grace_period_secs:g} s)"
+        host.logger.warning(
+            "node %s: cleanup() did not finish within the grace period (%g s)",
+            host.node_id,
+            host.settings.grace_period_secs,
         )
-        host.logger.warning("node %s: %s", host.node_id, host.cleanup_error)
