@@ -303,9 +303,9 @@ def smaps_rollup(pid: int) -> dict[str, int]:
     return out
 
 
-def uss_kb(pid: int) -> int:
-    r = smaps_rollup(pid)
-    return r.get("Private_Clean", 0) + r.get("Private_Dirty", 0)
+def uss_kb(rollup: dict[str, int]) -> int:
+    """Unique memory (Private_Clean + Private_Dirty) of a ``smaps_rollup`` reading."""
+    return rollup.get("Private_Clean", 0) + rollup.get("Private_Dirty", 0)
 
 
 def shm_rss_kb(pid: int) -> dict[str, int]:
@@ -366,7 +366,7 @@ async def memory(n_sessions: int) -> dict[str, Any]:
                 assert pid is not None
                 r = smaps_rollup(pid)
                 per_worker[nid] = {
-                    "uss_kb": r.get("Private_Clean", 0) + r.get("Private_Dirty", 0),
+                    "uss_kb": uss_kb(r),
                     "rss_kb": r.get("Rss", 0),
                     "pss_kb": r.get("Pss", 0),
                 }
@@ -385,11 +385,7 @@ async def memory(n_sessions: int) -> dict[str, Any]:
     def per_session(key: str) -> float:
         return (full.get(key, 0) - base.get(key, 0)) / n_sessions / 1024
 
-    sup_uss = (
-        ((full["Private_Clean"] + full["Private_Dirty"]) - (base["Private_Clean"] + base["Private_Dirty"]))
-        / n_sessions
-        / 1024
-    )
+    sup_uss = (uss_kb(full) - uss_kb(base)) / n_sessions / 1024
     return {
         "workers": per_worker,
         "workers_uss_total_mb": uss_total / 1024,
