@@ -113,7 +113,9 @@ def find_leaks(before: Snapshot, *, settle: float = 3.0, clean: bool = True) -> 
         if clean:
             for pid in kids:
                 _kill(pid)
-    threads = _settle(lambda: {t for t in threading.enumerate() if _suspect_thread(t)} - before.threads, settle)
+    threads = _settle(
+        lambda: {t for t in threading.enumerate() if _suspect_thread(t)} - before.threads, settle
+    )
     if threads:
         problems.append(f"leaked threads: {sorted(t.name for t in threads)}")
     shm = sorted(_settle(lambda: _shm_entries() - before.shm, settle))

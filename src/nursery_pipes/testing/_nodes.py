@@ -304,4 +304,3 @@ def register_testing_nodes(registry: NodeRegistry) -> None:
     """Add the testing nodes to ``registry`` (origin ``nursery_pipes.testing``)."""
     for cls in TESTING_NODES:
         registry.register(cls, origin="nursery_pipes.testing")
-
