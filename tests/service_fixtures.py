@@ -38,6 +38,8 @@ import trio
 import trio_asyncio
 from grpclib.client import Channel
 from grpclib.const import Cardinality
+from grpclib.health.v1.health_grpc import HealthStub
+from grpclib.health.v1.health_pb2 import HealthCheckRequest
 
 from nursery_pipes import AudioFrame, Runtime, RuntimeConfig
 from nursery_pipes._config import (
@@ -300,6 +302,16 @@ def results_by_sink(items: list[tuple[str, Any]]) -> dict[str, list[tuple[int, p
 
 def first_audio_value(buffer: pb.DataBuffer) -> float:
     return float(np.frombuffer(buffer.audio.samples, dtype=np.float32)[0])
+
+
+async def health_status(port: int, service: str = "") -> int:
+    """grpc.health.v1 Check of ``service`` on a loopback port (asyncio side): the serving status."""
+    channel = Channel("127.0.0.1", port)
+    try:
+        response = await HealthStub(channel).Check(HealthCheckRequest(service=service))
+    finally:
+        channel.close()
+    return int(response.status)
 
 
 async def calls_finished(server: Server) -> None:

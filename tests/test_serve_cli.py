@@ -22,10 +22,8 @@ import pytest
 import soundfile
 import trio
 import trio_asyncio
-from grpclib.client import Channel
-from grpclib.health.v1.health_grpc import HealthStub
-from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
-from service_fixtures import manifest, open_stream, pids_of_session, text_buffer
+from grpclib.health.v1.health_pb2 import HealthCheckResponse
+from service_fixtures import health_status, manifest, open_stream, pids_of_session, text_buffer
 
 from nursery_pipes import TextFrame
 from nursery_pipes.cli._demo import make_vad_audio
@@ -202,14 +200,6 @@ async def test_second_signal_stops_at_once() -> None:
             finally:
                 client_done.set()
 
-        async def health() -> int:
-            channel = Channel("127.0.0.1", server.port)
-            try:
-                reply = await HealthStub(channel).Check(HealthCheckRequest(service=""))
-            finally:
-                channel.close()
-            return int(reply.status)
-
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio_asyncio.aio_as_trio(client))
             await in_flight.wait()
@@ -217,7 +207,9 @@ async def test_second_signal_stops_at_once() -> None:
 
             server.process.send_signal(signal.SIGTERM)
             await server.read_until("SIGTERM: draining")
-            assert await trio_asyncio.aio_as_trio(health)() == HealthCheckResponse.NOT_SERVING
+            assert (
+                await trio_asyncio.aio_as_trio(health_status)(server.port) == HealthCheckResponse.NOT_SERVING
+            )
             assert server.process.returncode is None  # still draining: the stream runs
 
             began = trio.current_time()

@@ -22,8 +22,7 @@ import trio_asyncio
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
-from grpclib.health.v1.health_grpc import HealthStub
-from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+from grpclib.health.v1.health_pb2 import HealthCheckResponse
 from grpclib.reflection.v1.reflection_grpc import ServerReflectionStub
 from grpclib.reflection.v1.reflection_pb2 import ServerReflectionRequest
 from grpclib.reflection.v1alpha.reflection_grpc import ServerReflectionStub as V1AlphaReflectionStub
@@ -41,6 +40,7 @@ from service_fixtures import (
     audio,
     audio_buffer,
     client_tls_context,
+    health_status,
     make_config,
     manifest,
     mixed_audio_manifest,
@@ -559,25 +559,17 @@ async def test_bearer_token_auth(served: Served) -> None:
 
 
 async def test_health_reports_serving_then_not_serving_on_drain(served: Served) -> None:
-    async def check(service: str) -> int:
-        channel = Channel("127.0.0.1", served.port)
-        try:
-            response = await HealthStub(channel).Check(HealthCheckRequest(service=service))
-        finally:
-            channel.close()
-        return int(response.status)
-
     for service in ("", EXECUTION, STREAMING):
-        assert await served.aio(check, service) == HealthCheckResponse.SERVING
+        assert await served.aio(health_status, served.port, service) == HealthCheckResponse.SERVING
     with pytest.raises(GRPCError) as caught:
-        await served.aio(check, "no.such.Service")
+        await served.aio(health_status, served.port, "no.such.Service")
     assert caught.value.status == Status.NOT_FOUND
 
     # Drain with a stream still running, so the listener stays up while we look.
     async def during_drain() -> list[int]:
         async with served.client() as client, client.stream(UPPER) as stream:
             served.server.drain()
-            statuses = [await check(s) for s in ("", EXECUTION, STREAMING)]
+            statuses = [await health_status(served.port, s) for s in ("", EXECUTION, STREAMING)]
             await stream.close()
             async for _ in stream:
                 pass
