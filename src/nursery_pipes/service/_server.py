@@ -24,7 +24,6 @@ import ssl
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from importlib import resources
 from typing import Any
 
 import trio
@@ -42,6 +41,7 @@ from .._errors import ConfigError
 from .._proto.remotemedia import v1 as pb
 from ..runtime import Runtime
 from ..wire._messages import UPB as M
+from ..wire._messages import new_pool
 from ._bridge import PumpedStream, recv_limited
 from ._execution import execute, version
 from ._streaming import StreamSettings, handle_stream
@@ -342,13 +342,9 @@ class _Service:
 
 
 def _descriptor_pool() -> Any:
-    from google.protobuf import descriptor_pb2, descriptor_pool
+    """remotemedia.v1 and health, for reflection: a pool of its own, so UPB's stays as it is."""
     from grpclib.health.v1 import health_pb2
 
-    data = resources.files("nursery_pipes._proto").joinpath("remotemedia_v1.binpb").read_bytes()
-    files = descriptor_pb2.FileDescriptorSet.FromString(data)
-    pool = descriptor_pool.DescriptorPool()
-    for proto in files.file:
-        pool.Add(proto)
+    pool = new_pool()
     pool.AddSerializedFile(health_pb2.DESCRIPTOR.serialized_pb)
     return pool

@@ -31,7 +31,7 @@ from google.protobuf.message import Message as UpbMessage
 
 from .._proto.remotemedia import v1 as pb
 
-__all__ = ["BETTERPROTO", "UPB", "Messages", "conn_from", "has", "optional", "which"]
+__all__ = ["BETTERPROTO", "UPB", "Messages", "conn_from", "has", "new_pool", "optional", "which"]
 
 PACKAGE = "remotemedia.v1"
 
@@ -57,13 +57,17 @@ class Messages:
         return f"<Messages {self.name}>"
 
 
-@functools.cache
-def _pool() -> Any:
+def new_pool() -> Any:
+    """A new descriptor pool holding remotemedia.v1 (the descriptor set generated beside the
+    betterproto code)."""
     data = resources.files("nursery_pipes._proto").joinpath("remotemedia_v1.binpb").read_bytes()
     pool = descriptor_pool.DescriptorPool()
     for proto in descriptor_pb2.FileDescriptorSet.FromString(data).file:
         pool.Add(proto)
     return pool
+
+
+_pool = functools.cache(new_pool)  # the one the UPB message classes come from
 
 
 def _upb_class(name: str) -> Any:
