@@ -68,7 +68,7 @@ class AsyncGen(Node):
         yield TextFrame(text=frame.text + "'")
 
 
-def _runtime(**limits: Any) -> Runtime:
+def _runtime() -> Runtime:
     runtime = Runtime(RuntimeConfig(nodes=NodesConfig(testing=True)))
     for cls in (Tag, Merge, AsyncGen):
         runtime.registry.register(cls)
@@ -283,13 +283,13 @@ async def test_bad_inputs_are_named() -> None:
         with pytest.raises(InputError, match=r"node 'b' is not an input.*fed by a"):
             await session.send("b", TextFrame(text="x"))
         with pytest.raises(InputError, match=r"accepts .* not json"):
-            await _runtime_with_audio_only(session)
+            await _send_json_to_an_audio_only_node()
         await session.close()
         with pytest.raises(SessionClosedError):
             await session.send("a", TextFrame(text="late"))
 
 
-async def _runtime_with_audio_only(session: Any) -> None:
+async def _send_json_to_an_audio_only_node() -> None:
     # Tag accepts anything; use a node that only takes audio to check the kind check.
     m = manifest([("g", "AudioGainNode", {})], [])
     async with _runtime().open_session(m) as other:
