@@ -311,6 +311,8 @@ async def test_leaving_without_close_cancels_and_after_close_drains() -> None:
     async with runtime.open_session(m) as session:
         await session.send("a", TextFrame(text="x"))
     assert session.state is SessionState.TERMINATED
+    assert session.metrics().nodes["a"].frames_out <= 1  # cancelled: Merge never flushed
+    assert CLEANED == ["b"]
     async with runtime.open_session(m) as session:
         for i in range(5):
             await session.send("a", TextFrame(text=str(i)))
