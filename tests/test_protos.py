@@ -19,7 +19,6 @@ the test process is left untouched.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import shutil
@@ -34,6 +33,8 @@ import betterproto
 import pytest
 from google.protobuf import descriptor_pb2
 
+from nursery_pipes._proto.remotemedia import v1 as pb
+
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 PROTO_FILES = (
@@ -45,11 +46,6 @@ GENERATED_DIR = ROOT / "src" / "nursery_pipes" / "_proto"
 GENERATOR = ROOT / "scripts" / "generate_protos.py"
 PACKAGE = "remotemedia.v1"
 EXTENSION_MARK = "// nursery_pipes extension"
-
-if importlib.util.find_spec("nursery_pipes") is None:  # not installed: run from the checkout
-    sys.path.insert(0, str(ROOT / "src"))
-
-from nursery_pipes._proto.remotemedia import v1 as pb  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # The wire table of shared/wire/remotemedia-v1.md, transcribed line by line.
