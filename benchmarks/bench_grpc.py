@@ -48,6 +48,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -435,7 +436,8 @@ async def realtime_session(
         except BaseException:
             await opened.abort()  # the others must not wait for this one
             raise
-        async with _Entered(stream):
+        async with AsyncExitStack() as stack:
+            stack.push_async_exit(stream)  # exits the already-entered stream
             executors = {a.node_id: a.executor for a in stream.ready.assignments} if stream.ready else {}
             await opened.wait()  # every session is ready: start the clock together
             t0 = time.perf_counter() + index * CHUNK_MS / 1000 / SESSIONS
@@ -493,19 +495,6 @@ async def realtime_session(
         "problems": problems,
         "executors": executors,
     }
-
-
-class _Entered:
-    """``async with`` for an already-entered Stream (exits it)."""
-
-    def __init__(self, stream: Stream) -> None:
-        self.stream = stream
-
-    async def __aenter__(self) -> Stream:
-        return self.stream
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.stream.__aexit__(*exc)
 
 
 async def realtime_sessions(server: ServerProc, seconds: float) -> dict[str, Any]:
