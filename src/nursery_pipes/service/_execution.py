@@ -22,7 +22,7 @@ from ..wire._convert import (
 )
 from ..wire._messages import UPB as M
 
-__all__ = ["PROTOCOL_VERSION", "check_request_limits", "compatible", "execute", "version"]
+__all__ = ["PROTOCOL_VERSION", "check_request_limits", "compatible", "execute", "refusal", "version"]
 
 PROTOCOL_VERSION = "v1"
 BUILD_TIMESTAMP = ""
@@ -56,16 +56,23 @@ def version(runtime: Runtime, request: Any) -> Any:
     )
 
 
-async def execute(runtime: Runtime, request: Any, accepting: bool) -> Any:
-    ok, why = compatible(request.client_version)
+def refusal(client_version: str, accepting: bool) -> Any | None:
+    """The ErrorResponse that turns a new session away (an incompatible client, a draining
+    server), or None."""
+    ok, why = compatible(client_version)
     if not ok:
-        return M.ExecuteResponse(error=M.ErrorResponse(error_type=pb.ErrorType.VERSION_MISMATCH, message=why))
+        return M.ErrorResponse(error_type=pb.ErrorType.VERSION_MISMATCH, message=why)
     if not accepting:
-        return M.ExecuteResponse(
-            error=M.ErrorResponse(
-                error_type=pb.ErrorType.RESOURCE_LIMIT, message="server is shutting down; no new sessions"
-            )
+        return M.ErrorResponse(
+            error_type=pb.ErrorType.RESOURCE_LIMIT, message="server is shutting down; no new sessions"
         )
+    return None
+
+
+async def execute(runtime: Runtime, request: Any, accepting: bool) -> Any:
+    denied = refusal(request.client_version, accepting)
+    if denied is not None:
+        return M.ExecuteResponse(error=denied)
     started = time.perf_counter()
     try:
         plan = runtime.plan(manifest_from_proto(request.manifest))

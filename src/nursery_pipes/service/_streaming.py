@@ -53,7 +53,7 @@ from ..wire._convert import (
 from ..wire._messages import UPB as M
 from ..wire._messages import has, which
 from ._bridge import PumpedStream as TrioStream
-from ._execution import check_request_limits, compatible
+from ._execution import check_request_limits, refusal
 
 __all__ = ["StreamSettings", "handle_stream"]
 
@@ -96,20 +96,9 @@ async def handle_stream(
             )
         )
         return
-    ok, why = compatible(init.client_version)
-    if not ok:  # as ExecutePipeline does
-        await stream.send(
-            M.StreamResponse(error=M.ErrorResponse(error_type=pb.ErrorType.VERSION_MISMATCH, message=why))
-        )
-        return
-    if not accepting():
-        await stream.send(
-            M.StreamResponse(
-                error=M.ErrorResponse(
-                    error_type=pb.ErrorType.RESOURCE_LIMIT, message="server is shutting down; no new sessions"
-                )
-            )
-        )
+    denied = refusal(init.client_version, accepting())  # as ExecutePipeline does
+    if denied is not None:
+        await stream.send(M.StreamResponse(error=denied))
         return
     try:
         plan = runtime.plan(manifest_from_proto(init.manifest))
