@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ssl
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -54,6 +55,13 @@ from nursery_pipes.service import Server
 from nursery_pipes.wire import manifest_to_proto
 
 T = TypeVar("T")
+
+PROTO_ROOT = Path(__file__).resolve().parent.parent / "protos"
+PROTO_FILES = (
+    "remotemedia/v1/common.proto",
+    "remotemedia/v1/execution.proto",
+    "remotemedia/v1/streaming.proto",
+)
 
 GRACE = 0.3
 """Worker stop grace period for every test server: tests with hung workers stay fast."""
@@ -345,6 +353,16 @@ async def wait_no_session_processes(session_id: str, within: float) -> float:
         if elapsed > within:
             pytest.fail(f"session {session_id}: processes {left} still alive after {elapsed:.2f} s")
         await trio.sleep(0.02)
+
+
+# -- protoc --------------------------------------------------------------------------------------------
+
+
+def run_protoc(proto_root: Path, *args: str) -> None:
+    """grpcio-tools' protoc over ``PROTO_FILES`` of ``proto_root``; ``args`` say what to write."""
+    cmd = [sys.executable, "-m", "grpc_tools.protoc", f"--proto_path={proto_root}", *args, *PROTO_FILES]
+    proc = subprocess.run(cmd, cwd=proto_root, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, f"protoc failed:\n{proc.stdout}{proc.stderr}"
 
 
 # -- TLS -----------------------------------------------------------------------------------------------

@@ -28,12 +28,14 @@ import pytest
 import trio
 from service_fixtures import (
     EXECUTION,
+    PROTO_ROOT,
     STREAMING,
     Served,
     calls_finished,
     manifest,
     mixed_audio_manifest,
     pids_of_session,
+    run_protoc,
     self_signed_cert,
     served_fixture,  # noqa: F401  (the `served` fixture)
     serving,
@@ -41,13 +43,6 @@ from service_fixtures import (
 )
 
 pytestmark = pytest.mark.timeout(60)
-
-ROOT = Path(__file__).resolve().parent.parent
-PROTO_FILES = (
-    "remotemedia/v1/common.proto",
-    "remotemedia/v1/execution.proto",
-    "remotemedia/v1/streaming.proto",
-)
 
 CLIENT = r'''
 """A grpcio client for remotemedia.v1: python client.py GEN_DIR ADDRESS SCENARIO OPTIONS_JSON"""
@@ -237,20 +232,7 @@ def grpcio_client(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     root = tmp_path_factory.mktemp("grpcio_client")
     gen = root / "gen"
     gen.mkdir()
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "grpc_tools.protoc",
-            f"--proto_path={ROOT / 'protos'}",
-            f"--python_out={gen}",
-            f"--grpc_python_out={gen}",
-            *PROTO_FILES,
-        ],
-        check=True,
-        cwd=ROOT / "protos",
-        capture_output=True,
-    )
+    run_protoc(PROTO_ROOT, f"--python_out={gen}", f"--grpc_python_out={gen}")
     assert (gen / "remotemedia" / "v1" / "streaming_pb2_grpc.py").exists()
     script = root / "client.py"
     script.write_text(textwrap.dedent(CLIENT), encoding="utf-8")

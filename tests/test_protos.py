@@ -32,16 +32,11 @@ from typing import Any
 import betterproto
 import pytest
 from google.protobuf import descriptor_pb2
+from service_fixtures import PROTO_FILES, PROTO_ROOT, run_protoc
 
 from nursery_pipes._proto.remotemedia import v1 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTO_ROOT = ROOT / "protos"
-PROTO_FILES = (
-    "remotemedia/v1/common.proto",
-    "remotemedia/v1/execution.proto",
-    "remotemedia/v1/streaming.proto",
-)
 GENERATED_DIR = ROOT / "src" / "nursery_pipes" / "_proto"
 GENERATOR = ROOT / "scripts" / "generate_protos.py"
 PACKAGE = "remotemedia.v1"
@@ -444,19 +439,6 @@ def merged_table() -> dict[str, dict[str, list[str]]]:
 # ---------------------------------------------------------------------------
 # protoc helpers
 # ---------------------------------------------------------------------------
-
-
-def run_protoc(proto_root: Path, *args: str) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "grpc_tools.protoc",
-        f"--proto_path={proto_root}",
-        *args,
-        *PROTO_FILES,
-    ]
-    proc = subprocess.run(cmd, cwd=proto_root, capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, f"protoc failed:\n{proc.stdout}{proc.stderr}"
 
 
 def strip_extensions(text: str) -> str:
