@@ -217,7 +217,9 @@ class Runtime:
         if session.error is not None:
             raise session.error
 
-    async def run_pipeline(self, manifest: ManifestSource | SessionPlan, inputs: PipelineInputs) -> PipelineResult:
+    async def run_pipeline(
+        self, manifest: ManifestSource | SessionPlan, inputs: PipelineInputs
+    ) -> PipelineResult:
         """Run a manifest to completion on ``inputs`` (frames keyed by source node id)."""
         plan = self.plan(manifest)
         for node_id in inputs:
@@ -257,7 +259,7 @@ class Runtime:
 
 
 async def _leave(session: Session) -> None:
-    if session._closing and session.error is None and session._sm.state.name != "ERROR":
+    if session._closing and session.error is None:  # (a session in ERROR always has its error)
         session._events.discard_outputs()
         await session._finished.wait()
     else:
