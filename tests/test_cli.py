@@ -212,7 +212,12 @@ def test_nodes_json(tmp_path: Path) -> None:
     assert set(chunker) == {"node_type", "executor", "accepts", "produces", "params", "description", "origin"}
     assert chunker["executor"] == "inprocess"
     assert chunker["accepts"] == chunker["produces"] == ["audio"]
-    assert chunker["params"][0] == {"name": "chunk_size", "type": "int ≥ 1", "default": 1024, "required": False}
+    assert chunker["params"][0] == {
+        "name": "chunk_size",
+        "type": "int ≥ 1",
+        "default": 1024,
+        "required": False,
+    }
     assert chunker["origin"] == "built-in"
     assert "RaiseNode" not in rows
     config = tmp_path / "runtime.toml"

@@ -493,8 +493,7 @@ def descriptor_set(proto_root: Path, out: Path) -> descriptor_pb2.FileDescriptor
 
 
 _SCALAR = {
-    number: name[len("TYPE_") :].lower()
-    for name, number in descriptor_pb2.FieldDescriptorProto.Type.items()
+    number: name[len("TYPE_") :].lower() for name, number in descriptor_pb2.FieldDescriptorProto.Type.items()
 }
 
 
@@ -615,9 +614,7 @@ def test_generated_code_matches_committed(tmp_path: Path) -> None:
     committed = _tree(GENERATED_DIR)
     assert sorted(committed) == sorted(expected), "generated file set changed; regenerate"
     for name, text in expected.items():
-        assert committed[name] == text, (
-            f"{name} is stale: run .venv/bin/python scripts/generate_protos.py"
-        )
+        assert committed[name] == text, f"{name} is stale: run .venv/bin/python scripts/generate_protos.py"
 
 
 def test_check_flag_detects_stale_code(tmp_path: Path) -> None:
@@ -755,9 +752,7 @@ class Pb2:
         return result
 
     def parse(self, type_name: str, data: bytes) -> dict[str, Any]:
-        result = self._call(
-            {"op": "parse", "type": type_name, "data": base64.b64encode(data).decode()}
-        )
+        result = self._call({"op": "parse", "type": type_name, "data": base64.b64encode(data).decode()})
         result["data"] = base64.b64decode(result["data"])
         return result
 
@@ -1026,9 +1021,7 @@ CASES: dict[str, tuple[str, Any, dict[str, Any]]] = {
                 data_outputs={
                     "asr": pb.DataBuffer(json=pb.JsonData(json_payload='{"t": "hi"}')),
                     "tensor": pb.DataBuffer(
-                        tensor=pb.TensorBuffer(
-                            data=b"\x01\x02", shape=[1, 2], dtype=pb.TensorDtype.U8
-                        )
+                        tensor=pb.TensorBuffer(data=b"\x01\x02", shape=[1, 2], dtype=pb.TensorDtype.U8)
                     ),
                 },
                 metrics=EXEC_METRICS,
@@ -1140,9 +1133,7 @@ CASES: dict[str, tuple[str, Any, dict[str, Any]]] = {
                             "timestamp_us": "1000000",
                         }
                     },
-                    "caption": {
-                        "text": {"text_data": b64(b"hi"), "encoding": "utf-8", "language": "en"}
-                    },
+                    "caption": {"text": {"text_data": b64(b"hi"), "encoding": "utf-8", "language": "en"}},
                     "blob": {"binary": {"data": b64(b"\x00\x01"), "mime_type": "application/x-y"}},
                 },
                 "sequence": "2",
@@ -1163,16 +1154,12 @@ CASES: dict[str, tuple[str, Any, dict[str, Any]]] = {
     ),
     "StreamRequest/control.close": (
         "StreamRequest",
-        lambda: pb.StreamRequest(
-            control=pb.StreamControl(command=pb.StreamControlCommand.COMMAND_CLOSE)
-        ),
+        lambda: pb.StreamRequest(control=pb.StreamControl(command=pb.StreamControlCommand.COMMAND_CLOSE)),
         {"control": {"command": "COMMAND_CLOSE"}},
     ),
     "StreamRequest/control.cancel": (
         "StreamRequest",
-        lambda: pb.StreamRequest(
-            control=pb.StreamControl(command=pb.StreamControlCommand.COMMAND_CANCEL)
-        ),
+        lambda: pb.StreamRequest(control=pb.StreamControl(command=pb.StreamControlCommand.COMMAND_CANCEL)),
         {"control": {"command": "COMMAND_CANCEL"}},
     ),
     "StreamResponse/ready": (
@@ -1273,9 +1260,7 @@ CASES: dict[str, tuple[str, Any, dict[str, Any]]] = {
     "StreamResponse/progress(ext)": (
         "StreamResponse",
         lambda: pb.StreamResponse(
-            progress=pb.InitProgress(
-                node_id="asr", state="loading", progress=0.5, message="loading model"
-            )
+            progress=pb.InitProgress(node_id="asr", state="loading", progress=0.5, message="loading model")
         ),
         {
             "progress": {
@@ -1393,9 +1378,7 @@ def _drop(d: dict[str, Any], *path: str) -> dict[str, Any]:
             "request",
             "init",
             _drop(
-                _drop(
-                    CASES["StreamRequest/init"][2], "init", "manifest", "metadata", "multiprocess"
-                ),
+                _drop(CASES["StreamRequest/init"][2], "init", "manifest", "metadata", "multiprocess"),
                 "init",
                 "manifest",
                 "metadata",
