@@ -44,6 +44,7 @@ from ..frames import Frame
 from ..runtime import NodeProgress, Output, Runtime, Session, SessionState, StateChanged
 from ..runtime._plan import check_input_target
 from ..wire._convert import (
+    _rss_bytes,
     buffer_to_frame,
     error_response,
     frame_to_buffer,
@@ -274,7 +275,7 @@ def _stream_metrics(session: Session, state: _State) -> Any:
             total_items=state.outputs,
             buffer_items=int(session._events.statistics()["queued"]),
             chunks_dropped=state.dropped,
-            peak_memory_bytes=metrics_to_proto(metrics, M).memory_used_bytes,
+            peak_memory_bytes=_rss_bytes(),  # what metrics_to_proto reports as memory
             data_type_breakdown=breakdown,
         )
     )
