@@ -68,7 +68,6 @@ class StreamSettings:
 
 @dataclass
 class _State:
-    session_id: str = ""
     last_seq: int = -1
     received_at: OrderedDict[int, float] = field(default_factory=OrderedDict)
     outputs: int = 0
@@ -138,15 +137,16 @@ async def _run(
     # reading can make the server hold.
     send_channel, receive_channel = trio.open_memory_channel[Any](8)
     try:
-        async with runtime.open_session(plan, wait_ready=False) as session:
-            state.session_id = session.id
-            async with trio.open_nursery() as nursery:
-                # The sender outlives the other two: it ends once every response is written.
-                nursery.start_soon(_sender, stream, receive_channel, session, state, settings)
-                async with trio.open_nursery() as inner:
-                    inner.start_soon(_inbound, stream, session, send_channel.clone(), state, initial)
-                    await _outbound(session, send_channel, state, settings)
-                    inner.cancel_scope.cancel()  # stop reading requests: the session is over
+        async with (
+            runtime.open_session(plan, wait_ready=False) as session,
+            trio.open_nursery() as nursery,
+        ):
+            # The sender outlives the other two: it ends once every response is written.
+            nursery.start_soon(_sender, stream, receive_channel, session, state, settings)
+            async with trio.open_nursery() as inner:
+                inner.start_soon(_inbound, stream, session, send_channel.clone(), state, initial)
+                await _outbound(session, send_channel, state, settings)
+                inner.cancel_scope.cancel()  # stop reading requests: the session is over
     except SessionError:
         pass  # already reported on the stream by _outbound
     except NurseryPipesError as exc:  # e.g. a resource limit hit when opening the session
