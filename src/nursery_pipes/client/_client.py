@@ -167,17 +167,18 @@ class Client:
             self._channel.close()
             self._channel = None
 
-    def _stubs(self) -> tuple[pb.PipelineExecutionServiceStub, pb.StreamingPipelineServiceStub]:
+    def _open_channel(self) -> Channel:
         if self._channel is None:
             raise RuntimeError("use the client as 'async with Client(...) as client'")
-        return (
-            pb.PipelineExecutionServiceStub(self._channel, metadata=self._metadata, timeout=self._timeout),
-            pb.StreamingPipelineServiceStub(self._channel, metadata=self._metadata, timeout=self._timeout),
+        return self._channel
+
+    def _execution(self) -> pb.PipelineExecutionServiceStub:
+        return pb.PipelineExecutionServiceStub(
+            self._open_channel(), metadata=self._metadata, timeout=self._timeout
         )
 
     async def version(self) -> pb.VersionResponse:
-        execution, _ = self._stubs()
-        response: pb.VersionResponse = await execution.get_version(
+        response: pb.VersionResponse = await self._execution().get_version(
             pb.VersionRequest(client_version=CLIENT_VERSION)
         )
         return response
@@ -186,7 +187,7 @@ class Client:
         self, manifest: str | os.PathLike[str] | Mapping[str, Any], inputs: Mapping[str, Frame]
     ) -> RemoteResult:
         """One-shot run: one input frame per source node; one output buffer per sink."""
-        execution, _ = self._stubs()
+        execution = self._execution()
         request = pb.ExecuteRequest(
             manifest=manifest_to_proto(load_manifest(manifest)),
             data_inputs={nid: frame_to_buffer(frame) for nid, frame in inputs.items()},
@@ -213,15 +214,15 @@ class Client:
 
         Entering waits for StreamReady; ``on_progress`` sees each node's init progress meanwhile.
         """
-        _, streaming = self._stubs()
-        return RemoteStream(streaming, load_manifest(manifest), inputs or {}, self._metadata, on_progress)
+        channel = self._open_channel()
+        return RemoteStream(channel, load_manifest(manifest), inputs or {}, self._metadata, on_progress)
 
 
 @dataclass
 class RemoteStream:
     """One StreamPipeline call. Iterate it for ChunkOutput and StreamEvent values."""
 
-    _stub: Any
+    _channel: Channel
     _manifest: dict[str, Any]
     _inputs: Mapping[str, Frame]
     _metadata: Any
@@ -236,8 +237,7 @@ class RemoteStream:
     _stream: Any = None
 
     async def __aenter__(self) -> RemoteStream:
-        channel = self._stub.channel
-        self._call = channel.request(
+        self._call = self._channel.request(
             "/remotemedia.v1.StreamingPipelineService/StreamPipeline",
             Cardinality.STREAM_STREAM,
             pb.StreamRequest,
