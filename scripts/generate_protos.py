@@ -132,9 +132,7 @@ def compare_trees(expected: Path, actual: Path) -> list[str]:
         if a == b:
             continue
         diff = list(difflib.unified_diff(b, a, f"committed/{name}", f"regenerated/{name}", n=2))
-        changed = sum(
-            1 for line in diff if line[:1] in "+-" and not line.startswith(("+++", "---"))
-        )
+        changed = sum(1 for line in diff if line[:1] in "+-" and not line.startswith(("+++", "---")))
         problems.append(f"differs: {name} ({changed} changed lines)")
         shown = diff[:MAX_DIFF_LINES]
         problems.extend("    " + line.rstrip("\n") for line in shown)

@@ -33,7 +33,9 @@ def test_all_lists_exactly_the_public_names(name: str) -> None:
         assert getattr(module, attr) is not None, f"{name}.{attr} is in __all__ but missing"
     public = {n for n in vars(module) if not n.startswith("_") and not _is_module(getattr(module, n))}
     lazy = set(getattr(module, "_LAZY", {}))
-    assert public - declared - {"annotations", "TYPE_CHECKING", "Any", "importlib"} == set(), "exported but not in __all__"
+    assert public - declared - {"annotations", "TYPE_CHECKING", "Any", "importlib"} == set(), (
+        "exported but not in __all__"
+    )
     assert declared - public - lazy - {"__version__"} == set(), "in __all__ but not defined"
 
 
@@ -68,5 +70,7 @@ def test_worker_side_imports_no_trio_grpc_or_cli() -> None:
         " if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == ""

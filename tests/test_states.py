@@ -33,7 +33,9 @@ def test_session_happy_path() -> None:
         assert m.fire(event) is state
 
 
-@pytest.mark.parametrize("start", [SessionState.INITIALIZING, SessionState.READY, SessionState.EXECUTING, SessionState.TERMINATING])
+@pytest.mark.parametrize(
+    "start", [SessionState.INITIALIZING, SessionState.READY, SessionState.EXECUTING, SessionState.TERMINATING]
+)
 def test_every_live_session_state_can_fail_and_then_terminate(start: SessionState) -> None:
     m = StateMachine("s", start, SESSION_TRANSITIONS)
     assert m.fire(SessionEvent.FAIL) is SessionState.ERROR
@@ -72,7 +74,9 @@ def test_node_lifecycle_and_processing_loop() -> None:
 
 def test_every_node_state_reaches_a_final_state() -> None:
     for state in NodeState:
-        assert _can_reach(state, NodeState.STOPPED, NODE_TRANSITIONS) or _can_reach(state, NodeState.ERROR, NODE_TRANSITIONS)
+        assert _can_reach(state, NodeState.STOPPED, NODE_TRANSITIONS) or _can_reach(
+            state, NodeState.ERROR, NODE_TRANSITIONS
+        )
 
 
 def test_illegal_transition_names_machine_state_and_event() -> None:
@@ -84,7 +88,9 @@ def test_illegal_transition_names_machine_state_and_event() -> None:
 
 def test_on_change_sees_only_real_changes() -> None:
     seen = []
-    m = StateMachine("s", SessionState.READY, SESSION_TRANSITIONS, on_change=lambda a, b, e: seen.append((a, b, e)))
+    m = StateMachine(
+        "s", SessionState.READY, SESSION_TRANSITIONS, on_change=lambda a, b, e: seen.append((a, b, e))
+    )
     m.fire(SessionEvent.INPUT)
     m.fire(SessionEvent.INPUT)  # EXECUTING → EXECUTING: no change reported
     assert seen == [(SessionState.READY, SessionState.EXECUTING, SessionEvent.INPUT)]

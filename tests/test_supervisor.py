@@ -24,12 +24,25 @@ from nursery_pipes.runtime._supervisor import ChildFailed, ChildSpec, Supervisor
 ORDER = ["a", "b", "c", "d"]
 
 
-def _decide(policy: SupervisionPolicy, child: str, *, failed: bool = True, history: RestartHistory | None = None,
-            now: float = 0.0, kinds: dict[str, RestartType] | None = None, running: list[str] | None = None) -> Any:
+def _decide(
+    policy: SupervisionPolicy,
+    child: str,
+    *,
+    failed: bool = True,
+    history: RestartHistory | None = None,
+    now: float = 0.0,
+    kinds: dict[str, RestartType] | None = None,
+    running: list[str] | None = None,
+) -> Any:
     return decide(
-        policy, order=ORDER, running=running if running is not None else [c for c in ORDER if c != child],
-        restart_types=kinds or {}, child=child, failed=failed,
-        history=history if history is not None else RestartHistory(), now=now,
+        policy,
+        order=ORDER,
+        running=running if running is not None else [c for c in ORDER if c != child],
+        restart_types=kinds or {},
+        child=child,
+        failed=failed,
+        history=history if history is not None else RestartHistory(),
+        now=now,
     )
 
 
@@ -67,8 +80,12 @@ def test_finished_children_are_not_restarted() -> None:
 
 
 def test_permanent_child_is_restarted_after_normal_exit() -> None:
-    decision = _decide(SupervisionPolicy(Strategy.ONE_FOR_ONE, max_restarts=1), "a", failed=False,
-                       kinds={"a": RestartType.PERMANENT})
+    decision = _decide(
+        SupervisionPolicy(Strategy.ONE_FOR_ONE, max_restarts=1),
+        "a",
+        failed=False,
+        kinds={"a": RestartType.PERMANENT},
+    )
     assert decision == RestartChildren(("a",))
 
 
@@ -121,7 +138,9 @@ class Script:
         return ChildSpec(name, run, restart)
 
 
-async def test_children_start_in_parallel_and_report_started_once(autojump_clock: trio.testing.MockClock) -> None:
+async def test_children_start_in_parallel_and_report_started_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     script = Script({"a": ["ok"], "b": ["ok"], "c": ["ok"]})
     sup = Supervisor()
     async with trio.open_nursery() as nursery:
@@ -131,7 +150,9 @@ async def test_children_start_in_parallel_and_report_started_once(autojump_clock
     assert sorted(script.log) == ["done a", "done b", "done c", "start a", "start b", "start c"]
 
 
-async def test_fail_fast_cancels_siblings_and_raises_child_error(autojump_clock: trio.testing.MockClock) -> None:
+async def test_fail_fast_cancels_siblings_and_raises_child_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     script = Script({"a": ["hang"], "b": ["fail"], "c": ["hang"]})
     with pytest.raises(ChildFailed) as info:
         await Supervisor().run([script.spec(n) for n in "abc"])
@@ -184,7 +205,10 @@ async def test_outside_cancellation_reaches_every_child(autojump_clock: trio.tes
     script = Script({"a": ["hang"], "b": ["hang"]})
     with trio.move_on_after(10):
         await Supervisor().run([script.spec("a"), script.spec("b")])
-    assert sorted(line for line in script.log if line.startswith("cancelled")) == ["cancelled a", "cancelled b"]
+    assert sorted(line for line in script.log if line.startswith("cancelled")) == [
+        "cancelled a",
+        "cancelled b",
+    ]
 
 
 async def test_duplicate_child_names_are_rejected() -> None:

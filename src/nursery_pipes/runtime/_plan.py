@@ -234,13 +234,26 @@ def _worker_issues(index: int, node_id: str, cls: type[Node[Any]]) -> list[Manif
     path = f"nodes[{index}].node_type"
     where = f"{cls.__module__}.{cls.__qualname__}"
     if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
-        return [ManifestIssue(path, f"node {node_id!r} routes to multiprocess, but its class {where} is not importable "
-                                    "by a worker process (define it in a module, not in __main__ or a function)")]
-    hooks = [name for name in ("initialize", "process", "flush", "cleanup")
-             if inspect.iscoroutinefunction(getattr(cls, name)) or inspect.isasyncgenfunction(getattr(cls, name))]
+        return [
+            ManifestIssue(
+                path,
+                f"node {node_id!r} routes to multiprocess, but its class {where} is not importable "
+                "by a worker process (define it in a module, not in __main__ or a function)",
+            )
+        ]
+    hooks = [
+        name
+        for name in ("initialize", "process", "flush", "cleanup")
+        if inspect.iscoroutinefunction(getattr(cls, name)) or inspect.isasyncgenfunction(getattr(cls, name))
+    ]
     if hooks:
-        return [ManifestIssue(path, f"node {node_id!r} routes to multiprocess, but {where} has async hooks "
-                                    f"({', '.join(hooks)}); async nodes run in-process — override its executor")]
+        return [
+            ManifestIssue(
+                path,
+                f"node {node_id!r} routes to multiprocess, but {where} has async hooks "
+                f"({', '.join(hooks)}); async nodes run in-process — override its executor",
+            )
+        ]
     return []
 
 
@@ -253,10 +266,12 @@ def _executable_issues(requested: str) -> list[ManifestIssue]:
         return []
     if os.path.isabs(requested) and os.path.realpath(requested) == os.path.realpath(sys.executable):
         return []
-    return [ManifestIssue(
-        "metadata.multiprocess.python_executable",
-        f"workers run on this runtime's interpreter ({sys.executable}, {ours}); {requested!r} is not it",
-    )]
+    return [
+        ManifestIssue(
+            "metadata.multiprocess.python_executable",
+            f"workers run on this runtime's interpreter ({sys.executable}, {ours}); {requested!r} is not it",
+        )
+    ]
 
 
 def _capability_issues(index: int, caps: Any) -> list[ManifestIssue]:

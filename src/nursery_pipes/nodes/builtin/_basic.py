@@ -100,18 +100,14 @@ def _parse_request(value: object) -> tuple[str, int | float, int | float]:
             raise ValueError(f"calculator input is missing key {key!r} (got keys {sorted(value)})")
     operation = value["operation"]
     if operation not in _OPERATIONS:
-        raise ValueError(
-            f"unknown operation {operation!r} (expected one of {', '.join(_OPERATIONS)})"
-        )
+        raise ValueError(f"unknown operation {operation!r} (expected one of {', '.join(_OPERATIONS)})")
     operands = value["operands"]
     if not (isinstance(operands, list | tuple) and len(operands) == 2):
         raise ValueError(f"operands must be a list of two numbers, got {operands!r}")
     for index, item in enumerate(operands):
         # bool is a subclass of int in Python but not a number in JSON.
         if isinstance(item, bool) or not isinstance(item, int | float):
-            raise ValueError(
-                f"operands[{index}] must be a number, got {json_type_name(item)}: {item!r}"
-            )
+            raise ValueError(f"operands[{index}] must be a number, got {json_type_name(item)}: {item!r}")
         if isinstance(item, float) and not math.isfinite(item):
             raise ValueError(f"operands[{index}] must be a finite number, got {item!r}")
     return operation, operands[0], operands[1]
@@ -235,9 +231,5 @@ class JsonTransformNode(Node[JsonTransformParams]):
         if p.rename:
             # Keys keep their position; a key that a rename lands on is replaced.
             targets = {p.rename[k] for k in value if k in p.rename}
-            value = {
-                p.rename.get(k, k): v
-                for k, v in value.items()
-                if k in p.rename or k not in targets
-            }
+            value = {p.rename.get(k, k): v for k, v in value.items() if k in p.rename or k not in targets}
         return {**value, **p.set}
