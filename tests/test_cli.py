@@ -164,6 +164,27 @@ def test_validate_missing_file(tmp_path: Path) -> None:
     assert "cannot read manifest file: No such file or directory" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read manifest file: No such file or directory"),
+        (b'{"version": "v1",\n  "nodes": [,]}', "invalid JSON at line 2, column 13"),
+    ],
+)
+def test_run_on_a_server_reports_unreadable_manifests_like_a_local_run(
+    tmp_path: Path, content: bytes | None, message: str
+) -> None:
+    path = tmp_path / "m.json"
+    if content is not None:
+        path.write_bytes(content)
+    # refused before any connection is tried: nothing listens on port 1
+    result = invoke("run", path, "--server", "127.0.0.1:1")
+    assert result.exit_code == 2
+    assert f"invalid manifest {path}" in result.stderr
+    assert message in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
 def test_validate_uses_the_config_cap(tmp_path: Path) -> None:
     doc = manifest([("a", "PassThrough", {})], [], multiprocess={"max_processes_per_session": 8})
     path = write_json(tmp_path / "m.json", doc)

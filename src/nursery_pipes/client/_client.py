@@ -20,13 +20,11 @@ Example (asyncio)::
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import ssl
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import betterproto
@@ -46,6 +44,7 @@ from .._errors import (
 )
 from .._proto.remotemedia import v1 as pb
 from ..frames import Frame
+from ..manifest._manifest import decode_json, read_file
 from ..wire._convert import buffer_to_frame, frame_to_buffer, manifest_to_proto
 
 __all__ = [
@@ -126,15 +125,17 @@ class StreamEvent:
 
 
 def load_manifest(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest as a document to send; the server validates it against its own nodes.
+
+    A file that can't be read or text that isn't JSON raises the same ManifestError as a
+    local run (naming the file, and the line and column of broken JSON)."""
     if isinstance(source, Mapping):
         return dict(source)
-    text = Path(source).read_text(encoding="utf-8") if isinstance(source, os.PathLike) else str(source)
-    try:
-        doc: dict[str, Any] = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ManifestError(
-            [ManifestIssue("", f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")]
-        ) from None
+    if isinstance(source, os.PathLike):
+        where = os.fspath(source)
+        doc: dict[str, Any] = decode_json(read_file(where), where)
+        return doc
+    doc = decode_json(str(source))
     return doc
 
 

@@ -73,12 +73,11 @@ class Manifest:
         source: str | None = None,
     ) -> Manifest:
         """Parse and validate JSON text."""
-        try:
-            obj = msgspec.json.decode(text)
-        except (msgspec.DecodeError, UnicodeError) as exc:  # UnicodeError: not UTF-8 text
-            raise ManifestError([json_error_issue(text, exc)], source) from None
         return cls.from_dict(
-            obj, registry=registry, max_processes_per_session=max_processes_per_session, source=source
+            decode_json(text, source),
+            registry=registry,
+            max_processes_per_session=max_processes_per_session,
+            source=source,
         )
 
     @classmethod
@@ -91,14 +90,11 @@ class Manifest:
     ) -> Manifest:
         """Read, parse and validate a manifest file."""
         where = os.fspath(path)
-        try:
-            data = Path(where).read_bytes()
-        except OSError as exc:
-            raise ManifestError(
-                [ManifestIssue("", f"cannot read manifest file: {exc.strerror}")], where
-            ) from None
         return cls.from_json(
-            data, registry=registry, max_processes_per_session=max_processes_per_session, source=where
+            read_file(where),
+            registry=registry,
+            max_processes_per_session=max_processes_per_session,
+            source=where,
         )
 
     @classmethod
@@ -195,3 +191,19 @@ class Manifest:
 
     def __repr__(self) -> str:
         return f"<Manifest {self.name!r}: {len(self._doc.nodes)} nodes, {len(self._doc.connections)} connections>"
+
+
+def read_file(path: str) -> bytes:
+    """The bytes of a manifest file, or a ManifestError naming the file and why it can't be read."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ManifestError([ManifestIssue("", f"cannot read manifest file: {exc.strerror}")], path) from None
+
+
+def decode_json(text: str | bytes, source: str | None = None) -> Any:
+    """JSON text → a document, or a ManifestError saying where the JSON is broken."""
+    try:
+        return msgspec.json.decode(text)
+    except (msgspec.DecodeError, UnicodeError) as exc:  # UnicodeError: not UTF-8 text
+        raise ManifestError([json_error_issue(text, exc)], source) from None
