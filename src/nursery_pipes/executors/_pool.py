@@ -2,9 +2,10 @@
 
 - **Start method.** FORKSERVER with an explicit preload of the worker-side
   module and numpy (``multiprocessing.set_forkserver_preload``): each worker is
-  a fork of an already-warm interpreter (~10 ms) instead of a fresh one that
-  re-imports everything (SPAWN, ~50 ms plus the parent's ``__main__``). Chosen
-  by measurement — see ``benchmarks/bench_spawn.py``. SPAWN stays available
+  a fork of an already-warm interpreter instead of a fresh one that re-imports
+  everything (SPAWN, plus the parent's ``__main__``). Chosen by measurement:
+  ``benchmarks/bench_lifecycle.py`` puts a cold node's start at ~21 ms with
+  FORKSERVER against ~145 ms with SPAWN on the 2-vCPU dev VM. SPAWN stays available
   (``[multiprocess] worker_type = "spawn"``).
 - **One job per worker.** Each node is one long job; ``retire`` makes a worker
   that ran a node exit afterwards, so no process state ever leaks from one
