@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from .._config import RuntimeConfig
 from .._errors import InputError, ManifestError, ManifestIssue, ResourceLimitError
+from ..frames import Frame
 from ..manifest import Manifest
 from ..nodes._base import Node, Params
 from ..nodes._routing import SEED_RULE, Assignment, RoutingRule, RoutingTable, route
@@ -188,6 +189,16 @@ def check_input_target(plan: SessionPlan, node_id: str) -> None:
         f"node {node_id!r} is not an input of this pipeline (it is fed by {feeders}); "
         f"send to one of: {', '.join(plan.sources)}"
     )
+
+
+def check_input_kind(plan: SessionPlan, node_id: str, frame: Frame) -> None:
+    """Raise InputError unless node ``node_id`` accepts frames of ``frame``'s kind."""
+    node = plan.nodes[node_id]
+    if frame.kind not in node.node_class.accepts:
+        accepted = ", ".join(sorted(k.label for k in node.node_class.accepts))
+        raise InputError(
+            f"node {node_id!r} ({node.node_type}) accepts {accepted} frames, not {frame.kind.label}"
+        )
 
 
 def _edges(nodes: Mapping[str, NodePlan]) -> tuple[EdgePlan, ...]:

@@ -40,7 +40,7 @@ from ..frames import Frame
 from ..nodes._routing import Assignment
 from ._events import Event, EventQueue, NodeProgress, Output, StateChanged
 from ._executor import Executor, NodeHost, NodePorts
-from ._plan import CLIENT, SessionPlan, check_input_target
+from ._plan import CLIENT, SessionPlan, check_input_kind, check_input_target
 from ._ports import NodeMetrics, OutPort
 from ._states import SESSION_TRANSITIONS, SessionEvent, SessionState, StateMachine
 from ._supervisor import ChildFailed, ChildSpec, Started, Supervisor
@@ -225,12 +225,7 @@ class Session:
         port = self._ingress[node_id]
         if not isinstance(frame, Frame):
             raise InputError(f"input for node {node_id!r} must be a Frame, got {type(frame).__name__}")
-        node = self.plan.nodes[node_id]
-        if frame.kind not in node.node_class.accepts:
-            accepted = ", ".join(sorted(k.label for k in node.node_class.accepts))
-            raise InputError(
-                f"node {node_id!r} ({node.node_type}) accepts {accepted} frames, not {frame.kind.label}"
-            )
+        check_input_kind(self.plan, node_id, frame)
         if self._closing or self._sm.state not in (SessionState.READY, SessionState.EXECUTING):
             raise SessionClosedError(f"session {self.id} is {self._sm.state.value} and takes no more input")
         return port

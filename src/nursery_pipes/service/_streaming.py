@@ -40,9 +40,8 @@ from .._errors import (
     SessionError,
 )
 from .._proto.remotemedia import v1 as pb
-from ..frames import Frame
 from ..runtime import NodeProgress, Output, Runtime, Session, SessionState, StateChanged
-from ..runtime._plan import check_input_target
+from ..runtime._plan import check_input_kind, check_input_target
 from ..wire._convert import (
     _rss_bytes,
     buffer_to_frame,
@@ -361,7 +360,8 @@ async def _data(kind: str, value: Any, session: Session, state: _State, closed: 
         targets = _targets(value)
         frames = [(nid, buffer_to_frame(buf, where)) for nid, buf, where in targets]
         for node_id, frame in frames:  # refuse the whole chunk before any of it is sent
-            _check_target(session, node_id, frame)
+            check_input_target(session.plan, node_id)  # what Session.send would refuse
+            check_input_kind(session.plan, node_id, frame)
         check_request_limits(state.limits, dict(frames))
         state.last_seq = seq
         state.received_at[seq] = time.perf_counter()
@@ -383,17 +383,6 @@ async def _data(kind: str, value: Any, session: Session, state: _State, closed: 
     except SessionClosedError:
         return None  # the session is ending; outbound reports why
     return None
-
-
-def _check_target(session: Session, node_id: str, frame: Frame) -> None:
-    """What ``Session.send`` would refuse (not an input node, a kind it does not accept)."""
-    check_input_target(session.plan, node_id)
-    node = session.plan.nodes[node_id]
-    if frame.kind not in node.node_class.accepts:
-        accepted = ", ".join(sorted(k.label for k in node.node_class.accepts))
-        raise InputError(
-            f"node {node_id!r} ({node.node_type}) accepts {accepted} frames, not {frame.kind.label}"
-        )
 
 
 def _targets(chunk: Any) -> list[tuple[str, Any, str]]:
