@@ -17,7 +17,7 @@ from .._errors import ManifestError, ManifestIssue
 from ..frames import Frame
 from ._base import Node, NodeContext, Params, ProgressReporter
 
-__all__ = ["aiter_outputs", "build_params", "iter_outputs", "make_node"]
+__all__ = ["aiter_outputs", "build_params", "check_frame", "iter_outputs", "make_node"]
 
 
 def iter_outputs(result: Any, where: str) -> Iterator[Frame]:
@@ -38,7 +38,7 @@ def iter_outputs(result: Any, where: str) -> Iterator[Frame]:
             f"{where} returned {type(result).__name__}, expected a Frame, frames or None"
         ) from None
     for item in iterator:
-        yield _check_frame(item, where)
+        yield check_frame(item, where)
 
 
 async def aiter_outputs(result: Any, where: str) -> AsyncGenerator[Frame, None]:
@@ -50,7 +50,7 @@ async def aiter_outputs(result: Any, where: str) -> AsyncGenerator[Frame, None]:
     if hasattr(result, "__aiter__"):
         try:
             async for item in result:
-                yield _check_frame(item, where)
+                yield check_frame(item, where)
         finally:
             if hasattr(result, "aclose"):
                 await result.aclose()  # a node's async generator: run its finally blocks now
@@ -59,7 +59,7 @@ async def aiter_outputs(result: Any, where: str) -> AsyncGenerator[Frame, None]:
         yield frame
 
 
-def _check_frame(item: object, where: str) -> Frame:
+def check_frame(item: object, where: str) -> Frame:
     if not isinstance(item, Frame):
         raise TypeError(f"{where} produced {type(item).__name__}, expected a Frame")
     return item

@@ -19,7 +19,7 @@ import trio
 from .._errors import NodeError, NodeInitTimeout
 from ..frames import Frame
 from ..nodes._base import Node
-from ..nodes._calls import _check_frame, aiter_outputs
+from ..nodes._calls import aiter_outputs, check_frame
 from ._executor import NodeHost, NodePorts
 from ._ports import EndOfStream
 from ._states import NodeEvent
@@ -132,7 +132,7 @@ class _Pump:
                 # Fast path for the common plain-return forms: no generator machinery.
                 metrics.processing_s += time.perf_counter() - began
                 for out in () if result is None else (result,) if isinstance(result, Frame) else result:
-                    await self._emit(_check_frame(out, where))
+                    await self._emit(check_frame(out, where))
                 return
             async with aclosing(aiter_outputs(result, where)) as outputs:
                 async for out in outputs:
