@@ -34,7 +34,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from .._errors import NurseryPipesError
-from ..frames import AudioFrame, Frame, JsonFrame, TextFrame
+from ..frames import AudioFormat, AudioFrame, Frame, JsonFrame, TextFrame
+from ..nodes._pcm import convert_format
 
 __all__ = ["QUESTIONS", "SPEECH_MANIFEST", "VAD_MANIFEST", "make_vad_audio", "run_demo", "speech_available"]
 
@@ -150,7 +151,7 @@ def make_speech_audio() -> tuple[AudioFrame, list[float]]:
     rate = frames[0].sample_rate
     pieces, ends, t = [np.zeros((int(0.5 * rate), 1), np.float32)], [], 0.5
     for frame in frames:  # one frame per question (each is one sentence)
-        samples = frame.samples.astype(np.float32) / (32768.0 if frame.samples.dtype == np.int16 else 1.0)
+        samples = convert_format(frame.samples, AudioFormat.F32)
         pieces.append(samples[:, :1])
         # the end of the question is its last speech sample (above -40 dBFS, as the speech
         # benchmark measures it), not the end of the clip with the voice's trailing silence
