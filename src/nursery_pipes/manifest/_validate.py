@@ -59,7 +59,7 @@ def json_error_issue(text: str | bytes, exc: Exception) -> ManifestIssue:
     """Turn a JSON decode error into "invalid JSON at line L, column C: reason".
 
     msgspec reports a byte offset ("... (byte N)"), or none for input that ends
-    early; text that is not UTF-8 fails with a UnicodeError. Columns count characters.
+    early or is not UTF-8 text. Columns count characters.
     """
     raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
     located = _locate_json_error(raw, exc)
@@ -73,20 +73,23 @@ def json_error_issue(text: str | bytes, exc: Exception) -> ManifestIssue:
 
 
 def _locate_json_error(raw: bytes, exc: Exception) -> tuple[int, str] | None:
-    """Byte offset and reason of a JSON decode error, when they can be known."""
-    if isinstance(exc, UnicodeError):
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as bad:
-            return bad.start, f"not valid UTF-8 text ({bad.reason})"
-        return None
+    """Byte offset and reason of a JSON decode error, when they can be known.
+
+    msgspec names the byte of a syntax error. Bad UTF-8 inside a string is reported
+    differently by version (a UnicodeError before 0.23, a DecodeError without offset
+    since), so it is located here from the text itself, whatever msgspec said.
+    """
     message = str(exc)
     head, sep, tail = message.rpartition("(byte ")
-    if sep and tail.rstrip(")").isdigit():
+    if not isinstance(exc, UnicodeError) and sep and tail.rstrip(")").isdigit():
         reason = head.strip().removeprefix("JSON is malformed:").strip() or "malformed JSON"
         offset = int(tail.rstrip(")"))
         # msgspec reports trailing characters one byte past the first of them.
         return (offset - 1 if reason == "trailing characters" else offset), reason
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return bad.start, f"not valid UTF-8 text ({bad.reason})"
     if "truncated" in message:
         return len(raw), "unexpected end of input"
     return None
