@@ -180,6 +180,28 @@ async def test_no_result_is_lost_to_the_metrics_timer(served: Served) -> None:
     assert items[-1][0] == "closed"
 
 
+async def test_init_then_half_close_gets_ready_then_closed(served: Served) -> None:
+    """grpcurl-style: StreamInit, then the client half-closes at once, while the nodes still
+    initialise. The session closes once it is ready: StreamReady, then StreamClosed, status OK."""
+    slow = manifest(
+        [("slow", "SleepNode", {"init_seconds": 0.2}), ("up", "TextTransformNode", {"operation": "upper"})],
+        [("slow", "up")],
+        executors={"slow": "inprocess", "up": "inprocess"},
+    )
+
+    async def scenario() -> list[tuple[str, Any]]:
+        async with open_stream(served.port) as s:
+            await s.init(slow)
+            await s.end()
+            return await s.rest()  # checks the call ended with status OK
+
+    items = await served.aio(scenario)
+    assert [k for k in kinds(items) if k != "progress"] == ["ready", "closed"]
+    assert items[-1][1].reason == "closed"
+    assert served.runtime.sessions == {}
+    await still_streaming(served)
+
+
 async def test_client_helper_streams_with_progress_and_outputs(served: Served) -> None:
     seen: list[pb.InitProgress] = []
 

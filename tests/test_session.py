@@ -332,3 +332,53 @@ async def test_session_limit_is_a_resource_error() -> None:
         with pytest.raises(ResourceLimitError, match="at most 1"):
             async with runtime.open_session(m):
                 pass
+
+
+# -- close() and cancel() before the session is ready --------------------------------------------
+
+
+async def test_close_before_ready_initialises_every_node_then_drains(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A client that sends nothing and half-closes at once (grpcurl: StreamInit, then EOF):
+    close() while nodes initialise is remembered and takes effect once every node is ready."""
+    m = manifest([("slow", "SleepNode", {"init_seconds": 3}), ("m", "Merge", {})], [("slow", "m")])
+    async with _runtime().open_session(m, wait_ready=False) as session:
+        await session.close()
+        assert session.state is SessionState.INITIALIZING
+        await session.close()  # idempotent, as after READY
+        with pytest.raises(SessionClosedError):
+            await session.send("slow", TextFrame(text="after close"))
+        events = [e async for e in session.events()]
+    assert trio.current_time() == pytest.approx(3)
+    states = [e.state for e in events if isinstance(e, StateChanged)]
+    assert states == [
+        SessionState.READY,
+        SessionState.TERMINATING,
+        SessionState.TERMINATED,
+    ]
+    assert [e.frame.text for e in events if isinstance(e, Output)] == ["flush:m:0"]
+    assert session.error is None
+    assert (await session.wait()).frames_in == 0
+
+
+@pytest.mark.parametrize("close_first", [False, True])
+async def test_cancel_before_ready_stops_initialising_nodes(
+    autojump_clock: trio.testing.MockClock, close_first: bool
+) -> None:
+    CLEANED.clear()
+    m = manifest([("t", "Tag", {}), ("slow", "SleepNode", {"init_seconds": 3})], [("t", "slow")])
+    async with _runtime().open_session(m, wait_ready=False) as session:
+        await trio.sleep(1)
+        if close_first:
+            await session.close()
+        session.cancel()
+        await session.close()  # too late to close: a no-op, not an error
+        events = [e async for e in session.events()]
+    assert trio.current_time() == pytest.approx(1)
+    assert [e.state for e in events if isinstance(e, StateChanged)] == [
+        SessionState.TERMINATING,
+        SessionState.TERMINATED,
+    ]
+    assert session.error is None
+    assert CLEANED == ["t"]

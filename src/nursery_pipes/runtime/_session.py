@@ -17,7 +17,9 @@ Life of a session (see ``_states.SESSION_TRANSITIONS``)::
   cancelled and cleaned up.
 - ``close()`` ends the input: each source gets an end-of-stream marker, every
   node flushes once all its inputs have ended, so nodes flush in topological
-  order, and the session terminates when the last sink has ended.
+  order, and the session terminates when the last sink has ended. A close
+  requested while nodes still initialise takes effect when the session is
+  READY (the input is then empty).
 - ``cancel()`` (or cancellation from outside) stops everything promptly;
   in-flight frames are dropped.
 """
@@ -103,6 +105,8 @@ class Session:
         self._idle = trio.Event()
         self._idle.set()
         self._closing = False
+        self._close_pending = False
+        """close() came while INITIALIZING; carried out by :meth:`started`."""
         self._client = NodeMetrics(CLIENT, "client")
         self.progress_log: list[NodeProgress] = []
         self._t0 = 0.0
@@ -159,7 +163,10 @@ class Session:
     async def close(self) -> None:
         """End of input: sources get end-of-stream, nodes flush, the session drains and ends.
 
-        Returns at once; keep reading :meth:`events`/:meth:`outputs` until they end.
+        Returns at once; keep reading :meth:`events`/:meth:`outputs` until they end. Called
+        before the session is READY, it is carried out once every node is ready: input is
+        refused from now on (a :meth:`send` still waiting for READY included), the nodes
+        finish initialising, then flush and the session ends normally.
         """
         await trio.lowlevel.checkpoint()
         if (
@@ -170,8 +177,10 @@ class Session:
             return
         self._closing = True
         self._sm.fire(SessionEvent.CLOSE)
-        assert self._nursery is not None
-        self._nursery.start_soon(self._end_input, name=f"session {self.id}: end input")
+        if self._sm.state is SessionState.INITIALIZING:
+            self._close_pending = True  # see started()
+        else:
+            self._end_input_soon()
 
     def cancel(self) -> None:
         """Stop everything now; in-flight frames are dropped. Idempotent."""
@@ -241,6 +250,10 @@ class Session:
         """Called by the supervisor once every node is ready."""
         self._sm.fire(SessionEvent.ALL_READY)
         self._ready.set()
+        if self._close_pending:  # close() came while the nodes initialised: carry it out now
+            self._close_pending = False
+            self._sm.fire(SessionEvent.CLOSE)
+            self._end_input_soon()
 
     async def _main(self) -> None:
         self._t0 = trio.current_time()
@@ -314,6 +327,12 @@ class Session:
         self._events.close(self._error)
         self._ready.set()
         self._finished.set()
+
+    def _end_input_soon(self) -> None:
+        # The supervisor only reports READY from inside the session's nursery, and close() can
+        # only get here once READY: the nursery exists.
+        assert self._nursery is not None
+        self._nursery.start_soon(self._end_input, name=f"session {self.id}: end input")
 
     async def _end_input(self) -> None:
         await self._idle.wait()  # frames already being sent go before the end-of-stream

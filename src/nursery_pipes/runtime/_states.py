@@ -45,6 +45,10 @@ S, E = SessionState, SessionEvent
 
 SESSION_TRANSITIONS: Mapping[tuple[SessionState, SessionEvent], SessionState] = {
     (S.INITIALIZING, E.ALL_READY): S.READY,
+    # close() before READY is remembered, not refused: the session carries it out when every
+    # node is ready (READY, then CLOSE → TERMINATING), so a client that sends nothing and
+    # half-closes at once still gets an initialised session that flushes and ends normally.
+    (S.INITIALIZING, E.CLOSE): S.INITIALIZING,
     (S.INITIALIZING, E.FAIL): S.ERROR,
     (S.INITIALIZING, E.CANCEL): S.TERMINATING,
     (S.READY, E.INPUT): S.EXECUTING,
