@@ -382,3 +382,17 @@ async def test_cancel_before_ready_stops_initialising_nodes(
     ]
     assert session.error is None
     assert CLEANED == ["t"]
+
+
+async def test_cancel_just_as_the_last_node_reports_ready() -> None:
+    """The last node's "ready" progress reaches the user while its started() is still on its
+    way to the supervisor; a cancel() right then must not make READY illegal."""
+    m = manifest([("a", "PassThrough", {})], [])
+    runtime = _runtime()
+    for _ in range(30):  # trio randomises the order of runnable tasks: try both orders
+        async with runtime.open_session(m, wait_ready=False) as session:
+            async for event in session.events():
+                if isinstance(event, NodeProgress) and event.state == "ready":
+                    break
+        assert session.state is SessionState.TERMINATED
+        assert session.error is None

@@ -248,7 +248,8 @@ class Session:
 
     def started(self, value: Any = None) -> None:
         """Called by the supervisor once every node is ready."""
-        self._sm.fire(SessionEvent.ALL_READY)
+        if self._sm.fire(SessionEvent.ALL_READY) is not SessionState.READY:
+            return  # cancelled or failed while the last node's "ready" was on its way
         self._ready.set()
         if self._close_pending:  # close() came while the nodes initialised: carry it out now
             self._close_pending = False

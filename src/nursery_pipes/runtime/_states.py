@@ -60,8 +60,12 @@ SESSION_TRANSITIONS: Mapping[tuple[SessionState, SessionEvent], SessionState] = 
     (S.EXECUTING, E.CANCEL): S.TERMINATING,
     (S.EXECUTING, E.FAIL): S.ERROR,
     (S.TERMINATING, E.CANCEL): S.TERMINATING,
+    # The last node's started() can be on its way to the supervisor when the session is
+    # cancelled or fails: that late ALL_READY is legal and changes nothing.
+    (S.TERMINATING, E.ALL_READY): S.TERMINATING,
     (S.TERMINATING, E.FAIL): S.ERROR,
     (S.TERMINATING, E.STOPPED): S.TERMINATED,
+    (S.ERROR, E.ALL_READY): S.ERROR,
     (S.ERROR, E.CANCEL): S.ERROR,
     (S.ERROR, E.FAIL): S.ERROR,
     (S.ERROR, E.STOPPED): S.TERMINATED,
