@@ -6,6 +6,7 @@ worker process, thread, /dev/shm entry or FIFO directory may be left.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from nursery_pipes import (
     NodeCrashed,
     NodeError,
     NodeInitTimeout,
+    NodeProgress,
     ResourceLimitError,
     Runtime,
     RuntimeConfig,
@@ -293,6 +295,46 @@ async def test_hang_in_initialize_times_out_and_is_killed() -> None:
     elapsed = time.monotonic() - start
     assert info.value.node_id == "hang"
     assert 1.0 <= elapsed < 1.0 + GRACE + 2.0  # timeout, grace, kill — not the 30 s default
+
+
+async def test_init_timeout_is_reported_at_the_deadline_then_the_worker_is_killed() -> None:
+    """The error reaches the user when init_timeout_secs runs out; the worker, deaf to the stop
+    request, is killed after the grace period — still inside the session's nursery."""
+    timeout, grace = 0.5, 2.0
+    rt = runtime()
+    plan = rt.plan(manifest([("hang", "HangNode", {"phase": "initialize"}, "multiprocess")], []))
+    # Below the 1 s the manifest allows, so that the test stays short.
+    settings = dataclasses.replace(plan.settings, init_timeout_secs=timeout, grace_period_secs=grace)
+    plan = dataclasses.replace(plan, settings=settings)
+    # Start the forkserver first, so that the worker is surely inside initialize() at the deadline.
+    async with rt.open_session(manifest([("w", "PassThrough", {}, "multiprocess")], [])):
+        pass
+    progress: list[str] = []
+    seen: list[tuple[BaseException, float, SessionState]] = []
+    session_ids: list[str] = []
+    start = time.monotonic()
+
+    async def scenario() -> None:
+        async with rt.open_session(plan, wait_ready=False) as session:
+            session_ids.append(session.id)
+            try:
+                async for event in session.events():
+                    if isinstance(event, NodeProgress):
+                        progress.append(event.state)
+            except NodeInitTimeout as exc:
+                seen.append((exc, time.monotonic() - start, session.state))
+
+    with pytest.raises(NodeInitTimeout) as info:
+        await scenario()
+    ended_at = time.monotonic() - start
+    [(error, seen_at, state)] = seen
+    assert error is info.value
+    assert info.value.node_id == "hang"
+    assert progress == ["starting", "failed"]  # the worker was up, stuck in initialize()
+    assert timeout <= seen_at < timeout + 0.5
+    assert state is SessionState.ERROR  # reported while the worker was still being stopped
+    assert ended_at >= timeout + grace * 0.9
+    assert await _pids_of_session(session_ids[0]) == []
 
 
 async def test_hang_in_process_ignoring_stop_is_killed_after_grace() -> None:

@@ -26,7 +26,7 @@ from nursery_pipes import (
     StateChanged,
     TextFrame,
 )
-from nursery_pipes._config import NodesConfig
+from nursery_pipes._config import MultiprocessDefaults, NodesConfig
 
 CLEANED: list[str] = []
 
@@ -68,9 +68,34 @@ class AsyncGen(Node):
         yield TextFrame(text=frame.text + "'")
 
 
-def _runtime() -> Runtime:
-    runtime = Runtime(RuntimeConfig(nodes=NodesConfig(testing=True)))
-    for cls in (Tag, Merge, AsyncGen):
+class Stuck(Node):
+    """Hangs in initialize; its async cleanup overruns too (the grace period cuts it off)."""
+
+    async def initialize(self, progress: Any) -> None:
+        await trio.sleep_forever()
+
+    def process(self, frame: Any) -> Any:
+        return frame
+
+    async def cleanup(self) -> None:
+        await trio.sleep_forever()
+
+
+class SlowCleanup(Node):
+    """Passes frames through; its async cleanup overruns (the grace period cuts it off)."""
+
+    def process(self, frame: Any) -> Any:
+        return frame
+
+    async def cleanup(self) -> None:
+        await trio.sleep_forever()
+
+
+def _runtime(**multiprocess: Any) -> Runtime:
+    runtime = Runtime(
+        RuntimeConfig(nodes=NodesConfig(testing=True), multiprocess=MultiprocessDefaults(**multiprocess))
+    )
+    for cls in (Tag, Merge, AsyncGen, Stuck, SlowCleanup):
         runtime.registry.register(cls)
     return runtime
 
@@ -92,6 +117,16 @@ def manifest(
 
 def texts(frames: list[Any]) -> list[str]:
     return [f.text for f in frames]
+
+
+async def failure_of(session: Any) -> tuple[BaseException, float, SessionState]:
+    """Read the session's events until they raise: the error, when (trio time), and the state."""
+    try:
+        async for _ in session.events():
+            pass
+    except Exception as exc:
+        return exc, trio.current_time(), session.state
+    raise AssertionError("the session did not fail")
 
 
 async def test_chain_delivers_in_order_with_sequences() -> None:
@@ -224,6 +259,31 @@ async def test_init_timeout_names_the_node(autojump_clock: trio.testing.MockCloc
     assert info.value.node_id == "slow"
     assert "7 s" in str(info.value)
     assert trio.current_time() - start == pytest.approx(7, abs=0.01)
+
+
+async def test_init_timeout_is_reported_at_the_deadline_and_cleanup_comes_after(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The session's outcome is known at the deadline: events() raises then, while the nodes'
+    cleanups (bounded by the grace period) still run inside the session's nursery."""
+    m = manifest(
+        [("other", "SlowCleanup", {}), ("stuck", "Stuck", {})], [("other", "stuck")], init_timeout_secs=7
+    )
+    seen: list[tuple[BaseException, float, SessionState]] = []
+
+    async def scenario() -> None:
+        async with _runtime(grace_period_secs=5).open_session(m, wait_ready=False) as session:
+            seen.append(await failure_of(session))
+
+    with pytest.raises(NodeInitTimeout) as outer:
+        await scenario()
+    [(error, at, state)] = seen
+    assert isinstance(error, NodeInitTimeout)
+    assert error.node_id == "stuck"
+    assert at == pytest.approx(7)
+    assert state is SessionState.ERROR  # not TERMINATED: cleanup is still going on
+    assert outer.value is error
+    assert trio.current_time() == pytest.approx(7 + 5)  # both cleanups got their grace period, together
 
 
 async def test_cancel_stops_a_hung_node_promptly(autojump_clock: trio.testing.MockClock) -> None:

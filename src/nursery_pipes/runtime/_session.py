@@ -98,7 +98,7 @@ class Session:
         self._ready = trio.Event()
         self._finished = trio.Event()
         self._error: SessionError | None = None
-        self._supervisor = Supervisor()
+        self._supervisor = Supervisor(on_escalate=self._escalated)
         self._nursery: trio.Nursery | None = None
         self._seq = 0
         self._inflight = 0
@@ -301,10 +301,19 @@ class Session:
 
     async def _run_node(self, node_id: str, ports: NodePorts, task_status: Started) -> None:
         plan = self.plan.nodes[node_id]
-        host = NodeHost(plan, self.id, self.plan.settings, self._metrics[node_id], self._on_progress)
+        report = partial(self._supervisor.report_failure, node_id)
+        host = NodeHost(plan, self.id, self.plan.settings, self._metrics[node_id], self._on_progress, report)
         await self._executors[plan.executor].run_node(host, ports, task_status=task_status)
 
+    def _escalated(self, failed: ChildFailed) -> None:
+        """The supervisor gave up on a node: the session has failed, whatever is still stopping."""
+        self._fail(failed.error)
+
     def _fail(self, error: BaseException) -> None:
+        """Record the session's failure and publish it now: the event stream ends with it and
+        waiting senders wake up, though nodes may still be stopping (the nursery waits for them)."""
+        if self._error is not None:
+            return  # the first failure explains the session; the rest followed from it
         if isinstance(error, SessionError):
             self._error = error
         else:
@@ -315,6 +324,8 @@ class Session:
             self._error.__cause__ = error
         if self._sm.can(SessionEvent.FAIL):
             self._sm.fire(SessionEvent.FAIL)
+        self._events.close(self._error)
+        self._ready.set()
 
     def _finish(self) -> None:
         self._t_end = trio.current_time()
