@@ -157,6 +157,25 @@ async def test_worker_to_worker_edges_are_direct() -> None:
         transport.close()
 
 
+async def test_a_ring_the_worker_side_aborted_is_a_broken_port() -> None:
+    """An OutPort whose other end is gone raises trio.BrokenResourceError, whatever the
+    transport: a memory channel does, and so must a shared-memory ring."""
+    from nursery_pipes.executors import RingGeometry, ShmTransport
+
+    transport = ShmTransport(RingGeometry(2, 4096))
+    try:
+        ring = transport.edge(producer_in_supervisor=True, consumer_in_supervisor=False, consumer_fan_in=1)
+        port = transport.port(ring)
+        await port.send(1, TextFrame(text="taken"))
+        transport.abort_all()  # what a worker being stopped sees
+        with pytest.raises(trio.BrokenResourceError):
+            await port.send(2, TextFrame(text="refused"))
+        with pytest.raises(trio.BrokenResourceError):
+            await port.end()
+    finally:
+        transport.close()
+
+
 @pytest.mark.parametrize("executor", ["inprocess", "multiprocess"])
 async def test_mixed_pipeline_checksums_match_end_to_end(executor: str) -> None:
     m = manifest(
@@ -239,6 +258,16 @@ async def test_exception_in_process_fails_the_session() -> None:
     )
     with pytest.raises(NodeError, match=r"node 'bad' failed in process: RuntimeError: boom"):
         await runtime().run_pipeline(m, {"src": [TextFrame(text=str(i)) for i in range(10)]})
+
+
+async def test_a_sender_blocked_on_a_full_ring_gets_the_error() -> None:
+    m = manifest(
+        [("boom", "RaiseNode", {"phase": "process", "after_frames": 2}, "multiprocess")],
+        [],
+        channel_capacity=2,
+    )
+    with pytest.raises(NodeError, match="'boom' failed in process"):
+        await runtime().run_pipeline(m, {"boom": [TextFrame(text=str(i)) for i in range(100)]})
 
 
 async def test_os_exit_is_reported_with_its_code() -> None:

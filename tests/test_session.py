@@ -219,6 +219,20 @@ async def test_process_error_fails_session_naming_node_and_cleans_up() -> None:
     assert runtime.sessions == {}
 
 
+async def test_a_sender_blocked_by_backpressure_gets_the_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The feeder waits on a full inbox when a node fails; it must wake up with the session's
+    error, not wait forever for a node that is gone."""
+    m = manifest(
+        [("a", "Tag", {}), ("boom", "RaiseNode", {"phase": "process", "after_frames": 2})],
+        [("a", "boom")],
+        channel_capacity=2,
+    )
+    with pytest.raises(NodeError, match="'boom' failed in process"):
+        await _runtime().run_pipeline(m, {"a": [TextFrame(text=str(i)) for i in range(100)]})
+
+
 async def test_init_error_raises_from_open_session() -> None:
     m = manifest(
         [("ok", "Tag", {}), ("bad", "RaiseNode", {"phase": "initialize", "message": "no model"})],

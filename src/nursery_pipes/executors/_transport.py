@@ -86,12 +86,22 @@ class WorkerWiring:
 
 
 class ShmPort:
-    """A supervisor-side producer on a ring, as an :class:`OutPort`."""
+    """A supervisor-side producer on a ring, as an :class:`OutPort`.
+
+    Like a memory channel whose receiver is gone, a ring aborted or closed by the other side
+    raises ``trio.BrokenResourceError``: callers of an OutPort need not know the transport.
+    """
 
     def __init__(self, producer: TrioProducer) -> None:
         self._producer = producer
 
     async def send(self, seq: int, frame: Frame) -> None:
+        try:
+            await self._send(seq, frame)
+        except (RingAbortedError, RingClosedError) as exc:
+            raise trio.BrokenResourceError(f"the node stopped taking frames: {exc}") from exc
+
+    async def _send(self, seq: int, frame: Frame) -> None:
         encoded = encode_frame(frame)
         # Fast path: a free slot is there (the usual case) — fill and publish it at once, then
         # take the schedule point; only a full ring waits on the doorbell. Either way this is a
@@ -109,7 +119,10 @@ class ShmPort:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def end(self) -> None:
-        await self._producer.end_of_stream()
+        try:
+            await self._producer.end_of_stream()
+        except (RingAbortedError, RingClosedError) as exc:
+            raise trio.BrokenResourceError(f"the node stopped taking frames: {exc}") from exc
 
 
 _swept = False

@@ -102,6 +102,8 @@ class Session:
         self._nursery: trio.Nursery | None = None
         self._seq = 0
         self._inflight = 0
+        self._sending: set[trio.CancelScope] = set()
+        """One scope per send() under way: cancelled when the session stops taking input."""
         self._idle = trio.Event()
         self._idle.set()
         self._closing = False
@@ -147,16 +149,24 @@ class Session:
             self._sm.fire(SessionEvent.INPUT)
         self._inflight += 1
         self._idle = trio.Event() if self._idle.is_set() else self._idle
+        # A send blocked by backpressure waits on a node that may fail or be stopped; nothing
+        # would ever take the frame then. The scope lets the session wake it (_stop_senders).
+        scope = trio.CancelScope()
+        self._sending.add(scope)
         try:
-            await port.send(seq, frame)
+            with scope:
+                await port.send(seq, frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise self._error or SessionClosedError(
-                f"session {self.id} stopped before it could take the frame"
-            ) from None
+            scope.cancel()
         finally:
+            self._sending.discard(scope)
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
+        if scope.cancel_called:
+            raise self._error or SessionClosedError(
+                f"session {self.id} stopped before it could take the frame"
+            )
         self._client.count_out(frame)
         return seq
 
@@ -187,6 +197,7 @@ class Session:
         if self._sm.can(SessionEvent.CANCEL) and not self._finished.is_set():
             self._sm.fire(SessionEvent.CANCEL)
         self._closing = True
+        self._stop_senders()
         self._scope.cancel()
 
     async def wait(self) -> SessionMetrics:
@@ -325,7 +336,13 @@ class Session:
         if self._sm.can(SessionEvent.FAIL):
             self._sm.fire(SessionEvent.FAIL)
         self._events.close(self._error)
+        self._stop_senders()
         self._ready.set()
+
+    def _stop_senders(self) -> None:
+        """No frame will be taken any more: wake every send() still waiting for room."""
+        for scope in self._sending:
+            scope.cancel()
 
     def _finish(self) -> None:
         self._t_end = trio.current_time()
@@ -336,6 +353,7 @@ class Session:
             self._sm.fire(SessionEvent.FAIL if self._error else SessionEvent.CANCEL)
         self._sm.fire(SessionEvent.STOPPED)
         self._closing = True
+        self._stop_senders()
         self._events.close(self._error)
         self._ready.set()
         self._finished.set()
@@ -348,8 +366,11 @@ class Session:
 
     async def _end_input(self) -> None:
         await self._idle.wait()  # frames already being sent go before the end-of-stream
-        for port in self._ingress.values():
-            await port.end()
+        try:
+            for port in self._ingress.values():
+                await port.end()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # a node stopped meanwhile: the session is failing or ending anyway
 
 
 class _Countdown:
