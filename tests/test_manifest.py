@@ -195,6 +195,7 @@ def test_optional_fields_may_be_null() -> None:
         "max_processes_per_session": None,
         "channel_capacity": None,
         "init_timeout_secs": None,
+        "close_timeout_secs": None,
         "python_executable": None,
         "enable_backpressure": None,
     }
@@ -520,6 +521,8 @@ def test_cycles_are_named(nodes: str, edges: list[tuple[str, str]], cycle: str) 
         ({"channel_capacity": 5.0}, "channel_capacity", "must be an integer or null, got the number 5.0"),
         ({"init_timeout_secs": 0.5}, "init_timeout_secs", "must be ≥ 1, got 0.5"),
         ({"init_timeout_secs": 301}, "init_timeout_secs", "must be ≤ 300, got 301"),
+        ({"close_timeout_secs": 0.5}, "close_timeout_secs", "must be ≥ 1, got 0.5"),
+        ({"close_timeout_secs": 301}, "close_timeout_secs", "must be ≤ 300, got 301"),
         ({"max_processes_per_session": 0}, "max_processes_per_session", "must be ≥ 1, got 0"),
         (
             {"enable_backpressure": "yes"},
@@ -545,8 +548,8 @@ def test_multiprocess_settings_out_of_range(settings_: dict[str, Any], path: str
 def test_multiprocess_bounds_are_inclusive() -> None:
     doc = base()
     for low_high in (
-        {"channel_capacity": 1, "init_timeout_secs": 1},
-        {"channel_capacity": 10000, "init_timeout_secs": 300},
+        {"channel_capacity": 1, "init_timeout_secs": 1, "close_timeout_secs": 1},
+        {"channel_capacity": 10000, "init_timeout_secs": 300, "close_timeout_secs": 300},
     ):
         doc["metadata"]["multiprocess"] = low_high
         Manifest.from_dict(doc, registry=BUILTINS)
@@ -768,6 +771,7 @@ def valid_manifests(draw: st.DrawFn) -> tuple[dict[str, Any], list[tuple[str, st
                 optional={
                     "channel_capacity": st.integers(1, 10000),
                     "init_timeout_secs": st.floats(1, 300),
+                    "close_timeout_secs": st.floats(1, 300),
                     "max_processes_per_session": st.integers(1, 16),
                     "enable_backpressure": st.booleans(),
                     "executor_overrides": st.dictionaries(
