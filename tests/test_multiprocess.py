@@ -6,6 +6,7 @@ worker process, thread, /dev/shm entry or FIFO directory may be left.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -24,6 +25,7 @@ import trio
 from nursery_pipes import (
     AudioFrame,
     ManifestError,
+    NodeCloseTimeout,
     NodeCrashed,
     NodeError,
     NodeInitTimeout,
@@ -31,6 +33,7 @@ from nursery_pipes import (
     ResourceLimitError,
     Runtime,
     RuntimeConfig,
+    SessionError,
     SessionState,
     TensorFrame,
     TextFrame,
@@ -384,6 +387,68 @@ async def test_hang_in_process_ignoring_stop_is_killed_after_grace() -> None:
     assert GRACE * 0.9 <= stopped_in < GRACE + 1.0
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+async def test_close_timeout_stops_a_worker_stuck_in_flush() -> None:
+    """The worker ignores the stop request (HangNode is deaf to ring aborts and SIGTERM): the
+    error comes at the close deadline, the kill after the grace period."""
+    m = manifest(
+        [("src", "PassThrough", {}, "inprocess"), ("hang", "HangNode", {"phase": "flush"}, "multiprocess")],
+        [("src", "hang")],
+        close_timeout_secs=1,
+    )
+    seen: list[tuple[BaseException, float, SessionState]] = []
+    session_ids: list[str] = []
+
+    async def scenario() -> None:
+        async with runtime().open_session(m) as session:
+            session_ids.append(session.id)
+            await session.send("src", TextFrame(text="x"))
+            start = time.monotonic()
+            await session.close()
+            try:
+                async for _ in session.events():
+                    pass
+            except NodeCloseTimeout as exc:
+                seen.append((exc, time.monotonic() - start, session.state))
+
+    start = time.monotonic()
+    with pytest.raises(NodeCloseTimeout) as info:
+        await scenario()
+    [(error, seen_at, state)] = seen
+    assert error is info.value
+    assert (error.node_id, error.phase) == ("hang", "flush")
+    assert 1.0 <= seen_at < 1.0 + 0.5
+    assert state is SessionState.ERROR
+    assert time.monotonic() - start < 1.0 + GRACE + 2.0
+    assert await _pids_of_session(session_ids[0]) == []
+
+
+async def test_close_timeout_blames_the_stuck_worker_not_the_node_blocked_on_its_ring() -> None:
+    m = manifest(
+        [("src", "PassThrough", {}, "inprocess"), ("hang", "HangNode", {"phase": "process"}, "multiprocess")],
+        [("src", "hang")],
+        close_timeout_secs=1,
+        channel_capacity=2,
+    )
+
+    async def feed(session: Any) -> None:
+        with contextlib.suppress(SessionError):  # woken with the session's error
+            for i in range(20):
+                await session.send("src", TextFrame(text=str(i)))
+
+    async def scenario() -> None:
+        async with runtime().open_session(m) as session, trio.open_nursery() as nursery:
+            nursery.start_soon(feed, session)
+            await trio.sleep(0.2)  # src fills the worker's ring and blocks; the client fills src's inbox
+            await session.close()
+            with contextlib.suppress(NodeCloseTimeout):  # raised again by open_session
+                async for _ in session.events():
+                    pass
+
+    with pytest.raises(NodeCloseTimeout) as info:
+        await scenario()
+    assert (info.value.node_ids, info.value.waiting) == (("hang",), ("src",))
 
 
 async def test_cancel_from_outside_mid_frame_stops_every_worker() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ from nursery_pipes import (
     InputError,
     JsonFrame,
     Node,
+    NodeCloseTimeout,
     NodeError,
     NodeInitTimeout,
     NodeProgress,
@@ -22,6 +24,7 @@ from nursery_pipes import (
     Runtime,
     RuntimeConfig,
     SessionClosedError,
+    SessionError,
     SessionState,
     StateChanged,
     TextFrame,
@@ -470,3 +473,108 @@ async def test_cancel_just_as_the_last_node_reports_ready() -> None:
                     break
         assert session.state is SessionState.TERMINATED
         assert session.error is None
+
+
+# -- close timeout -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "hang",
+    [{"phase": "flush"}, {"phase": "process", "after_frames": 1}],
+    ids=["in flush", "in queued frames"],
+)
+async def test_close_timeout_names_the_node_that_does_not_finish(
+    autojump_clock: trio.testing.MockClock, hang: dict[str, Any]
+) -> None:
+    CLEANED.clear()
+    m = manifest(
+        [("a", "Tag", {}), ("hang", "HangNode", hang), ("z", "Tag", {})],
+        [("a", "hang"), ("hang", "z")],
+        close_timeout_secs=5,
+    )
+    seen: list[tuple[BaseException, float, SessionState]] = []
+
+    async def scenario() -> None:
+        async with _runtime(grace_period_secs=1).open_session(m) as session:
+            for i in range(3):
+                await session.send("a", TextFrame(text=str(i)))
+            await trio.sleep(2)
+            await session.close()
+            seen.append(await failure_of(session))
+
+    with pytest.raises(NodeCloseTimeout) as info:
+        await scenario()
+    [(error, at, state)] = seen
+    assert error is info.value
+    assert at == pytest.approx(2 + 5)  # close_timeout_secs after close()
+    assert state is SessionState.ERROR
+    assert (error.node_id, error.phase, error.node_ids, error.waiting) == ("hang", "flush", ("hang",), ("z",))
+    assert "not finished 5 s after close (close_timeout_secs)" in str(error)
+    assert "'z'" in str(error)
+    assert sorted(CLEANED) == ["a", "z"]  # everything stopped and cleaned up
+
+
+async def test_close_timeout_comes_from_runtime_toml_unless_the_manifest_sets_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def close_and_wait(m: dict[str, Any]) -> None:
+        async with _runtime(close_timeout_secs=3).open_session(m) as session:
+            await session.close()
+            await session.wait()
+
+    for manifest_setting, expected in (({}, 3), ({"close_timeout_secs": 4}, 4)):
+        m = manifest([("hang", "HangNode", {"phase": "flush"})], [], **manifest_setting)
+        start = trio.current_time()
+        with pytest.raises(NodeCloseTimeout, match=f"not finished {expected} s after close"):
+            await close_and_wait(m)
+        assert trio.current_time() - start == pytest.approx(expected)
+
+
+async def test_close_timeout_blames_no_node_for_a_client_that_does_not_read(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Outputs waiting unread hold the pipeline up (backpressure); that is the client's doing, so
+    the close clock starts again once it reads."""
+    m = manifest([("a", "Tag", {}), ("b", "Tag", {})], [("a", "b")], channel_capacity=1, close_timeout_secs=5)
+    async with _runtime().open_session(m) as session:
+        for i in range(3):
+            await session.send("a", TextFrame(text=str(i)))
+        await session.close()
+        await trio.sleep(60)  # nobody reads
+        got = [o.frame.text async for o in session.outputs()]
+    assert got == ["0", "1", "2"]
+    assert session.error is None
+
+
+async def test_close_timeout_blames_the_stuck_node_not_the_one_blocked_behind_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With backpressure, 'a' is still running too — blocked sending to 'hang', whose inbox is
+    full. The edges tell them apart: 'a' waits for its output, 'hang' has work queued."""
+    m = manifest(
+        [("a", "Tag", {}), ("hang", "HangNode", {"phase": "process"}), ("z", "Tag", {})],
+        [("a", "hang"), ("hang", "z")],
+        channel_capacity=2,
+        close_timeout_secs=5,
+    )
+
+    async def feed(session: Any) -> None:
+        with contextlib.suppress(SessionError):  # woken with the session's error
+            for i in range(20):
+                await session.send("a", TextFrame(text=str(i)))
+
+    seen: list[tuple[BaseException, float, SessionState]] = []
+
+    async def scenario() -> None:
+        async with _runtime().open_session(m) as session, trio.open_nursery() as nursery:
+            nursery.start_soon(feed, session)
+            await trio.sleep(1)
+            await session.close()
+            seen.append(await failure_of(session))
+
+    with pytest.raises(NodeCloseTimeout) as info:
+        await scenario()
+    [(error, at, _)] = seen
+    assert error is info.value
+    assert at == pytest.approx(1 + 5)
+    assert (error.node_ids, error.waiting) == (("hang",), ("a", "z"))

@@ -46,6 +46,7 @@ from ..ipc import (
 from ..ipc._segment import round_up
 from ..ipc._spec import SLOT_ALIGN
 from ..ipc._trio import TrioConsumer, TrioProducer
+from ..runtime._holdup import Flow
 from ..runtime._ports import OutPort
 from ..worker._codec import decode_frame, encode_frame
 
@@ -78,6 +79,23 @@ class WorkerWiring:
     events_consumer: TrioConsumer | None = None
     rings: list[Ring] = field(default_factory=list)
 
+    def flow(self) -> Flow:
+        """What the supervisor sees of this worker's edges (racy: the worker runs meanwhile)."""
+        inputs = {spec.name for spec in self.inputs}
+        outputs = {spec.name for spec in self.outputs}
+        queued, ended, full = 0, True, False
+        for ring in self.rings:
+            try:
+                stats = ring.statistics()
+            except RingClosedError:
+                continue
+            if ring.spec.name in inputs:
+                queued += stats.produced - stats.consumed
+                ended = ended and stats.eos_sent
+            if ring.spec.name in outputs:
+                full = full or stats.produced - stats.consumed >= stats.slot_count
+        return Flow(queued_in=queued, inputs_ended=ended, output_full=full)
+
     def request_stop(self) -> None:
         """Ask the worker to stop: abort its rings, waking it wherever it blocks in them."""
         for ring in self.rings:
@@ -92,8 +110,9 @@ class ShmPort:
     raises ``trio.BrokenResourceError``: callers of an OutPort need not know the transport.
     """
 
-    def __init__(self, producer: TrioProducer) -> None:
+    def __init__(self, producer: TrioProducer, ring: Ring) -> None:
         self._producer = producer
+        self._ring = ring
 
     async def send(self, seq: int, frame: Frame) -> None:
         try:
@@ -123,6 +142,13 @@ class ShmPort:
             await self._producer.end_of_stream()
         except (RingAbortedError, RingClosedError) as exc:
             raise trio.BrokenResourceError(f"the node stopped taking frames: {exc}") from exc
+
+    def full(self) -> bool:
+        try:
+            stats = self._ring.statistics()
+        except RingClosedError:
+            return False
+        return stats.produced - stats.consumed >= stats.slot_count
 
 
 _swept = False
@@ -192,7 +218,7 @@ class ShmTransport:
     def port(self, ring: Ring) -> ShmPort:
         producer = TrioProducer(ring.producer())
         self._closers.append(producer.close)
-        return ShmPort(producer)
+        return ShmPort(producer, ring)
 
     def pump(
         self, ring: Ring, target: OutPort

@@ -31,6 +31,7 @@ import trio
 from .._errors import NodeError
 from ..nodes._base import NodeContext
 from ._events import NodeProgress, ProgressState
+from ._holdup import Flow
 from ._plan import NodePlan, SessionSettings
 from ._ports import Message, NodeMetrics, OutPort
 from ._states import NODE_TRANSITIONS, NodeEvent, NodeState, StateMachine
@@ -49,6 +50,19 @@ class NodePorts:
     """Supervisor-side nodes: one port per output edge."""
     worker: Any = None
     """Worker nodes: their rings (``executors.WorkerWiring``): input/output/event ring specs."""
+
+    def flow(self) -> Flow:
+        """A snapshot of this node's edges (see :mod:`._holdup`)."""
+        if self.worker is not None:
+            flow: Flow = self.worker.flow()
+            return flow
+        assert self.inbox is not None
+        stats = self.inbox.statistics()
+        return Flow(
+            queued_in=stats.current_buffer_used,
+            inputs_ended=stats.open_send_channels == 0,  # each input edge closes its clone at its end
+            output_full=any(port.full() for port in self.outputs),
+        )
 
 
 @dataclass

@@ -20,6 +20,11 @@ Life of a session (see ``_states.SESSION_TRANSITIONS``)::
   order, and the session terminates when the last sink has ended. A close
   requested while nodes still initialise takes effect when the session is
   READY (the input is then empty).
+- After ``close()`` the nodes get ``close_timeout_secs`` to process what is
+  queued and flush; nodes still running then fail the session with
+  :class:`~nursery_pipes.NodeCloseTimeout` naming them, and everything is
+  stopped (ask → grace → kill). Time the client spends not reading outputs
+  is not counted against the nodes.
 - ``cancel()`` (or cancellation from outside) stops everything promptly;
   in-flight frames are dropped.
 """
@@ -37,11 +42,12 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._errors import InputError, SessionClosedError, SessionError
+from .._errors import InputError, NodeCloseTimeout, SessionClosedError, SessionError
 from ..frames import Frame
 from ..nodes._routing import Assignment
 from ._events import Event, EventQueue, NodeProgress, Output, StateChanged
 from ._executor import Executor, NodeHost, NodePorts
+from ._holdup import holdups
 from ._plan import CLIENT, SessionPlan, check_input_kind, check_input_target
 from ._ports import NodeMetrics, OutPort
 from ._states import SESSION_TRANSITIONS, SessionEvent, SessionState, StateMachine
@@ -94,6 +100,7 @@ class Session:
         self._events = EventQueue(capacity)
         self._metrics = {nid: NodeMetrics(nid, n.executor) for nid, n in plan.nodes.items()}
         self._ingress: dict[str, OutPort] = {}
+        self._ports: dict[str, NodePorts] = {}
         self._scope = trio.CancelScope()
         self._ready = trio.Event()
         self._finished = trio.Event()
@@ -276,6 +283,7 @@ class Session:
                     transport = await self._open_workers(stack)
                     wiring = wire(self.plan, self._events, self._capacity, transport)
                     self._ingress = wiring.ingress
+                    self._ports = wiring.ports
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
                         pumps = _Countdown(len(wiring.pumps))
@@ -360,9 +368,29 @@ class Session:
 
     def _end_input_soon(self) -> None:
         # The supervisor only reports READY from inside the session's nursery, and close() can
-        # only get here once READY: the nursery exists.
+        # only get here once READY: the nursery exists. Both tasks end with that nursery, which
+        # _main cancels once every node and pump is done.
         assert self._nursery is not None
         self._nursery.start_soon(self._end_input, name=f"session {self.id}: end input")
+        self._nursery.start_soon(self._close_deadline, name=f"session {self.id}: close deadline")
+
+    async def _close_deadline(self) -> None:
+        """Fail the session, naming the nodes that hold it up, if it has not ended
+        ``close_timeout_secs`` after close(). A client that leaves outputs unread holds the
+        pipeline up by backpressure: that time is not the nodes' fault, so the clock restarts
+        once it reads."""
+        timeout = self.plan.settings.close_timeout_secs
+        while True:
+            await trio.sleep(timeout)
+            if not self._events.outputs_full:
+                break
+            await self._events.wait_output_room()
+        running = self._supervisor.running()
+        if not running:
+            return  # every node has returned; the last frames are on their way out
+        culprits, waiting = holdups(self.plan, {n: self._ports[n].flow() for n in running})
+        self._fail(NodeCloseTimeout(culprits, timeout, waiting=waiting))
+        self._scope.cancel()  # stop every node: ask → grace → kill, each under its executor
 
     async def _end_input(self) -> None:
         await self._idle.wait()  # frames already being sent go before the end-of-stream
