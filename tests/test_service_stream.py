@@ -592,6 +592,28 @@ async def test_params_that_are_not_json_end_the_stream_with_validation_error(ser
     await still_streaming(served)
 
 
+async def test_json_chunk_nested_ten_thousand_levels_is_a_stream_error(served: Served) -> None:
+    deep = pb.DataBuffer(json=pb.JsonData(json_payload="[" * 10_000 + "]" * 10_000))
+
+    async def scenario() -> list[tuple[str, Any]]:
+        async with open_stream(served.port) as s:
+            await s.init(ECHO)
+            await s.until("ready")
+            await s.chunk("echo", deep, 1)
+            await s.chunk("echo", text_buffer("fine"), 2)
+            await s.close()
+            return await s.rest()
+
+    items = await served.aio(scenario)
+    [error] = stream_errors(items)
+    assert error.failing_sequence == 1
+    assert error.base_error.error_type == pb.ErrorType.TYPE_VALIDATION
+    assert "data_chunk.buffer" in error.base_error.message
+    assert "nests deeper than 128 levels" in error.base_error.message
+    assert [q for q, _ in results_by_sink(items)["echo"]] == [2]  # the session carried on
+    assert items[-1][0] == "closed"
+
+
 @pytest.mark.parametrize("served", [{"server": {"metrics_interval_secs": 0.05}}], indirect=True)
 async def test_frame_bytes_that_disagree_with_format(served: Served) -> None:
     async def scenario() -> list[tuple[str, Any]]:
