@@ -319,6 +319,11 @@ def test_manifest_overrides_runtime_toml() -> None:
     assert isinstance(settings.init_timeout_secs, float)
 
 
+def test_toml_nested_ten_thousand_levels_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(text="[nodes]\nmodules = " + "[" * 10_000 + "]" * 10_000)
+
+
 def test_close_timeout_manifest_beats_runtime_toml_beats_default() -> None:
     assert resolve_settings(manifest(), RuntimeConfig()).close_timeout_secs == 30.0
     config = load_config(text="[multiprocess]\nclose_timeout_secs = 12")

@@ -155,6 +155,8 @@ def load_config(path: str | os.PathLike[str] | None = None, *, text: str | None 
         raw = msgspec.toml.decode(text)
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{where}: invalid TOML: {exc}") from None
+    except RecursionError:  # the TOML parser recurses per level of nested arrays / inline tables
+        raise ConfigError(f"{where}: invalid TOML: arrays or inline tables nested too deeply") from None
     _fit_default_to_cap(raw)
     try:
         return msgspec.convert(raw, RuntimeConfig)
