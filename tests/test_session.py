@@ -236,6 +236,25 @@ async def test_a_sender_blocked_by_backpressure_gets_the_error(
         await _runtime().run_pipeline(m, {"a": [TextFrame(text=str(i)) for i in range(100)]})
 
 
+async def test_cancel_wakes_a_sender_blocked_by_backpressure(autojump_clock: trio.testing.MockClock) -> None:
+    m = manifest([("hang", "HangNode", {"phase": "process"})], [], channel_capacity=1)
+    refused: list[BaseException] = []
+
+    async def feed(session: Any) -> None:
+        try:
+            for i in range(10):
+                await session.send("hang", TextFrame(text=str(i)))
+        except SessionClosedError as exc:
+            refused.append(exc)
+
+    async with _runtime().open_session(m) as session, trio.open_nursery() as nursery:
+        nursery.start_soon(feed, session)
+        await trio.sleep(1)  # hang holds frame 0, its inbox holds frame 1: the feeder waits
+        session.cancel()
+    assert len(refused) == 1
+    assert session.metrics().frames_in == 2
+
+
 async def test_init_error_raises_from_open_session() -> None:
     m = manifest(
         [("ok", "Tag", {}), ("bad", "RaiseNode", {"phase": "initialize", "message": "no model"})],

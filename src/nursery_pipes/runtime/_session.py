@@ -160,17 +160,18 @@ class Session:
         # would ever take the frame then. The scope lets the session wake it (_stop_senders).
         scope = trio.CancelScope()
         self._sending.add(scope)
+        refused = False
         try:
             with scope:
                 await port.send(seq, frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            scope.cancel()
+            refused = True
         finally:
             self._sending.discard(scope)
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
-        if scope.cancel_called:
+        if refused or scope.cancelled_caught:  # (a send that completed anyway took the frame)
             raise self._error or SessionClosedError(
                 f"session {self.id} stopped before it could take the frame"
             )
@@ -386,8 +387,8 @@ class Session:
                 break
             await self._events.wait_output_room()
         running = self._supervisor.running()
-        if not running:
-            return  # every node has returned; the last frames are on their way out
+        if not running or self._error is not None:
+            return  # every node has returned (the last frames are on their way out), or failed
         culprits, waiting = holdups(self.plan, {n: self._ports[n].flow() for n in running})
         self._fail(NodeCloseTimeout(culprits, timeout, waiting=waiting))
         self._scope.cancel()  # stop every node: ask → grace → kill, each under its executor
