@@ -487,3 +487,50 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
     except OSError:
         return False
+
+
+MAIN_SCRIPT = textwrap.dedent(
+    """
+    import os
+    print("MAIN-IMPORTED", os.getpid(), flush=True)  # runs again in any child that re-imports us
+
+    if __name__ == "__main__":
+        import sys
+        import trio
+        from nursery_pipes import Runtime, RuntimeConfig, TextFrame
+        from nursery_pipes._config import MultiprocessDefaults
+
+        MANIFEST = {
+            "version": "v1",
+            "metadata": {"name": "main", "multiprocess": {"executor_overrides": {"a": "multiprocess"}}},
+            "nodes": [{"id": "a", "node_type": "PassThrough"}],
+            "connections": [],
+        }
+        config = RuntimeConfig(multiprocess=MultiprocessDefaults(worker_type=sys.argv[1]))
+
+        async def main():
+            async with Runtime(config) as runtime:
+                result = await runtime.run_pipeline(MANIFEST, {"a": TextFrame(text="x")})
+                print("PID", result.metrics.nodes["a"].pid, flush=True)
+
+        trio.run(main)
+    """
+)
+
+
+@pytest.mark.parametrize("worker_type", ["forkserver", "spawn"])
+def test_workers_never_import_the_parents_main(tmp_path: Path, worker_type: str) -> None:
+    """multiprocessing makes forkserver/spawn children re-import the parent's __main__; our
+    workers skip it (executors/_pool.py patches multiprocessing.spawn and recognises workers
+    by trio-parallel's process name: this test is what notices if either changes)."""
+    script = tmp_path / "main_script.py"
+    script.write_text(MAIN_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), worker_type], capture_output=True, text=True, timeout=45, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    worker = next(int(line.split()[1]) for line in lines if line.startswith("PID"))
+    imported = [int(line.split()[1]) for line in lines if line.startswith("MAIN-IMPORTED")]
+    assert worker not in imported
+    assert len(imported) == 1, f"__main__ was imported by {len(imported)} processes: {lines}"
