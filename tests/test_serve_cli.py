@@ -254,6 +254,14 @@ async def test_second_signal_stops_at_once() -> None:
         ([], {"NURSERY_PIPES_SERVER__NOPE": "1"}, None, "unknown key 'nope' in [server]"),
         ([], {"NURSERY_PIPES_LIMITS__MAX_SESSIONS": "0"}, None, "max_sessions"),
         (["--warm-pool", "-1"], {}, None, "--warm-pool"),
+        # auth fails closed: a token variable that is named but unset or empty stops the server
+        (["--auth-token-env", "NP_UNSET_TOKEN"], {}, None, "NP_UNSET_TOKEN, which is not set"),
+        (
+            [],
+            {"NURSERY_PIPES_SERVER__AUTH_TOKEN_ENV": "NP_EMPTY", "NP_EMPTY": " "},
+            None,
+            "NP_EMPTY, which is empty",
+        ),
         (["--no-such-flag"], {}, None, "No such option"),
     ],
 )
@@ -278,7 +286,7 @@ async def test_address_in_use_is_a_clear_error() -> None:
         stderr = done.stderr.decode()
         assert done.returncode == 2, stderr
         assert f"cannot listen on {first.address}" in stderr
-        assert "address already in use" in stderr
+        assert "address already in use" in stderr.lower()
         assert "Traceback" not in stderr
         first.process.send_signal(signal.SIGTERM)
         with trio.fail_after(20):
