@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import trio
+import trio.testing
 
 from nursery_pipes import (
     AudioFrame,
@@ -196,6 +197,48 @@ async def test_slow_consumer_applies_backpressure_without_loss() -> None:
     )
     result = await runtime().run_pipeline(m, {"src": [TextFrame(text=str(i)) for i in range(300)]})
     assert [f.text for f in result.outputs["slow"]] == [str(i) for i in range(300)]
+
+
+@pytest.mark.parametrize(
+    ("channel_capacity", "slot_count", "bound"),
+    [(1, 8, 1), (3, 8, 3), (100, 4, 4)],
+    ids=["capacity-1", "capacity-bounds", "slots-bound"],
+)
+async def test_a_ring_holds_at_most_min_of_channel_capacity_and_slot_count(
+    channel_capacity: int, slot_count: int, bound: int
+) -> None:
+    """The client → worker edge is a real ring; its worker hangs in process() on the first frame
+    and keeps that frame's slot, so every send that completes is a frame the ring holds."""
+    m = manifest(
+        [("w", "HangNode", {"phase": "process"}, "multiprocess")], [], channel_capacity=channel_capacity
+    )
+    accepted = 0
+    async with runtime(slot_count=slot_count).open_session(m) as session:
+
+        async def feed() -> None:
+            nonlocal accepted
+            while True:
+                await session.send("w", TextFrame(text=str(accepted)))
+                accepted += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(feed)
+            await trio.testing.wait_all_tasks_blocked()  # the feeder waits for a free slot
+            nursery.cancel_scope.cancel()
+        session.cancel()
+    assert accepted == bound
+
+
+async def test_one_slot_rings_carry_a_worker_chain_in_order() -> None:
+    """channel_capacity 1: every ring of the chain has one slot (lockstep), big frames included."""
+    m = manifest(
+        [("w1", "PassThrough", {}, "multiprocess"), ("w2", "PassThrough", {}, "multiprocess")],
+        [("w1", "w2")],
+        channel_capacity=1,
+    )
+    frames = [audio(i, n=100_000 if i % 10 == 0 else 160) for i in range(40)]  # 400 KB: external
+    result = await runtime(slot_size=4096).run_pipeline(m, {"w1": frames})
+    assert [float(f.samples[0, 0]) for f in result.outputs["w2"]] == [float(i) for i in range(40)]
 
 
 async def test_progress_from_a_worker_reaches_the_event_stream() -> None:
