@@ -270,6 +270,32 @@ async def test_exception_in_initialize_names_node_phase_and_traceback() -> None:
     assert 'File "' in (info.value.remote_traceback or "")
 
 
+@pytest.mark.parametrize(
+    ("node", "exit_fields"),
+    [
+        (("ExitNode", {"phase": "initialize", "code": 3}), {"exitcode": 3, "signal": None}),
+        (("SignalNode", {"phase": "initialize"}), {"exitcode": None, "signal": signal.SIGKILL}),
+    ],
+    ids=["os-exit", "sigkill"],
+)
+async def test_a_worker_that_dies_while_initialising_is_reported_in_phase_initialize(
+    node: tuple[str, dict[str, Any]], exit_fields: dict[str, Any]
+) -> None:
+    """No failure event comes from a process that dies: the phase is the supervisor's own verdict."""
+    node_type, params = node
+    m = manifest(
+        [("ok", "PassThrough", {}, "multiprocess"), ("dies", node_type, params, "multiprocess")],
+        [("ok", "dies")],
+    )
+    with pytest.raises(NodeCrashed) as info:
+        async with runtime().open_session(m):
+            pytest.fail("the session must not start")
+    assert info.value.node_id == "dies"
+    assert info.value.phase == "initialize"
+    assert {"exitcode": info.value.exitcode, "signal": info.value.signal} == exit_fields
+    assert "failed in initialize: worker process" in str(info.value)
+
+
 async def test_exception_in_process_fails_the_session() -> None:
     m = manifest(
         [
