@@ -133,6 +133,27 @@ async def test_fan_out_and_fan_in_between_workers() -> None:
     assert [t for t in texts if t.endswith("b")] == [f"{i}b" for i in range(100)]
 
 
+async def test_a_worker_join_flushes_only_after_every_input_ended() -> None:
+    """src → (fast ×2, slow) → join in a worker. The join only emits at flush (one chunk of
+    everything it got), so a frame of the slow branch is missing if it flushed on the fast EOS."""
+    m = manifest(
+        [
+            ("src", "PassThrough", {}, "inprocess"),
+            ("fast", "AudioGainNode", {"gain_db": 6.0206}, "inprocess"),
+            ("slow", "SleepNode", {"process_seconds": 0.05}, "inprocess"),
+            ("join", "AudioChunkerNode", {"chunk_size": 1_000_000}, "multiprocess"),
+        ],
+        [("src", "fast"), ("src", "slow"), ("fast", "join"), ("slow", "join")],
+    )
+    odd = [1, 3, 5, 7, 9]  # the slow branch keeps them odd, the fast one doubles them
+    with trio.fail_after(10):  # a join that stopped reading early may leave the slow branch blocked
+        result = await runtime().run_pipeline(m, {"src": [audio(v) for v in odd]})
+    (flushed,) = result.outputs["join"]
+    runs = [round(v) for v in flushed.samples[::160, 0]]  # one value per 160-sample input frame
+    assert [v for v in runs if v % 2] == odd
+    assert [v for v in runs if not v % 2] == [2 * v for v in odd]
+
+
 async def test_worker_to_worker_edges_are_direct() -> None:
     m = manifest(
         [("w1", "PassThrough", {}, "multiprocess"), ("w2", "PassThrough", {}, "multiprocess")], [("w1", "w2")]
