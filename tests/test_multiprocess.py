@@ -250,6 +250,29 @@ async def test_a_ring_holds_at_most_min_of_channel_capacity_and_slot_count(
     assert accepted == bound
 
 
+async def test_close_delivers_a_send_blocked_on_a_full_ring() -> None:
+    """close() while a send waits for a slot: the end of stream must queue behind that frame
+    (both wait for the same ring), not race it for the slot or cut it off."""
+    m = manifest([("w", "SleepNode", {"process_seconds": 0.1}, "multiprocess")], [], channel_capacity=2)
+    async with runtime().open_session(m) as session:
+        await session.send("w", TextFrame(text="0"))
+        await session.send("w", TextFrame(text="1"))  # the ring's two slots are taken
+        delivered = trio.Event()
+
+        async def send_blocked() -> None:
+            await session.send("w", TextFrame(text="2"))
+            delivered.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_blocked)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not delivered.is_set(), "the third send should wait for a slot"
+            await session.close()
+            outputs = [o.frame.text async for o in session.outputs()]
+    assert outputs == ["0", "1", "2"]
+    assert session.state is SessionState.TERMINATED
+
+
 async def test_one_slot_rings_carry_a_worker_chain_in_order() -> None:
     """channel_capacity 1: every ring of the chain has one slot (lockstep), big frames included."""
     m = manifest(
