@@ -6,6 +6,7 @@ worker process, thread, /dev/shm entry or FIFO directory may be left.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -406,6 +407,23 @@ async def test_hang_in_initialize_times_out_and_is_killed() -> None:
     elapsed = time.monotonic() - start
     assert info.value.node_id == "hang"
     assert 1.0 <= elapsed < 1.0 + GRACE + 2.0  # timeout, grace, kill — not the 30 s default
+
+
+async def test_a_blocking_initialize_in_a_worker_that_overruns_times_out() -> None:
+    """initialize() blocks the worker for 1.5 s; the 0.3 s timeout fires meanwhile. Settings are
+    built directly: manifests cannot ask for less than 1 s."""
+    m = manifest([("slow", "SleepNode", {"init_seconds": 1.5}, "multiprocess")], [])
+    rt = runtime()
+    plan = rt.plan(m)
+    plan = dataclasses.replace(plan, settings=dataclasses.replace(plan.settings, init_timeout_secs=0.3))
+    start = time.monotonic()
+    with pytest.raises(NodeInitTimeout) as info:
+        async with rt.open_session(plan):
+            pytest.fail("the session must not start")
+    elapsed = time.monotonic() - start
+    assert info.value.node_id == "slow"
+    assert info.value.timeout == 0.3
+    assert 0.3 <= elapsed < 1.5  # the timeout, then ask → grace → kill; not the end of initialize
 
 
 async def test_hang_in_process_ignoring_stop_is_killed_after_grace() -> None:
