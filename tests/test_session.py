@@ -94,6 +94,10 @@ def texts(frames: list[Any]) -> list[str]:
     return [f.text for f in frames]
 
 
+def audio(value: float, n: int = 160) -> AudioFrame:
+    return AudioFrame.from_array(np.full(n, value, dtype=np.float32), sample_rate=16000)
+
+
 async def test_chain_delivers_in_order_with_sequences() -> None:
     m = manifest([("a", "Tag", {"tag": "a"}), ("b", "Tag", {"tag": "b"})], [("a", "b")])
     result = await _runtime().run_pipeline(m, {"a": [TextFrame(text=str(i)) for i in range(50)]})
@@ -118,6 +122,27 @@ async def test_fan_out_and_fan_in_keep_per_edge_order() -> None:
     assert [t for t in out if t.endswith("x")] == [f"{i}x" for i in range(20)]
     assert [t for t in out if t.endswith("y")] == [f"{i}y" for i in range(20)]
     assert out[-1] == "flush:join:40"  # flushed once, after both inputs ended
+
+
+async def test_a_join_flushes_only_after_every_input_ended(autojump_clock: trio.testing.MockClock) -> None:
+    """src → (fast ×2, slow) → join. The join only emits at flush (one chunk of everything it
+    got), so a frame of the slow branch is missing if it flushed on the fast branch's EOS."""
+    m = manifest(
+        [
+            ("src", "PassThrough", {}),
+            ("fast", "AudioGainNode", {"gain_db": 6.0206}),
+            ("slow", "SleepNode", {"process_seconds": 1}),
+            ("join", "AudioChunkerNode", {"chunk_size": 1_000_000}),
+        ],
+        [("src", "fast"), ("src", "slow"), ("fast", "join"), ("slow", "join")],
+    )
+    odd = [1, 3, 5, 7, 9]  # the slow branch keeps them odd, the fast one doubles them
+    with trio.fail_after(60):  # a join that stopped reading early may leave the slow branch blocked
+        result = await _runtime().run_pipeline(m, {"src": [audio(v) for v in odd]})
+    (flushed,) = result.outputs["join"]
+    runs = [round(v) for v in flushed.samples[::160, 0]]  # one value per 160-sample input frame
+    assert [v for v in runs if v % 2] == odd
+    assert [v for v in runs if not v % 2] == [2 * v for v in odd]
 
 
 async def test_close_flushes_in_topological_order() -> None:
