@@ -158,6 +158,26 @@ async def test_close_flushes_in_topological_order() -> None:
     assert sum(sizes) == 11
 
 
+async def test_close_flushes_and_cancel_drops() -> None:
+    """The chunker holds every sample until flush: close() must flush it out, cancel() must not."""
+    m = manifest([("c", "AudioChunkerNode", {"chunk_size": 1000})], [])
+    runtime = _runtime()
+    outputs: dict[str, list[Any]] = {}
+    for ending in ("close", "cancel"):
+        async with runtime.open_session(m) as session:
+            for value in (1, 2, 3):
+                await session.send("c", audio(value))
+            await trio.testing.wait_all_tasks_blocked()
+            assert session.metrics().nodes["c"].frames_in == 3  # held by the node, nothing out yet
+            if ending == "close":
+                await session.close()
+            else:
+                session.cancel()
+            outputs[ending] = [o.frame async for o in session.outputs()]
+    assert [f.samples[::160, 0].tolist() for f in outputs["close"]] == [[1.0, 2.0, 3.0]]  # one chunk
+    assert outputs["cancel"] == []
+
+
 async def test_async_generator_nodes_stream() -> None:
     m = manifest([("g", "AsyncGen", {})], [])
     result = await _runtime().run_pipeline(m, {"g": [TextFrame(text="a"), TextFrame(text="b")]})
