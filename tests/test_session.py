@@ -68,9 +68,24 @@ class AsyncGen(Node):
         yield TextFrame(text=frame.text + "'")
 
 
+CLEANUP_STEPS: list[str] = []
+
+
+class SlowCleanup(Node):
+    """Passes frames through; its async cleanup takes a second, recording where it got to."""
+
+    def process(self, frame: Any) -> Any:
+        return frame
+
+    async def cleanup(self) -> None:
+        CLEANUP_STEPS.append("began")
+        await trio.sleep(1)
+        CLEANUP_STEPS.append("finished")
+
+
 def _runtime() -> Runtime:
     runtime = Runtime(RuntimeConfig(nodes=NodesConfig(testing=True)))
-    for cls in (Tag, Merge, AsyncGen):
+    for cls in (Tag, Merge, AsyncGen, SlowCleanup):
         runtime.registry.register(cls)
     return runtime
 
@@ -295,6 +310,29 @@ async def test_outside_cancellation_ends_everything(autojump_clock: trio.testing
     assert session.state is SessionState.TERMINATED
     assert CLEANED == ["a"]
     assert runtime.sessions == {}
+
+
+@pytest.mark.parametrize("how", ["cancel", "outside"])
+async def test_async_cleanup_runs_to_the_end_when_the_session_is_cancelled(
+    how: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The cleanup awaits (1 s) while the session is being cancelled: it must not be cut short
+    at that first await (the grace period, 2 s by default, leaves it time)."""
+    CLEANUP_STEPS.clear()
+    m = manifest([("a", "Tag", {}), ("c", "SlowCleanup", {})], [("a", "c")])
+    began = trio.current_time()
+    with trio.move_on_after(5) as outside:
+        async with _runtime().open_session(m) as session:
+            await session.send("a", TextFrame(text="x"))
+            if how == "cancel":
+                session.cancel()
+            else:
+                await trio.sleep_forever()  # until the deadline cancels the block
+    assert outside.cancelled_caught == (how == "outside")
+    assert session.state is SessionState.TERMINATED
+    assert CLEANUP_STEPS == ["began", "finished"]
+    cancelled_at = began if how == "cancel" else outside.deadline
+    assert trio.current_time() - cancelled_at == pytest.approx(1)  # the session waited for it
 
 
 async def test_backpressure_blocks_sender_and_loses_nothing(autojump_clock: trio.testing.MockClock) -> None:
