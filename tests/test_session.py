@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from typing import Any
 
 import numpy as np
@@ -83,9 +85,23 @@ class SlowCleanup(Node):
         CLEANUP_STEPS.append("finished")
 
 
+class BlockingInitParams(Params):
+    seconds: float = 0.0
+
+
+class BlockingInit(Node[BlockingInitParams]):
+    """A synchronous initialize that blocks its thread, as model loading does."""
+
+    def initialize(self, progress: Any) -> None:
+        time.sleep(self.params.seconds)
+
+    def process(self, frame: Any) -> Any:
+        return frame
+
+
 def _runtime() -> Runtime:
     runtime = Runtime(RuntimeConfig(nodes=NodesConfig(testing=True)))
-    for cls in (Tag, Merge, AsyncGen, SlowCleanup):
+    for cls in (Tag, Merge, AsyncGen, SlowCleanup, BlockingInit):
         runtime.registry.register(cls)
     return runtime
 
@@ -284,6 +300,21 @@ async def test_init_timeout_names_the_node(autojump_clock: trio.testing.MockCloc
     assert info.value.node_id == "slow"
     assert "7 s" in str(info.value)
     assert trio.current_time() - start == pytest.approx(7, abs=0.01)
+
+
+async def test_a_blocking_sync_initialize_that_overruns_times_out() -> None:
+    """A sync initialize runs on the trio thread: no deadline can interrupt it, so the timeout
+    is judged when it returns. Settings are built directly: manifests cannot go below 1 s."""
+    runtime = _runtime()
+    plan = runtime.plan(
+        manifest([("a", "Tag", {}), ("slow", "BlockingInit", {"seconds": 0.2})], [("a", "slow")])
+    )
+    plan = dataclasses.replace(plan, settings=dataclasses.replace(plan.settings, init_timeout_secs=0.05))
+    with pytest.raises(NodeInitTimeout) as info:
+        async with runtime.open_session(plan):
+            pytest.fail("the session must not start")
+    assert info.value.node_id == "slow"
+    assert info.value.timeout == 0.05
 
 
 async def test_cancel_stops_a_hung_node_promptly(autojump_clock: trio.testing.MockClock) -> None:
