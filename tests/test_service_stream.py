@@ -360,6 +360,36 @@ async def test_cancel_drops_the_session_and_its_workers(served: Served) -> None:
     await still_streaming(served)
 
 
+async def test_half_close_flushes_and_cancel_drops(served: Served) -> None:
+    """The chunker holds every sample until flush. A client that half-closes has sent everything:
+    the flushed chunk must reach it before StreamClosed. After CANCEL it must not."""
+    doc = manifest([("c", "AudioChunkerNode", {"chunk_size": 1000})])
+
+    async def scenario(ending: str) -> list[tuple[str, Any]]:
+        async with open_stream(served.port) as s:
+            await s.init(doc)
+            await s.until("ready")
+            for seq in (1, 2, 3):
+                await s.chunk("c", audio_buffer(float(seq)), seq)
+            if ending == "half-close":
+                await s.end()
+            else:
+                await s.cancel()
+            return await s.rest()
+
+    flushed = await served.aio(scenario, "half-close")
+    results = results_by_sink(flushed).get("c", [])
+    per_input = [(q, np.frombuffer(b.audio.samples, np.float32)[::160].tolist()) for q, b in results]
+    assert per_input == [(3, [1.0, 2.0, 3.0])]  # one chunk: every input's samples, at flush
+    assert flushed[-1][0] == "closed"
+    assert flushed[-1][1].reason == "closed"
+
+    dropped = await served.aio(scenario, "cancel")
+    assert "result" not in kinds(dropped)
+    assert dropped[-1][0] == "closed"
+    assert dropped[-1][1].reason == "cancelled by client"
+
+
 @pytest.mark.parametrize(
     ("node", "executor", "expect"),
     [

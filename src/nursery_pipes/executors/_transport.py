@@ -64,7 +64,9 @@ class RingGeometry:
     ) -> RingGeometry:
         # A ring never holds more frames than an in-process edge would (channel_capacity),
         # and never more slots than configured: every slot gets touched, so it is real memory.
-        slots = max(2, min(channel_capacity, slot_count))
+        # No floor above that: both are >= 1 by validation, and a one-slot ring works (the
+        # consumer keeps its slot while it processes, so channel_capacity = 1 means lockstep).
+        slots = min(channel_capacity, slot_count)
         return cls(slots, round_up(slot_size, SLOT_ALIGN), checksum)
 
 
