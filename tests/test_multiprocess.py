@@ -274,6 +274,24 @@ async def test_close_delivers_a_send_blocked_on_a_full_ring() -> None:
     assert session.state is SessionState.TERMINATED
 
 
+async def test_concurrent_sends_to_a_worker_source_all_arrive() -> None:
+    """Several tasks feeding one worker source while its ring is full: each send waits its
+    turn (first come, first served); none fails because another is already waiting."""
+    m = manifest([("w", "SleepNode", {"process_seconds": 0.02}, "multiprocess")], [], channel_capacity=1)
+    outputs: list[str] = []
+
+    async def read_outputs(session: Any) -> None:
+        outputs.extend([o.frame.text async for o in session.outputs()])
+
+    async with runtime().open_session(m) as session, trio.open_nursery() as reader:
+        reader.start_soon(read_outputs, session)
+        async with trio.open_nursery() as senders:
+            for i in range(6):
+                senders.start_soon(session.send, "w", TextFrame(text=str(i)))
+        await session.close()
+    assert sorted(outputs) == [str(i) for i in range(6)]
+
+
 async def test_one_slot_rings_carry_a_worker_chain_in_order() -> None:
     """channel_capacity 1: every ring of the chain has one slot (lockstep), big frames included."""
     m = manifest(
