@@ -363,6 +363,9 @@ EXTENSIONS: dict[str, dict[str, list[str]]] = {
     "remotemedia/v1/common.proto": {
         "message ErrorResponse": [
             "6: repeated ValidationIssue issues",
+            "7: optional uint64 failing_sequence",
+            "8: int32 stream_error_type",
+            "9: bool session_continues",
         ],
         "message ValidationIssue": [
             "1: string path",
@@ -402,7 +405,7 @@ EXTENSIONS: dict[str, dict[str, list[str]]] = {
     "remotemedia/v1/streaming.proto": {
         "message StreamResponse": [
             "6: InitProgress progress  (oneof response)",
-            "7: StreamErrorResponse stream_error  (oneof response)",
+            "7: StreamErrorResponse stream_error  (oneof response) [deprecated]",
         ],
         "message StreamReady": [
             "4: repeated NodeAssignment assignments",
@@ -991,6 +994,40 @@ def _deprecated_audio_chunk_request() -> pb.StreamRequest:
         )
 
 
+def _deprecated_stream_error_response() -> pb.StreamResponse:
+    """What servers before the ErrorResponse extensions sent for a rejected chunk (field 7)."""
+    with pytest.warns(DeprecationWarning, match="stream_error is deprecated"):
+        return pb.StreamResponse(
+            stream_error=pb.StreamErrorResponse(
+                base_error=pb.ErrorResponse(
+                    error_type=pb.ErrorType.NODE_EXECUTION,
+                    message="node asr exited with signal 9",
+                    failing_node_id="asr",
+                ),
+                stream_error_type=pb.StreamErrorType.STREAM_ERROR_EXECUTION,
+                failing_sequence=9,
+                session_id="s-1",
+            )
+        )
+
+
+REJECTION = pb.ErrorResponse(
+    error_type=pb.ErrorType.VALIDATION,
+    message="DataChunk sequence 0 rejected (the stream goes on): input for unknown node 'ghost'",
+    context="data",
+    failing_sequence=0,  # presence matters: sequence 0 (StreamInit's data_inputs) is a real one
+    stream_error_type=pb.StreamErrorType.STREAM_ERROR_INVALID_SEQUENCE,
+    session_continues=True,
+)
+REJECTION_JSON = {
+    "error_type": "ERROR_TYPE_VALIDATION",
+    "message": "DataChunk sequence 0 rejected (the stream goes on): input for unknown node 'ghost'",
+    "context": "data",
+    "failing_sequence": "0",
+    "stream_error_type": 2,
+    "session_continues": True,
+}
+
 # (type name, betterproto message factory, the same message in proto3 JSON form)
 CASES: dict[str, tuple[str, Any, dict[str, Any]]] = {
     "ExecuteRequest/manifest+audio": (
@@ -1271,20 +1308,14 @@ CASES: dict[str, tuple[str, Any, dict[str, Any]]] = {
             }
         },
     ),
+    "StreamResponse/error+rejection(ext)": (
+        "StreamResponse",
+        lambda: pb.StreamResponse(error=REJECTION),
+        {"error": REJECTION_JSON},
+    ),
     "StreamResponse/stream_error(ext)": (
         "StreamResponse",
-        lambda: pb.StreamResponse(
-            stream_error=pb.StreamErrorResponse(
-                base_error=pb.ErrorResponse(
-                    error_type=pb.ErrorType.NODE_EXECUTION,
-                    message="node asr exited with signal 9",
-                    failing_node_id="asr",
-                ),
-                stream_error_type=pb.StreamErrorType.STREAM_ERROR_EXECUTION,
-                failing_sequence=9,
-                session_id="s-1",
-            )
-        ),
+        _deprecated_stream_error_response,
         {
             "stream_error": {
                 "base_error": {
@@ -1348,6 +1379,14 @@ def _drop(d: dict[str, Any], *path: str) -> dict[str, Any]:
     [
         ("StreamResponse/progress(ext)", "response", None, {}, [6]),
         ("StreamResponse/stream_error(ext)", "response", None, {}, [7]),
+        (
+            # A rejected chunk: an old client sees `error` with everything upstream knows.
+            "StreamResponse/error+rejection(ext)",
+            "response",
+            "error",
+            {"error": {k: REJECTION_JSON[k] for k in ("error_type", "message", "context")}},
+            [],
+        ),
         (
             "StreamResponse/ready",
             "response",
