@@ -28,8 +28,11 @@ ErrorResponse extensions carry ``session_continues`` (true),
 (no StreamInit first, an invalid manifest, a node failure, the time limit):
 ``error`` with ``session_continues`` false, then StreamClosed if a session ran.
 
-CLOSE (or a half-close) before StreamReady is kept until the session is
-ready: the session then flushes and closes as usual.
+Nothing but progress goes out before StreamReady: requests other than CLOSE
+and CANCEL are judged once the session is ready (a client that pipelines
+chunks behind its StreamInit gets StreamReady first, then their results or
+rejections). CLOSE (or a half-close) before StreamReady is kept until the
+session is ready: it then flushes and closes as usual. CANCEL acts at once.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ class _State:
     limits: Any = field(default_factory=lambda: M.ResourceLimits())
     max_message_bytes: int = 0
     ready: trio.Event = field(default_factory=trio.Event)
-    """Set once StreamReady is on its way (the session is READY)."""
+    """Set once StreamReady is in the sender's queue: no answer to a request goes before it."""
 
 
 async def handle_stream(
@@ -184,6 +187,8 @@ async def _outbound(
                 response = _response_for(event, session, state, settings)
                 if response is not None:
                     await out.send(response)
+                if isinstance(event, StateChanged) and event.state is SessionState.READY:
+                    state.ready.set()  # StreamReady is queued: what answers requests may follow
         except SessionError as exc:
             error = error_response(exc, M)
             if isinstance(exc, NodeError):
@@ -203,7 +208,6 @@ def _response_for(event: Any, session: Session, state: _State, settings: StreamS
         )
     if isinstance(event, StateChanged):
         if event.state is SessionState.READY:
-            state.ready.set()
             return M.StreamResponse(
                 ready=M.StreamReady(
                     session_id=session.id,
@@ -358,6 +362,10 @@ async def _inbound(
                         closed = True
                         nursery.start_soon(_close_when_ready, session, state)
                     continue
+            # Everything else is answered after StreamReady: an upstream client may take an error
+            # before it for a failed start. (A chunk waited for READY in Session.send anyway.)
+            await state.ready.wait()
+            if kind == "control":
                 await out.send(_unknown_command(value.command))
                 continue
             error = await _data(kind, value, session, state, closed)
