@@ -32,7 +32,7 @@ from typing import Any
 import betterproto
 import pytest
 from google.protobuf import descriptor_pb2
-from service_fixtures import PROTO_FILES, PROTO_ROOT, run_protoc
+from service_fixtures import PROTO_FILES, PROTO_ROOT, run_protoc, write_stripped_protos
 
 from nursery_pipes._proto.remotemedia import v1 as pb
 
@@ -40,7 +40,6 @@ ROOT = Path(__file__).resolve().parent.parent
 GENERATED_DIR = ROOT / "src" / "nursery_pipes" / "_proto"
 GENERATOR = ROOT / "scripts" / "generate_protos.py"
 PACKAGE = "remotemedia.v1"
-EXTENSION_MARK = "// nursery_pipes extension"
 
 # ---------------------------------------------------------------------------
 # The wire table of shared/wire/remotemedia-v1.md, transcribed line by line.
@@ -442,45 +441,6 @@ def merged_table() -> dict[str, dict[str, list[str]]]:
 # ---------------------------------------------------------------------------
 # protoc helpers
 # ---------------------------------------------------------------------------
-
-
-def strip_extensions(text: str) -> str:
-    """Remove every declaration preceded by a ``// nursery_pipes extension`` comment.
-
-    The comment block (the marker line and any comment lines after it) is dropped,
-    then the declaration it introduces: one field line, or a whole ``message {...}``.
-    """
-    out: list[str] = []
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        if not lines[i].strip().startswith(EXTENSION_MARK):
-            out.append(lines[i])
-            i += 1
-            continue
-        i += 1
-        while i < len(lines) and lines[i].strip().startswith("//"):
-            i += 1
-        decl = lines[i].strip()
-        if decl.startswith("message "):
-            depth = 0
-            while True:
-                depth += lines[i].count("{") - lines[i].count("}")
-                i += 1
-                if depth == 0:
-                    break
-        else:
-            assert decl.endswith(";") or ";" in decl, f"unexpected extension decl: {decl}"
-            i += 1
-    return "\n".join(out) + "\n"
-
-
-def write_stripped_protos(dest: Path) -> Path:
-    for name in PROTO_FILES:
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(strip_extensions((PROTO_ROOT / name).read_text(encoding="utf-8")))
-    return dest
 
 
 @pytest.fixture(scope="module")
