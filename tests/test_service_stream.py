@@ -259,6 +259,22 @@ async def test_initial_data_inputs_for_unknown_node_are_refused(served: Served) 
     await still_streaming(served)
 
 
+async def test_initial_data_inputs_of_a_kind_the_node_does_not_take_are_refused(served: Served) -> None:
+    doc = manifest([("g", "AudioGainNode", {})], executors={"g": "inprocess"})
+
+    async def scenario() -> list[tuple[str, Any]]:
+        async with open_stream(served.port) as s:
+            await s.init(doc, data_inputs={"g": text_buffer("x")})
+            return await s.rest()
+
+    items = await served.aio(scenario)
+    assert kinds(items) == ["error"]
+    assert items[0][1].error_type == pb.ErrorType.TYPE_VALIDATION
+    assert "node 'g' (AudioGainNode) accepts audio frames, not text" in items[0][1].message
+    assert served.runtime.sessions == {}
+    await still_streaming(served)
+
+
 async def test_named_buffers_feed_several_sources_with_one_sequence(served: Served) -> None:
     doc = manifest(
         [

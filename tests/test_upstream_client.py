@@ -335,6 +335,28 @@ async def test_a_first_message_that_is_not_stream_init_is_an_error_and_the_end(
     assert served.runtime.sessions == {}
 
 
+async def test_stream_init_with_data_inputs_it_cannot_take_is_an_error_and_the_end(
+    served: Served, upstream_client: tuple[Path, Path]
+) -> None:
+    doc = upstream_manifest([("g", "AudioGainNode", {})])
+    streams = [[init(doc, data_inputs={"g": text("x")})], [init(doc, data_inputs={"ghost": audio(10)})]]
+    calls = await upstream(upstream_client, served, "stream", streams=streams)
+    for responses, (error_type, why) in zip(
+        calls,
+        [
+            ("ERROR_TYPE_TYPE_VALIDATION", "node 'g' (AudioGainNode) accepts audio frames, not text"),
+            ("ERROR_TYPE_VALIDATION", "input for unknown node 'ghost'"),
+        ],
+        strict=True,
+    ):
+        assert members(responses) == ["error"], responses
+        (error,) = errors(responses)
+        assert error["error_type"] == error_type
+        assert why in error["message"]
+        assert responses[-1] == {"status": "OK"}
+    assert served.runtime.sessions == {}
+
+
 @pytest.mark.parametrize("how", ["half-close", "close", "close-then-half-close"])
 async def test_close_before_stream_ready_closes_once_ready(
     served: Served, upstream_client: tuple[Path, Path], how: str

@@ -125,8 +125,9 @@ async def handle_stream(
     try:
         plan = runtime.plan(manifest_from_proto(init.manifest))
         initial = {nid: buffer_to_frame(buf, f"data_inputs[{nid}]") for nid, buf in init.data_inputs.items()}
-        for node_id in initial:
+        for node_id, frame in initial.items():  # before the session starts: a refusal is the end
             check_input_target(plan, node_id)
+            check_input_kind(plan, node_id, frame)
         check_request_limits(init.resource_limits, initial)
     except NurseryPipesError as exc:
         await stream.send(M.StreamResponse(error=error_response(exc, M)))
