@@ -457,6 +457,34 @@ async def test_node_failure_mid_stream_is_reported_and_ends_the_session(
     await still_streaming(served)
 
 
+async def test_chunks_that_keep_coming_after_a_node_failure(served: Served) -> None:
+    """The session fails while chunks still arrive: Session.send raises the node's error for
+    them, which escaped the stream (UNKNOWN "Internal Server Error", 4 runs in 5) instead of
+    the client getting the failure as ``error``, then StreamClosed."""
+    doc = manifest(
+        [("bad", "RaiseNode", {"phase": "process", "after_frames": 0, "message": "first"})],
+        executors={"bad": "inprocess"},
+    )
+
+    async def scenario() -> list[tuple[str, Any]]:
+        async with open_stream(served.port) as s:
+            await s.init(doc)
+            await s.until("ready")
+            with contextlib.suppress(StreamTerminatedError):  # the server may end the call meanwhile
+                for seq in range(1, 300):
+                    await s.chunk("bad", text_buffer("x"), seq)
+            return await s.rest()
+
+    for _ in range(3):
+        items = await served.aio(scenario)
+        (error,) = [v for k, v in items if k == "error"]
+        assert error.error_type == pb.ErrorType.NODE_EXECUTION
+        assert error.failing_node_id == "bad"
+        assert not error.session_continues
+        assert items[-1][0] == "closed"
+    await still_streaming(served)
+
+
 @pytest.mark.parametrize(
     ("node", "expect"),
     [

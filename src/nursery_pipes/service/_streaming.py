@@ -51,7 +51,6 @@ from .._errors import (
     NodeError,
     NurseryPipesError,
     ResourceLimitError,
-    SessionClosedError,
     SessionError,
 )
 from .._proto.remotemedia import v1 as pb
@@ -438,7 +437,7 @@ async def _data(kind: str, value: Any, session: Session, state: _State, closed: 
     except (InputError, FrameError, ResourceLimitError) as exc:
         state.dropped += 1
         return _rejected(what, error_response(exc, M), seq)
-    except SessionClosedError:
+    except SessionError:  # closed, cancelled, or failed (then the node's error): not this chunk's fault
         return None  # the session is ending; outbound reports why
     return None
 
