@@ -580,6 +580,24 @@ async def test_outputs_over_a_limit_are_rejected_and_the_stream_goes_on(served: 
     await still_streaming(served)
 
 
+async def test_init_failure_with_initial_data_inputs_is_reported_as_error(served: Served) -> None:
+    """StreamInit.data_inputs wait in Session.send for READY; a failed start wakes them with the
+    node's error, which escaped the stream (UNKNOWN) instead of arriving as ``error``."""
+    doc = manifest([("bad", "RaiseNode", {"phase": "initialize"})], executors={"bad": "inprocess"})
+
+    async def scenario() -> list[tuple[str, Any]]:
+        async with open_stream(served.port) as s:
+            await s.init(doc, data_inputs={"bad": text_buffer("x")})
+            return await s.rest()
+
+    items = await served.aio(scenario)
+    (error,) = [v for k, v in items if k == "error"]
+    assert error.error_type == pb.ErrorType.NODE_EXECUTION
+    assert error.failing_node_id == "bad"
+    assert "ready" not in kinds(items)
+    assert served.runtime.sessions == {}
+
+
 # -- bad input -------------------------------------------------------------------------------------------
 
 

@@ -339,8 +339,11 @@ async def _inbound(
     nursery: trio.Nursery,
 ) -> None:
     async with out:
-        for node_id, frame in initial.items():
-            await session.send(node_id, frame, seq=0)
+        try:
+            for node_id, frame in initial.items():
+                await session.send(node_id, frame, seq=0)
+        except SessionError:  # the session failed to start or is ending: outbound reports why
+            return
         if initial:
             state.last_seq = 0  # StreamInit's data_inputs are sequence 0: chunks continue after it
         closed = False
