@@ -8,6 +8,7 @@ import pytest
 
 from nursery_pipes import AudioFrame, FrameError, FrameKindError, InputError
 from nursery_pipes._proto.remotemedia import v1 as pb
+from nursery_pipes.client import rejection
 from nursery_pipes.wire import buffer_to_frame, error_response, frame_to_buffer, frames_to_buffer
 from nursery_pipes.wire._messages import BETTERPROTO, UPB, Messages
 
@@ -55,3 +56,23 @@ def test_a_frame_of_the_wrong_kind_is_type_validation(ns: Messages) -> None:
     assert error.error_type == pb.ErrorType.TYPE_VALIDATION
     assert "accepts audio frames" in error.message
     assert error_response(InputError("input for unknown node 'x'"), ns).error_type == pb.ErrorType.VALIDATION
+
+
+def test_client_tells_a_rejection_from_a_fatal_error_on_new_and_old_servers() -> None:
+    fatal = pb.StreamResponse(error=pb.ErrorResponse(error_type=pb.ErrorType.NODE_EXECUTION))
+    assert rejection(fatal) is None
+    assert rejection(pb.StreamResponse(closed=pb.StreamClosed())) is None
+    new = pb.ErrorResponse(error_type=pb.ErrorType.VALIDATION, failing_sequence=0, session_continues=True)
+    assert rejection(pb.StreamResponse(error=new)) == new
+    with pytest.warns(DeprecationWarning, match="stream_error is deprecated"):
+        old = pb.StreamResponse(  # what servers sent before the ErrorResponse extensions
+            stream_error=pb.StreamErrorResponse(
+                base_error=pb.ErrorResponse(error_type=pb.ErrorType.VALIDATION, message="ghost"),
+                stream_error_type=pb.StreamErrorType.STREAM_ERROR_INVALID_SEQUENCE,
+                failing_sequence=4,
+            )
+        )
+    converted = rejection(pb.StreamResponse().parse(bytes(old)))
+    assert converted is not None
+    assert (converted.message, converted.failing_sequence, converted.session_continues) == ("ghost", 4, True)
+    assert converted.stream_error_type == pb.StreamErrorType.STREAM_ERROR_INVALID_SEQUENCE
