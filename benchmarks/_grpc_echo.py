@@ -198,7 +198,6 @@ async def stream_aio(stream: Any) -> None:
 def _trio_handlers(tasks: bool) -> tuple[Any, Any]:
     import trio
     import trio_asyncio
-
     from grpclib.encoding.proto import ProtoCodec
 
     from nursery_pipes.service._bridge import TrioStream
