@@ -1,20 +1,34 @@
 # The two commands of the README:
 #   make demo   — set everything up, then run the main job (a real pipeline through a real server)
 #   make test   — set everything up, then run the whole test suite (what CI runs)
-PYTHON ?= python3
-VENV   := .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+#
+# Setup installs exactly what uv.lock says (uv sync --locked), so every machine runs the
+# versions CI ran. uv itself is pinned and installed with pip into .tools/ (only Python,
+# pip and venv are assumed). `make test-latest` runs the suite on the newest versions that
+# pyproject.toml allows (what `pip install nursery-pipes` gives a user today).
+PYTHON     ?= python3
+UV_VERSION := 0.13.9
+TOOLS      := .tools
+UV         := $(TOOLS)/bin/uv
+VENV       := .venv
+BIN        := $(VENV)/bin
+STAMP      := $(VENV)/.installed
+LATEST     := .venv-latest
+EXTRAS     := --extra dev --extra speech
+# Never let uv download an interpreter: use the one PYTHON names.
+export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test lint typecheck bench protos clean setup
+.PHONY: demo test test-latest lint typecheck bench protos lock clean setup
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(UV):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "nursery_pipes needs Python >= 3.11; run with PYTHON=python3.11 (or newer)")'
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,speech]'
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(STAMP): $(UV) pyproject.toml uv.lock
+	$(UV) sync --locked --python $(PYTHON) $(EXTRAS)
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -25,6 +39,18 @@ test: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks scripts
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+# The newest versions pyproject.toml allows, resolved now (uv.lock is not touched).
+test-latest: $(UV)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(LATEST)
+	$(UV) pip install --quiet --python $(LATEST)/bin/python --upgrade --refresh -e '.[dev,speech]'
+	$(UV) pip list --python $(LATEST)/bin/python --format freeze > $(LATEST)/versions.txt
+	$(LATEST)/bin/mypy
+	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider
+
+# Change the lock on purpose: after editing pyproject.toml, or to take newer versions.
+lock: $(UV)
+	$(UV) lock --python $(PYTHON)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -40,4 +66,4 @@ protos: $(STAMP)
 	$(BIN)/python scripts/generate_protos.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) $(TOOLS) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

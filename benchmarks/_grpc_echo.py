@@ -198,20 +198,23 @@ async def stream_aio(stream: Any) -> None:
 def _trio_handlers(tasks: bool) -> tuple[Any, Any]:
     import trio
     import trio_asyncio
+    from grpclib.encoding.proto import ProtoCodec
 
     from nursery_pipes.service._bridge import TrioStream
 
+    codec = ProtoCodec()  # what the echo server decodes with (grpclib's default)
+
     async def execute_body(raw: Any) -> None:
-        stream = TrioStream(raw, M.ExecuteRequest, MAX_MESSAGE_BYTES)
+        stream = TrioStream(raw, M.ExecuteRequest, MAX_MESSAGE_BYTES, codec)
         request = await stream.recv()
         await stream.send(M.execute_reply(request))
 
     async def stream_body(raw: Any) -> None:
-        stream = TrioStream(raw, M.StreamRequest, MAX_MESSAGE_BYTES)
+        stream = TrioStream(raw, M.StreamRequest, MAX_MESSAGE_BYTES, codec)
         await echo(stream.recv, stream.send)
 
     async def stream_body_tasks(raw: Any) -> None:
-        stream = TrioStream(raw, M.StreamRequest, MAX_MESSAGE_BYTES)
+        stream = TrioStream(raw, M.StreamRequest, MAX_MESSAGE_BYTES, codec)
         send_channel, receive_channel = trio.open_memory_channel[Any](64)
 
         async def inbound() -> None:

@@ -358,6 +358,48 @@ async def wait_no_session_processes(session_id: str, within: float) -> float:
 # -- protoc --------------------------------------------------------------------------------------------
 
 
+EXTENSION_MARK = "// nursery_pipes extension"
+
+
+def strip_extensions(text: str) -> str:
+    """Remove every declaration preceded by a ``// nursery_pipes extension`` comment.
+
+    The comment block (the marker line and any comment lines after it) is dropped,
+    then the declaration it introduces: one field line, or a whole ``message {...}``.
+    """
+    out: list[str] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        if not lines[i].strip().startswith(EXTENSION_MARK):
+            out.append(lines[i])
+            i += 1
+            continue
+        i += 1
+        while i < len(lines) and lines[i].strip().startswith("//"):
+            i += 1
+        decl = lines[i].strip()
+        if decl.startswith("message "):
+            depth = 0
+            while True:
+                depth += lines[i].count("{") - lines[i].count("}")
+                i += 1
+                if depth == 0:
+                    break
+        else:
+            assert decl.endswith(";") or ";" in decl, f"unexpected extension decl: {decl}"
+            i += 1
+    return "\n".join(out) + "\n"
+
+
+def write_stripped_protos(dest: Path) -> Path:
+    for name in PROTO_FILES:
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(strip_extensions((PROTO_ROOT / name).read_text(encoding="utf-8")))
+    return dest
+
+
 def run_protoc(proto_root: Path, *args: str) -> None:
     """grpcio-tools' protoc over ``PROTO_FILES`` of ``proto_root``; ``args`` say what to write."""
     cmd = [sys.executable, "-m", "grpc_tools.protoc", f"--proto_path={proto_root}", *args, *PROTO_FILES]

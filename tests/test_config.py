@@ -244,7 +244,12 @@ def test_auth_token_env(monkeypatch: pytest.MonkeyPatch) -> None:
     config = load_config(text='[server]\nauth_token = "inline"\nauth_token_env = "NP_TEST_TOKEN"')
     assert config.auth_token_value() == "s3cret"  # the environment variable wins over the inline token
     monkeypatch.delenv("NP_TEST_TOKEN")
-    assert config.auth_token_value() == ""  # named but unset: no token (never the inline fallback)
+    # named but unset or empty: fail closed (never no auth, never the inline fallback)
+    with pytest.raises(ConfigError, match="NP_TEST_TOKEN, which is not set; refusing to serve without auth"):
+        config.auth_token_value()
+    monkeypatch.setenv("NP_TEST_TOKEN", "  ")
+    with pytest.raises(ConfigError, match="NP_TEST_TOKEN, which is empty"):
+        config.auth_token_value()
     assert load_config(text='[server]\nauth_token = "inline"').auth_token_value() == "inline"
     assert load_config().auth_token_value() == ""  # auth disabled by default
 

@@ -42,6 +42,8 @@ from service_fixtures import (
     wait_no_session_processes,
 )
 
+from nursery_pipes._proto.remotemedia import v1 as pb
+
 pytestmark = pytest.mark.timeout(60)
 
 CLIENT = r'''
@@ -364,13 +366,18 @@ async def test_grpcio_stream_errors_and_cancel(served: Served, grpcio_client: tu
         ["up", {"text": "d"}, 4],
     ]
     responses = await grpcio(grpcio_client, served.address, "stream", manifest=doc, chunks=chunks)
-    errors = [r["stream_error"] for r in responses if r["which"] == "stream_error"]
+    # Rejections arrive as `error` (the deprecated extension `stream_error` is never sent); a
+    # client built from our protos also sees the extension fields.
+    assert "stream_error" not in [r["which"] for r in responses]
+    errors = [r["error"] for r in responses if r["which"] == "error"]
     assert [
-        (e.get("stream_error_type", "STREAM_ERROR_UNSPECIFIED"), e["failing_sequence"]) for e in errors
+        (e.get("stream_error_type", 0), e["failing_sequence"], e.get("session_continues")) for e in errors
     ] == [
-        ("STREAM_ERROR_INVALID_SEQUENCE", "2"),
-        ("STREAM_ERROR_UNSPECIFIED", "3"),
+        (int(pb.StreamErrorType.STREAM_ERROR_INVALID_SEQUENCE), "2", True),
+        (int(pb.StreamErrorType.STREAM_ERROR_UNSPECIFIED), "3", True),
     ]
+    assert [e["error_type"] for e in errors] == ["ERROR_TYPE_VALIDATION"] * 2
+    assert "ghost" in errors[1]["message"]
     outputs = [
         (r["result"]["sequence"], base64.b64decode(r["result"]["data_outputs"]["up"]["text"]["text_data"]))
         for r in responses

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import trio
+import trio.testing
 
 from nursery_pipes import (
     AudioFrame,
@@ -137,6 +138,27 @@ async def test_fan_out_and_fan_in_between_workers() -> None:
     assert [t for t in texts if t.endswith("b")] == [f"{i}b" for i in range(100)]
 
 
+async def test_a_worker_join_flushes_only_after_every_input_ended() -> None:
+    """src → (fast ×2, slow) → join in a worker. The join only emits at flush (one chunk of
+    everything it got), so a frame of the slow branch is missing if it flushed on the fast EOS."""
+    m = manifest(
+        [
+            ("src", "PassThrough", {}, "inprocess"),
+            ("fast", "AudioGainNode", {"gain_db": 6.0206}, "inprocess"),
+            ("slow", "SleepNode", {"process_seconds": 0.05}, "inprocess"),
+            ("join", "AudioChunkerNode", {"chunk_size": 1_000_000}, "multiprocess"),
+        ],
+        [("src", "fast"), ("src", "slow"), ("fast", "join"), ("slow", "join")],
+    )
+    odd = [1, 3, 5, 7, 9]  # the slow branch keeps them odd, the fast one doubles them
+    with trio.fail_after(10):  # a join that stopped reading early may leave the slow branch blocked
+        result = await runtime().run_pipeline(m, {"src": [audio(v) for v in odd]})
+    (flushed,) = result.outputs["join"]
+    runs = [round(v) for v in flushed.samples[::160, 0]]  # one value per 160-sample input frame
+    assert [v for v in runs if v % 2] == odd
+    assert [v for v in runs if not v % 2] == [2 * v for v in odd]
+
+
 async def test_worker_to_worker_edges_are_direct() -> None:
     m = manifest(
         [("w1", "PassThrough", {}, "multiprocess"), ("w2", "PassThrough", {}, "multiprocess")], [("w1", "w2")]
@@ -222,6 +244,89 @@ async def test_slow_consumer_applies_backpressure_without_loss() -> None:
     assert [f.text for f in result.outputs["slow"]] == [str(i) for i in range(300)]
 
 
+@pytest.mark.parametrize(
+    ("channel_capacity", "slot_count", "bound"),
+    [(1, 8, 1), (3, 8, 3), (100, 4, 4)],
+    ids=["capacity-1", "capacity-bounds", "slots-bound"],
+)
+async def test_a_ring_holds_at_most_min_of_channel_capacity_and_slot_count(
+    channel_capacity: int, slot_count: int, bound: int
+) -> None:
+    """The client → worker edge is a real ring; its worker hangs in process() on the first frame
+    and keeps that frame's slot, so every send that completes is a frame the ring holds."""
+    m = manifest(
+        [("w", "HangNode", {"phase": "process"}, "multiprocess")], [], channel_capacity=channel_capacity
+    )
+    accepted = 0
+    async with runtime(slot_count=slot_count).open_session(m) as session:
+
+        async def feed() -> None:
+            nonlocal accepted
+            while True:
+                await session.send("w", TextFrame(text=str(accepted)))
+                accepted += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(feed)
+            await trio.testing.wait_all_tasks_blocked()  # the feeder waits for a free slot
+            nursery.cancel_scope.cancel()
+        session.cancel()
+    assert accepted == bound
+
+
+async def test_close_delivers_a_send_blocked_on_a_full_ring() -> None:
+    """close() while a send waits for a slot: the end of stream must queue behind that frame
+    (both wait for the same ring), not race it for the slot or cut it off."""
+    m = manifest([("w", "SleepNode", {"process_seconds": 0.1}, "multiprocess")], [], channel_capacity=2)
+    async with runtime().open_session(m) as session:
+        await session.send("w", TextFrame(text="0"))
+        await session.send("w", TextFrame(text="1"))  # the ring's two slots are taken
+        delivered = trio.Event()
+
+        async def send_blocked() -> None:
+            await session.send("w", TextFrame(text="2"))
+            delivered.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_blocked)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not delivered.is_set(), "the third send should wait for a slot"
+            await session.close()
+            outputs = [o.frame.text async for o in session.outputs()]
+    assert outputs == ["0", "1", "2"]
+    assert session.state is SessionState.TERMINATED
+
+
+async def test_concurrent_sends_to_a_worker_source_all_arrive() -> None:
+    """Several tasks feeding one worker source while its ring is full: each send waits its
+    turn (first come, first served); none fails because another is already waiting."""
+    m = manifest([("w", "SleepNode", {"process_seconds": 0.02}, "multiprocess")], [], channel_capacity=1)
+    outputs: list[str] = []
+
+    async def read_outputs(session: Any) -> None:
+        outputs.extend([o.frame.text async for o in session.outputs()])
+
+    async with runtime().open_session(m) as session, trio.open_nursery() as reader:
+        reader.start_soon(read_outputs, session)
+        async with trio.open_nursery() as senders:
+            for i in range(6):
+                senders.start_soon(session.send, "w", TextFrame(text=str(i)))
+        await session.close()
+    assert sorted(outputs) == [str(i) for i in range(6)]
+
+
+async def test_one_slot_rings_carry_a_worker_chain_in_order() -> None:
+    """channel_capacity 1: every ring of the chain has one slot (lockstep), big frames included."""
+    m = manifest(
+        [("w1", "PassThrough", {}, "multiprocess"), ("w2", "PassThrough", {}, "multiprocess")],
+        [("w1", "w2")],
+        channel_capacity=1,
+    )
+    frames = [audio(i, n=100_000 if i % 10 == 0 else 160) for i in range(40)]  # 400 KB: external
+    result = await runtime(slot_size=4096).run_pipeline(m, {"w1": frames})
+    assert [float(f.samples[0, 0]) for f in result.outputs["w2"]] == [float(i) for i in range(40)]
+
+
 async def test_progress_from_a_worker_reaches_the_event_stream() -> None:
     m = manifest([("p", "ProgressNode", {"steps": 4}, "multiprocess")], [])
     result = await runtime().run_pipeline(m, {"p": TextFrame(text="x")})
@@ -249,6 +354,32 @@ async def test_exception_in_initialize_names_node_phase_and_traceback() -> None:
     assert info.value.phase == "initialize"
     assert "RuntimeError: weights missing" in str(info.value)
     assert 'File "' in (info.value.remote_traceback or "")
+
+
+@pytest.mark.parametrize(
+    ("node", "exit_fields"),
+    [
+        (("ExitNode", {"phase": "initialize", "code": 3}), {"exitcode": 3, "signal": None}),
+        (("SignalNode", {"phase": "initialize"}), {"exitcode": None, "signal": signal.SIGKILL}),
+    ],
+    ids=["os-exit", "sigkill"],
+)
+async def test_a_worker_that_dies_while_initialising_is_reported_in_phase_initialize(
+    node: tuple[str, dict[str, Any]], exit_fields: dict[str, Any]
+) -> None:
+    """No failure event comes from a process that dies: the phase is the supervisor's own verdict."""
+    node_type, params = node
+    m = manifest(
+        [("ok", "PassThrough", {}, "multiprocess"), ("dies", node_type, params, "multiprocess")],
+        [("ok", "dies")],
+    )
+    with pytest.raises(NodeCrashed) as info:
+        async with runtime().open_session(m):
+            pytest.fail("the session must not start")
+    assert info.value.node_id == "dies"
+    assert info.value.phase == "initialize"
+    assert {"exitcode": info.value.exitcode, "signal": info.value.signal} == exit_fields
+    assert "failed in initialize: worker process" in str(info.value)
 
 
 async def test_exception_in_process_fails_the_session() -> None:
@@ -367,6 +498,23 @@ async def test_init_timeout_is_reported_at_the_deadline_then_the_worker_is_kille
     assert state is SessionState.ERROR  # reported while the worker was still being stopped
     assert ended_at >= timeout + grace * 0.9
     assert await _pids_of_session(session_ids[0]) == []
+
+
+async def test_a_blocking_initialize_in_a_worker_that_overruns_times_out() -> None:
+    """initialize() blocks the worker for 1.5 s; the 0.3 s timeout fires meanwhile. Settings are
+    built directly: manifests cannot ask for less than 1 s."""
+    m = manifest([("slow", "SleepNode", {"init_seconds": 1.5}, "multiprocess")], [])
+    rt = runtime()
+    plan = rt.plan(m)
+    plan = dataclasses.replace(plan, settings=dataclasses.replace(plan.settings, init_timeout_secs=0.3))
+    start = time.monotonic()
+    with pytest.raises(NodeInitTimeout) as info:
+        async with rt.open_session(plan):
+            pytest.fail("the session must not start")
+    elapsed = time.monotonic() - start
+    assert info.value.node_id == "slow"
+    assert info.value.timeout == 0.3
+    assert 0.3 <= elapsed < 1.5  # the timeout, then ask → grace → kill; not the end of initialize
 
 
 async def test_hang_in_process_ignoring_stop_is_killed_after_grace() -> None:
@@ -623,3 +771,50 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
     except OSError:
         return False
+
+
+MAIN_SCRIPT = textwrap.dedent(
+    """
+    import os
+    print("MAIN-IMPORTED", os.getpid(), flush=True)  # runs again in any child that re-imports us
+
+    if __name__ == "__main__":
+        import sys
+        import trio
+        from nursery_pipes import Runtime, RuntimeConfig, TextFrame
+        from nursery_pipes._config import MultiprocessDefaults
+
+        MANIFEST = {
+            "version": "v1",
+            "metadata": {"name": "main", "multiprocess": {"executor_overrides": {"a": "multiprocess"}}},
+            "nodes": [{"id": "a", "node_type": "PassThrough"}],
+            "connections": [],
+        }
+        config = RuntimeConfig(multiprocess=MultiprocessDefaults(worker_type=sys.argv[1]))
+
+        async def main():
+            async with Runtime(config) as runtime:
+                result = await runtime.run_pipeline(MANIFEST, {"a": TextFrame(text="x")})
+                print("PID", result.metrics.nodes["a"].pid, flush=True)
+
+        trio.run(main)
+    """
+)
+
+
+@pytest.mark.parametrize("worker_type", ["forkserver", "spawn"])
+def test_workers_never_import_the_parents_main(tmp_path: Path, worker_type: str) -> None:
+    """multiprocessing makes forkserver/spawn children re-import the parent's __main__; our
+    workers skip it (executors/_pool.py patches multiprocessing.spawn and recognises workers
+    by trio-parallel's process name: this test is what notices if either changes)."""
+    script = tmp_path / "main_script.py"
+    script.write_text(MAIN_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), worker_type], capture_output=True, text=True, timeout=45, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    worker = next(int(line.split()[1]) for line in lines if line.startswith("PID"))
+    imported = [int(line.split()[1]) for line in lines if line.startswith("MAIN-IMPORTED")]
+    assert worker not in imported
+    assert len(imported) == 1, f"__main__ was imported by {len(imported)} processes: {lines}"

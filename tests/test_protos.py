@@ -32,7 +32,7 @@ from typing import Any
 import betterproto
 import pytest
 from google.protobuf import descriptor_pb2
-from service_fixtures import PROTO_FILES, PROTO_ROOT, run_protoc
+from service_fixtures import PROTO_FILES, PROTO_ROOT, run_protoc, write_stripped_protos
 
 from nursery_pipes._proto.remotemedia import v1 as pb
 
@@ -40,7 +40,6 @@ ROOT = Path(__file__).resolve().parent.parent
 GENERATED_DIR = ROOT / "src" / "nursery_pipes" / "_proto"
 GENERATOR = ROOT / "scripts" / "generate_protos.py"
 PACKAGE = "remotemedia.v1"
-EXTENSION_MARK = "// nursery_pipes extension"
 
 # ---------------------------------------------------------------------------
 # The wire table of shared/wire/remotemedia-v1.md, transcribed line by line.
@@ -363,6 +362,9 @@ EXTENSIONS: dict[str, dict[str, list[str]]] = {
     "remotemedia/v1/common.proto": {
         "message ErrorResponse": [
             "6: repeated ValidationIssue issues",
+            "7: optional uint64 failing_sequence",
+            "8: int32 stream_error_type",
+            "9: bool session_continues",
         ],
         "message ValidationIssue": [
             "1: string path",
@@ -402,7 +404,7 @@ EXTENSIONS: dict[str, dict[str, list[str]]] = {
     "remotemedia/v1/streaming.proto": {
         "message StreamResponse": [
             "6: InitProgress progress  (oneof response)",
-            "7: StreamErrorResponse stream_error  (oneof response)",
+            "7: StreamErrorResponse stream_error  (oneof response) [deprecated]",
         ],
         "message StreamReady": [
             "4: repeated NodeAssignment assignments",
@@ -439,45 +441,6 @@ def merged_table() -> dict[str, dict[str, list[str]]]:
 # ---------------------------------------------------------------------------
 # protoc helpers
 # ---------------------------------------------------------------------------
-
-
-def strip_extensions(text: str) -> str:
-    """Remove every declaration preceded by a ``// nursery_pipes extension`` comment.
-
-    The comment block (the marker line and any comment lines after it) is dropped,
-    then the declaration it introduces: one field line, or a whole ``message {...}``.
-    """
-    out: list[str] = []
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        if not lines[i].strip().startswith(EXTENSION_MARK):
-            out.append(lines[i])
-            i += 1
-            continue
-        i += 1
-        while i < len(lines) and lines[i].strip().startswith("//"):
-            i += 1
-        decl = lines[i].strip()
-        if decl.startswith("message "):
-            depth = 0
-            while True:
-                depth += lines[i].count("{") - lines[i].count("}")
-                i += 1
-                if depth == 0:
-                    break
-        else:
-            assert decl.endswith(";") or ";" in decl, f"unexpected extension decl: {decl}"
-            i += 1
-    return "\n".join(out) + "\n"
-
-
-def write_stripped_protos(dest: Path) -> Path:
-    for name in PROTO_FILES:
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(strip_extensions((PROTO_ROOT / name).read_text(encoding="utf-8")))
-    return dest
 
 
 @pytest.fixture(scope="module")
@@ -991,6 +954,40 @@ def _deprecated_audio_chunk_request() -> pb.StreamRequest:
         )
 
 
+def _deprecated_stream_error_response() -> pb.StreamResponse:
+    """What servers before the ErrorResponse extensions sent for a rejected chunk (field 7)."""
+    with pytest.warns(DeprecationWarning, match="stream_error is deprecated"):
+        return pb.StreamResponse(
+            stream_error=pb.StreamErrorResponse(
+                base_error=pb.ErrorResponse(
+                    error_type=pb.ErrorType.NODE_EXECUTION,
+                    message="node asr exited with signal 9",
+                    failing_node_id="asr",
+                ),
+                stream_error_type=pb.StreamErrorType.STREAM_ERROR_EXECUTION,
+                failing_sequence=9,
+                session_id="s-1",
+            )
+        )
+
+
+REJECTION = pb.ErrorResponse(
+    error_type=pb.ErrorType.VALIDATION,
+    message="DataChunk sequence 0 rejected (the stream goes on): input for unknown node 'ghost'",
+    context="data",
+    failing_sequence=0,  # presence matters: sequence 0 (StreamInit's data_inputs) is a real one
+    stream_error_type=pb.StreamErrorType.STREAM_ERROR_INVALID_SEQUENCE,
+    session_continues=True,
+)
+REJECTION_JSON = {
+    "error_type": "ERROR_TYPE_VALIDATION",
+    "message": "DataChunk sequence 0 rejected (the stream goes on): input for unknown node 'ghost'",
+    "context": "data",
+    "failing_sequence": "0",
+    "stream_error_type": 2,
+    "session_continues": True,
+}
+
 # (type name, betterproto message factory, the same message in proto3 JSON form)
 CASES: dict[str, tuple[str, Any, dict[str, Any]]] = {
     "ExecuteRequest/manifest+audio": (
@@ -1271,20 +1268,14 @@ CASES: dict[str, tuple[str, Any, dict[str, Any]]] = {
             }
         },
     ),
+    "StreamResponse/error+rejection(ext)": (
+        "StreamResponse",
+        lambda: pb.StreamResponse(error=REJECTION),
+        {"error": REJECTION_JSON},
+    ),
     "StreamResponse/stream_error(ext)": (
         "StreamResponse",
-        lambda: pb.StreamResponse(
-            stream_error=pb.StreamErrorResponse(
-                base_error=pb.ErrorResponse(
-                    error_type=pb.ErrorType.NODE_EXECUTION,
-                    message="node asr exited with signal 9",
-                    failing_node_id="asr",
-                ),
-                stream_error_type=pb.StreamErrorType.STREAM_ERROR_EXECUTION,
-                failing_sequence=9,
-                session_id="s-1",
-            )
-        ),
+        _deprecated_stream_error_response,
         {
             "stream_error": {
                 "base_error": {
@@ -1348,6 +1339,14 @@ def _drop(d: dict[str, Any], *path: str) -> dict[str, Any]:
     [
         ("StreamResponse/progress(ext)", "response", None, {}, [6]),
         ("StreamResponse/stream_error(ext)", "response", None, {}, [7]),
+        (
+            # A rejected chunk: an old client sees `error` with everything upstream knows.
+            "StreamResponse/error+rejection(ext)",
+            "response",
+            "error",
+            {"error": {k: REJECTION_JSON[k] for k in ("error_type", "message", "context")}},
+            [],
+        ),
         (
             "StreamResponse/ready",
             "response",

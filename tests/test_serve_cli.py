@@ -254,6 +254,14 @@ async def test_second_signal_stops_at_once() -> None:
         ([], {"NURSERY_PIPES_SERVER__NOPE": "1"}, None, "unknown key 'nope' in [server]"),
         ([], {"NURSERY_PIPES_LIMITS__MAX_SESSIONS": "0"}, None, "max_sessions"),
         (["--warm-pool", "-1"], {}, None, "--warm-pool"),
+        # auth fails closed: a token variable that is named but unset or empty stops the server
+        (["--auth-token-env", "NP_UNSET_TOKEN"], {}, None, "NP_UNSET_TOKEN, which is not set"),
+        (
+            [],
+            {"NURSERY_PIPES_SERVER__AUTH_TOKEN_ENV": "NP_EMPTY", "NP_EMPTY": " "},
+            None,
+            "NP_EMPTY, which is empty",
+        ),
         (["--no-such-flag"], {}, None, "No such option"),
     ],
 )
@@ -278,7 +286,7 @@ async def test_address_in_use_is_a_clear_error() -> None:
         stderr = done.stderr.decode()
         assert done.returncode == 2, stderr
         assert f"cannot listen on {first.address}" in stderr
-        assert "address already in use" in stderr
+        assert "address already in use" in stderr.lower()
         assert "Traceback" not in stderr
         first.process.send_signal(signal.SIGTERM)
         with trio.fail_after(20):
@@ -415,3 +423,36 @@ async def test_run_against_server_reports_a_refused_call_without_traceback(tmp_p
         server.process.send_signal(signal.SIGTERM)
         with trio.fail_after(20):
             assert await server.process.wait() == 0
+
+
+async def test_run_against_server_reports_a_rejected_chunk_and_carries_on(tmp_path: Path) -> None:
+    """A chunk the server rejects (text for an audio-only node) is a warning, not a failure:
+    the other source's outputs come back, the run exits 0, --json lists the rejection."""
+    doc = tmp_path / "m.json"
+    doc.write_text(
+        json.dumps(
+            manifest(
+                [("up", "TextTransformNode", {"operation": "upper"}), ("g", "AudioGainNode", {})],
+                executors={"up": "inprocess", "g": "inprocess"},
+            )
+        ),
+        encoding="utf-8",
+    )
+    text_in = tmp_path / "in.txt"
+    text_in.write_text("still here\n", encoding="utf-8")
+    inputs = ["-i", f"g={text_in}", "-i", f"up={text_in}"]
+    async with serve_process() as server:
+        as_json = await nursery_pipes("run", str(doc), *inputs, "--json", "--server", server.address)
+        human = await nursery_pipes("run", str(doc), *inputs, "--server", server.address)
+        server.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            assert await server.process.wait() == 0
+    assert as_json.returncode == 0, as_json.stderr.decode()
+    summary = json.loads(as_json.stdout)
+    assert summary["outputs"]["up"][0]["text"] == "STILL HERE"
+    (rejected,) = summary["rejected"]
+    assert rejected.startswith("DataChunk sequence 1 rejected (the stream goes on)")
+    assert "node 'g' (AudioGainNode) accepts audio frames, not text" in rejected
+    assert human.returncode == 0, human.stderr.decode()
+    assert "warning:" in human.stderr.decode()
+    assert "STILL HERE" in human.stdout.decode()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +142,11 @@ async def test_get_version_lists_node_types_and_checks_compatibility(served: Ser
     assert ours.compatible
     assert info.protocol_version == "v1"
     assert info.runtime_version.startswith("nursery_pipes ")
-    assert "grpc" in info.supported_protocols
+    assert info.supported_protocols == ["v1"]  # protocol versions (it listed the transport, "grpc")
+    built = datetime.fromisoformat(info.build_timestamp)  # ISO 8601, UTC ("…Z")
+    assert info.build_timestamp.endswith("Z")
+    assert built.utcoffset() == timedelta(0)
+    assert built <= datetime.now(UTC)
     types = set(info.supported_node_types)
     assert {"PassThrough", "TextTransformNode", "AudioGainNode", "RaiseNode", "ProgressNode"} <= types
     assert sorted(types) == sorted(served.runtime.registry.names())
@@ -388,6 +393,70 @@ async def test_input_for_unknown_node_is_validation_error(served: Served) -> Non
     error = error_of(await execute_raw(served, request))
     assert error.error_type == pb.ErrorType.VALIDATION
     assert "nobody" in error.message
+    await still_serving(served)
+
+
+async def test_a_source_without_input_is_a_validation_error_naming_it(served: Served) -> None:
+    """It ran with nothing and answered SUCCESS with empty buffers."""
+    doc = manifest([("a", "TextTransformNode", {"operation": "upper"}), ("b", "PassThrough", {})])
+    for inputs, missing in [({}, "nodes 'a', 'b'"), ({"a": text_buffer("x")}, "node 'b'")]:
+        request = pb.ExecuteRequest(manifest=manifest_to_proto(doc), data_inputs=inputs)
+        error = error_of(await execute_raw(served, request))
+        assert error.error_type == pb.ErrorType.VALIDATION
+        assert f"no input for source {missing}" in error.message
+    assert served.runtime.sessions == {}
+    await still_serving(served)
+
+
+async def test_input_of_a_kind_the_node_does_not_take_is_type_validation(served: Served) -> None:
+    doc = manifest([("g", "AudioGainNode", {})], executors={"g": "multiprocess"})
+    request = pb.ExecuteRequest(manifest=manifest_to_proto(doc), data_inputs={"g": text_buffer("x")})
+    error = error_of(await execute_raw(served, request))
+    assert error.error_type == pb.ErrorType.TYPE_VALIDATION
+    assert "node 'g' (AudioGainNode) accepts audio frames, not text" in error.message
+    assert served.runtime.sessions == {}  # refused before a worker was started
+
+
+UPSAMPLE = manifest([("resample", "AudioResampleNode", {"target_rate": 1_000_000, "quality": "QQ"})])
+
+
+def tones(n: int, rate: int = 1000) -> pb.DataBuffer:
+    """``n`` samples at ``rate`` Hz: ×(1 MHz / rate) samples out of UPSAMPLE, 4 bytes each."""
+    return pb.DataBuffer(
+        audio=pb.AudioBuffer(
+            samples=np.full(n, 0.1, dtype=np.float32).tobytes(), sample_rate=rate, channels=1
+        )
+    )
+
+
+@pytest.mark.parametrize("served", [{"server": {"max_message_bytes": 128 * 1024}}], indirect=True)
+async def test_outputs_are_bounded_like_inputs(served: Served) -> None:
+    """A reply over the server's max_message_bytes, or outputs over the request's
+    resource_limits.max_memory_bytes, are RESOURCE_LIMIT naming the sink (they were sent:
+    a few hundred bytes in, a reply of any size out)."""
+
+    async def run(buffer: pb.DataBuffer, limits: pb.ResourceLimits | None = None) -> pb.ExecuteResponse:
+        request = pb.ExecuteRequest(
+            manifest=manifest_to_proto(UPSAMPLE),
+            data_inputs={"resample": buffer},
+            resource_limits=limits or pb.ResourceLimits(),
+        )
+        return await execute_raw(served, request)
+
+    too_big = error_of(await run(tones(100)))  # 400 bytes in, ~400 KB out
+    assert too_big.error_type == pb.ErrorType.RESOURCE_LIMIT
+    assert "sink 'resample'" in too_big.message
+    assert "max_message_bytes is 131072" in too_big.message
+
+    over_memory = error_of(await run(tones(10), pb.ResourceLimits(max_memory_bytes=20_000)))  # ~48 KB
+    assert over_memory.error_type == pb.ErrorType.RESOURCE_LIMIT
+    assert "sink 'resample'" in over_memory.message
+    assert "resource_limits.max_memory_bytes (20000)" in over_memory.message
+
+    fits = await run(tones(10))
+    assert betterproto.which_one_of(fits, "outcome")[0] == "result"
+    assert fits.result.data_outputs["resample"].audio.sample_rate == 1_000_000
+    assert served.runtime.sessions == {}
     await still_serving(served)
 
 

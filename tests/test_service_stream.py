@@ -41,7 +41,7 @@ from service_fixtures import (
 
 from nursery_pipes import Runtime, TextFrame
 from nursery_pipes._proto.remotemedia import v1 as pb
-from nursery_pipes.client import ChunkOutput, collect
+from nursery_pipes.client import ChunkOutput, StreamEvent, collect
 from nursery_pipes.service import Server
 
 pytestmark = pytest.mark.timeout(60)
@@ -64,8 +64,11 @@ def kinds(items: list[tuple[str, Any]]) -> list[str]:
     return [k for k, _ in items]
 
 
-def stream_errors(items: list[tuple[str, Any]]) -> list[pb.StreamErrorResponse]:
-    return [v for k, v in items if k == "stream_error"]
+def rejections(items: list[tuple[str, Any]]) -> list[pb.ErrorResponse]:
+    """The errors that refused one request or output while the session went on. They arrive
+    as ``error``, the member every client knows; the deprecated ``stream_error`` never does."""
+    assert "stream_error" not in kinds(items)
+    return [v for k, v in items if k == "error" and v.session_continues]
 
 
 def varint(value: int) -> bytes:
@@ -221,6 +224,31 @@ async def test_client_helper_streams_with_progress_and_outputs(served: Served) -
     assert {a.node_id: a.executor for a in assignments}["gain"] == "multiprocess"
 
 
+async def test_client_helper_reports_rejections_and_carries_on(served: Served) -> None:
+    """A rejected chunk is an event for our client (``rejected``), not an exception: the
+    session goes on, later chunks come back, the stream closes normally."""
+    doc = manifest([("g", "AudioGainNode", {"gain_db": 0.0})], executors={"g": "inprocess"})
+
+    async def call() -> tuple[list[ChunkOutput | StreamEvent], pb.StreamClosed | None]:
+        async with served.client() as client:
+            stream = client.stream(doc)
+            async with stream:
+                await stream.send("g", TextFrame(text="not audio"))
+                await stream.send("g", audio(0.5))
+                await stream.close()
+                events = [event async for event in stream]
+            return events, stream.closed
+
+    events, closed = await served.aio(call)
+    rejected = [e.message for e in events if isinstance(e, StreamEvent) and e.kind == "rejected"]
+    assert [(r.failing_sequence, r.error_type) for r in rejected] == [(1, pb.ErrorType.TYPE_VALIDATION)]
+    assert rejected[0].session_continues
+    assert "accepts audio frames, not text" in rejected[0].message
+    assert [(o.node_id, o.sequence) for o in events if isinstance(o, ChunkOutput)] == [("g", 2)]
+    assert closed is not None
+    assert closed.reason == "closed"
+
+
 async def test_initial_data_inputs_come_out_with_sequence_zero(served: Served) -> None:
     async def scenario() -> list[tuple[str, Any]]:
         async with open_stream(served.port) as s:
@@ -234,7 +262,7 @@ async def test_initial_data_inputs_come_out_with_sequence_zero(served: Served) -
     items = await served.aio(scenario)
     texts = [(seq, b.text.text_data.decode()) for seq, b in results_by_sink(items)["up"]]
     assert texts == [(0, "FIRST"), (1, "SECOND")]
-    (error,) = stream_errors(items)
+    (error,) = rejections(items)
     assert error.stream_error_type == STREAM_ERROR.STREAM_ERROR_INVALID_SEQUENCE
     assert error.failing_sequence == 0
     assert items[-1][0] == "closed"
@@ -250,6 +278,22 @@ async def test_initial_data_inputs_for_unknown_node_are_refused(served: Served) 
     assert kinds(items) == ["error"]
     assert items[0][1].error_type == pb.ErrorType.VALIDATION
     assert "ghost" in items[0][1].message
+    await still_streaming(served)
+
+
+async def test_initial_data_inputs_of_a_kind_the_node_does_not_take_are_refused(served: Served) -> None:
+    doc = manifest([("g", "AudioGainNode", {})], executors={"g": "inprocess"})
+
+    async def scenario() -> list[tuple[str, Any]]:
+        async with open_stream(served.port) as s:
+            await s.init(doc, data_inputs={"g": text_buffer("x")})
+            return await s.rest()
+
+    items = await served.aio(scenario)
+    assert kinds(items) == ["error"]
+    assert items[0][1].error_type == pb.ErrorType.TYPE_VALIDATION
+    assert "node 'g' (AudioGainNode) accepts audio frames, not text" in items[0][1].message
+    assert served.runtime.sessions == {}
     await still_streaming(served)
 
 
@@ -274,7 +318,7 @@ async def test_named_buffers_feed_several_sources_with_one_sequence(served: Serv
     by_sink = results_by_sink(items)
     assert [(q, b.text.text_data) for q, b in by_sink["a"]] == [(1, b"XY")]
     assert [(q, b.text.text_data) for q, b in by_sink["b"]] == [(1, b"zw"), (2, b"q")]
-    assert stream_errors(items) == []
+    assert rejections(items) == []
 
 
 async def test_a_chunk_is_taken_whole_or_not_at_all(served: Served) -> None:
@@ -296,11 +340,13 @@ async def test_a_chunk_is_taken_whole_or_not_at_all(served: Served) -> None:
             return await s.rest()
 
     items = await served.aio(scenario)
-    errors = stream_errors(items)
+    errors = rejections(items)
     assert [e.failing_sequence for e in errors] == [1, 1, 2]
-    assert "unknown node 'ghost'" in errors[0].base_error.message
-    assert "accepts audio frames, not text" in errors[1].base_error.message
-    assert "data after CLOSE" in errors[2].base_error.message
+    assert "unknown node 'ghost'" in errors[0].message
+    assert errors[0].error_type == pb.ErrorType.VALIDATION
+    assert "accepts audio frames, not text" in errors[1].message
+    assert errors[1].error_type == pb.ErrorType.TYPE_VALIDATION  # a kind the node does not take
+    assert "data after CLOSE" in errors[2].message
     by_sink = results_by_sink(items)
     assert [(q, b.text.text_data) for q, b in by_sink["a"]] == [(1, b"X")]
     assert [q for q, _ in by_sink["b"]] == [1]
@@ -347,7 +393,7 @@ async def test_legacy_audio_chunk_is_accepted(served: Served) -> None:
             return await s.rest()
 
     items = await served.aio(scenario)
-    assert stream_errors(items) == []
+    assert rejections(items) == []
     outs = results_by_sink(items)["echo"]
     assert [q for q, _ in outs] == [7, 8]
     assert outs[0][1].audio.sample_rate == 8000
@@ -380,6 +426,36 @@ async def test_cancel_drops_the_session_and_its_workers(served: Served) -> None:
     assert "result" not in kinds(items)
     await wait_no_session_processes(session_id, within=1.0)
     await still_streaming(served)
+
+
+async def test_half_close_flushes_and_cancel_drops(served: Served) -> None:
+    """The chunker holds every sample until flush. A client that half-closes has sent everything:
+    the flushed chunk must reach it before StreamClosed. After CANCEL it must not."""
+    doc = manifest([("c", "AudioChunkerNode", {"chunk_size": 1000})])
+
+    async def scenario(ending: str) -> list[tuple[str, Any]]:
+        async with open_stream(served.port) as s:
+            await s.init(doc)
+            await s.until("ready")
+            for seq in (1, 2, 3):
+                await s.chunk("c", audio_buffer(float(seq)), seq)
+            if ending == "half-close":
+                await s.end()
+            else:
+                await s.cancel()
+            return await s.rest()
+
+    flushed = await served.aio(scenario, "half-close")
+    results = results_by_sink(flushed).get("c", [])
+    per_input = [(q, np.frombuffer(b.audio.samples, np.float32)[::160].tolist()) for q, b in results]
+    assert per_input == [(3, [1.0, 2.0, 3.0])]  # one chunk: every input's samples, at flush
+    assert flushed[-1][0] == "closed"
+    assert flushed[-1][1].reason == "closed"
+
+    dropped = await served.aio(scenario, "cancel")
+    assert "result" not in kinds(dropped)
+    assert dropped[-1][0] == "closed"
+    assert dropped[-1][1].reason == "cancelled by client"
 
 
 @pytest.mark.parametrize(
@@ -433,6 +509,34 @@ async def test_node_failure_mid_stream_is_reported_and_ends_the_session(
     await still_streaming(served)
 
 
+async def test_chunks_that_keep_coming_after_a_node_failure(served: Served) -> None:
+    """The session fails while chunks still arrive: Session.send raises the node's error for
+    them, which escaped the stream (UNKNOWN "Internal Server Error", 4 runs in 5) instead of
+    the client getting the failure as ``error``, then StreamClosed."""
+    doc = manifest(
+        [("bad", "RaiseNode", {"phase": "process", "after_frames": 0, "message": "first"})],
+        executors={"bad": "inprocess"},
+    )
+
+    async def scenario() -> list[tuple[str, Any]]:
+        async with open_stream(served.port) as s:
+            await s.init(doc)
+            await s.until("ready")
+            with contextlib.suppress(StreamTerminatedError):  # the server may end the call meanwhile
+                for seq in range(1, 300):
+                    await s.chunk("bad", text_buffer("x"), seq)
+            return await s.rest()
+
+    for _ in range(3):
+        items = await served.aio(scenario)
+        (error,) = [v for k, v in items if k == "error"]
+        assert error.error_type == pb.ErrorType.NODE_EXECUTION
+        assert error.failing_node_id == "bad"
+        assert not error.session_continues
+        assert items[-1][0] == "closed"
+    await still_streaming(served)
+
+
 @pytest.mark.parametrize(
     ("node", "expect"),
     [
@@ -470,6 +574,82 @@ async def test_init_failure_is_reported_with_progress(
     await still_streaming(served)
 
 
+@pytest.mark.parametrize("how", ["close", "half-close"])
+async def test_close_before_ready_closes_once_ready(served: Served, how: str) -> None:
+    """A client that sends StreamInit and at once CLOSE (or half-closes, as grpcurl does) gets
+    StreamReady, then StreamClosed, and the call ends OK (it got UNKNOWN: the session refused
+    to close while its nodes were initialising)."""
+    doc = manifest([("slow", "SleepNode", {"init_seconds": 0.3})], executors={"slow": "inprocess"})
+
+    async def scenario() -> list[tuple[str, Any]]:
+        async with open_stream(served.port) as s:
+            await s.init(doc)
+            if how == "close":
+                await s.close()
+            else:
+                await s.end()
+            return await s.rest()
+
+    items = await served.aio(scenario)
+    assert [k for k in kinds(items) if k != "progress"] == ["ready", "closed"]
+    assert items[-1][1].reason == "closed"
+    assert served.runtime.sessions == {}
+
+
+@pytest.mark.parametrize("served", [{"server": {"max_message_bytes": 128 * 1024}}], indirect=True)
+async def test_outputs_over_a_limit_are_rejected_and_the_stream_goes_on(served: Served) -> None:
+    """An output larger than the server's max_message_bytes, or than the stream's
+    resource_limits.max_memory_bytes, is not sent: a RESOURCE_LIMIT rejection names its node
+    and the sequence of the input that caused it; later outputs still come."""
+    doc = manifest([("up", "AudioResampleNode", {"target_rate": 1_000_000, "quality": "QQ"})])
+
+    def tones(n: int) -> pb.DataBuffer:  # 1 kHz in, 1 MHz out: ×1000 samples (4 bytes each)
+        return pb.DataBuffer(
+            audio=pb.AudioBuffer(samples=np.zeros(n, dtype=np.float32).tobytes(), sample_rate=1000)
+        )
+
+    async def scenario(limits: pb.ResourceLimits, sizes: list[int]) -> list[tuple[str, Any]]:
+        async with open_stream(served.port) as s:
+            await s.init(doc, resource_limits=limits)
+            for seq, n in enumerate(sizes, start=1):
+                await s.chunk("up", tones(n), seq)
+            await s.close()
+            return await s.rest()
+
+    for limits, sizes, clause in [
+        (pb.ResourceLimits(), [100, 10], "this server's max_message_bytes is 131072"),  # ~400 KB, ~40 KB
+        (pb.ResourceLimits(max_memory_bytes=20_000), [10, 1], "resource_limits.max_memory_bytes (20000)"),
+    ]:
+        items = await served.aio(scenario, limits, sizes)
+        (refused,) = rejections(items)
+        assert refused.error_type == pb.ErrorType.RESOURCE_LIMIT
+        assert refused.failing_node_id == "up"
+        assert refused.failing_sequence == 1
+        assert refused.message.startswith("output of node 'up' for sequence 1 not sent (the stream goes on)")
+        assert clause in refused.message
+        assert 2 in [q for q, _ in results_by_sink(items)["up"]]
+        assert items[-1][0] == "closed"
+    await still_streaming(served)
+
+
+async def test_init_failure_with_initial_data_inputs_is_reported_as_error(served: Served) -> None:
+    """StreamInit.data_inputs wait in Session.send for READY; a failed start wakes them with the
+    node's error, which escaped the stream (UNKNOWN) instead of arriving as ``error``."""
+    doc = manifest([("bad", "RaiseNode", {"phase": "initialize"})], executors={"bad": "inprocess"})
+
+    async def scenario() -> list[tuple[str, Any]]:
+        async with open_stream(served.port) as s:
+            await s.init(doc, data_inputs={"bad": text_buffer("x")})
+            return await s.rest()
+
+    items = await served.aio(scenario)
+    (error,) = [v for k, v in items if k == "error"]
+    assert error.error_type == pb.ErrorType.NODE_EXECUTION
+    assert error.failing_node_id == "bad"
+    assert "ready" not in kinds(items)
+    assert served.runtime.sessions == {}
+
+
 # -- bad input -------------------------------------------------------------------------------------------
 
 
@@ -480,11 +660,13 @@ async def test_data_chunk_before_stream_init(served: Served) -> None:
             return await s.rest()
 
     items = await served.aio(scenario)
-    (error,) = stream_errors(items)
-    assert kinds(items) == ["stream_error"]
+    # An `error` every client sees (it was the extension `stream_error`), and the stream ends.
+    assert kinds(items) == ["error"]
+    error = items[0][1]
+    assert not error.session_continues
     assert error.stream_error_type == STREAM_ERROR.STREAM_ERROR_INIT_REQUIRED
-    assert error.base_error.error_type == pb.ErrorType.VALIDATION
-    assert "StreamInit" in error.base_error.message
+    assert error.error_type == pb.ErrorType.VALIDATION
+    assert "StreamInit" in error.message
     await still_streaming(served)
 
 
@@ -500,9 +682,9 @@ async def test_second_stream_init_is_refused_and_the_session_carries_on(served: 
             return await s.rest()
 
     items = await served.aio(scenario)
-    (error,) = stream_errors(items)
-    assert "already initialised" in error.base_error.message
-    assert error.session_id
+    (error,) = rejections(items)
+    assert "already initialised" in error.message
+    assert error.failing_sequence is None  # StreamInit has no sequence
     assert [(q, b.text.text_data) for q, b in results_by_sink(items)["up"]] == [(1, b"A"), (2, b"B")]
     assert items[-1][0] == "closed"
 
@@ -525,15 +707,15 @@ async def test_sequence_must_strictly_increase(
             return await s.rest()
 
     items = await served.aio(scenario)
-    errors = stream_errors(items)
+    errors = rejections(items)
     assert [e.failing_sequence for e in errors] == bad
     assert all(e.stream_error_type == STREAM_ERROR.STREAM_ERROR_INVALID_SEQUENCE for e in errors)
-    assert all("does not increase" in e.base_error.message for e in errors)
+    assert all("does not increase" in e.message for e in errors)
     assert [q for q, _ in results_by_sink(items)["up"]] == good
     assert items[-1][0] == "closed"
 
 
-async def test_unknown_node_id_is_a_stream_error(served: Served) -> None:
+async def test_unknown_node_id_is_a_rejection(served: Served) -> None:
     async def scenario() -> list[tuple[str, Any]]:
         async with open_stream(served.port) as s:
             await s.init(UPPER)
@@ -544,10 +726,10 @@ async def test_unknown_node_id_is_a_stream_error(served: Served) -> None:
             return await s.rest()
 
     items = await served.aio(scenario)
-    (error,) = stream_errors(items)
+    (error,) = rejections(items)
     assert error.failing_sequence == 1
-    assert error.base_error.error_type == pb.ErrorType.VALIDATION
-    assert "ghost" in error.base_error.message
+    assert error.error_type == pb.ErrorType.VALIDATION
+    assert "ghost" in error.message
     assert [q for q, _ in results_by_sink(items)["up"]] == [2]
 
 
@@ -566,9 +748,9 @@ async def test_exactly_one_of_buffer_or_named_buffers(served: Served, which_: st
             return await s.rest()
 
     items = await served.aio(scenario)
-    (error,) = stream_errors(items)
+    (error,) = rejections(items)
     assert error.failing_sequence == 1
-    assert f"sets {which_} of buffer / named_buffers" in error.base_error.message
+    assert f"sets {which_} of buffer / named_buffers" in error.message
     assert [q for q, _ in results_by_sink(items)["up"]] == [2]
 
 
@@ -592,7 +774,7 @@ async def test_params_that_are_not_json_end_the_stream_with_validation_error(ser
     await still_streaming(served)
 
 
-async def test_json_chunk_nested_ten_thousand_levels_is_a_stream_error(served: Served) -> None:
+async def test_json_chunk_nested_ten_thousand_levels_is_a_rejection(served: Served) -> None:
     deep = pb.DataBuffer(json=pb.JsonData(json_payload="[" * 10_000 + "]" * 10_000))
 
     async def scenario() -> list[tuple[str, Any]]:
@@ -605,11 +787,11 @@ async def test_json_chunk_nested_ten_thousand_levels_is_a_stream_error(served: S
             return await s.rest()
 
     items = await served.aio(scenario)
-    [error] = stream_errors(items)
+    (error,) = rejections(items)
     assert error.failing_sequence == 1
-    assert error.base_error.error_type == pb.ErrorType.TYPE_VALIDATION
-    assert "data_chunk.buffer" in error.base_error.message
-    assert "nests deeper than 128 levels" in error.base_error.message
+    assert error.error_type == pb.ErrorType.TYPE_VALIDATION
+    assert "data_chunk.buffer" in error.message
+    assert "nests deeper than 128 levels" in error.message
     assert [q for q, _ in results_by_sink(items)["echo"]] == [2]  # the session carried on
     assert items[-1][0] == "closed"
 
@@ -639,11 +821,11 @@ async def test_frame_bytes_that_disagree_with_format(served: Served) -> None:
             return got + await s.rest()
 
     items = await served.aio(scenario)
-    errors = stream_errors(items)
+    errors = rejections(items)
     assert [e.failing_sequence for e in errors] == [1, 2, 3, 4, 5]
-    assert all(e.base_error.error_type == pb.ErrorType.TYPE_VALIDATION for e in errors)
-    assert "num_samples is 161" in errors[0].base_error.message
-    assert all("data_chunk.buffer" in e.base_error.message for e in errors)
+    assert all(e.error_type == pb.ErrorType.TYPE_VALIDATION for e in errors)
+    assert "num_samples is 161" in errors[0].message
+    assert all("data_chunk.buffer" in e.message for e in errors)
     assert [q for q, _ in results_by_sink(items)["echo"]] == [6]
     assert items[-1][0] == "closed"
     dropped = [v.chunks_dropped for k, v in items if k == "metrics"]
@@ -947,11 +1129,11 @@ async def test_stream_resource_limits_bound_chunks_and_duration(served: Served) 
     elapsed = trio.current_time() - began
     results = [v.sequence for k, v in got if k == "result"]
     assert results == [1, 3]
-    refused = [v for k, v in got if k == "stream_error"]
+    refused = rejections(got)
     assert [r.failing_sequence for r in refused] == [2]
-    assert refused[0].base_error.error_type == pb.ErrorType.RESOURCE_LIMIT
-    assert "max_audio_samples is 160" in refused[0].base_error.message
-    final = [v for k, v in got if k == "error"]
+    assert refused[0].error_type == pb.ErrorType.RESOURCE_LIMIT
+    assert "max_audio_samples is 160" in refused[0].message
+    final = [v for k, v in got if k == "error" and not v.session_continues]
     assert final
     assert final[-1].error_type == pb.ErrorType.RESOURCE_LIMIT
     assert "max_timeout_ms (1500 ms)" in final[-1].message

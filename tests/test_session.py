@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import time
 from typing import Any
 
 import numpy as np
@@ -84,7 +86,7 @@ class Stuck(Node):
         await trio.sleep_forever()
 
 
-class SlowCleanup(Node):
+class StuckCleanup(Node):
     """Passes frames through; its async cleanup overruns (the grace period cuts it off)."""
 
     def process(self, frame: Any) -> Any:
@@ -94,11 +96,40 @@ class SlowCleanup(Node):
         await trio.sleep_forever()
 
 
+CLEANUP_STEPS: list[str] = []
+
+
+class SlowCleanup(Node):
+    """Passes frames through; its async cleanup takes a second, recording where it got to."""
+
+    def process(self, frame: Any) -> Any:
+        return frame
+
+    async def cleanup(self) -> None:
+        CLEANUP_STEPS.append("began")
+        await trio.sleep(1)
+        CLEANUP_STEPS.append("finished")
+
+
+class BlockingInitParams(Params):
+    seconds: float = 0.0
+
+
+class BlockingInit(Node[BlockingInitParams]):
+    """A synchronous initialize that blocks its thread, as model loading does."""
+
+    def initialize(self, progress: Any) -> None:
+        time.sleep(self.params.seconds)
+
+    def process(self, frame: Any) -> Any:
+        return frame
+
+
 def _runtime(**multiprocess: Any) -> Runtime:
     runtime = Runtime(
         RuntimeConfig(nodes=NodesConfig(testing=True), multiprocess=MultiprocessDefaults(**multiprocess))
     )
-    for cls in (Tag, Merge, AsyncGen, Stuck, SlowCleanup):
+    for cls in (Tag, Merge, AsyncGen, Stuck, StuckCleanup, SlowCleanup, BlockingInit):
         runtime.registry.register(cls)
     return runtime
 
@@ -132,6 +163,10 @@ async def failure_of(session: Any) -> tuple[BaseException, float, SessionState]:
     raise AssertionError("the session did not fail")
 
 
+def audio(value: float, n: int = 160) -> AudioFrame:
+    return AudioFrame.from_array(np.full(n, value, dtype=np.float32), sample_rate=16000)
+
+
 async def test_chain_delivers_in_order_with_sequences() -> None:
     m = manifest([("a", "Tag", {"tag": "a"}), ("b", "Tag", {"tag": "b"})], [("a", "b")])
     result = await _runtime().run_pipeline(m, {"a": [TextFrame(text=str(i)) for i in range(50)]})
@@ -158,6 +193,27 @@ async def test_fan_out_and_fan_in_keep_per_edge_order() -> None:
     assert out[-1] == "flush:join:40"  # flushed once, after both inputs ended
 
 
+async def test_a_join_flushes_only_after_every_input_ended(autojump_clock: trio.testing.MockClock) -> None:
+    """src → (fast ×2, slow) → join. The join only emits at flush (one chunk of everything it
+    got), so a frame of the slow branch is missing if it flushed on the fast branch's EOS."""
+    m = manifest(
+        [
+            ("src", "PassThrough", {}),
+            ("fast", "AudioGainNode", {"gain_db": 6.0206}),
+            ("slow", "SleepNode", {"process_seconds": 1}),
+            ("join", "AudioChunkerNode", {"chunk_size": 1_000_000}),
+        ],
+        [("src", "fast"), ("src", "slow"), ("fast", "join"), ("slow", "join")],
+    )
+    odd = [1, 3, 5, 7, 9]  # the slow branch keeps them odd, the fast one doubles them
+    with trio.fail_after(60):  # a join that stopped reading early may leave the slow branch blocked
+        result = await _runtime().run_pipeline(m, {"src": [audio(v) for v in odd]})
+    (flushed,) = result.outputs["join"]
+    runs = [round(v) for v in flushed.samples[::160, 0]]  # one value per 160-sample input frame
+    assert [v for v in runs if v % 2] == odd
+    assert [v for v in runs if not v % 2] == [2 * v for v in odd]
+
+
 async def test_close_flushes_in_topological_order() -> None:
     m = manifest(
         [("c1", "AudioChunkerNode", {"chunk_size": 3}), ("c2", "AudioChunkerNode", {"chunk_size": 2})],
@@ -169,6 +225,26 @@ async def test_close_flushes_in_topological_order() -> None:
     joined = np.concatenate([f.samples[:, 0] for f in result.outputs["c2"]])
     assert joined.tolist() == list(range(11))  # c1's remainder reached c2 before c2 flushed
     assert sum(sizes) == 11
+
+
+async def test_close_flushes_and_cancel_drops() -> None:
+    """The chunker holds every sample until flush: close() must flush it out, cancel() must not."""
+    m = manifest([("c", "AudioChunkerNode", {"chunk_size": 1000})], [])
+    runtime = _runtime()
+    outputs: dict[str, list[Any]] = {}
+    for ending in ("close", "cancel"):
+        async with runtime.open_session(m) as session:
+            for value in (1, 2, 3):
+                await session.send("c", audio(value))
+            await trio.testing.wait_all_tasks_blocked()
+            assert session.metrics().nodes["c"].frames_in == 3  # held by the node, nothing out yet
+            if ending == "close":
+                await session.close()
+            else:
+                session.cancel()
+            outputs[ending] = [o.frame async for o in session.outputs()]
+    assert [f.samples[::160, 0].tolist() for f in outputs["close"]] == [[1.0, 2.0, 3.0]]  # one chunk
+    assert outputs["cancel"] == []
 
 
 async def test_async_generator_nodes_stream() -> None:
@@ -303,7 +379,7 @@ async def test_init_timeout_is_reported_at_the_deadline_and_cleanup_comes_after(
     """The session's outcome is known at the deadline: events() raises then, while the nodes'
     cleanups (bounded by the grace period) still run inside the session's nursery."""
     m = manifest(
-        [("other", "SlowCleanup", {}), ("stuck", "Stuck", {})], [("other", "stuck")], init_timeout_secs=7
+        [("other", "StuckCleanup", {}), ("stuck", "Stuck", {})], [("other", "stuck")], init_timeout_secs=7
     )
     seen: list[tuple[BaseException, float, SessionState]] = []
 
@@ -320,6 +396,21 @@ async def test_init_timeout_is_reported_at_the_deadline_and_cleanup_comes_after(
     assert state is SessionState.ERROR  # not TERMINATED: cleanup is still going on
     assert outer.value is error
     assert trio.current_time() == pytest.approx(7 + 5)  # both cleanups got their grace period, together
+
+
+async def test_a_blocking_sync_initialize_that_overruns_times_out() -> None:
+    """A sync initialize runs on the trio thread: no deadline can interrupt it, so the timeout
+    is judged when it returns. Settings are built directly: manifests cannot go below 1 s."""
+    runtime = _runtime()
+    plan = runtime.plan(
+        manifest([("a", "Tag", {}), ("slow", "BlockingInit", {"seconds": 0.2})], [("a", "slow")])
+    )
+    plan = dataclasses.replace(plan, settings=dataclasses.replace(plan.settings, init_timeout_secs=0.05))
+    with pytest.raises(NodeInitTimeout) as info:
+        async with runtime.open_session(plan):
+            pytest.fail("the session must not start")
+    assert info.value.node_id == "slow"
+    assert info.value.timeout == 0.05
 
 
 async def test_cancel_stops_a_hung_node_promptly(autojump_clock: trio.testing.MockClock) -> None:
@@ -346,6 +437,29 @@ async def test_outside_cancellation_ends_everything(autojump_clock: trio.testing
     assert session.state is SessionState.TERMINATED
     assert CLEANED == ["a"]
     assert runtime.sessions == {}
+
+
+@pytest.mark.parametrize("how", ["cancel", "outside"])
+async def test_async_cleanup_runs_to_the_end_when_the_session_is_cancelled(
+    how: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The cleanup awaits (1 s) while the session is being cancelled: it must not be cut short
+    at that first await (the grace period, 2 s by default, leaves it time)."""
+    CLEANUP_STEPS.clear()
+    m = manifest([("a", "Tag", {}), ("c", "SlowCleanup", {})], [("a", "c")])
+    began = trio.current_time()
+    with trio.move_on_after(5) as outside:
+        async with _runtime().open_session(m) as session:
+            await session.send("a", TextFrame(text="x"))
+            if how == "cancel":
+                session.cancel()
+            else:
+                await trio.sleep_forever()  # until the deadline cancels the block
+    assert outside.cancelled_caught == (how == "outside")
+    assert session.state is SessionState.TERMINATED
+    assert CLEANUP_STEPS == ["began", "finished"]
+    cancelled_at = began if how == "cancel" else outside.deadline
+    assert trio.current_time() - cancelled_at == pytest.approx(1)  # the session waited for it
 
 
 async def test_backpressure_blocks_sender_and_loses_nothing(autojump_clock: trio.testing.MockClock) -> None:

@@ -11,6 +11,7 @@ from ._config import RuntimeConfig, load_config
 from ._errors import (
     ConfigError,
     FrameError,
+    FrameKindError,
     InputError,
     ManifestError,
     ManifestIssue,
@@ -107,6 +108,7 @@ __all__ = [
     "Frame",
     "FrameError",
     "FrameKind",
+    "FrameKindError",
     "Graph",
     "InputError",
     "JsonFrame",

@@ -136,8 +136,21 @@ class RuntimeConfig(_Section, frozen=True):
             )
 
     def auth_token_value(self) -> str:
-        if self.server.auth_token_env:
-            return os.environ.get(self.server.auth_token_env, "")
+        """The bearer token clients must send ("" = no authentication).
+
+        Fails closed: ``auth_token_env`` naming a variable that is unset or empty is a
+        ConfigError, never a server without authentication.
+        """
+        name = self.server.auth_token_env
+        if name:
+            token = os.environ.get(name, "").strip()
+            if not token:
+                state = "is empty" if name in os.environ else "is not set"
+                raise ConfigError(
+                    f"server.auth_token_env names the environment variable {name}, which {state}; "
+                    "refusing to serve without authentication (set it, or remove auth_token_env)"
+                )
+            return token
         return self.server.auth_token
 
 

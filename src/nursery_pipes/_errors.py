@@ -7,6 +7,7 @@ can act on::
     ├── ManifestError          the manifest is wrong; .issues lists every problem with its JSON path
     ├── ConfigError            runtime.toml (or a flag/env override) is wrong; names the key
     ├── FrameError             a frame's bytes disagree with its declared format/shape
+    │   └── FrameKindError     a frame of a kind the node does not take (also an InputError)
     ├── RegistryError          a node class is malformed, or registration clashes
     ├── InputError             input addressed to a node that cannot take it
     ├── ResourceLimitError     a per-session or global limit would be exceeded (nothing started)
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 __all__ = [
     "ConfigError",
     "FrameError",
+    "FrameKindError",
     "InputError",
     "ManifestError",
     "ManifestIssue",
@@ -87,6 +89,14 @@ class RegistryError(NurseryPipesError):
 
 class InputError(NurseryPipesError, ValueError):
     """Input was addressed to a node that does not exist or cannot take input."""
+
+
+class FrameKindError(FrameError, InputError):
+    """Input for a node that does not take frames of that kind (text for an audio-only node).
+
+    A FrameError — the data does not fit the node, which the gRPC API reports as
+    TYPE_VALIDATION — and an InputError, as it was before it had a class of its own.
+    """
 
 
 class ResourceLimitError(NurseryPipesError):

@@ -35,6 +35,8 @@ class RemoteRun:
     """time.monotonic() when the first input was sent."""
     arrivals: dict[str, list[float]] = field(default_factory=dict)
     """time.monotonic() of each output's arrival, per sink."""
+    rejected: list[str] = field(default_factory=list)
+    """What the server refused while the session went on (an input chunk, an oversized output)."""
 
 
 async def stream_job(
@@ -51,7 +53,7 @@ async def stream_job(
 
     ``pace_s`` > 0 sends one input every ``pace_s`` seconds (real time for 20 ms chunks).
     """
-    from ..client import ChunkOutput, Client
+    from ..client import ChunkOutput, Client, StreamEvent
 
     run = RemoteRun()
     progress = Progress(
@@ -86,6 +88,11 @@ async def stream_job(
                             run.outputs.setdefault(event.node_id, []).append(event.frame)
                             run.arrivals.setdefault(event.node_id, []).append(time.monotonic())
                             run.latencies_ms.append(event.processing_time_ms)
+                        elif isinstance(event, StreamEvent) and event.kind == "rejected":
+                            run.rejected.append(event.message.message)
+                            console.print(
+                                f"[yellow]warning:[/] {escape(event.message.message)}", highlight=False
+                            )
                 finally:
                     await sender
                 run.wall_s = time.monotonic() - began
@@ -171,6 +178,7 @@ def _summary(run: RemoteRun, written: list[Path]) -> dict[str, Any]:
             a.node_id: {"executor": a.executor, "reason": a.reason, "pid": a.pid} for a in run.assignments
         },
         "latency_ms": _latency(run.latencies_ms),
+        "rejected": run.rejected,
         "metrics": json.loads(run.final_metrics.to_json()) if run.final_metrics is not None else None,
     }
 

@@ -64,6 +64,7 @@ def _set(doc: dict[str, Any], section: str, key: str, value: Any, origin: str) -
 def serve(config_path: Path | None, flags: Mapping[str, Any], announce: Any) -> int:
     """Run the server until SIGTERM/SIGINT (drain) — a second signal stops at once."""
     config = apply_overrides(load_config(config_path), flags=flags)
+    config.auth_token_value()  # fails closed, before anything starts: a named but unset variable
     trio.run(_serve, config, announce)
     return 0
 
@@ -94,7 +95,7 @@ async def _serve(config: RuntimeConfig, announce: Any) -> None:
         if isinstance(error, NurseryPipesError):
             raise error from None
         if isinstance(error, OSError) and not listening:
-            raise ConfigError(f"cannot listen on {config.server.listen}: {error}") from None
+            raise ConfigError(f"cannot listen on {config.server.listen}: {error.strerror or error}") from None
         raise
     announce("stopped")
 

@@ -10,6 +10,7 @@ from ._client import (
     StreamEvent,
     collect,
     raise_for_error,
+    rejection,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "StreamEvent",
     "collect",
     "raise_for_error",
+    "rejection",
 ]

@@ -56,6 +56,7 @@ __all__ = [
     "RemoteStream",
     "StreamEvent",
     "raise_for_error",
+    "rejection",
 ]
 
 CLIENT_VERSION = "1.0"
@@ -118,10 +119,41 @@ class ChunkOutput:
 
 @dataclass(frozen=True)
 class StreamEvent:
-    """Anything else a stream says: ``kind`` is progress, ready, metrics, closed or stream_error."""
+    """Anything else a stream says: ``kind`` is progress, ready, metrics, closed or rejected.
+
+    ``rejected``: the server refused one request or output and the session goes on;
+    ``message`` is the ErrorResponse (``failing_sequence`` names the chunk). An error that
+    ends the session is raised instead (see :func:`raise_for_error`).
+    """
 
     kind: str
     message: Any
+
+
+def rejection(response: pb.StreamResponse) -> pb.ErrorResponse | None:
+    """The ErrorResponse of a non-fatal rejection, or None if ``response`` is something else.
+
+    Servers send it as ``error`` with ``session_continues``; servers before that extension
+    sent the (now deprecated) ``stream_error`` member instead."""
+    kind, found = betterproto.which_one_of(response, "response")
+    value: Any = found
+    if kind == "error" and value.session_continues:
+        error: pb.ErrorResponse = value
+        return error
+    if kind == "stream_error":
+        old: pb.StreamErrorResponse = value
+        return pb.ErrorResponse(
+            error_type=old.base_error.error_type,
+            message=old.base_error.message,
+            failing_node_id=old.base_error.failing_node_id,
+            context=old.base_error.context,
+            stack_trace=old.base_error.stack_trace,
+            issues=old.base_error.issues,
+            failing_sequence=old.failing_sequence,
+            stream_error_type=int(old.stream_error_type),
+            session_continues=True,
+        )
+    return None
 
 
 def load_manifest(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
@@ -233,6 +265,8 @@ class RemoteStream:
     closed: pb.StreamClosed | None = None
     progress: list[pb.InitProgress] = field(default_factory=list)
     _seq: int = 0
+    _early: list[StreamEvent] = field(default_factory=list)
+    """Rejections that arrived before StreamReady (iteration yields them first)."""
     _ended: bool = False
     _call: Any = None
     _stream: Any = None
@@ -290,7 +324,10 @@ class RemoteStream:
                 raise SessionError("the server ended the stream before StreamReady")
             kind, found = betterproto.which_one_of(response, "response")
             value: Any = found
-            if kind == "progress":
+            rejected = rejection(response)
+            if rejected is not None:
+                self._early.append(StreamEvent("rejected", rejected))
+            elif kind == "progress":
                 self.progress.append(value)
                 if self._on_progress is not None:
                     self._on_progress(value)
@@ -299,8 +336,6 @@ class RemoteStream:
                 self.session_id = value.session_id
             elif kind == "error":
                 raise_for_error(value)
-            elif kind == "stream_error":
-                raise_for_error(value.base_error)
 
     async def send(self, node_id: str, frame: Frame, *, sequence: int | None = None) -> int:
         self._seq = self._seq + 1 if sequence is None else sequence
@@ -326,13 +361,18 @@ class RemoteStream:
         return self._events()
 
     async def _events(self) -> AsyncIterator[ChunkOutput | StreamEvent]:
+        while self._early:
+            yield self._early.pop(0)
         while True:
             response = await self._stream.recv_message()
             if response is None:
                 return
             kind, found = betterproto.which_one_of(response, "response")
             value: Any = found
-            if kind == "result":
+            rejected = rejection(response)
+            if rejected is not None:
+                yield StreamEvent("rejected", rejected)
+            elif kind == "result":
                 for nid, buf in value.data_outputs.items():
                     yield ChunkOutput(nid, value.sequence, buffer_to_frame(buf), value.processing_time_ms)
             elif kind == "error":

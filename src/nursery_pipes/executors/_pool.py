@@ -43,6 +43,8 @@ from ..worker import WorkerJob, retire_after_node, run_node, warm_up
 __all__ = ["WorkerPool"]
 
 PRELOAD = ["nursery_pipes.worker", "nursery_pipes.nodes.builtin", "numpy"]
+# trio-parallel's name for its worker processes (not public API: pyproject.toml bounds
+# trio-parallel for it, and test_workers_never_import_the_parents_main notices a change).
 _WORKER_NAME = "trio-parallel worker process"
 _preloaded = False
 _pools_open = 0

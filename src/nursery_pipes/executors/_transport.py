@@ -35,6 +35,7 @@ from .._errors import SessionError
 from ..frames import Frame
 from ..ipc import (
     EndOfStream,
+    Loan,
     Namespace,
     Ring,
     RingAbortedError,
@@ -48,7 +49,7 @@ from ..ipc._spec import SLOT_ALIGN
 from ..ipc._trio import TrioConsumer, TrioProducer
 from ..runtime._holdup import Flow
 from ..runtime._ports import OutPort
-from ..worker._codec import decode_frame, encode_frame
+from ..worker._codec import EncodedFrame, decode_frame, encode_frame
 
 __all__ = ["RingGeometry", "ShmPort", "ShmTransport", "WorkerWiring"]
 
@@ -65,7 +66,9 @@ class RingGeometry:
     ) -> RingGeometry:
         # A ring never holds more frames than an in-process edge would (channel_capacity),
         # and never more slots than configured: every slot gets touched, so it is real memory.
-        slots = max(2, min(channel_capacity, slot_count))
+        # No floor above that: both are >= 1 by validation, and a one-slot ring works (the
+        # consumer keeps its slot while it processes, so channel_capacity = 1 means lockstep).
+        slots = min(channel_capacity, slot_count)
         return cls(slots, round_up(slot_size, SLOT_ALIGN), checksum)
 
 
@@ -113,6 +116,9 @@ class ShmPort:
     def __init__(self, producer: TrioProducer, ring: Ring) -> None:
         self._producer = producer
         self._ring = ring
+        # Only one task may wait on the ring's doorbell: senders that find the ring full queue
+        # here, first come first served, and nobody takes a free slot past a queued sender.
+        self._waiting = trio.StrictFIFOLock()
 
     async def send(self, seq: int, frame: Frame) -> None:
         try:
@@ -126,20 +132,28 @@ class ShmPort:
         # take the schedule point; only a full ring waits on the doorbell. Either way this is a
         # full checkpoint, and a cancellation never leaves a half-written slot behind.
         await trio.lowlevel.checkpoint_if_cancelled()
-        loan = self._producer.producer.try_loan(encoded.payload.nbytes, len(encoded.meta))
-        fast = loan is not None
+        loan = None
+        if not self._waiting.locked():
+            loan = self._producer.producer.try_loan(encoded.payload.nbytes, len(encoded.meta))
         if loan is None:
-            loan = await self._producer.loan(encoded.payload.nbytes, len(encoded.meta))
+            async with self._waiting:
+                loan = await self._producer.loan(encoded.payload.nbytes, len(encoded.meta))
+                self._fill(loan, encoded, seq)
+            return
+        self._fill(loan, encoded, seq)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    @staticmethod
+    def _fill(loan: Loan, encoded: EncodedFrame, seq: int) -> None:
         with loan:
             loan.meta[:] = encoded.meta
             loan.payload[:] = encoded.payload
             loan.commit(encoded.header(seq))
-        if fast:
-            await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def end(self) -> None:
         try:
-            await self._producer.end_of_stream()
+            async with self._waiting:  # after every sender already waiting for a slot
+                await self._producer.end_of_stream()
         except (RingAbortedError, RingClosedError) as exc:
             raise trio.BrokenResourceError(f"the node stopped taking frames: {exc}") from exc
 

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .._config import RuntimeConfig
-from .._errors import InputError, ManifestError, ManifestIssue, ResourceLimitError
+from .._errors import FrameError, FrameKindError, InputError, ManifestError, ManifestIssue, ResourceLimitError
 from ..frames import Frame
 from ..manifest import Manifest
 from ..nodes._base import Node, Params
 from ..nodes._routing import SEED_RULE, Assignment, RoutingRule, RoutingTable, route
+from ..worker._codec import shm_refusal
 
 __all__ = ["CLIENT", "EdgePlan", "NodePlan", "SessionPlan", "SessionSettings", "plan_session"]
 
@@ -194,13 +195,40 @@ def check_input_target(plan: SessionPlan, node_id: str) -> None:
 
 
 def check_input_kind(plan: SessionPlan, node_id: str, frame: Frame) -> None:
-    """Raise InputError unless node ``node_id`` accepts frames of ``frame``'s kind."""
+    """Raise unless source node ``node_id`` can take ``frame``.
+
+    :class:`FrameKindError` if the node does not accept frames of that kind;
+    :class:`FrameError` if the frame could never reach the worker process it
+    would flow to (see ``worker._codec.shm_refusal``) — refused here, before the
+    session takes it, so no node that merely passed it on is blamed for it.
+    """
     node = plan.nodes[node_id]
     if frame.kind not in node.node_class.accepts:
         accepted = ", ".join(sorted(k.label for k in node.node_class.accepts))
-        raise InputError(
+        raise FrameKindError(
             f"node {node_id!r} ({node.node_type}) accepts {accepted} frames, not {frame.kind.label}"
         )
+    refusal = shm_refusal(frame)
+    if refusal is not None:
+        worker = first_worker_from(plan, node_id)
+        if worker is not None:
+            via = "" if worker == node_id else f" (it flows on to worker node {worker!r})"
+            raise FrameError(f"input for node {node_id!r}{via}: {refusal}")
+
+
+def first_worker_from(plan: SessionPlan, node_id: str) -> str | None:
+    """The first node at or downstream of ``node_id`` (breadth first) that runs in a worker
+    process, or None if everything from there on runs in the supervisor."""
+    queue, seen = [node_id], {node_id}
+    for current in queue:  # (grows while iterating: a breadth-first walk)
+        node = plan.nodes[current]
+        if not node.on_supervisor:
+            return current
+        for nxt in node.outputs:
+            if nxt != CLIENT and nxt not in seen:
+                seen.add(nxt)
+                queue.append(nxt)
+    return None
 
 
 def _edges(nodes: Mapping[str, NodePlan]) -> tuple[EdgePlan, ...]:

@@ -17,24 +17,29 @@ stream).
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from typing import Any
 
 import trio
 import trio_asyncio
 from grpclib.const import Status
+from grpclib.encoding.base import CodecBase
 from grpclib.exceptions import GRPCError
 
-__all__ = ["PumpedStream", "TrioStream", "recv_limited"]
+__all__ = ["LimitedStream", "PumpedStream", "TrioStream", "recv_limited"]
+
+log = logging.getLogger("nursery_pipes.service")
 
 
 class TrioStream:
     """A grpclib server stream, usable from trio."""
 
-    def __init__(self, stream: Any, recv_type: type[Any], max_message_bytes: int) -> None:
+    def __init__(self, stream: Any, recv_type: type[Any], max_message_bytes: int, codec: CodecBase) -> None:
         self.raw = stream
         self._recv_type = recv_type
         self._max = max_message_bytes
+        self._codec = codec
         self._recv = trio_asyncio.aio_as_trio(self._recv_limited)
         self._send = trio_asyncio.aio_as_trio(stream.send_message)
 
@@ -51,7 +56,7 @@ class TrioStream:
         await self._send(message)
 
     async def _recv_limited(self) -> Any | None:
-        return await recv_limited(self.raw, self._recv_type, self._max)
+        return await recv_limited(self.raw, self._recv_type, self._max, self._codec)
 
 
 _END = object()
@@ -70,10 +75,13 @@ class PumpedStream:
     ``send`` still fires.
     """
 
-    def __init__(self, stream: Any, recv_type: type[Any], max_message_bytes: int, depth: int = 8) -> None:
+    def __init__(
+        self, stream: Any, recv_type: type[Any], max_message_bytes: int, codec: CodecBase, depth: int = 8
+    ) -> None:
         self.raw = stream
         self._recv_type = recv_type
         self._max = max_message_bytes
+        self._codec = codec
         self._in_send, self._in_recv = trio.open_memory_channel[Any](depth)
         self._out: asyncio.Queue[Any] = asyncio.Queue(depth)
         self._error: BaseException | None = None
@@ -89,7 +97,9 @@ class PumpedStream:
     async def reader(self) -> None:
         """Read requests until the client finishes; an error is re-raised by the next recv()."""
         try:
-            while (message := await recv_limited(self.raw, self._recv_type, self._max)) is not None:
+            while (
+                message := await recv_limited(self.raw, self._recv_type, self._max, self._codec)
+            ) is not None:
                 try:
                     self._in_send.send_nowait(message)
                 except trio.WouldBlock:
@@ -135,24 +145,73 @@ class PumpedStream:
             self._out.put_nowait(_END)
 
 
-async def recv_limited(stream: Any, recv_type: type[Any], max_message_bytes: int) -> Any | None:
-    """``stream.recv_message()`` of a grpclib server stream, refusing a message over the size
-    limit before its body is read (asyncio side)."""
+async def recv_limited(
+    stream: Any, recv_type: type[Any], max_message_bytes: int, codec: CodecBase
+) -> Any | None:
+    """``stream.recv_message()`` of a grpclib server stream, with this server's rules (asyncio side):
+
+    - a message over the size limit is refused from its 5-byte length prefix, before the
+      body is read (RESOURCE_EXHAUSTED), so it is never buffered;
+    - a body that does not decode is INVALID_ARGUMENT, never UNKNOWN;
+    - either is logged as one line (a client mistake, not a server fault: no traceback).
+    """
     # The same steps as grpclib.stream.recv_message, with the size check before the body.
-    inner = stream._stream  # grpclib.protocol.Stream
+    # grpclib offers no public hook for that: Stream._stream (its protocol stream) is the
+    # reason pyproject.toml bounds grpclib below 0.5.
+    inner = stream._stream
     meta = await inner.recv_data(5)
     if not meta:
         return None
+    method = recv_type.__name__
+    if len(meta) < 5:
+        raise _refused(method, Status.INVALID_ARGUMENT, "truncated message (fewer than 5 prefix bytes)")
     if meta[0]:
-        raise GRPCError(Status.UNIMPLEMENTED, "compressed messages are not supported")
+        raise _refused(method, Status.UNIMPLEMENTED, "compressed messages are not supported")
     length = struct.unpack(">I", meta[1:5])[0]
     if length > max_message_bytes:
-        raise GRPCError(
+        raise _refused(
+            method,
             Status.RESOURCE_EXHAUSTED,
             f"message of {length} bytes exceeds this server's limit of {max_message_bytes} bytes (max_message_bytes)",
         )
     body = await inner.recv_data(length)
+    if len(body) != length:
+        raise _refused(method, Status.INVALID_ARGUMENT, f"truncated message ({len(body)} of {length} bytes)")
     try:
-        return stream._codec.decode(body, recv_type)
-    except Exception as exc:
-        raise GRPCError(Status.INVALID_ARGUMENT, f"cannot decode {recv_type.__name__}: {exc}") from exc
+        return codec.decode(body, recv_type)
+    except Exception as exc:  # whatever the message implementation raises for bad bytes
+        raise _refused(
+            method, Status.INVALID_ARGUMENT, f"cannot decode {recv_type.__name__}: {exc}"
+        ) from None
+
+
+def _refused(message_type: str, status: Status, message: str) -> GRPCError:
+    log.warning("%s refused (%s): %s", message_type, status.name, message)
+    return GRPCError(status, message)
+
+
+class LimitedStream:
+    """A grpclib server stream whose receives follow :func:`recv_limited`, for services whose
+    handlers we don't write (health, reflection): they call ``recv_message()`` or iterate the
+    stream; everything else goes to the stream itself."""
+
+    def __init__(self, stream: Any, recv_type: type[Any], max_message_bytes: int, codec: CodecBase) -> None:
+        self._inner = stream
+        self._recv_type = recv_type
+        self._max = max_message_bytes
+        self._codec = codec
+
+    async def recv_message(self) -> Any | None:
+        return await recv_limited(self._inner, self._recv_type, self._max, self._codec)
+
+    def __aiter__(self) -> LimitedStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        message = await self.recv_message()
+        if message is None:
+            raise StopAsyncIteration
+        return message
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import socket
 import ssl
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -42,7 +43,7 @@ from .._proto.remotemedia import v1 as pb
 from ..runtime import Runtime
 from ..wire._messages import UPB as M
 from ..wire._messages import new_pool
-from ._bridge import PumpedStream, recv_limited
+from ._bridge import LimitedStream, PumpedStream, recv_limited
 from ._execution import execute, version
 from ._streaming import StreamSettings, handle_stream
 
@@ -93,7 +94,8 @@ class Server:
         self._idle.set()
         self._cancel_scopes: set[trio.CancelScope] = set()
         self._status = ServiceStatus()
-        self._token = self.config.auth_token_value()
+        self._token = self.config.auth_token_value()  # fails closed: a named but unset variable raises
+        self._codec = _WireCodec()
         self.port: int | None = None
 
     @property
@@ -111,13 +113,18 @@ class Server:
         host, port = parse_listen(self.config.server.listen)
         context = _ssl_context(self.config.server)
         self._status.set(True)
+        # Bound here, not by grpclib: we know the port without reaching into its server.
+        sock = _bind(host, port)
         async with trio_asyncio.open_loop():
-            server = GrpcServer(self._handlers(), codec=_WireCodec())
+            server = GrpcServer(self._handlers(), codec=self._codec)
             connections = _track_connections(server)
-            await trio_asyncio.aio_as_trio(server.start)(host, port, ssl=context)
             try:
-                listener: Any = server._server
-                self.port = int(listener.sockets[0].getsockname()[1])
+                await trio_asyncio.aio_as_trio(server.start)(sock=sock, ssl=context)
+            except BaseException:
+                sock.close()
+                raise
+            try:
+                self.port = int(sock.getsockname()[1])
                 task_status.started(self.port)
                 await self._drain.wait()
                 await self._finish_sessions()
@@ -169,12 +176,17 @@ class Server:
         # Reflection in both versions: v1, and v1alpha, which grpcio-reflection's client and
         # older grpcurl speak. The pool holds our protos and the health service's.
         services: list[Any] = ServerReflection.extend([execution, streaming, health], pool=_descriptor_pool())
-        return services
+        # grpclib's own services (health, reflection) get the same receive rules as ours: the
+        # size limit before the body is read, INVALID_ARGUMENT for a body that doesn't decode.
+        limit = self.config.server.max_message_bytes
+        return [s if s in (execution, streaming) else _Limited(s, limit, self._codec) for s in services]
 
     # -- handlers (asyncio shims → trio) ------------------------------------------------------
 
     async def _version(self, stream: Any) -> None:
-        request = await recv_limited(stream, M.VersionRequest, self.config.server.max_message_bytes)
+        request = await recv_limited(
+            stream, M.VersionRequest, self.config.server.max_message_bytes, self._codec
+        )
         await stream.send_message(version(self.runtime, request or M.VersionRequest()))
 
     async def _execute(self, raw: Any) -> None:
@@ -184,7 +196,9 @@ class Server:
             if denied is not None:
                 await raw.send_message(M.ExecuteResponse(error=denied))
                 return
-            request = await recv_limited(raw, M.ExecuteRequest, self.config.server.max_message_bytes)
+            request = await recv_limited(
+                raw, M.ExecuteRequest, self.config.server.max_message_bytes, self._codec
+            )
             if request is None:
                 return
             response = await trio_asyncio.trio_as_aio(self._execute_trio)(request)
@@ -196,7 +210,11 @@ class Server:
 
     async def _stream(self, raw: Any) -> None:
         with self._counted():
-            stream = PumpedStream(raw, M.StreamRequest, self.config.server.max_message_bytes)
+            denied = self._auth_error(raw)  # before reading: an unauthenticated body is never decoded
+            if denied is not None:
+                await raw.send_message(M.StreamResponse(error=denied))
+                return
+            stream = PumpedStream(raw, M.StreamRequest, self.config.server.max_message_bytes, self._codec)
             await _pumped(
                 stream,
                 trio_asyncio.trio_as_aio(self._stream_trio)(stream),
@@ -206,11 +224,6 @@ class Server:
     async def _stream_trio(self, stream: PumpedStream) -> None:
         try:
             async with self._tracked():
-                denied = self._auth_error(stream.raw)
-                if denied is not None:
-                    await stream.recv()
-                    await stream.send(M.StreamResponse(error=denied))
-                    return
                 settings = StreamSettings(
                     metrics_interval_secs=self.config.server.metrics_interval_secs,
                     stall_timeout_secs=self.config.server.stall_timeout_secs,
@@ -292,8 +305,29 @@ async def _pumped(stream: PumpedStream, body: Any, *, drain_timeout: float) -> N
         await asyncio.gather(work, writer, reader, return_exceptions=True)
 
 
+def _bind(host: str, port: int) -> socket.socket:
+    """A bound TCP socket for the listen address (what asyncio would bind: the first address
+    ``host`` resolves to, SO_REUSEADDR, IPv6 sockets IPv6-only). An OSError says why not."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def _track_connections(server: GrpcServer) -> weakref.WeakSet[Any]:
     """The live client connections (H2Protocol) of a grpclib server."""
+    # grpclib has no public hook for its connections: Server._protocol_factory and
+    # H2Protocol.processor are why pyproject.toml bounds grpclib below 0.5.
     connections: weakref.WeakSet[Any] = weakref.WeakSet()
     factory = server._protocol_factory
 
@@ -339,6 +373,28 @@ class _Service:
 
     def __mapping__(self) -> dict[str, Handler]:
         return self._mapping
+
+
+class _Limited:
+    """One of grpclib's services (health, reflection) with :class:`LimitedStream` receives."""
+
+    def __init__(self, service: Any, max_message_bytes: int, codec: ProtoCodec) -> None:
+        self._mapping = {
+            path: handler._replace(
+                func=_limited(handler.func, handler.request_type, max_message_bytes, codec)
+            )
+            for path, handler in service.__mapping__().items()
+        }
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return self._mapping
+
+
+def _limited(func: Callable[[Any], Any], request_type: type, limit: int, codec: ProtoCodec) -> Any:
+    async def handler(stream: Any) -> None:
+        await func(LimitedStream(stream, request_type, limit, codec))
+
+    return handler
 
 
 def _descriptor_pool() -> Any:

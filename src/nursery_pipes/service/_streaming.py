@@ -15,10 +15,24 @@ Three trio tasks per stream, in one nursery that the session lives in:
   stops reading blocks it; after ``stall_timeout_secs`` the stream is ended
   (the session is cancelled), never the server.
 
-Per-chunk problems (bad sequence, unknown node, bad bytes, both or neither
-buffer fields, a second StreamInit) are answered with a ``stream_error`` and
-the session carries on. Fatal ones (no StreamInit first, an invalid
-manifest, a node failure) are answered with ``error`` and end the stream.
+Every problem is answered with ``error`` (StreamResponse field 3), the one
+member every remotemedia.v1 client knows. A *rejection* refuses one request
+or one output and the session carries on: a chunk with a bad sequence, an
+unknown or non-source node, bytes that disagree with their format, a frame of
+a kind the node does not take or that cannot reach its worker, both or
+neither buffer fields, data after CLOSE, a second StreamInit, an empty
+request, an unknown StreamControl command, an output over a size limit. Its
+message starts with what was refused and says the stream goes on; the
+ErrorResponse extensions carry ``session_continues`` (true),
+``failing_sequence`` and ``stream_error_type``. Anything else ends the stream
+(no StreamInit first, an invalid manifest, a node failure, the time limit):
+``error`` with ``session_continues`` false, then StreamClosed if a session ran.
+
+Nothing but progress goes out before StreamReady: requests other than CLOSE
+and CANCEL are judged once the session is ready (a client that pipelines
+chunks behind its StreamInit gets StreamReady first, then their results or
+rejections). CLOSE (or a half-close) before StreamReady is kept until the
+session is ready: it then flushes and closes as usual. CANCEL acts at once.
 """
 
 from __future__ import annotations
@@ -34,9 +48,9 @@ import trio
 from .._errors import (
     FrameError,
     InputError,
+    NodeError,
     NurseryPipesError,
     ResourceLimitError,
-    SessionClosedError,
     SessionError,
 )
 from .._proto.remotemedia import v1 as pb
@@ -53,9 +67,12 @@ from ..wire._convert import (
 from ..wire._messages import UPB as M
 from ..wire._messages import has, which
 from ._bridge import PumpedStream as TrioStream
-from ._execution import check_request_limits, refusal
+from ._execution import check_request_limits, output_limit, refusal
 
 __all__ = ["StreamSettings", "handle_stream"]
+
+_ERROR = pb.StreamErrorType
+_CONTROL = pb.StreamControlCommand
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,9 @@ class StreamSettings:
     metrics_interval_secs: float = 1.0
     stall_timeout_secs: float = 30.0
     recommended_chunk_size: int = 320
+    max_message_bytes: int | None = None
+    """Largest response (a ChunkResult) to send; None: the runtime's ``server.max_message_bytes``,
+    the server's limit on requests."""
 
 
 @dataclass
@@ -75,6 +95,9 @@ class _State:
     latency_sum_ms: float = 0.0
     cancelled: bool = False
     limits: Any = field(default_factory=lambda: M.ResourceLimits())
+    max_message_bytes: int = 0
+    ready: trio.Event = field(default_factory=trio.Event)
+    """Set once StreamReady is in the sender's queue: no answer to a request goes before it."""
 
 
 async def handle_stream(
@@ -87,13 +110,12 @@ async def handle_stream(
     kind, init_value = which(first, "request")
     init: Any = init_value
     if kind != "init":
-        await stream.send(
-            _stream_error(
-                pb.StreamErrorType.STREAM_ERROR_INIT_REQUIRED,
-                pb.ErrorType.VALIDATION,
-                f"the first message must be StreamInit, got {kind or 'an empty request'}",
-            )
+        error = M.ErrorResponse(
+            error_type=pb.ErrorType.VALIDATION,
+            message=f"the first message must be StreamInit, got {kind or 'an empty request'}; stream ended",
+            stream_error_type=_ERROR.STREAM_ERROR_INIT_REQUIRED,
         )
+        await stream.send(M.StreamResponse(error=error))
         return
     denied = refusal(init.client_version, accepting())  # as ExecutePipeline does
     if denied is not None:
@@ -102,22 +124,27 @@ async def handle_stream(
     try:
         plan = runtime.plan(manifest_from_proto(init.manifest))
         initial = {nid: buffer_to_frame(buf, f"data_inputs[{nid}]") for nid, buf in init.data_inputs.items()}
-        for node_id in initial:
+        for node_id, frame in initial.items():  # before the session starts: a refusal is the end
             check_input_target(plan, node_id)
+            check_input_kind(plan, node_id, frame)
         check_request_limits(init.resource_limits, initial)
     except NurseryPipesError as exc:
         await stream.send(M.StreamResponse(error=error_response(exc, M)))
         return
     limits: Any = init.resource_limits
     timeout = limits.max_timeout_ms / 1000 if limits.max_timeout_ms else math.inf
+    state = _State(
+        limits=limits, max_message_bytes=settings.max_message_bytes or runtime.config.server.max_message_bytes
+    )
     with trio.move_on_after(timeout) as deadline:
-        await _run(stream, runtime, plan, initial, settings, limits)
+        await _run(stream, runtime, plan, initial, settings, state)
     if deadline.cancelled_caught:
         await stream.send(
             M.StreamResponse(
                 error=M.ErrorResponse(
                     error_type=pb.ErrorType.RESOURCE_LIMIT,
                     message=f"the stream exceeded resource_limits.max_timeout_ms ({limits.max_timeout_ms} ms); session cancelled",
+                    stream_error_type=_ERROR.STREAM_ERROR_TIMEOUT,
                 )
             )
         )
@@ -129,9 +156,8 @@ async def _run(
     plan: Any,
     initial: dict[str, Any],
     settings: StreamSettings,
-    limits: Any,
+    state: _State,
 ) -> None:
-    state = _State(limits=limits)
     # Small: with the session's own bounded queues this bounds what a client that stops
     # reading can make the server hold.
     send_channel, receive_channel = trio.open_memory_channel[Any](8)
@@ -143,7 +169,7 @@ async def _run(
             # The sender outlives the other two: it ends once every response is written.
             nursery.start_soon(_sender, stream, receive_channel, session, state, settings)
             async with trio.open_nursery() as inner:
-                inner.start_soon(_inbound, stream, session, send_channel.clone(), state, initial)
+                inner.start_soon(_inbound, stream, session, send_channel.clone(), state, initial, inner)
                 await _outbound(session, send_channel, state, settings)
                 inner.cancel_scope.cancel()  # stop reading requests: the session is over
     except SessionError:
@@ -161,8 +187,13 @@ async def _outbound(
                 response = _response_for(event, session, state, settings)
                 if response is not None:
                     await out.send(response)
+                if isinstance(event, StateChanged) and event.state is SessionState.READY:
+                    state.ready.set()  # StreamReady is queued: what answers requests may follow
         except SessionError as exc:
-            await out.send(M.StreamResponse(error=error_response(exc, M)))
+            error = error_response(exc, M)
+            if isinstance(exc, NodeError):
+                error.stream_error_type = _ERROR.STREAM_ERROR_EXECUTION
+            await out.send(M.StreamResponse(error=error))
             await out.send(_closed(session, f"failed: {exc}"))
             return
         await out.send(_closed(session, "cancelled by client" if state.cancelled else "closed"))
@@ -187,19 +218,38 @@ def _response_for(event: Any, session: Session, state: _State, settings: StreamS
             )
         return None
     if isinstance(event, Output):
-        state.outputs += 1
+        return _result(event, state)
+    return None
+
+
+def _result(event: Output, state: _State) -> Any:
+    """The ChunkResult for one output — or, for one over a size limit, a rejection naming its
+    node. The frame's size is checked before it is copied into a message."""
+    nbytes = event.frame.nbytes
+    exceeded = output_limit(nbytes, state.limits, state.max_message_bytes)
+    if exceeded is None:
         received = state.received_at.get(event.seq)
         elapsed_ms = (time.perf_counter() - received) * 1000 if received is not None else 0.0
-        state.latency_sum_ms += elapsed_ms
-        return M.StreamResponse(
+        response = M.StreamResponse(
             result=M.ChunkResult(
                 sequence=event.seq,
                 data_outputs={event.node_id: frame_to_buffer(event.frame, M)},
                 processing_time_ms=elapsed_ms,
-                total_items_processed=state.outputs,
+                total_items_processed=state.outputs + 1,
             )
         )
-    return None
+        size = response.ByteSize()
+        if size <= state.max_message_bytes:
+            state.outputs += 1
+            state.latency_sum_ms += elapsed_ms
+            return response
+        nbytes, exceeded = size, output_limit(size, state.limits, state.max_message_bytes)
+    error = M.ErrorResponse(
+        error_type=pb.ErrorType.RESOURCE_LIMIT,
+        message=f"it is {nbytes} bytes, {exceeded}",
+        failing_node_id=event.node_id,
+    )
+    return _rejected(f"output of node {event.node_id!r} for sequence {event.seq} not sent", error, event.seq)
 
 
 def _assignments(session: Session) -> list[Any]:
@@ -286,44 +336,69 @@ async def _inbound(
     out: trio.MemorySendChannel[Any],
     state: _State,
     initial: dict[str, Any],
+    nursery: trio.Nursery,
 ) -> None:
     async with out:
-        for node_id, frame in initial.items():
-            await session.send(node_id, frame, seq=0)
+        try:
+            for node_id, frame in initial.items():
+                await session.send(node_id, frame, seq=0)
+        except SessionError:  # the session failed to start or is ending: outbound reports why
+            return
         if initial:
             state.last_seq = 0  # StreamInit's data_inputs are sequence 0: chunks continue after it
         closed = False
         while True:
             request = await stream.recv()
             if request is None:
-                if not closed:
-                    await session.close()  # a client that half-closes has sent everything
+                if not closed:  # a client that half-closes has sent everything
+                    nursery.start_soon(_close_when_ready, session, state)
                 return
             kind, found = which(request, "request")
             value: Any = found
             if kind == "control":
-                if value.command == pb.StreamControlCommand.COMMAND_CANCEL:
+                if value.command == _CONTROL.COMMAND_CANCEL:
                     state.cancelled = True
                     session.cancel()
                     return
-                if value.command == pb.StreamControlCommand.COMMAND_CLOSE:
-                    closed = True
-                    await session.close()
+                if value.command == _CONTROL.COMMAND_CLOSE:
+                    if not closed:
+                        closed = True
+                        nursery.start_soon(_close_when_ready, session, state)
+                    continue
+            # Everything else is answered after StreamReady: an upstream client may take an error
+            # before it for a failed start. (A chunk waited for READY in Session.send anyway.)
+            await state.ready.wait()
+            if kind == "control":
+                await out.send(_unknown_command(value.command))
                 continue
             error = await _data(kind, value, session, state, closed)
             if error is not None:
                 await out.send(error)
 
 
+async def _close_when_ready(session: Session, state: _State) -> None:
+    """End the session's input — once it is READY: a CLOSE (or half-close) can arrive while
+    nodes still initialise, and the session only takes its end of input once they are ready.
+    Cancelled with the inbound side if the session fails first."""
+    await state.ready.wait()
+    await session.close()
+
+
+def _unknown_command(command: int) -> Any:
+    known = ", ".join(f"{c.name}={c.value}" for c in (_CONTROL.COMMAND_CLOSE, _CONTROL.COMMAND_CANCEL))
+    error = M.ErrorResponse(
+        error_type=pb.ErrorType.VALIDATION, message=f"command {command} is not one of {known}"
+    )
+    return _rejected("StreamControl ignored", error)
+
+
 async def _data(kind: str, value: Any, session: Session, state: _State, closed: bool) -> Any | None:
-    """Feed one data message to the session; a stream_error response for a bad one."""
+    """Feed one data message to the session; the rejection to send for a bad one."""
     if kind == "init":
-        return _stream_error(
-            pb.StreamErrorType.STREAM_ERROR_UNSPECIFIED,
-            pb.ErrorType.VALIDATION,
-            "the stream is already initialised (a second StreamInit)",
-            session=session,
+        error = M.ErrorResponse(
+            error_type=pb.ErrorType.VALIDATION, message="the stream is already initialised"
         )
+        return _rejected("a second StreamInit ignored", error)
     if kind == "audio_chunk":
         value = M.DataChunk(
             node_id=value.node_id,
@@ -332,30 +407,22 @@ async def _data(kind: str, value: Any, session: Session, state: _State, closed: 
             timestamp_ms=value.timestamp_ms,
         )
     elif kind != "data_chunk":
-        return _stream_error(
-            pb.StreamErrorType.STREAM_ERROR_UNSPECIFIED,
-            pb.ErrorType.VALIDATION,
-            "empty request (set init, data_chunk or control)",
-            session=session,
+        error = M.ErrorResponse(
+            error_type=pb.ErrorType.VALIDATION, message="set one of init, data_chunk or control"
         )
+        return _rejected("an empty request ignored", error)
     seq = value.sequence
+    what = f"DataChunk sequence {seq} rejected"
     if closed:
-        return _stream_error(
-            pb.StreamErrorType.STREAM_ERROR_UNSPECIFIED,
-            pb.ErrorType.VALIDATION,
-            "data after CLOSE",
-            seq,
-            session,
-        )
+        error = M.ErrorResponse(error_type=pb.ErrorType.VALIDATION, message="data after CLOSE")
+        return _rejected(what, error, seq)
     if seq <= state.last_seq:
         state.dropped += 1
-        return _stream_error(
-            pb.StreamErrorType.STREAM_ERROR_INVALID_SEQUENCE,
-            pb.ErrorType.VALIDATION,
-            f"sequence {seq} does not increase (last accepted: {state.last_seq})",
-            seq,
-            session,
+        error = M.ErrorResponse(
+            error_type=pb.ErrorType.VALIDATION,
+            message=f"sequence {seq} does not increase (last accepted: {state.last_seq})",
         )
+        return _rejected(what, error, seq, _ERROR.STREAM_ERROR_INVALID_SEQUENCE)
     try:
         targets = _targets(value)
         frames = [(nid, buffer_to_frame(buf, where)) for nid, buf, where in targets]
@@ -372,15 +439,8 @@ async def _data(kind: str, value: Any, session: Session, state: _State, closed: 
         state.chunks += 1
     except (InputError, FrameError, ResourceLimitError) as exc:
         state.dropped += 1
-        return M.StreamResponse(
-            stream_error=M.StreamErrorResponse(
-                base_error=error_response(exc, M),
-                stream_error_type=pb.StreamErrorType.STREAM_ERROR_UNSPECIFIED,
-                failing_sequence=seq,
-                session_id=session.id,
-            )
-        )
-    except SessionClosedError:
+        return _rejected(what, error_response(exc, M), seq)
+    except SessionError:  # closed, cancelled, or failed (then the node's error): not this chunk's fault
         return None  # the session is ending; outbound reports why
     return None
 
@@ -400,18 +460,14 @@ def _targets(chunk: Any) -> list[tuple[str, Any, str]]:
     return [(nid, buf, f"data_chunk.named_buffers[{nid}]") for nid, buf in chunk.named_buffers.items()]
 
 
-def _stream_error(
-    kind: pb.StreamErrorType,
-    error_type: pb.ErrorType,
-    message: str,
-    seq: int = 0,
-    session: Session | None = None,
-) -> Any:
-    return M.StreamResponse(
-        stream_error=M.StreamErrorResponse(
-            base_error=M.ErrorResponse(error_type=error_type, message=message),
-            stream_error_type=kind,
-            failing_sequence=seq,
-            session_id=session.id if session else "",
-        )
-    )
+def _rejected(what: str, error: Any, seq: int | None = None, kind: int = 0) -> Any:
+    """``error`` as the answer to one refused request or output; the session carries on.
+
+    The message says so in words for clients built from upstream's protos, which see
+    ``error`` but none of the extension fields set here."""
+    error.message = f"{what} (the stream goes on): {error.message}"
+    error.session_continues = True
+    error.stream_error_type = kind
+    if seq is not None:
+        error.failing_sequence = seq
+    return M.StreamResponse(error=error)

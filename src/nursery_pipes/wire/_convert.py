@@ -6,7 +6,9 @@ dicts and our exceptions. This module is the only place that knows both.
 Conventions (recorded in docs/design.md, "gRPC API"):
 
 - ``AudioBuffer.format`` unspecified means f32; ``channels`` 0 means mono;
-  ``num_samples`` (samples per channel), when set, must match the bytes.
+  ``num_samples`` is the total number of samples across all channels (as
+  upstream's common.proto defines it: 320 for 160 stereo frames); when set on
+  input it must match the bytes, and outputs always set it.
 - ``DataBuffer.metadata`` travels as the frame's metadata.
 - A manifest arrives as ``PipelineManifest`` and is turned into the JSON
   document form, so validation errors carry the same JSON paths a file would
@@ -143,10 +145,12 @@ def _audio(value: Any, metadata: dict[str, str]) -> AudioFrame:
     frame = AudioFrame.from_bytes(
         value.samples, sample_rate=value.sample_rate, channels=channels, format=fmt, metadata=metadata
     )
-    if value.num_samples and value.num_samples != frame.num_samples:
+    total = frame.num_samples * channels
+    if value.num_samples and value.num_samples != total:
         raise FrameError(
             f"audio num_samples is {value.num_samples} but the {len(value.samples)} bytes hold "
-            f"{frame.num_samples} samples per channel ({fmt.name.lower()}, {channels} channel(s))"
+            f"{total} samples ({fmt.name.lower()}, {channels} channel(s); num_samples counts "
+            "the samples of all channels)"
         )
     return frame
 
@@ -161,7 +165,7 @@ def frame_to_buffer(frame: Frame, ns: Messages = BETTERPROTO) -> Any:
                 sample_rate=frame.sample_rate,
                 channels=frame.channels,
                 format=int(frame.format),
-                num_samples=frame.num_samples,
+                num_samples=frame.num_samples * frame.channels,  # all channels (upstream's meaning)
             ),
             metadata=metadata,
         )

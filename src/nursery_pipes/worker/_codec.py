@@ -11,6 +11,13 @@ released).
     audio   AudioFormat    (n, channels)    (sample_rate, 0, 0, 0)           metadata
     video   PixelFormat    pixels.shape     (width, height, frame_no, 0)     metadata (+ timestamp_us)
     tensor  TensorDtype    data.shape (≤6)  —                                layout, metadata
+
+Empty payloads (0-sample audio, tensors with a 0 in their shape, empty text)
+travel like any other: the header's shape says what the empty array looks
+like. Only what the header cannot describe — a tensor of more than
+:data:`~nursery_pipes.ipc.MAX_NDIM` dimensions — cannot travel;
+:func:`shm_refusal` says so before anything is written, and the session asks
+it before taking such a frame from a client.
     json    —              —                —                                schema_type, metadata
     text    —              —                —                                language, metadata
     binary  —              —                —                                mime_type, metadata
@@ -26,6 +33,7 @@ from typing import Any, TypeVar
 import msgspec
 import numpy as np
 
+from .._errors import FrameError
 from ..frames import (
     AudioFormat,
     AudioFrame,
@@ -41,7 +49,7 @@ from ..frames import (
 )
 from ..ipc import MAX_NDIM, SlotHeader
 
-__all__ = ["EncodedFrame", "decode_frame", "encode_frame"]
+__all__ = ["EncodedFrame", "decode_frame", "encode_frame", "shm_refusal"]
 
 _meta_encoder = msgspec.json.Encoder()
 _meta_decoder = msgspec.json.Decoder(dict[str, Any])
@@ -81,8 +89,20 @@ def _meta(frame: Frame, **fields: str) -> bytes:
 
 
 def _array_bytes(array: np.ndarray[Any, Any]) -> memoryview:
+    if array.size == 0:  # memoryview cannot cast a view with a zero in its shape
+        return memoryview(b"")
     contiguous: Any = np.ascontiguousarray(array)
     return memoryview(contiguous).cast("B")
+
+
+def shm_refusal(frame: Frame) -> str | None:
+    """Why ``frame`` cannot travel through a ring, or None when it can (the usual case)."""
+    if isinstance(frame, TensorFrame) and frame.data.ndim > MAX_NDIM:
+        return (
+            f"a tensor of {frame.data.ndim} dimensions cannot travel through shared memory "
+            f"to a worker process (at most {MAX_NDIM})"
+        )
+    return None
 
 
 def encode_frame(frame: Frame) -> EncodedFrame:
@@ -108,10 +128,9 @@ def encode_frame(frame: Frame) -> EncodedFrame:
             _array_bytes(frame.pixels),
         )
     if isinstance(frame, TensorFrame):
-        if frame.data.ndim > MAX_NDIM:
-            raise ValueError(
-                f"a tensor of {frame.data.ndim} dimensions cannot cross a process boundary (at most {MAX_NDIM})"
-            )
+        refusal = shm_refusal(frame)
+        if refusal is not None:
+            raise FrameError(refusal)
         return EncodedFrame(
             FrameKind.TENSOR,
             frame.dtype,

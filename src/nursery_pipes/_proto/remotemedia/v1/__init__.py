@@ -247,6 +247,26 @@ class ErrorResponse(betterproto.Message):
      JSON path it refers to (e.g. "nodes[2].id"). `message` still summarises.
     """
 
+    failing_sequence: Optional[int] = betterproto.uint64_field(7, optional=True)
+    """
+    nursery_pipes extension: the sequence of the DataChunk this error is
+     about (a rejected chunk, or the input whose output could not be sent);
+     unset when the error is not about one chunk.
+    """
+
+    stream_error_type: int = betterproto.int32_field(8)
+    """
+    nursery_pipes extension: a StreamErrorType value (declared in
+     streaming.proto, which this file cannot import); 0 outside streams.
+    """
+
+    session_continues: bool = betterproto.bool_field(9)
+    """
+    nursery_pipes extension: true when only the request or output named here
+     was refused and the stream's session carries on; false (the upstream
+     meaning of an error) when the call ends with this error.
+    """
+
 
 @dataclass(eq=False, repr=False)
 class ValidationIssue(betterproto.Message):
@@ -507,8 +527,18 @@ class StreamResponse(betterproto.Message):
 
     stream_error: "StreamErrorResponse" = betterproto.message_field(7, group="response")
     """
-    nursery_pipes extension: an error with stream context (sequence, ...).
+    nursery_pipes extension, deprecated and no longer sent: per-chunk
+     errors arrive as `error` (3), which every client sees; the sequence and
+     the session's fate are extension fields of ErrorResponse. Kept so the
+     number is never reused and clients can read older servers.
     """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.is_set("stream_error"):
+            warnings.warn(
+                "StreamResponse.stream_error is deprecated", DeprecationWarning
+            )
 
 
 @dataclass(eq=False, repr=False)
