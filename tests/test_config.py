@@ -158,6 +158,14 @@ def test_unknown_keys_and_sections_are_rejected_by_name(text: str, message: str)
             "[multiprocess]\ninit_timeout_secs = 0.5",
             "[multiprocess.init_timeout_secs] Expected `float` >= 1.0",
         ),
+        (
+            "[multiprocess]\nclose_timeout_secs = 0.5",
+            "[multiprocess.close_timeout_secs] Expected `float` >= 1.0",
+        ),
+        (
+            "[multiprocess]\nclose_timeout_secs = 301",
+            "[multiprocess.close_timeout_secs] Expected `float` <= 300.0",
+        ),
         ("[multiprocess]\nenable_backpressure = 'yes'", "[multiprocess.enable_backpressure] Expected `bool`"),
         ("[multiprocess]\nworker_type = 'fork'", "[multiprocess.worker_type] Invalid enum value 'fork'"),
         ("[multiprocess]\nslot_count = 1", "[multiprocess.slot_count] Expected `int` >= 2"),
@@ -314,6 +322,20 @@ def test_manifest_overrides_runtime_toml() -> None:
         python_executable="python3",
     )
     assert isinstance(settings.init_timeout_secs, float)
+
+
+def test_toml_nested_ten_thousand_levels_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(text="[nodes]\nmodules = " + "[" * 10_000 + "]" * 10_000)
+
+
+def test_close_timeout_manifest_beats_runtime_toml_beats_default() -> None:
+    assert resolve_settings(manifest(), RuntimeConfig()).close_timeout_secs == 30.0
+    config = load_config(text="[multiprocess]\nclose_timeout_secs = 12")
+    assert resolve_settings(manifest({}), config).close_timeout_secs == 12.0
+    settings = resolve_settings(manifest({"close_timeout_secs": 3}), config)
+    assert settings.close_timeout_secs == 3.0
+    assert isinstance(settings.close_timeout_secs, float)
 
 
 def test_manifest_false_backpressure_beats_config_true() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from hypothesis.extra import numpy as hnp
 
 from nursery_pipes._errors import FrameError
 from nursery_pipes.frames import (
+    MAX_JSON_DEPTH,
     AudioFormat,
     AudioFrame,
     BinaryFrame,
@@ -24,6 +26,7 @@ from nursery_pipes.frames import (
     TextFrame,
     VideoFrame,
 )
+from nursery_pipes.worker._codec import decode_frame, encode_frame
 
 
 def ramp(fmt: AudioFormat, frames: int, channels: int) -> np.ndarray:
@@ -467,3 +470,67 @@ def test_property_text_bytes_round_trip(text: str, language: str) -> None:
 def test_property_binary_bytes_round_trip(data: bytes, mime: str) -> None:
     frame = BinaryFrame(data=data, mime_type=mime)
     assert BinaryFrame.from_bytes(frame.to_bytes(), mime_type=mime) == frame
+
+
+# -- nesting: deep JSON is a FrameError, never a RecursionError ---------------------------------
+
+
+def nested(depth: int) -> Any:
+    value: Any = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_json_payload_nested_ten_thousand_levels() -> None:
+    payload = "[" * 10_000 + "]" * 10_000
+    for data in (payload, payload.encode(), bytearray(payload.encode()), memoryview(payload.encode())):
+        with pytest.raises(
+            FrameError, match=r"JSON frame payload nests deeper than 128 levels \(at byte 128\)"
+        ):
+            JsonFrame.from_bytes(data)
+
+
+def test_json_value_nested_too_deeply_or_containing_itself() -> None:
+    with pytest.raises(FrameError, match="JSON frame value nests deeper than 128 levels"):
+        JsonFrame(value=nested(10_000))  # deeper than msgspec's encoder itself can go
+    with pytest.raises(FrameError, match=r"nests deeper than 128 levels \(at byte 132 of its JSON\)"):
+        JsonFrame(value={"a": nested(200)})  # encodable, but past the limit
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(FrameError, match="or contains itself"):
+        JsonFrame(value=loop)
+
+
+def test_json_nesting_limit_is_inclusive_and_survives_the_worker_codec() -> None:
+    frame = JsonFrame(value=nested(MAX_JSON_DEPTH), schema_type="deep")
+    encoded = encode_frame(frame)
+    back = decode_frame(encoded.header(7), encoded.meta, encoded.payload, copy=True)
+    assert back == frame
+    assert repr(back).startswith("JsonFrame([[[")
+    assert JsonFrame.from_bytes(frame.to_bytes(), schema_type="deep") == frame
+    with pytest.raises(FrameError):
+        JsonFrame(value=[frame.value])
+
+
+def test_brackets_in_json_strings_are_not_nesting() -> None:
+    frame = JsonFrame.from_bytes(json.dumps({"text": "[" * 1000 + '\\"{' * 500}))
+    assert frame.value["text"].startswith("[[[")
+
+
+def test_deep_values_in_frame_fields_are_frame_errors() -> None:
+    deep = nested(10_000)
+    with pytest.raises(FrameError, match=r"frame metadata must map str to str, got 'k': \[\[\[\["):
+        TextFrame(text="x", metadata={"k": deep})
+    with pytest.raises(FrameError, match="text frame needs a str, got list"):
+        TextFrame(text=deep)
+    with pytest.raises(FrameError, match="text frame language must be a str, got list"):
+        TextFrame(text="x", language=deep)
+    with pytest.raises(FrameError, match="JSON frame schema_type must be a str"):
+        JsonFrame(value=1, schema_type=deep)
+    with pytest.raises(FrameError, match="binary frame mime_type must be a str"):
+        BinaryFrame(data=b"", mime_type=deep)
+    with pytest.raises(FrameError, match="tensor frame layout must be a str"):
+        TensorFrame(data=np.zeros(2, np.float32), layout=deep)
+    with pytest.raises(FrameError, match="audio sample_rate must be a positive integer"):
+        AudioFrame(samples=np.zeros((2, 1), np.float32), sample_rate=deep)

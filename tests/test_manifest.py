@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import string
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -195,6 +196,7 @@ def test_optional_fields_may_be_null() -> None:
         "max_processes_per_session": None,
         "channel_capacity": None,
         "init_timeout_secs": None,
+        "close_timeout_secs": None,
         "python_executable": None,
         "enable_backpressure": None,
     }
@@ -520,6 +522,8 @@ def test_cycles_are_named(nodes: str, edges: list[tuple[str, str]], cycle: str) 
         ({"channel_capacity": 5.0}, "channel_capacity", "must be an integer or null, got the number 5.0"),
         ({"init_timeout_secs": 0.5}, "init_timeout_secs", "must be ≥ 1, got 0.5"),
         ({"init_timeout_secs": 301}, "init_timeout_secs", "must be ≤ 300, got 301"),
+        ({"close_timeout_secs": 0.5}, "close_timeout_secs", "must be ≥ 1, got 0.5"),
+        ({"close_timeout_secs": 301}, "close_timeout_secs", "must be ≤ 300, got 301"),
         ({"max_processes_per_session": 0}, "max_processes_per_session", "must be ≥ 1, got 0"),
         (
             {"enable_backpressure": "yes"},
@@ -545,8 +549,8 @@ def test_multiprocess_settings_out_of_range(settings_: dict[str, Any], path: str
 def test_multiprocess_bounds_are_inclusive() -> None:
     doc = base()
     for low_high in (
-        {"channel_capacity": 1, "init_timeout_secs": 1},
-        {"channel_capacity": 10000, "init_timeout_secs": 300},
+        {"channel_capacity": 1, "init_timeout_secs": 1, "close_timeout_secs": 1},
+        {"channel_capacity": 10000, "init_timeout_secs": 300, "close_timeout_secs": 300},
     ):
         doc["metadata"]["multiprocess"] = low_high
         Manifest.from_dict(doc, registry=BUILTINS)
@@ -768,6 +772,7 @@ def valid_manifests(draw: st.DrawFn) -> tuple[dict[str, Any], list[tuple[str, st
                 optional={
                     "channel_capacity": st.integers(1, 10000),
                     "init_timeout_secs": st.floats(1, 300),
+                    "close_timeout_secs": st.floats(1, 300),
                     "max_processes_per_session": st.integers(1, 16),
                     "enable_backpressure": st.booleans(),
                     "executor_overrides": st.dictionaries(
@@ -956,3 +961,93 @@ def test_property_truncated_manifest_text_fails_with_position(
         Manifest.from_json(truncated, registry=STANDINS)
     [issue] = info.value.issues
     assert issue.message.startswith("invalid JSON at line ")
+
+
+# ---------------------------------------------------------------------------------------------
+# Nesting: deep JSON is a validation issue with a path, never a RecursionError
+
+
+def nested_list(depth: int) -> Any:
+    value: Any = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def json_set(depth: int) -> dict[str, Any]:
+    """A JsonTransformNode manifest whose params nest exactly ``depth`` levels deep."""
+    doc = base()
+    doc["nodes"][1] = {"id": "shout", "node_type": "JsonTransformNode", "params": {"set": {"x": None}}}
+    doc["nodes"][1]["params"]["set"]["x"] = nested_list(depth - 2)  # params {, set {, then the lists
+    doc["connections"] = []
+    return doc
+
+
+DEEP = 10_000
+
+
+def deep_text(doc: dict[str, Any]) -> str:
+    """json.dumps, except that each "DEEP" string becomes a list nested DEEP levels deep (which
+    json.dumps itself could not write: it recurses)."""
+    return json.dumps(doc).replace('"DEEP"', "[" * DEEP + "]" * DEEP)
+
+
+@pytest.mark.parametrize("form", ["dict", "json"])
+def test_params_nested_ten_thousand_levels(form: str) -> None:
+    doc = json_set(3)
+    doc["nodes"][1]["params"]["set"]["x"] = "DEEP" if form == "json" else nested_list(DEEP)
+    source = deep_text(doc) if form == "json" else doc
+    assert issues_of(source) == [("nodes[1].params", "nested deeper than 64 levels")]
+
+
+@pytest.mark.parametrize("form", ["dict", "json"])
+def test_metadata_and_other_members_nested_too_deeply(form: str) -> None:
+    doc = base()
+    doc["metadata"]["labels"] = {"a": "DEEP" if form == "json" else nested_list(DEEP)}
+    doc["connections"][0]["to"] = "DEEP" if form == "json" else nested_list(DEEP)
+    if form == "json":
+        # Text too deep to decode at all: the first such member is named (document order).
+        assert issues_of(deep_text(doc)) == [("metadata.labels", "nested deeper than 64 levels")]
+    else:
+        assert issues_of(doc) == [
+            ("metadata.labels", "nested deeper than 64 levels"),
+            ("connections[0].to", "nested deeper than 64 levels"),
+        ]
+
+
+def test_a_document_that_is_only_brackets() -> None:
+    assert issues_of("[" * DEEP + "]" * DEEP) == [("", "nested deeper than 64 levels")]
+    assert issues_of('{"nodes": [' + "[" * DEEP) == [("nodes[0]", "nested deeper than 64 levels")]
+
+
+def test_nesting_limit_is_inclusive_and_the_deepest_manifest_still_works() -> None:
+    for form in (json.dumps, lambda d: d):
+        m = Manifest.parse(form(json_set(64)), registry=BUILTINS)
+        assert (
+            Manifest.from_json(m.to_json(), registry=BUILTINS).node("shout").params == m.node("shout").params
+        )
+        assert issues_of(form(json_set(65))) == [("nodes[1].params", "nested deeper than 64 levels")]
+
+
+def test_params_that_contain_themselves() -> None:
+    doc = json_set(3)
+    loop: list[Any] = []
+    loop.append(loop)
+    doc["nodes"][1]["params"]["set"]["x"] = loop
+    assert issues_of(doc) == [("nodes[1].params", "nested deeper than 64 levels")]
+
+
+def test_the_limit_leaves_room_on_a_busy_stack() -> None:
+    """Members at the limit everywhere, plus structural and param errors (so the schema runs
+    and messages quote values), validated with most of the stack already in use."""
+    doc = json_set(64)
+    doc["version"] = nested_list(64)
+    doc["metadata"]["labels"] = nested_list(64)
+    doc["nodes"][0]["params"] = {"x": nested_list(63)}
+    doc["nodes"][1]["params"]["select"] = nested_list(63)
+
+    def validate_at(depth: int) -> list[tuple[str, str]]:
+        return validate_at(depth - 1) if depth else issues_of(doc)
+
+    issues = validate_at(sys.getrecursionlimit() - 300)
+    assert [path for path, _ in issues] == ["version", "nodes[0].params.x", "nodes[1].params.select[0]"]

@@ -6,6 +6,7 @@ worker process, thread, /dev/shm entry or FIFO directory may be left.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -25,12 +26,15 @@ import trio.testing
 from nursery_pipes import (
     AudioFrame,
     ManifestError,
+    NodeCloseTimeout,
     NodeCrashed,
     NodeError,
     NodeInitTimeout,
+    NodeProgress,
     ResourceLimitError,
     Runtime,
     RuntimeConfig,
+    SessionError,
     SessionState,
     TensorFrame,
     TextFrame,
@@ -174,6 +178,25 @@ async def test_worker_to_worker_edges_are_direct() -> None:
         )
         assert len(shared) == 1  # the same ring spec: w1 writes what w2 reads
         assert len(wiring.pumps) == 1  # only the sink's edge to the client passes through the supervisor
+    finally:
+        transport.close()
+
+
+async def test_a_ring_the_worker_side_aborted_is_a_broken_port() -> None:
+    """An OutPort whose other end is gone raises trio.BrokenResourceError, whatever the
+    transport: a memory channel does, and so must a shared-memory ring."""
+    from nursery_pipes.executors import RingGeometry, ShmTransport
+
+    transport = ShmTransport(RingGeometry(2, 4096))
+    try:
+        ring = transport.edge(producer_in_supervisor=True, consumer_in_supervisor=False, consumer_fan_in=1)
+        port = transport.port(ring)
+        await port.send(1, TextFrame(text="taken"))
+        transport.abort_all()  # what a worker being stopped sees
+        with pytest.raises(trio.BrokenResourceError):
+            await port.send(2, TextFrame(text="refused"))
+        with pytest.raises(trio.BrokenResourceError):
+            await port.end()
     finally:
         transport.close()
 
@@ -371,6 +394,16 @@ async def test_exception_in_process_fails_the_session() -> None:
         await runtime().run_pipeline(m, {"src": [TextFrame(text=str(i)) for i in range(10)]})
 
 
+async def test_a_sender_blocked_on_a_full_ring_gets_the_error() -> None:
+    m = manifest(
+        [("boom", "RaiseNode", {"phase": "process", "after_frames": 2}, "multiprocess")],
+        [],
+        channel_capacity=2,
+    )
+    with pytest.raises(NodeError, match="'boom' failed in process"):
+        await runtime().run_pipeline(m, {"boom": [TextFrame(text=str(i)) for i in range(100)]})
+
+
 async def test_os_exit_is_reported_with_its_code() -> None:
     m = manifest(
         [
@@ -427,6 +460,46 @@ async def test_hang_in_initialize_times_out_and_is_killed() -> None:
     assert 1.0 <= elapsed < 1.0 + GRACE + 2.0  # timeout, grace, kill — not the 30 s default
 
 
+async def test_init_timeout_is_reported_at_the_deadline_then_the_worker_is_killed() -> None:
+    """The error reaches the user when init_timeout_secs runs out; the worker, deaf to the stop
+    request, is killed after the grace period — still inside the session's nursery."""
+    timeout, grace = 0.5, 2.0
+    rt = runtime()
+    plan = rt.plan(manifest([("hang", "HangNode", {"phase": "initialize"}, "multiprocess")], []))
+    # Below the 1 s the manifest allows, so that the test stays short.
+    settings = dataclasses.replace(plan.settings, init_timeout_secs=timeout, grace_period_secs=grace)
+    plan = dataclasses.replace(plan, settings=settings)
+    # Start the forkserver first, so that the worker is surely inside initialize() at the deadline.
+    async with rt.open_session(manifest([("w", "PassThrough", {}, "multiprocess")], [])):
+        pass
+    progress: list[str] = []
+    seen: list[tuple[BaseException, float, SessionState]] = []
+    session_ids: list[str] = []
+    start = time.monotonic()
+
+    async def scenario() -> None:
+        async with rt.open_session(plan, wait_ready=False) as session:
+            session_ids.append(session.id)
+            try:
+                async for event in session.events():
+                    if isinstance(event, NodeProgress):
+                        progress.append(event.state)
+            except NodeInitTimeout as exc:
+                seen.append((exc, time.monotonic() - start, session.state))
+
+    with pytest.raises(NodeInitTimeout) as info:
+        await scenario()
+    ended_at = time.monotonic() - start
+    [(error, seen_at, state)] = seen
+    assert error is info.value
+    assert info.value.node_id == "hang"
+    assert progress == ["starting", "failed"]  # the worker was up, stuck in initialize()
+    assert timeout <= seen_at < timeout + 0.5
+    assert state is SessionState.ERROR  # reported while the worker was still being stopped
+    assert ended_at >= timeout + grace * 0.9
+    assert await _pids_of_session(session_ids[0]) == []
+
+
 async def test_a_blocking_initialize_in_a_worker_that_overruns_times_out() -> None:
     """initialize() blocks the worker for 1.5 s; the 0.3 s timeout fires meanwhile. Settings are
     built directly: manifests cannot ask for less than 1 s."""
@@ -462,6 +535,68 @@ async def test_hang_in_process_ignoring_stop_is_killed_after_grace() -> None:
     assert GRACE * 0.9 <= stopped_in < GRACE + 1.0
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+async def test_close_timeout_stops_a_worker_stuck_in_flush() -> None:
+    """The worker ignores the stop request (HangNode is deaf to ring aborts and SIGTERM): the
+    error comes at the close deadline, the kill after the grace period."""
+    m = manifest(
+        [("src", "PassThrough", {}, "inprocess"), ("hang", "HangNode", {"phase": "flush"}, "multiprocess")],
+        [("src", "hang")],
+        close_timeout_secs=1,
+    )
+    seen: list[tuple[BaseException, float, SessionState]] = []
+    session_ids: list[str] = []
+
+    async def scenario() -> None:
+        async with runtime().open_session(m) as session:
+            session_ids.append(session.id)
+            await session.send("src", TextFrame(text="x"))
+            start = time.monotonic()
+            await session.close()
+            try:
+                async for _ in session.events():
+                    pass
+            except NodeCloseTimeout as exc:
+                seen.append((exc, time.monotonic() - start, session.state))
+
+    start = time.monotonic()
+    with pytest.raises(NodeCloseTimeout) as info:
+        await scenario()
+    [(error, seen_at, state)] = seen
+    assert error is info.value
+    assert (error.node_id, error.phase) == ("hang", "flush")
+    assert 1.0 <= seen_at < 1.0 + 0.5
+    assert state is SessionState.ERROR
+    assert time.monotonic() - start < 1.0 + GRACE + 2.0
+    assert await _pids_of_session(session_ids[0]) == []
+
+
+async def test_close_timeout_blames_the_stuck_worker_not_the_node_blocked_on_its_ring() -> None:
+    m = manifest(
+        [("src", "PassThrough", {}, "inprocess"), ("hang", "HangNode", {"phase": "process"}, "multiprocess")],
+        [("src", "hang")],
+        close_timeout_secs=1,
+        channel_capacity=2,
+    )
+
+    async def feed(session: Any) -> None:
+        with contextlib.suppress(SessionError):  # woken with the session's error
+            for i in range(20):
+                await session.send("src", TextFrame(text=str(i)))
+
+    async def scenario() -> None:
+        async with runtime().open_session(m) as session, trio.open_nursery() as nursery:
+            nursery.start_soon(feed, session)
+            await trio.sleep(0.2)  # src fills the worker's ring and blocks; the client fills src's inbox
+            await session.close()
+            with contextlib.suppress(NodeCloseTimeout):  # raised again by open_session
+                async for _ in session.events():
+                    pass
+
+    with pytest.raises(NodeCloseTimeout) as info:
+        await scenario()
+    assert (info.value.node_ids, info.value.waiting) == (("hang",), ("src",))
 
 
 async def test_cancel_from_outside_mid_frame_stops_every_worker() -> None:

@@ -313,6 +313,22 @@ async def test_params_that_are_not_json_are_a_validation_error(served: Served) -
     await still_serving(served)
 
 
+async def test_json_nested_ten_thousand_levels_is_a_validation_error(served: Served) -> None:
+    deep = "[" * 10_000 + "]" * 10_000
+    wire = pb.PipelineManifest(
+        version="v1",
+        metadata=pb.ManifestMetadata(name="deep", extra_json='{"labels": ' + deep + "}"),
+        nodes=[pb.NodeManifest(id="j", node_type="JsonTransformNode", params='{"set": {"x": ' + deep + "}}")],
+    )
+    error = error_of(await execute_raw(served, pb.ExecuteRequest(manifest=wire)))
+    assert error.error_type == pb.ErrorType.VALIDATION
+    assert [(i.path, i.message) for i in error.issues] == [
+        ("metadata.extra_json", "nested deeper than 64 levels"),
+        ("nodes[0].params", "nested deeper than 64 levels"),
+    ]
+    await still_serving(served)
+
+
 @pytest.mark.parametrize("executor", ["inprocess", "multiprocess"])
 async def test_raising_node_is_node_execution_with_node_and_trace(served: Served, executor: str) -> None:
     doc = manifest(

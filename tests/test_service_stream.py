@@ -183,6 +183,28 @@ async def test_no_result_is_lost_to_the_metrics_timer(served: Served) -> None:
     assert items[-1][0] == "closed"
 
 
+async def test_init_then_half_close_gets_ready_then_closed(served: Served) -> None:
+    """grpcurl-style: StreamInit, then the client half-closes at once, while the nodes still
+    initialise. The session closes once it is ready: StreamReady, then StreamClosed, status OK."""
+    slow = manifest(
+        [("slow", "SleepNode", {"init_seconds": 0.2}), ("up", "TextTransformNode", {"operation": "upper"})],
+        [("slow", "up")],
+        executors={"slow": "inprocess", "up": "inprocess"},
+    )
+
+    async def scenario() -> list[tuple[str, Any]]:
+        async with open_stream(served.port) as s:
+            await s.init(slow)
+            await s.end()
+            return await s.rest()  # checks the call ended with status OK
+
+    items = await served.aio(scenario)
+    assert [k for k in kinds(items) if k != "progress"] == ["ready", "closed"]
+    assert items[-1][1].reason == "closed"
+    assert served.runtime.sessions == {}
+    await still_streaming(served)
+
+
 async def test_client_helper_streams_with_progress_and_outputs(served: Served) -> None:
     seen: list[pb.InitProgress] = []
 
@@ -750,6 +772,28 @@ async def test_params_that_are_not_json_end_the_stream_with_validation_error(ser
     assert error.error_type == pb.ErrorType.VALIDATION
     assert [i.path for i in error.issues] == ["nodes[0].params"]
     await still_streaming(served)
+
+
+async def test_json_chunk_nested_ten_thousand_levels_is_a_rejection(served: Served) -> None:
+    deep = pb.DataBuffer(json=pb.JsonData(json_payload="[" * 10_000 + "]" * 10_000))
+
+    async def scenario() -> list[tuple[str, Any]]:
+        async with open_stream(served.port) as s:
+            await s.init(ECHO)
+            await s.until("ready")
+            await s.chunk("echo", deep, 1)
+            await s.chunk("echo", text_buffer("fine"), 2)
+            await s.close()
+            return await s.rest()
+
+    items = await served.aio(scenario)
+    (error,) = rejections(items)
+    assert error.failing_sequence == 1
+    assert error.error_type == pb.ErrorType.TYPE_VALIDATION
+    assert "data_chunk.buffer" in error.message
+    assert "nests deeper than 128 levels" in error.message
+    assert [q for q, _ in results_by_sink(items)["echo"]] == [2]  # the session carried on
+    assert items[-1][0] == "closed"
 
 
 @pytest.mark.parametrize("served", [{"server": {"metrics_interval_secs": 0.05}}], indirect=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from typing import Any
@@ -16,6 +17,7 @@ from nursery_pipes import (
     InputError,
     JsonFrame,
     Node,
+    NodeCloseTimeout,
     NodeError,
     NodeInitTimeout,
     NodeProgress,
@@ -24,11 +26,12 @@ from nursery_pipes import (
     Runtime,
     RuntimeConfig,
     SessionClosedError,
+    SessionError,
     SessionState,
     StateChanged,
     TextFrame,
 )
-from nursery_pipes._config import NodesConfig
+from nursery_pipes._config import MultiprocessDefaults, NodesConfig
 
 CLEANED: list[str] = []
 
@@ -70,6 +73,29 @@ class AsyncGen(Node):
         yield TextFrame(text=frame.text + "'")
 
 
+class Stuck(Node):
+    """Hangs in initialize; its async cleanup overruns too (the grace period cuts it off)."""
+
+    async def initialize(self, progress: Any) -> None:
+        await trio.sleep_forever()
+
+    def process(self, frame: Any) -> Any:
+        return frame
+
+    async def cleanup(self) -> None:
+        await trio.sleep_forever()
+
+
+class StuckCleanup(Node):
+    """Passes frames through; its async cleanup overruns (the grace period cuts it off)."""
+
+    def process(self, frame: Any) -> Any:
+        return frame
+
+    async def cleanup(self) -> None:
+        await trio.sleep_forever()
+
+
 CLEANUP_STEPS: list[str] = []
 
 
@@ -99,9 +125,11 @@ class BlockingInit(Node[BlockingInitParams]):
         return frame
 
 
-def _runtime() -> Runtime:
-    runtime = Runtime(RuntimeConfig(nodes=NodesConfig(testing=True)))
-    for cls in (Tag, Merge, AsyncGen, SlowCleanup, BlockingInit):
+def _runtime(**multiprocess: Any) -> Runtime:
+    runtime = Runtime(
+        RuntimeConfig(nodes=NodesConfig(testing=True), multiprocess=MultiprocessDefaults(**multiprocess))
+    )
+    for cls in (Tag, Merge, AsyncGen, Stuck, StuckCleanup, SlowCleanup, BlockingInit):
         runtime.registry.register(cls)
     return runtime
 
@@ -123,6 +151,16 @@ def manifest(
 
 def texts(frames: list[Any]) -> list[str]:
     return [f.text for f in frames]
+
+
+async def failure_of(session: Any) -> tuple[BaseException, float, SessionState]:
+    """Read the session's events until they raise: the error, when (trio time), and the state."""
+    try:
+        async for _ in session.events():
+            pass
+    except Exception as exc:
+        return exc, trio.current_time(), session.state
+    raise AssertionError("the session did not fail")
 
 
 def audio(value: float, n: int = 160) -> AudioFrame:
@@ -260,6 +298,39 @@ async def test_process_error_fails_session_naming_node_and_cleans_up() -> None:
     assert runtime.sessions == {}
 
 
+async def test_a_sender_blocked_by_backpressure_gets_the_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The feeder waits on a full inbox when a node fails; it must wake up with the session's
+    error, not wait forever for a node that is gone."""
+    m = manifest(
+        [("a", "Tag", {}), ("boom", "RaiseNode", {"phase": "process", "after_frames": 2})],
+        [("a", "boom")],
+        channel_capacity=2,
+    )
+    with pytest.raises(NodeError, match="'boom' failed in process"):
+        await _runtime().run_pipeline(m, {"a": [TextFrame(text=str(i)) for i in range(100)]})
+
+
+async def test_cancel_wakes_a_sender_blocked_by_backpressure(autojump_clock: trio.testing.MockClock) -> None:
+    m = manifest([("hang", "HangNode", {"phase": "process"})], [], channel_capacity=1)
+    refused: list[BaseException] = []
+
+    async def feed(session: Any) -> None:
+        try:
+            for i in range(10):
+                await session.send("hang", TextFrame(text=str(i)))
+        except SessionClosedError as exc:
+            refused.append(exc)
+
+    async with _runtime().open_session(m) as session, trio.open_nursery() as nursery:
+        nursery.start_soon(feed, session)
+        await trio.sleep(1)  # hang holds frame 0, its inbox holds frame 1: the feeder waits
+        session.cancel()
+    assert len(refused) == 1
+    assert session.metrics().frames_in == 2
+
+
 async def test_init_error_raises_from_open_session() -> None:
     m = manifest(
         [("ok", "Tag", {}), ("bad", "RaiseNode", {"phase": "initialize", "message": "no model"})],
@@ -300,6 +371,31 @@ async def test_init_timeout_names_the_node(autojump_clock: trio.testing.MockCloc
     assert info.value.node_id == "slow"
     assert "7 s" in str(info.value)
     assert trio.current_time() - start == pytest.approx(7, abs=0.01)
+
+
+async def test_init_timeout_is_reported_at_the_deadline_and_cleanup_comes_after(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The session's outcome is known at the deadline: events() raises then, while the nodes'
+    cleanups (bounded by the grace period) still run inside the session's nursery."""
+    m = manifest(
+        [("other", "StuckCleanup", {}), ("stuck", "Stuck", {})], [("other", "stuck")], init_timeout_secs=7
+    )
+    seen: list[tuple[BaseException, float, SessionState]] = []
+
+    async def scenario() -> None:
+        async with _runtime(grace_period_secs=5).open_session(m, wait_ready=False) as session:
+            seen.append(await failure_of(session))
+
+    with pytest.raises(NodeInitTimeout) as outer:
+        await scenario()
+    [(error, at, state)] = seen
+    assert isinstance(error, NodeInitTimeout)
+    assert error.node_id == "stuck"
+    assert at == pytest.approx(7)
+    assert state is SessionState.ERROR  # not TERMINATED: cleanup is still going on
+    assert outer.value is error
+    assert trio.current_time() == pytest.approx(7 + 5)  # both cleanups got their grace period, together
 
 
 async def test_a_blocking_sync_initialize_that_overruns_times_out() -> None:
@@ -446,3 +542,172 @@ async def test_session_limit_is_a_resource_error() -> None:
         with pytest.raises(ResourceLimitError, match="at most 1"):
             async with runtime.open_session(m):
                 pass
+
+
+# -- close() and cancel() before the session is ready --------------------------------------------
+
+
+async def test_close_before_ready_initialises_every_node_then_drains(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A client that sends nothing and half-closes at once (grpcurl: StreamInit, then EOF):
+    close() while nodes initialise is remembered and takes effect once every node is ready."""
+    m = manifest([("slow", "SleepNode", {"init_seconds": 3}), ("m", "Merge", {})], [("slow", "m")])
+    async with _runtime().open_session(m, wait_ready=False) as session:
+        await session.close()
+        assert session.state is SessionState.INITIALIZING
+        await session.close()  # idempotent, as after READY
+        with pytest.raises(SessionClosedError):
+            await session.send("slow", TextFrame(text="after close"))
+        events = [e async for e in session.events()]
+    assert trio.current_time() == pytest.approx(3)
+    states = [e.state for e in events if isinstance(e, StateChanged)]
+    assert states == [
+        SessionState.READY,
+        SessionState.TERMINATING,
+        SessionState.TERMINATED,
+    ]
+    assert [e.frame.text for e in events if isinstance(e, Output)] == ["flush:m:0"]
+    assert session.error is None
+    assert (await session.wait()).frames_in == 0
+
+
+@pytest.mark.parametrize("close_first", [False, True])
+async def test_cancel_before_ready_stops_initialising_nodes(
+    autojump_clock: trio.testing.MockClock, close_first: bool
+) -> None:
+    CLEANED.clear()
+    m = manifest([("t", "Tag", {}), ("slow", "SleepNode", {"init_seconds": 3})], [("t", "slow")])
+    async with _runtime().open_session(m, wait_ready=False) as session:
+        await trio.sleep(1)
+        if close_first:
+            await session.close()
+        session.cancel()
+        await session.close()  # too late to close: a no-op, not an error
+        events = [e async for e in session.events()]
+    assert trio.current_time() == pytest.approx(1)
+    assert [e.state for e in events if isinstance(e, StateChanged)] == [
+        SessionState.TERMINATING,
+        SessionState.TERMINATED,
+    ]
+    assert session.error is None
+    assert CLEANED == ["t"]
+
+
+async def test_cancel_just_as_the_last_node_reports_ready() -> None:
+    """The last node's "ready" progress reaches the user while its started() is still on its
+    way to the supervisor; a cancel() right then must not make READY illegal."""
+    m = manifest([("a", "PassThrough", {})], [])
+    runtime = _runtime()
+    for _ in range(30):  # trio randomises the order of runnable tasks: try both orders
+        async with runtime.open_session(m, wait_ready=False) as session:
+            async for event in session.events():
+                if isinstance(event, NodeProgress) and event.state == "ready":
+                    break
+        assert session.state is SessionState.TERMINATED
+        assert session.error is None
+
+
+# -- close timeout -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "hang",
+    [{"phase": "flush"}, {"phase": "process", "after_frames": 1}],
+    ids=["in flush", "in queued frames"],
+)
+async def test_close_timeout_names_the_node_that_does_not_finish(
+    autojump_clock: trio.testing.MockClock, hang: dict[str, Any]
+) -> None:
+    CLEANED.clear()
+    m = manifest(
+        [("a", "Tag", {}), ("hang", "HangNode", hang), ("z", "Tag", {})],
+        [("a", "hang"), ("hang", "z")],
+        close_timeout_secs=5,
+    )
+    seen: list[tuple[BaseException, float, SessionState]] = []
+
+    async def scenario() -> None:
+        async with _runtime(grace_period_secs=1).open_session(m) as session:
+            for i in range(3):
+                await session.send("a", TextFrame(text=str(i)))
+            await trio.sleep(2)
+            await session.close()
+            seen.append(await failure_of(session))
+
+    with pytest.raises(NodeCloseTimeout) as info:
+        await scenario()
+    [(error, at, state)] = seen
+    assert error is info.value
+    assert at == pytest.approx(2 + 5)  # close_timeout_secs after close()
+    assert state is SessionState.ERROR
+    assert (error.node_id, error.phase, error.node_ids, error.waiting) == ("hang", "flush", ("hang",), ("z",))
+    assert "not finished 5 s after close (close_timeout_secs)" in str(error)
+    assert "'z'" in str(error)
+    assert sorted(CLEANED) == ["a", "z"]  # everything stopped and cleaned up
+
+
+async def test_close_timeout_comes_from_runtime_toml_unless_the_manifest_sets_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def close_and_wait(m: dict[str, Any]) -> None:
+        async with _runtime(close_timeout_secs=3).open_session(m) as session:
+            await session.close()
+            await session.wait()
+
+    for manifest_setting, expected in (({}, 3), ({"close_timeout_secs": 4}, 4)):
+        m = manifest([("hang", "HangNode", {"phase": "flush"})], [], **manifest_setting)
+        start = trio.current_time()
+        with pytest.raises(NodeCloseTimeout, match=f"not finished {expected} s after close"):
+            await close_and_wait(m)
+        assert trio.current_time() - start == pytest.approx(expected)
+
+
+async def test_close_timeout_blames_no_node_for_a_client_that_does_not_read(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Outputs waiting unread hold the pipeline up (backpressure); that is the client's doing, so
+    the close clock starts again once it reads."""
+    m = manifest([("a", "Tag", {}), ("b", "Tag", {})], [("a", "b")], channel_capacity=1, close_timeout_secs=5)
+    async with _runtime().open_session(m) as session:
+        for i in range(3):
+            await session.send("a", TextFrame(text=str(i)))
+        await session.close()
+        await trio.sleep(60)  # nobody reads
+        got = [o.frame.text async for o in session.outputs()]
+    assert got == ["0", "1", "2"]
+    assert session.error is None
+
+
+async def test_close_timeout_blames_the_stuck_node_not_the_one_blocked_behind_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With backpressure, 'a' is still running too — blocked sending to 'hang', whose inbox is
+    full. The edges tell them apart: 'a' waits for its output, 'hang' has work queued."""
+    m = manifest(
+        [("a", "Tag", {}), ("hang", "HangNode", {"phase": "process"}), ("z", "Tag", {})],
+        [("a", "hang"), ("hang", "z")],
+        channel_capacity=2,
+        close_timeout_secs=5,
+    )
+
+    async def feed(session: Any) -> None:
+        with contextlib.suppress(SessionError):  # woken with the session's error
+            for i in range(20):
+                await session.send("a", TextFrame(text=str(i)))
+
+    seen: list[tuple[BaseException, float, SessionState]] = []
+
+    async def scenario() -> None:
+        async with _runtime().open_session(m) as session, trio.open_nursery() as nursery:
+            nursery.start_soon(feed, session)
+            await trio.sleep(1)
+            await session.close()
+            seen.append(await failure_of(session))
+
+    with pytest.raises(NodeCloseTimeout) as info:
+        await scenario()
+    [(error, at, _)] = seen
+    assert error is info.value
+    assert at == pytest.approx(1 + 5)
+    assert (error.node_ids, error.waiting) == (("hang",), ("a", "z"))

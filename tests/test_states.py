@@ -33,6 +33,16 @@ def test_session_happy_path() -> None:
         assert m.fire(event) is state
 
 
+def test_close_while_initializing_is_recorded_and_carried_out_at_ready() -> None:
+    """close() before READY is legal: the state stays INITIALIZING (the session remembers the
+    request) and the session fires CLOSE again right after ALL_READY."""
+    m = StateMachine("s", SessionState.INITIALIZING, SESSION_TRANSITIONS)
+    assert m.fire(SessionEvent.CLOSE) is SessionState.INITIALIZING
+    assert m.fire(SessionEvent.ALL_READY) is SessionState.READY
+    assert m.fire(SessionEvent.CLOSE) is SessionState.TERMINATING
+    assert m.fire(SessionEvent.STOPPED) is SessionState.TERMINATED
+
+
 @pytest.mark.parametrize(
     "start", [SessionState.INITIALIZING, SessionState.READY, SessionState.EXECUTING, SessionState.TERMINATING]
 )

@@ -211,6 +211,63 @@ async def test_outside_cancellation_reaches_every_child(autojump_clock: trio.tes
     ]
 
 
+def _reporting_child(sup: Supervisor, log: list[Any], *, fail_first: bool = True) -> ChildSpec:
+    """Fails after 1 s, reports it, then needs 5 s (shielded) to stop — a worker deaf to the
+    stop request — and raises the same error. Later runs (after a restart) succeed."""
+    runs = 0
+
+    async def run(task_status: Any) -> None:
+        nonlocal runs
+        runs += 1
+        task_status.started()
+        await trio.sleep(1)
+        if runs > 1 or not fail_first:
+            return
+        error = RuntimeError("bad broke")
+        sup.report_failure("bad", error)
+        log.append(("reported", trio.current_time()))
+        with trio.CancelScope(shield=True):
+            await trio.sleep(5)
+        log.append(("stopped", trio.current_time()))
+        raise error
+
+    return ChildSpec("bad", run)
+
+
+async def test_a_reported_failure_escalates_before_the_child_has_stopped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[Any] = []
+    sup = Supervisor(on_escalate=lambda failed: log.append(("escalated", failed.child, trio.current_time())))
+
+    async def sibling(task_status: Any) -> None:
+        task_status.started()
+        try:
+            await trio.sleep_forever()
+        finally:
+            log.append(("sibling cancelled", trio.current_time()))
+
+    with pytest.raises(ChildFailed) as info:
+        await sup.run([_reporting_child(sup, log), ChildSpec("ok", sibling)])
+    assert info.value.child == "bad"
+    assert str(info.value.error) == "bad broke"
+    assert log == [
+        ("reported", 1),
+        ("escalated", "bad", 1),  # decided when reported, not when the child ended
+        ("sibling cancelled", 1),  # so siblings clean up while the failed child is being stopped
+        ("stopped", 6),
+    ]
+    assert trio.current_time() == pytest.approx(6)  # but run() returns only once every child has ended
+
+
+async def test_a_reported_failure_is_acted_on_once(autojump_clock: trio.testing.MockClock) -> None:
+    log: list[Any] = []
+    sup = Supervisor(SupervisionPolicy(Strategy.ONE_FOR_ONE, max_restarts=1))
+    await sup.run([_reporting_child(sup, log)])  # the failing run's own end must not escalate
+    assert sup.restarts == 1
+    assert log == [("reported", 1), ("stopped", 6)]
+
+
 async def test_duplicate_child_names_are_rejected() -> None:
     async def noop(task_status: Any) -> None:
         task_status.started()

@@ -17,6 +17,7 @@ Example ``runtime.toml`` (every key optional)::
     [multiprocess]
     channel_capacity = 100
     init_timeout_secs = 30
+    close_timeout_secs = 30
     grace_period_secs = 2.0
     warm_pool = 0
 
@@ -86,6 +87,8 @@ class MultiprocessDefaults(_Section, frozen=True):
     max_processes_per_session: PositiveInt = 10
     channel_capacity: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 100
     init_timeout_secs: Annotated[float, msgspec.Meta(ge=1, le=300)] = 30.0
+    close_timeout_secs: Annotated[float, msgspec.Meta(ge=1, le=300)] = 30.0
+    """After close(), how long nodes may take to process what is queued and flush."""
     enable_backpressure: bool = True
     python_executable: str = ""
     grace_period_secs: Annotated[float, msgspec.Meta(ge=0, le=60)] = 2.0
@@ -165,6 +168,8 @@ def load_config(path: str | os.PathLike[str] | None = None, *, text: str | None 
         raw = msgspec.toml.decode(text)
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{where}: invalid TOML: {exc}") from None
+    except RecursionError:  # the TOML parser recurses per level of nested arrays / inline tables
+        raise ConfigError(f"{where}: invalid TOML: arrays or inline tables nested too deeply") from None
     _fit_default_to_cap(raw)
     try:
         return msgspec.convert(raw, RuntimeConfig)

@@ -14,6 +14,7 @@ can act on::
     └── SessionError           a running session failed; .node_id names the culprit if one node was
         ├── NodeError              a node raised; .node_id, .phase, .remote_traceback
         │   ├── NodeInitTimeout    a node did not become ready within init_timeout_secs
+        │   ├── NodeCloseTimeout   after close(), a node did not finish within close_timeout_secs
         │   └── NodeCrashed        a node's worker process died; .exitcode / .signal
         └── SessionClosedError     the session no longer accepts input (closed, cancelled or failed)
 
@@ -35,6 +36,7 @@ __all__ = [
     "InputError",
     "ManifestError",
     "ManifestIssue",
+    "NodeCloseTimeout",
     "NodeCrashed",
     "NodeError",
     "NodeInitTimeout",
@@ -130,6 +132,27 @@ class NodeInitTimeout(NodeError):
 
     def __init__(self, node_id: str, timeout: float) -> None:
         super().__init__(node_id, "initialize", f"not ready after {timeout:g} s (init_timeout_secs)")
+        self.timeout = timeout
+
+
+class NodeCloseTimeout(NodeError):
+    """After close(), nodes did not finish their queued input and flush within ``close_timeout_secs``.
+
+    ``node_ids`` are the nodes that hold the session up (every input of theirs has ended, yet
+    they still run), the first is ``node_id``; ``waiting`` are the nodes still running only
+    because they wait for those.
+    """
+
+    def __init__(self, node_ids: Sequence[str], timeout: float, *, waiting: Sequence[str] = ()) -> None:
+        first, *others = node_ids
+        message = f"not finished {timeout:g} s after close (close_timeout_secs): still processing its input or flushing"
+        if others:
+            message += f"; so are {', '.join(repr(n) for n in others)}"
+        if waiting:
+            message += f"; waiting for {'them' if others else 'it'}: {', '.join(repr(n) for n in waiting)}"
+        super().__init__(first, "flush", message)
+        self.node_ids = tuple(node_ids)
+        self.waiting = tuple(waiting)
         self.timeout = timeout
 
 

@@ -20,6 +20,12 @@ first cancel that happens to arrive. That sequence itself runs shielded, in a
 A crash — exception, non-zero exit, signal, OOM kill — is seen as an event,
 never by polling: a failure event from the worker, or trio-parallel noticing
 the process exit (``BrokenWorkerError``, via the process sentinel).
+
+A failure is reported (``host.report_failure``) the moment it is known — the
+worker's failure event, or the init deadline — before the ask → grace → kill
+sequence: the session's outcome is visible at the deadline, not a grace
+period later, while the worker is still being stopped inside the session's
+nursery.
 """
 
 from __future__ import annotations
@@ -96,9 +102,9 @@ class _NodeRun:
         self.follow_scope = trio.CancelScope()
         self.result: dict[str, Any] | None = None
         self.crash: BaseException | None = None
-        self.failure: dict[str, Any] | None = None
+        self.error: NodeError | None = None
+        """The node's failure, reported as soon as it was known."""
         self.ready = False
-        self.timed_out = False
 
     async def job(self, job: WorkerJob) -> None:
         try:
@@ -119,7 +125,7 @@ class _NodeRun:
                 while not self.ready:
                     self._apply(await _next_event(consumer), task_status)
             if init_scope.cancelled_caught and not self.job_done.is_set():
-                self.timed_out = True
+                self._failed(NodeInitTimeout(self.host.node_id, self.host.settings.init_timeout_secs))
                 return
             while True:
                 self._apply(await _next_event(consumer), task_status)
@@ -144,7 +150,9 @@ class _NodeRun:
         elif kind in ("stats", "done"):
             _update_metrics(host, event)
         elif kind == "failed":
-            self.failure = event
+            self._failed(
+                NodeError(host.node_id, event["phase"], event["message"], remote_traceback=event["traceback"])
+            )
         elif kind == "log":
             host.logger.warning("node %s (worker): %s", host.node_id, event["message"])
 
@@ -161,31 +169,28 @@ class _NodeRun:
                 self.job_scope.cancel()
                 await self.job_done.wait()
 
-    def raise_outcome(self) -> None:
-        host = self.host
-        phase = "process" if self.ready else "initialize"
-        if self.failure is not None:
-            error = NodeError(
-                host.node_id,
-                self.failure["phase"],
-                self.failure["message"],
-                remote_traceback=self.failure["traceback"],
-            )
-        elif self.timed_out:
-            error = NodeInitTimeout(host.node_id, host.settings.init_timeout_secs)
-        elif self.crash is not None:
-            error = _crash_error(host.node_id, phase, self.crash)
-        elif self.result is not None and self.result.get("status") == "done":
-            host.state.fire(NodeEvent.STOP)
-            host.state.fire(NodeEvent.FINISHED)
+    def _failed(self, error: NodeError) -> None:
+        """Record and report the node's failure now; the first one is the node's outcome."""
+        if self.error is not None:
             return
-        else:
-            return  # stopped on request (the session is ending)
+        self.error = error
+        host = self.host
         if host.state.can(NodeEvent.FAIL):
             host.state.fire(NodeEvent.FAIL)
         if not self.ready:
             host.progress("failed", 0.0, str(error))
-        raise error
+        host.report_failure(error)
+
+    def raise_outcome(self) -> None:
+        host = self.host
+        if self.error is None and self.crash is not None:
+            self._failed(_crash_error(host.node_id, "process" if self.ready else "initialize", self.crash))
+        if self.error is not None:
+            raise self.error
+        if self.result is not None and self.result.get("status") == "done":
+            host.state.fire(NodeEvent.STOP)
+            host.state.fire(NodeEvent.FINISHED)
+        # else: stopped on request (the session is ending)
 
 
 def _crash_error(node_id: str, phase: str, exc: BaseException) -> NodeError:

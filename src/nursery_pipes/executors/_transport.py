@@ -47,6 +47,7 @@ from ..ipc import (
 from ..ipc._segment import round_up
 from ..ipc._spec import SLOT_ALIGN
 from ..ipc._trio import TrioConsumer, TrioProducer
+from ..runtime._holdup import Flow
 from ..runtime._ports import OutPort
 from ..worker._codec import EncodedFrame, decode_frame, encode_frame
 
@@ -81,6 +82,23 @@ class WorkerWiring:
     events_consumer: TrioConsumer | None = None
     rings: list[Ring] = field(default_factory=list)
 
+    def flow(self) -> Flow:
+        """What the supervisor sees of this worker's edges (racy: the worker runs meanwhile)."""
+        inputs = {spec.name for spec in self.inputs}
+        outputs = {spec.name for spec in self.outputs}
+        queued, ended, full = 0, True, False
+        for ring in self.rings:
+            try:
+                stats = ring.statistics()
+            except RingClosedError:
+                continue
+            if ring.spec.name in inputs:
+                queued += stats.produced - stats.consumed
+                ended = ended and stats.eos_sent
+            if ring.spec.name in outputs:
+                full = full or stats.produced - stats.consumed >= stats.slot_count
+        return Flow(queued_in=queued, inputs_ended=ended, output_full=full)
+
     def request_stop(self) -> None:
         """Ask the worker to stop: abort its rings, waking it wherever it blocks in them."""
         for ring in self.rings:
@@ -89,15 +107,26 @@ class WorkerWiring:
 
 
 class ShmPort:
-    """A supervisor-side producer on a ring, as an :class:`OutPort`."""
+    """A supervisor-side producer on a ring, as an :class:`OutPort`.
 
-    def __init__(self, producer: TrioProducer) -> None:
+    Like a memory channel whose receiver is gone, a ring aborted or closed by the other side
+    raises ``trio.BrokenResourceError``: callers of an OutPort need not know the transport.
+    """
+
+    def __init__(self, producer: TrioProducer, ring: Ring) -> None:
         self._producer = producer
+        self._ring = ring
         # Only one task may wait on the ring's doorbell: senders that find the ring full queue
         # here, first come first served, and nobody takes a free slot past a queued sender.
         self._waiting = trio.StrictFIFOLock()
 
     async def send(self, seq: int, frame: Frame) -> None:
+        try:
+            await self._send(seq, frame)
+        except (RingAbortedError, RingClosedError) as exc:
+            raise trio.BrokenResourceError(f"the node stopped taking frames: {exc}") from exc
+
+    async def _send(self, seq: int, frame: Frame) -> None:
         encoded = encode_frame(frame)
         # Fast path: a free slot is there (the usual case) — fill and publish it at once, then
         # take the schedule point; only a full ring waits on the doorbell. Either way this is a
@@ -122,8 +151,18 @@ class ShmPort:
             loan.commit(encoded.header(seq))
 
     async def end(self) -> None:
-        async with self._waiting:  # after every sender already waiting for a slot
-            await self._producer.end_of_stream()
+        try:
+            async with self._waiting:  # after every sender already waiting for a slot
+                await self._producer.end_of_stream()
+        except (RingAbortedError, RingClosedError) as exc:
+            raise trio.BrokenResourceError(f"the node stopped taking frames: {exc}") from exc
+
+    def full(self) -> bool:
+        try:
+            stats = self._ring.statistics()
+        except RingClosedError:
+            return False
+        return stats.produced - stats.consumed >= stats.slot_count
 
 
 _swept = False
@@ -193,7 +232,7 @@ class ShmTransport:
     def port(self, ring: Ring) -> ShmPort:
         producer = TrioProducer(ring.producer())
         self._closers.append(producer.close)
-        return ShmPort(producer)
+        return ShmPort(producer, ring)
 
     def pump(
         self, ring: Ring, target: OutPort

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -22,6 +23,7 @@ import numpy.typing as npt
 
 from .._errors import FrameError
 from ._kinds import AudioFormat, FrameKind, PixelFormat, TensorDtype
+from ._nesting import MAX_JSON_DEPTH, deeper_than
 
 __all__ = [
     "AudioFrame",
@@ -55,13 +57,25 @@ def _readonly(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return view
 
 
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxstring, _repr.maxother = 3, 40, 40
+_show = _repr.repr
+"""repr() for user values in error messages: short, and bounded however deep the value nests."""
+
+
 def _freeze_metadata(metadata: Mapping[str, str] | None) -> Mapping[str, str]:
     if not metadata:
         return _EMPTY
     for key, value in metadata.items():
         if not isinstance(key, str) or not isinstance(value, str):
-            raise FrameError(f"frame metadata must map str to str, got {key!r}: {value!r}")
+            raise FrameError(f"frame metadata must map str to str, got {_show(key)}: {_show(value)}")
     return MappingProxyType(dict(metadata))
+
+
+def _check_str(kind: str, name: str, value: object) -> None:
+    """String fields travel in the slot's metadata blob and on the wire: only str will do."""
+    if not isinstance(value, str):
+        raise FrameError(f"{kind} frame {name} must be a str, got {type(value).__name__} {_show(value)}")
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -117,7 +131,7 @@ class AudioFrame(Frame):
             raise FrameError(f"audio samples must have shape (num_samples, channels), got {samples.shape}")
         rate = self.sample_rate
         if not isinstance(rate, int) or isinstance(rate, bool) or rate <= 0:
-            raise FrameError(f"audio sample_rate must be a positive integer, got {self.sample_rate!r}")
+            raise FrameError(f"audio sample_rate must be a positive integer, got {_show(self.sample_rate)}")
         object.__setattr__(self, "samples", _readonly(samples))
 
     @classmethod
@@ -343,6 +357,7 @@ class TensorFrame(Frame):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_str("tensor", "layout", self.layout)
         data = np.asarray(self.data)
         _parse_format(TensorDtype.from_dtype, data.dtype)
         object.__setattr__(self, "data", _readonly(data))
@@ -390,7 +405,9 @@ class TensorFrame(Frame):
 
 @dataclass(frozen=True, eq=False, kw_only=True)
 class JsonFrame(Frame):
-    """A JSON value (object, array, string, number, bool or null)."""
+    """A JSON value (object, array, string, number, bool or null), nested at most
+    :data:`MAX_JSON_DEPTH` (128) levels deep — deeper values would make the JSON tools that
+    handle them later (encoders, decoders, ``repr``) run out of stack."""
 
     kind: ClassVar[FrameKind] = FrameKind.JSON
     value: Any
@@ -398,10 +415,20 @@ class JsonFrame(Frame):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_str("JSON", "schema_type", self.schema_type)
         try:
             encoded = msgspec.json.encode(self.value)
+        except RecursionError:  # msgspec's own guard: far deeper than allowed, or contains itself
+            raise FrameError(
+                f"JSON frame value nests deeper than {MAX_JSON_DEPTH} levels (or contains itself)"
+            ) from None
         except (TypeError, msgspec.EncodeError) as exc:
             raise FrameError(f"JSON frame value is not JSON-serialisable: {exc}") from None
+        where = deeper_than(encoded, MAX_JSON_DEPTH)
+        if where is not None:
+            raise FrameError(
+                f"JSON frame value nests deeper than {MAX_JSON_DEPTH} levels (at byte {where} of its JSON)"
+            )
         object.__setattr__(self, "_encoded", encoded)
 
     @classmethod
@@ -412,8 +439,14 @@ class JsonFrame(Frame):
         schema_type: str = "",
         metadata: Mapping[str, str] | None = None,
     ) -> JsonFrame:
+        raw = data if isinstance(data, (bytes, str)) else bytes(data)
+        where = deeper_than(raw, MAX_JSON_DEPTH)  # before the decoder recurses into it
+        if where is not None:
+            raise FrameError(
+                f"JSON frame payload nests deeper than {MAX_JSON_DEPTH} levels (at byte {where})"
+            )
         try:
-            value = msgspec.json.decode(data if isinstance(data, (bytes, str)) else bytes(data))
+            value = msgspec.json.decode(raw)
         except msgspec.DecodeError as exc:
             raise FrameError(f"JSON frame payload is not valid JSON: {exc}") from None
         return cls(value=value, schema_type=schema_type, metadata=metadata or _EMPTY)
@@ -449,6 +482,7 @@ class TextFrame(Frame):
         super().__post_init__()
         if not isinstance(self.text, str):
             raise FrameError(f"text frame needs a str, got {type(self.text).__name__}")
+        _check_str("text", "language", self.language)
         try:  # encoded once here: a lone surrogate fails now, not later in metrics or on the wire
             encoded = self.text.encode("utf-8")
         except UnicodeEncodeError as exc:
@@ -499,6 +533,7 @@ class BinaryFrame(Frame):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_str("binary", "mime_type", self.mime_type)
         data: object = self.data
         if not isinstance(data, bytes):
             if not isinstance(data, (bytearray, memoryview)):

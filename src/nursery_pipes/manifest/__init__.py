@@ -3,9 +3,11 @@
 from ._graph import CycleError, Graph
 from ._manifest import Manifest
 from ._model import Capabilities, ConnectionSpec, MultiprocessConfig, NodeSpec
+from ._nesting import MAX_NESTING
 from ._validate import load_schema
 
 __all__ = [
+    "MAX_NESTING",
     "Capabilities",
     "ConnectionSpec",
     "CycleError",

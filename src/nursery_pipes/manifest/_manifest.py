@@ -14,6 +14,7 @@ from ..nodes._base import Params
 from ..nodes._registry import NodeRegistry, default_registry
 from ._graph import Graph
 from ._model import METADATA_KEYS, ConnectionSpec, ManifestDoc, MultiprocessConfig, NodeSpec
+from ._nesting import document_text_issue
 from ._params import check_params
 from ._validate import json_error_issue, validate_document
 
@@ -202,7 +203,11 @@ def read_file(path: str) -> bytes:
 
 
 def decode_json(text: str | bytes, source: str | None = None) -> Any:
-    """JSON text → a document, or a ManifestError saying where the JSON is broken."""
+    """JSON text → a document, or a ManifestError saying where the JSON is broken (or which
+    member nests too deeply to decode safely)."""
+    too_deep = document_text_issue(text)
+    if too_deep is not None:
+        raise ManifestError([too_deep], source)
     try:
         return msgspec.json.decode(text)
     except (msgspec.DecodeError, UnicodeError) as exc:  # UnicodeError: not UTF-8 text

@@ -58,6 +58,7 @@ class MultiprocessConfig(_Strict, frozen=True):
     max_processes_per_session: Annotated[int, msgspec.Meta(ge=1)] | None = None
     channel_capacity: Annotated[int, msgspec.Meta(ge=1, le=10000)] | None = None
     init_timeout_secs: Annotated[float, msgspec.Meta(ge=1, le=300)] | None = None
+    close_timeout_secs: Annotated[float, msgspec.Meta(ge=1, le=300)] | None = None
     python_executable: str | None = None
     enable_backpressure: bool | None = None
     executor_overrides: dict[str, Executor] = msgspec.field(default_factory=dict)

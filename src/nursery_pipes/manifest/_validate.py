@@ -1,6 +1,8 @@
 """Manifest validation: every problem at once, each with a JSON path. Sans-I/O.
 
-Two layers:
+First, nesting: a member of the document (a node's params, a metadata value, ...)
+nested deeper than ``MAX_NESTING`` levels is reported alone (``_nesting.py``) —
+everything below recurses into values. Then two layers:
 
 1. **Structure** — a fast typed decode with msgspec. Valid manifests pay only
    for this. When it fails, the shipped JSON Schema (jsonschema) is run to list
@@ -29,6 +31,7 @@ from .._errors import ManifestIssue
 from ..nodes._registry import NodeRegistry
 from ._graph import find_cycle
 from ._model import ManifestDoc
+from ._nesting import nesting_issues
 from ._params import check_params
 
 __all__ = ["json_error_issue", "load_schema", "schema_issues", "validate_document"]
@@ -100,6 +103,11 @@ def validate_document(
 ) -> tuple[ManifestDoc | None, list[ManifestIssue]]:
     """Validate a decoded JSON document. Returns the typed manifest (if structurally valid)
     and every problem found."""
+    too_deep = nesting_issues(obj)
+    if too_deep:
+        # Nothing below may look at such a document: conversion, the schema, messages that
+        # quote values and the worker's pickled params all recurse once per level.
+        return None, sorted(too_deep, key=_document_order)
     issues: list[ManifestIssue] = []
     doc: ManifestDoc | None = None
     try:

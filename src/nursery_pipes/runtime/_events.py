@@ -120,6 +120,18 @@ class EventQueue:
         self._outputs = 0
         self._writable.set()
 
+    @property
+    def outputs_full(self) -> bool:
+        """Outputs wait unread up to the bound: the reader, not the pipeline, holds things up."""
+        return not (self._discarding or self._closed) and self._outputs >= self._capacity
+
+    async def wait_output_room(self) -> None:
+        """Wait until :attr:`outputs_full` is false (the reader took an output, or nobody will)."""
+        while self.outputs_full:
+            self._writable = trio.Event() if self._writable.is_set() else self._writable
+            await self._writable.wait()
+        await trio.lowlevel.checkpoint()
+
     def statistics(self) -> dict[str, float]:
         return {
             "queued": len(self._items),

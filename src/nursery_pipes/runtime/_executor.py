@@ -11,7 +11,10 @@ task_status)``. The executor must:
 3. process every message until each input has delivered its end of stream,
    flush the node, then end every output port;
 4. raise a :class:`~nursery_pipes.NodeError` (naming the node and phase) on
-   failure — never let a foreign exception out;
+   failure — never let a foreign exception out — and report it with
+   ``host.report_failure(error)`` as soon as it is known, *before* stopping
+   the node or running its cleanup: the session publishes the failure at
+   once, while the stop (which may take the whole grace period) goes on;
 5. on cancellation, stop the node: ask → grace period → kill, with cleanup
    under a shielded cancel scope, so nothing outlives the call.
 """
@@ -25,8 +28,10 @@ from typing import Any, Protocol
 
 import trio
 
+from .._errors import NodeError
 from ..nodes._base import NodeContext
 from ._events import NodeProgress, ProgressState
+from ._holdup import Flow
 from ._plan import NodePlan, SessionSettings
 from ._ports import Message, NodeMetrics, OutPort
 from ._states import NODE_TRANSITIONS, NodeEvent, NodeState, StateMachine
@@ -46,6 +51,19 @@ class NodePorts:
     worker: Any = None
     """Worker nodes: their rings (``executors.WorkerWiring``): input/output/event ring specs."""
 
+    def flow(self) -> Flow:
+        """A snapshot of this node's edges (see :mod:`._holdup`)."""
+        if self.worker is not None:
+            flow: Flow = self.worker.flow()
+            return flow
+        assert self.inbox is not None
+        stats = self.inbox.statistics()
+        return Flow(
+            queued_in=stats.current_buffer_used,
+            inputs_ended=stats.open_send_channels == 0,  # each input edge closes its clone at its end
+            output_full=any(port.full() for port in self.outputs),
+        )
+
 
 @dataclass
 class NodeHost:
@@ -56,6 +74,8 @@ class NodeHost:
     settings: SessionSettings
     metrics: NodeMetrics
     emit_progress: Callable[[NodeProgress], None]
+    on_failure: Callable[[NodeError], None] = lambda error: None
+    """Where :meth:`report_failure` goes (the session's supervisor)."""
     state: StateMachine[NodeState, NodeEvent] = field(init=False)
     logger: logging.Logger = field(init=False)
 
@@ -70,6 +90,10 @@ class NodeHost:
     def progress(self, state: ProgressState, fraction: float, message: str = "") -> None:
         fraction = min(1.0, max(0.0, float(fraction)))
         self.emit_progress(NodeProgress(self.plan.node_id, state, fraction, message))
+
+    def report_failure(self, error: NodeError) -> None:
+        """The node has failed: say so now, then stop it (which may take the grace period)."""
+        self.on_failure(error)
 
     def context(self, executor: str) -> NodeContext:
         return NodeContext(

@@ -53,6 +53,7 @@ class InProcessExecutor:
             host.state.fire(NodeEvent.FAIL)
             if exc.phase == "initialize":
                 host.progress("failed", 0.0, str(exc))
+            host.report_failure(exc)  # before cleanup(), which may take the grace period
             raise
         finally:
             await _cleanup(node, host)

@@ -40,6 +40,7 @@ class SessionSettings:
     enable_backpressure: bool
     grace_period_secs: float
     python_executable: str
+    close_timeout_secs: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,7 @@ def resolve_settings(manifest: Manifest, config: RuntimeConfig) -> SessionSettin
         ),
         grace_period_secs=defaults.grace_period_secs,
         python_executable=mp.python_executable or defaults.python_executable,
+        close_timeout_secs=float(mp.close_timeout_secs or defaults.close_timeout_secs),
     )
 
 

@@ -43,6 +43,9 @@ class OutPort(Protocol):
     async def end(self) -> None:
         """End of stream: nothing more will be sent on this edge."""
 
+    def full(self) -> bool:
+        """The edge holds as much as it may: a send would wait for the consumer."""
+
 
 class MemoryPort:
     """An edge between two supervisor-side endpoints: a trio memory channel."""
@@ -60,6 +63,10 @@ class MemoryPort:
         await self._channel.send(EndOfStream(self._source))
         await self._channel.aclose()
 
+    def full(self) -> bool:
+        stats = self._channel.statistics()
+        return bool(stats.current_buffer_used >= stats.max_buffer_size)
+
 
 class EventPort:
     """A sink's edge to the client: frames become :class:`Output` events."""
@@ -75,6 +82,9 @@ class EventPort:
 
     async def end(self) -> None:
         await trio.lowlevel.checkpoint()
+
+    def full(self) -> bool:
+        return self._queue.outputs_full
 
 
 @dataclass

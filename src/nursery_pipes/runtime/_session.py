@@ -17,7 +17,14 @@ Life of a session (see ``_states.SESSION_TRANSITIONS``)::
   cancelled and cleaned up.
 - ``close()`` ends the input: each source gets an end-of-stream marker, every
   node flushes once all its inputs have ended, so nodes flush in topological
-  order, and the session terminates when the last sink has ended.
+  order, and the session terminates when the last sink has ended. A close
+  requested while nodes still initialise takes effect when the session is
+  READY (the input is then empty).
+- After ``close()`` the nodes get ``close_timeout_secs`` to process what is
+  queued and flush; nodes still running then fail the session with
+  :class:`~nursery_pipes.NodeCloseTimeout` naming them, and everything is
+  stopped (ask → grace → kill). Time the client spends not reading outputs
+  is not counted against the nodes.
 - ``cancel()`` (or cancellation from outside) stops everything promptly;
   in-flight frames are dropped.
 """
@@ -35,11 +42,12 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._errors import InputError, SessionClosedError, SessionError
+from .._errors import InputError, NodeCloseTimeout, SessionClosedError, SessionError
 from ..frames import Frame
 from ..nodes._routing import Assignment
 from ._events import Event, EventQueue, NodeProgress, Output, StateChanged
 from ._executor import Executor, NodeHost, NodePorts
+from ._holdup import holdups
 from ._plan import CLIENT, SessionPlan, check_input_kind, check_input_target
 from ._ports import NodeMetrics, OutPort
 from ._states import SESSION_TRANSITIONS, SessionEvent, SessionState, StateMachine
@@ -92,17 +100,22 @@ class Session:
         self._events = EventQueue(capacity)
         self._metrics = {nid: NodeMetrics(nid, n.executor) for nid, n in plan.nodes.items()}
         self._ingress: dict[str, OutPort] = {}
+        self._ports: dict[str, NodePorts] = {}
         self._scope = trio.CancelScope()
         self._ready = trio.Event()
         self._finished = trio.Event()
         self._error: SessionError | None = None
-        self._supervisor = Supervisor()
+        self._supervisor = Supervisor(on_escalate=self._escalated)
         self._nursery: trio.Nursery | None = None
         self._seq = 0
         self._inflight = 0
+        self._sending: set[trio.CancelScope] = set()
+        """One scope per send() under way: cancelled when the session stops taking input."""
         self._idle = trio.Event()
         self._idle.set()
         self._closing = False
+        self._close_pending = False
+        """close() came while INITIALIZING; carried out by :meth:`started`."""
         self._client = NodeMetrics(CLIENT, "client")
         self.progress_log: list[NodeProgress] = []
         self._t0 = 0.0
@@ -143,23 +156,35 @@ class Session:
             self._sm.fire(SessionEvent.INPUT)
         self._inflight += 1
         self._idle = trio.Event() if self._idle.is_set() else self._idle
+        # A send blocked by backpressure waits on a node that may fail or be stopped; nothing
+        # would ever take the frame then. The scope lets the session wake it (_stop_senders).
+        scope = trio.CancelScope()
+        self._sending.add(scope)
+        refused = False
         try:
-            await port.send(seq, frame)
+            with scope:
+                await port.send(seq, frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise self._error or SessionClosedError(
-                f"session {self.id} stopped before it could take the frame"
-            ) from None
+            refused = True
         finally:
+            self._sending.discard(scope)
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
+        if refused or scope.cancelled_caught:  # (a send that completed anyway took the frame)
+            raise self._error or SessionClosedError(
+                f"session {self.id} stopped before it could take the frame"
+            )
         self._client.count_out(frame)
         return seq
 
     async def close(self) -> None:
         """End of input: sources get end-of-stream, nodes flush, the session drains and ends.
 
-        Returns at once; keep reading :meth:`events`/:meth:`outputs` until they end.
+        Returns at once; keep reading :meth:`events`/:meth:`outputs` until they end. Called
+        before the session is READY, it is carried out once every node is ready: input is
+        refused from now on (a :meth:`send` still waiting for READY included), the nodes
+        finish initialising, then flush and the session ends normally.
         """
         await trio.lowlevel.checkpoint()
         if (
@@ -170,14 +195,17 @@ class Session:
             return
         self._closing = True
         self._sm.fire(SessionEvent.CLOSE)
-        assert self._nursery is not None
-        self._nursery.start_soon(self._end_input, name=f"session {self.id}: end input")
+        if self._sm.state is SessionState.INITIALIZING:
+            self._close_pending = True  # see started()
+        else:
+            self._end_input_soon()
 
     def cancel(self) -> None:
         """Stop everything now; in-flight frames are dropped. Idempotent."""
         if self._sm.can(SessionEvent.CANCEL) and not self._finished.is_set():
             self._sm.fire(SessionEvent.CANCEL)
         self._closing = True
+        self._stop_senders()
         self._scope.cancel()
 
     async def wait(self) -> SessionMetrics:
@@ -239,8 +267,13 @@ class Session:
 
     def started(self, value: Any = None) -> None:
         """Called by the supervisor once every node is ready."""
-        self._sm.fire(SessionEvent.ALL_READY)
+        if self._sm.fire(SessionEvent.ALL_READY) is not SessionState.READY:
+            return  # cancelled or failed while the last node's "ready" was on its way
         self._ready.set()
+        if self._close_pending:  # close() came while the nodes initialised: carry it out now
+            self._close_pending = False
+            self._sm.fire(SessionEvent.CLOSE)
+            self._end_input_soon()
 
     async def _main(self) -> None:
         self._t0 = trio.current_time()
@@ -251,6 +284,7 @@ class Session:
                     transport = await self._open_workers(stack)
                     wiring = wire(self.plan, self._events, self._capacity, transport)
                     self._ingress = wiring.ingress
+                    self._ports = wiring.ports
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
                         pumps = _Countdown(len(wiring.pumps))
@@ -287,10 +321,19 @@ class Session:
 
     async def _run_node(self, node_id: str, ports: NodePorts, task_status: Started) -> None:
         plan = self.plan.nodes[node_id]
-        host = NodeHost(plan, self.id, self.plan.settings, self._metrics[node_id], self._on_progress)
+        report = partial(self._supervisor.report_failure, node_id)
+        host = NodeHost(plan, self.id, self.plan.settings, self._metrics[node_id], self._on_progress, report)
         await self._executors[plan.executor].run_node(host, ports, task_status=task_status)
 
+    def _escalated(self, failed: ChildFailed) -> None:
+        """The supervisor gave up on a node: the session has failed, whatever is still stopping."""
+        self._fail(failed.error)
+
     def _fail(self, error: BaseException) -> None:
+        """Record the session's failure and publish it now: the event stream ends with it and
+        waiting senders wake up, though nodes may still be stopping (the nursery waits for them)."""
+        if self._error is not None:
+            return  # the first failure explains the session; the rest followed from it
         if isinstance(error, SessionError):
             self._error = error
         else:
@@ -301,6 +344,14 @@ class Session:
             self._error.__cause__ = error
         if self._sm.can(SessionEvent.FAIL):
             self._sm.fire(SessionEvent.FAIL)
+        self._events.close(self._error)
+        self._stop_senders()
+        self._ready.set()
+
+    def _stop_senders(self) -> None:
+        """No frame will be taken any more: wake every send() still waiting for room."""
+        for scope in self._sending:
+            scope.cancel()
 
     def _finish(self) -> None:
         self._t_end = trio.current_time()
@@ -311,14 +362,44 @@ class Session:
             self._sm.fire(SessionEvent.FAIL if self._error else SessionEvent.CANCEL)
         self._sm.fire(SessionEvent.STOPPED)
         self._closing = True
+        self._stop_senders()
         self._events.close(self._error)
         self._ready.set()
         self._finished.set()
 
+    def _end_input_soon(self) -> None:
+        # The supervisor only reports READY from inside the session's nursery, and close() can
+        # only get here once READY: the nursery exists. Both tasks end with that nursery, which
+        # _main cancels once every node and pump is done.
+        assert self._nursery is not None
+        self._nursery.start_soon(self._end_input, name=f"session {self.id}: end input")
+        self._nursery.start_soon(self._close_deadline, name=f"session {self.id}: close deadline")
+
+    async def _close_deadline(self) -> None:
+        """Fail the session, naming the nodes that hold it up, if it has not ended
+        ``close_timeout_secs`` after close(). A client that leaves outputs unread holds the
+        pipeline up by backpressure: that time is not the nodes' fault, so the clock restarts
+        once it reads."""
+        timeout = self.plan.settings.close_timeout_secs
+        while True:
+            await trio.sleep(timeout)
+            if not self._events.outputs_full:
+                break
+            await self._events.wait_output_room()
+        running = self._supervisor.running()
+        if not running or self._error is not None:
+            return  # every node has returned (the last frames are on their way out), or failed
+        culprits, waiting = holdups(self.plan, {n: self._ports[n].flow() for n in running})
+        self._fail(NodeCloseTimeout(culprits, timeout, waiting=waiting))
+        self._scope.cancel()  # stop every node: ask → grace → kill, each under its executor
+
     async def _end_input(self) -> None:
         await self._idle.wait()  # frames already being sent go before the end-of-stream
-        for port in self._ingress.values():
-            await port.end()
+        try:
+            for port in self._ingress.values():
+                await port.end()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # a node stopped meanwhile: the session is failing or ending anyway
 
 
 class _Countdown:

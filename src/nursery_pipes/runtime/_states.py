@@ -45,6 +45,10 @@ S, E = SessionState, SessionEvent
 
 SESSION_TRANSITIONS: Mapping[tuple[SessionState, SessionEvent], SessionState] = {
     (S.INITIALIZING, E.ALL_READY): S.READY,
+    # close() before READY is remembered, not refused: the session carries it out when every
+    # node is ready (READY, then CLOSE → TERMINATING), so a client that sends nothing and
+    # half-closes at once still gets an initialised session that flushes and ends normally.
+    (S.INITIALIZING, E.CLOSE): S.INITIALIZING,
     (S.INITIALIZING, E.FAIL): S.ERROR,
     (S.INITIALIZING, E.CANCEL): S.TERMINATING,
     (S.READY, E.INPUT): S.EXECUTING,
@@ -56,8 +60,12 @@ SESSION_TRANSITIONS: Mapping[tuple[SessionState, SessionEvent], SessionState] = 
     (S.EXECUTING, E.CANCEL): S.TERMINATING,
     (S.EXECUTING, E.FAIL): S.ERROR,
     (S.TERMINATING, E.CANCEL): S.TERMINATING,
+    # The last node's started() can be on its way to the supervisor when the session is
+    # cancelled or fails: that late ALL_READY is legal and changes nothing.
+    (S.TERMINATING, E.ALL_READY): S.TERMINATING,
     (S.TERMINATING, E.FAIL): S.ERROR,
     (S.TERMINATING, E.STOPPED): S.TERMINATED,
+    (S.ERROR, E.ALL_READY): S.ERROR,
     (S.ERROR, E.CANCEL): S.ERROR,
     (S.ERROR, E.FAIL): S.ERROR,
     (S.ERROR, E.STOPPED): S.TERMINATED,

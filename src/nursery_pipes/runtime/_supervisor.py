@@ -11,6 +11,16 @@ the child's own exception out — never an ExceptionGroup.
 Shutdown contract for children: cancellation is the stop request. A child
 that must clean up does so in ``finally`` under a shielded cancel scope with
 its own deadline (see the executors).
+
+Failures are acted on when they are *known*, not when the child's task ends:
+a child that knows it has failed but still has to stop something (a worker
+process deaf to the stop request: ask → grace → kill) calls
+:meth:`Supervisor.report_failure` first. The policy decides at once; an
+escalation is announced through ``on_escalate`` and every child is cancelled
+then, so the children's cleanups run together while the failing one is still
+being stopped. The supervisor still returns only when every child task has
+ended (structured concurrency), and the failed child's own end is not
+counted a second time.
 """
 
 from __future__ import annotations
@@ -67,11 +77,15 @@ class ChildSpec:
     restart: RestartType = RestartType.TRANSIENT
 
 
-@dataclass
+@dataclass(eq=False)
 class _Child:
+    """One run of a child (a restart makes a new one; messages name the run, not the name)."""
+
     spec: ChildSpec
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
+    failure_reported: bool = False
+    """It reported its failure before ending; the policy has already acted on it."""
 
 
 @dataclass(frozen=True)
@@ -81,9 +95,11 @@ class _Started:
 
 @dataclass(frozen=True)
 class _Ended:
-    name: str
+    child: _Child
     error: BaseException | None
     stopped_by_us: bool
+    early: bool = False
+    """Sent by report_failure(), while the child's task still runs."""
 
 
 class _StartedSignal:
@@ -108,14 +124,33 @@ class Supervisor:
         *,
         clock: Callable[[], float] = trio.current_time,
         on_restart: Callable[[tuple[str, ...]], None] | None = None,
+        on_escalate: Callable[[ChildFailed], None] | None = None,
     ) -> None:
         self.policy = policy
         self._clock = clock
         self._on_restart = on_restart
+        self._on_escalate = on_escalate
         self._history = RestartHistory()
         self._children: dict[str, _Child] = {}
         self._order: list[str] = []
+        self._send: trio.MemorySendChannel[_Started | _Ended] | None = None
         self.restarts = 0
+
+    def report_failure(self, name: str, error: BaseException) -> None:
+        """Child ``name`` has failed with ``error``, but its task is still stopping something.
+
+        Call it from the child's own task. The policy acts on the failure now, as if the child
+        had ended; the child's later end is then not counted again.
+        """
+        child = self._children.get(name)
+        if self._send is None or child is None or child.failure_reported:
+            return
+        child.failure_reported = True
+        self._send.send_nowait(_Ended(child, error, stopped_by_us=False, early=True))
+
+    def running(self) -> list[str]:
+        """Children whose task has not ended yet, in start order."""
+        return [n for n in self._order if n in self._children and not self._children[n].done.is_set()]
 
     async def run(self, specs: Sequence[ChildSpec], *, task_status: Started = _IGNORED) -> None:
         names = [s.name for s in specs]
@@ -123,6 +158,7 @@ class Supervisor:
             raise ValueError(f"child names must be unique: {names}")
         self._order = names
         send, recv = trio.open_memory_channel[_Started | _Ended](math.inf)
+        self._send = send
         waiting = set(names)
         escalation: ChildFailed | None = None
         async with trio.open_nursery() as nursery:
@@ -138,10 +174,15 @@ class Supervisor:
                         task_status.started()
                         waiting.add("")  # report started only once
                     continue
-                if msg.stopped_by_us or msg.name not in self._children:
-                    continue
+                child = msg.child
+                if self._children.get(child.spec.name) is not child:
+                    continue  # a run that was restarted or forgotten meanwhile
+                if msg.stopped_by_us or (child.failure_reported and not msg.early):
+                    continue  # stopped on purpose, or its failure was handled when reported
                 escalation = await self._handle_end(nursery, msg, send)
                 if escalation is not None:
+                    if self._on_escalate is not None:
+                        self._on_escalate(escalation)  # before the children's cleanups, not after
                     nursery.cancel_scope.cancel()
                     break
         if escalation is not None:
@@ -163,28 +204,29 @@ class Supervisor:
             error = exc
         finally:
             child.done.set()
-        send.send_nowait(_Ended(child.spec.name, error, stopped_by_us=child.scope.cancelled_caught))
+        send.send_nowait(_Ended(child, error, stopped_by_us=child.scope.cancelled_caught))
 
     async def _handle_end(
         self, nursery: trio.Nursery, msg: _Ended, send: trio.MemorySendChannel[_Started | _Ended]
     ) -> ChildFailed | None:
-        running = [n for n in self._order if n in self._children and not self._children[n].done.is_set()]
+        name = msg.child.spec.name
+        running = [n for n in self.running() if not self._children[n].failure_reported]
         decision = decide(
             self.policy,
             order=self._order,
             running=running,
             restart_types={n: c.spec.restart for n, c in self._children.items()},
-            child=msg.name,
+            child=name,
             failed=msg.error is not None,
             history=self._history,
             now=self._clock(),
         )
         if isinstance(decision, Forget):
-            del self._children[msg.name]
+            del self._children[name]
             return None
         if isinstance(decision, Escalate):
-            error = msg.error if msg.error is not None else RuntimeError(f"{msg.name} exited")
-            return ChildFailed(msg.name, error, decision.reason)
+            error = msg.error if msg.error is not None else RuntimeError(f"{name} exited")
+            return ChildFailed(name, error, decision.reason)
         assert isinstance(decision, RestartChildren)
         await self._restart(nursery, decision.children, send)
         return None

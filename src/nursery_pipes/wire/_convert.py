@@ -49,6 +49,7 @@ from ..frames import (
     TextFrame,
     VideoFrame,
 )
+from ..manifest._nesting import text_issue
 from ..runtime import SessionMetrics
 from ._messages import BETTERPROTO, Messages, conn_from, has, optional, which
 
@@ -256,7 +257,11 @@ def manifest_from_proto(manifest: Any) -> dict[str, Any]:
     """The JSON document form of a wire manifest (validated afterwards, like a file)."""
     issues: list[ManifestIssue] = []
     metadata: dict[str, Any] = {"name": manifest.metadata.name}
-    if manifest.metadata.extra_json:
+    # Both JSON texts are checked for nesting before json.loads, which recurses once per level.
+    too_deep = text_issue(manifest.metadata.extra_json, "metadata.extra_json", levels_above=1)
+    if too_deep is not None:
+        issues.append(too_deep)
+    elif manifest.metadata.extra_json:
         try:
             extra = json.loads(manifest.metadata.extra_json)
         except json.JSONDecodeError as exc:
@@ -299,7 +304,10 @@ def _multiprocess_from_proto(mp: Any) -> dict[str, Any]:
 
 def _node_from_proto(index: int, node: Any, issues: list[ManifestIssue]) -> dict[str, Any]:
     out: dict[str, Any] = {"id": node.id, "node_type": node.node_type}
-    if node.params.strip():
+    too_deep = text_issue(node.params, f"nodes[{index}].params")
+    if too_deep is not None:
+        issues.append(too_deep)
+    elif node.params.strip():
         try:
             out["params"] = json.loads(node.params)
         except json.JSONDecodeError as exc:
