@@ -395,6 +395,7 @@ EXTENSIONS: dict[str, dict[str, list[str]]] = {
             "4: string python_executable",
             "5: optional bool enable_backpressure",
             "6: map<string,string> executor_overrides",
+            "7: uint32 close_timeout_secs",
         ],
         "message ExecutionResult": [
             "5: repeated NodeAssignment assignments",

@@ -9,7 +9,14 @@ import pytest
 from nursery_pipes import AudioFrame, FrameError, FrameKindError, InputError
 from nursery_pipes._proto.remotemedia import v1 as pb
 from nursery_pipes.client import rejection
-from nursery_pipes.wire import buffer_to_frame, error_response, frame_to_buffer, frames_to_buffer
+from nursery_pipes.wire import (
+    buffer_to_frame,
+    error_response,
+    frame_to_buffer,
+    frames_to_buffer,
+    manifest_from_proto,
+    manifest_to_proto,
+)
 from nursery_pipes.wire._messages import BETTERPROTO, UPB, Messages
 
 NAMESPACES = pytest.mark.parametrize("ns", [BETTERPROTO, UPB], ids=["betterproto", "upb"])
@@ -76,3 +83,25 @@ def test_client_tells_a_rejection_from_a_fatal_error_on_new_and_old_servers() ->
     assert converted is not None
     assert (converted.message, converted.failing_sequence, converted.session_continues) == ("ghost", 4, True)
     assert converted.stream_error_type == pb.StreamErrorType.STREAM_ERROR_INVALID_SEQUENCE
+
+
+def test_multiprocess_settings_cross_the_wire_both_ways() -> None:
+    """Every metadata.multiprocess setting survives manifest → wire → manifest, the close
+    timeout included (it has its own field in MultiprocessConfig)."""
+    multiprocess = {
+        "max_processes_per_session": 3,
+        "channel_capacity": 7,
+        "init_timeout_secs": 5,
+        "close_timeout_secs": 9,
+        "python_executable": "python3",
+        "enable_backpressure": False,
+        "executor_overrides": {"a": "inprocess"},
+    }
+    doc = {
+        "version": "v1",
+        "metadata": {"name": "wire", "multiprocess": multiprocess},
+        "nodes": [{"id": "a", "node_type": "PassThrough", "params": {}}],
+        "connections": [],
+    }
+    wire = UPB.PipelineManifest.FromString(bytes(manifest_to_proto(doc)))
+    assert manifest_from_proto(wire)["metadata"]["multiprocess"] == multiprocess

@@ -290,7 +290,13 @@ def manifest_from_proto(manifest: Any) -> dict[str, Any]:
 
 def _multiprocess_from_proto(mp: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for field in ("max_processes_per_session", "channel_capacity", "init_timeout_secs", "python_executable"):
+    for field in (
+        "max_processes_per_session",
+        "channel_capacity",
+        "init_timeout_secs",
+        "close_timeout_secs",
+        "python_executable",
+    ):
         value = getattr(mp, field)
         if value:
             out[field] = value
@@ -365,6 +371,7 @@ def manifest_to_proto(doc: Mapping[str, Any]) -> pb.PipelineManifest:
             max_processes_per_session=mp.get("max_processes_per_session", 0),
             channel_capacity=mp.get("channel_capacity", 0),
             init_timeout_secs=int(mp.get("init_timeout_secs", 0)),
+            close_timeout_secs=int(mp.get("close_timeout_secs", 0)),
             python_executable=mp.get("python_executable", ""),
             enable_backpressure=mp.get("enable_backpressure"),
             executor_overrides=dict(mp.get("executor_overrides", {})),

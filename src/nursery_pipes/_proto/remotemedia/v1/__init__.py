@@ -385,6 +385,7 @@ class MultiprocessConfig(betterproto.Message):
     executor_overrides: Dict[str, str] = betterproto.map_field(
         6, betterproto.TYPE_STRING, betterproto.TYPE_STRING
     )
+    close_timeout_secs: int = betterproto.uint32_field(7)
 
 
 @dataclass(eq=False, repr=False)
