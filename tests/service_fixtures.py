@@ -71,6 +71,20 @@ STREAMING = "remotemedia.v1.StreamingPipelineService"
 EXECUTE_PATH = f"/{EXECUTION}/ExecutePipeline"
 VERSION_PATH = f"/{EXECUTION}/GetVersion"
 STREAM_PATH = f"/{STREAMING}/StreamPipeline"
+HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
+HEALTH_WATCH_PATH = "/grpc.health.v1.Health/Watch"
+REFLECTION_V1_PATH = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+REFLECTION_V1ALPHA_PATH = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+ALL_METHOD_PATHS = (
+    EXECUTE_PATH,
+    VERSION_PATH,
+    STREAM_PATH,
+    HEALTH_CHECK_PATH,
+    HEALTH_WATCH_PATH,
+    REFLECTION_V1_PATH,
+    REFLECTION_V1ALPHA_PATH,
+)
+"""Every method the server serves: ours, health and reflection (both versions)."""
 
 
 def make_config(
@@ -201,6 +215,19 @@ def text_buffer(text: str) -> pb.DataBuffer:
 
 
 # -- raw grpclib calls -------------------------------------------------------------------------------
+
+
+class BytesCodec:
+    """A grpclib codec that sends bytes as they are and hands replies back undecoded: a
+    client that can say anything and hears exactly what came back."""
+
+    __content_subtype__ = "proto"
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        return message if isinstance(message, bytes) else bytes(message)
+
+    def decode(self, data: bytes, message_type: Any) -> bytes:
+        return data
 
 
 class RawCodec:

@@ -7,7 +7,6 @@ before anything it sends is read.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import pytest
 import trio
@@ -16,9 +15,9 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 from grpclib.health.v1.health_pb2 import HealthCheckRequest
 from service_fixtures import (
-    EXECUTE_PATH,
+    ALL_METHOD_PATHS,
     STREAM_PATH,
-    VERSION_PATH,
+    BytesCodec,
     Served,
     health_status,
     served_fixture,  # noqa: F401  (the `served` fixture)
@@ -26,33 +25,7 @@ from service_fixtures import (
 
 pytestmark = pytest.mark.timeout(60)
 
-HEALTH_CHECK = "/grpc.health.v1.Health/Check"
-HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
-REFLECTION_V1 = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
-REFLECTION_V1ALPHA = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
-ALL_METHODS = [
-    EXECUTE_PATH,
-    VERSION_PATH,
-    STREAM_PATH,
-    HEALTH_CHECK,
-    HEALTH_WATCH,
-    REFLECTION_V1,
-    REFLECTION_V1ALPHA,
-]
 SMALL_LIMIT = 4096
-
-
-class BytesCodec:
-    """Sends bytes as they are and hands replies back undecoded: a client that can say anything."""
-
-    __content_subtype__ = "proto"
-
-    def encode(self, message: Any, message_type: Any) -> bytes:
-        assert isinstance(message, bytes)
-        return message
-
-    def decode(self, data: bytes, message_type: Any) -> bytes:
-        return data
 
 
 async def call_raw(
@@ -104,7 +77,7 @@ def assert_no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
 
 
 @pytest.mark.parametrize("served", [{"server": {"max_message_bytes": SMALL_LIMIT}}], indirect=True)
-@pytest.mark.parametrize("path", ALL_METHODS)
+@pytest.mark.parametrize("path", ALL_METHOD_PATHS)
 async def test_oversized_body_is_refused_before_it_is_read(
     served: Served, path: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -127,7 +100,7 @@ MALFORMED = {
 }
 
 
-@pytest.mark.parametrize("path", ALL_METHODS)
+@pytest.mark.parametrize("path", ALL_METHOD_PATHS)
 @pytest.mark.parametrize("body", MALFORMED.values(), ids=MALFORMED.keys())
 async def test_malformed_body_is_invalid_argument_and_one_log_line(
     served: Served, path: str, body: bytes, caplog: pytest.LogCaptureFixture
