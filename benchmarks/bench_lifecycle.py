@@ -125,8 +125,8 @@ async def fresh_warm(n: int, warm: int) -> dict[str, Any]:
     """A fresh runtime with a warm pool, filled (wait_warm), then one session of n nodes."""
     rt = Runtime(config(warm=warm))
     async with rt:
-        assert rt.workers.shared_pool is not None
-        await rt.workers.shared_pool.wait_warm()
+        assert rt.executors["multiprocess"].shared_pool is not None
+        await rt.executors["multiprocess"].shared_pool.wait_warm()
         await trio.sleep(0.3)  # let the pool's workers settle (idle, blocked in their pipe)
         return await open_timed(rt, n)
 
@@ -170,7 +170,7 @@ async def warm_back_to_back(n_sessions: int, pause: float) -> list[dict[str, Any
     rt = Runtime(config(warm=2))
     rows = []
     async with rt:
-        pool = rt.workers.shared_pool
+        pool = rt.executors["multiprocess"].shared_pool
         assert pool is not None
         await pool.wait_warm()
         for i in range(n_sessions):

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from nursery_pipes import Manifest, ManifestError
+from nursery_pipes import Manifest, ManifestError, Runtime
 from nursery_pipes._config import (
     LimitsConfig,
     MultiprocessDefaults,
@@ -169,8 +169,7 @@ def test_unknown_keys_and_sections_are_rejected_by_name(text: str, message: str)
         ("[multiprocess]\nenable_backpressure = 'yes'", "[multiprocess.enable_backpressure] Expected `bool`"),
         ("[multiprocess]\nworker_type = 'fork'", "[multiprocess.worker_type] Invalid enum value 'fork'"),
         ("[multiprocess]\nslot_count = 1", "[multiprocess.slot_count] Expected `int` >= 2"),
-        ("[routing]\ndefault = 'gpu'", "[routing.default] Invalid enum value 'gpu'"),
-        ("[routing]\nexplicit = { A = 'gpu' }", "[routing.explicit[...]] Invalid enum value 'gpu'"),
+        ("[routing]\ndefault = 'GPU!'", "[routing.default] Expected `str` matching regex"),
         (
             "[routing]\nrules = [{ pattern = '*', executor = 'multiprocess', priority = 'high' }]",
             "[routing.rules[0].priority] Expected `int`, got `str`",
@@ -237,6 +236,26 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
         ConfigError, match=r"typo\.toml: \[limits\] Object contains unknown field `max_session`"
     ):
         load_config(typo)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[routing]\ndefault = 'gpu'", "[routing] default: no executor named 'gpu'"),
+        ("[routing]\nexplicit = { A = 'gpu' }", "[routing.explicit] A: no executor named 'gpu'"),
+        (
+            "[routing]\nrules = [{ pattern = '*Model', executor = 'gpu' }]",
+            "[routing] rules[0] (*Model): no executor named 'gpu'",
+        ),
+    ],
+)
+def test_routing_to_an_executor_the_runtime_lacks_is_a_config_error(text: str, message: str) -> None:
+    """Executor names are checked against the runtime's executors (built-ins and plugins):
+    a typo in runtime.toml must not route nodes silently elsewhere."""
+    with pytest.raises(ConfigError) as info:
+        Runtime(load_config(text=text))
+    assert str(info.value).startswith(message)
+    assert "available: inprocess, multiprocess, thread" in str(info.value)
 
 
 def test_auth_token_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -532,9 +532,9 @@ def test_cycles_are_named(nodes: str, edges: list[tuple[str, str]], cycle: str) 
         ),
         ({"warm_pool": 3}, "warm_pool", "unknown field 'warm_pool'"),
         (
-            {"executor_overrides": {"in": "gpu"}},
+            {"executor_overrides": {"in": "GPU 1"}},
             "executor_overrides.in",
-            'must be one of "inprocess", "multiprocess"',
+            'executor names are lower-case words (inprocess, thread, multiprocess, ...), got "GPU 1"',
         ),
     ],
 )

@@ -40,6 +40,7 @@ from nursery_pipes import (
     TextFrame,
 )
 from nursery_pipes._config import LimitsConfig, MultiprocessDefaults, NodesConfig
+from nursery_pipes.executors import MultiprocessExecutor
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -173,9 +174,7 @@ async def test_worker_to_worker_edges_are_direct() -> None:
     transport = ShmTransport(RingGeometry(4, 4096))
     try:
         wiring = wire(plan, EventQueue(10), 10, transport)
-        shared = set(map(id, wiring.ports["w1"].worker.outputs)) & set(
-            map(id, wiring.ports["w2"].worker.inputs)
-        )
+        shared = set(map(id, wiring.ports["w1"].outputs)) & set(map(id, wiring.ports["w2"].inputs))
         assert len(shared) == 1  # the same ring spec: w1 writes what w2 reads
         assert len(wiring.pumps) == 1  # only the sink's edge to the client passes through the supervisor
     finally:
@@ -659,7 +658,7 @@ def test_node_classes_that_cannot_run_in_a_worker_are_rejected() -> None:
     rt = runtime()
     rt.registry.register(Local)
     m = manifest([("x", "Local", {}, "multiprocess")], [])
-    with pytest.raises(ManifestError, match="not importable by a worker process"):
+    with pytest.raises(ManifestError, match="Local is not importable by a worker process"):
         rt.plan(m)
 
 
@@ -674,13 +673,20 @@ def test_python_executable_must_be_this_interpreter() -> None:
 # -- the warm pool -------------------------------------------------------------------------------
 
 
+def shared_pool(rt: Runtime) -> Any:
+    executor = rt.executors["multiprocess"]
+    assert isinstance(executor, MultiprocessExecutor)
+    assert executor.shared_pool is not None  # the runtime is entered
+    return executor.shared_pool
+
+
 async def test_warm_pool_workers_serve_one_session_each() -> None:
     rt = runtime(warm_pool=2)
     m = manifest([("w", "PassThrough", {}, "multiprocess")], [])
     async with rt:
-        assert rt.workers.shared_pool is not None
-        await rt.workers.shared_pool.wait_warm()
-        assert rt.workers.shared_pool.idle_workers() == 2
+        pool = shared_pool(rt)
+        await pool.wait_warm()
+        assert pool.idle_workers() == 2
         first = await rt.run_pipeline(m, {"w": TextFrame(text="x")})
         second = await rt.run_pipeline(m, {"w": TextFrame(text="y")})
     pids = {first.metrics.nodes["w"].pid, second.metrics.nodes["w"].pid}
@@ -694,8 +700,7 @@ async def test_warm_pool_refills_after_sessions_take_workers() -> None:
     )
     one = manifest([("w", "PassThrough", {}, "multiprocess")], [])
     async with rt:
-        pool = rt.workers.shared_pool
-        assert pool is not None
+        pool = shared_pool(rt)
         used: list[int | None] = []
         for doc in (one, two, one, two):
             await pool.wait_warm()

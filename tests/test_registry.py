@@ -101,8 +101,9 @@ def test_clash_names_both_classes() -> None:
         (lambda: dict, "is not a subclass of nursery_pipes.Node"),
         (lambda: type("NoProcess", (Node,), {}), "NoProcess does not implement process()"),
         (
-            lambda: type("BadExec", (Plain,), {"executor": "gpu"}),
-            "BadExec.executor is 'gpu'; expected one of inprocess, multiprocess or None",
+            lambda: type("BadExec", (Plain,), {"executor": "GPU 1"}),
+            "BadExec.executor is 'GPU 1'; expected an executor name (inprocess, thread, multiprocess, "
+            "or one a package registers) or None",
         ),
         (
             lambda: type("BadParams", (Plain,), {"Params": dict}),

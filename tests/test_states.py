@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nursery_pipes.runtime._states import (
+from nursery_pipes._states import (
     NODE_TRANSITIONS,
     SESSION_TRANSITIONS,
     IllegalTransition,

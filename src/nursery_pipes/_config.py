@@ -13,6 +13,7 @@ Example ``runtime.toml`` (every key optional)::
     max_sessions = 64
     max_processes = 64
     max_processes_per_session = 16
+    max_threads = 64
 
     [multiprocess]
     channel_capacity = 100
@@ -51,7 +52,8 @@ __all__ = [
     "load_config",
 ]
 
-Executor = Literal["inprocess", "multiprocess"]
+Executor = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]*$")]
+"""An executor's name: a built-in one or one a package registers (checked by the runtime)."""
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 
 
@@ -81,6 +83,8 @@ class LimitsConfig(_Section, frozen=True):
     """Worker processes across all sessions of this runtime."""
     max_processes_per_session: PositiveInt = 16
     """The cap no manifest may exceed."""
+    max_threads: PositiveInt = 64
+    """Node threads (the ``thread`` executor) across all sessions of this runtime."""
 
 
 class MultiprocessDefaults(_Section, frozen=True):

@@ -95,10 +95,13 @@ def validate(
     config: ConfigOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Check a manifest; list every problem with its JSON path (exit 2 if invalid)."""
+    """Check a manifest; list every problem with its JSON path (exit 2 if invalid).
+
+    The pipeline is planned too (nothing starts): a node routed to an executor this runtime
+    lacks, or one that cannot run it, is reported here rather than when it runs."""
 
     def check() -> Manifest:
-        return _runtime(config).manifest(manifest)
+        return _runtime(config).plan(manifest).manifest
 
     m = _guard(check, as_json=as_json)
     if as_json:

@@ -1,7 +1,52 @@
-"""Executors that run nodes outside the supervisor's trio loop: worker processes over shared memory."""
+"""Executors: what runs a session's nodes, behind one seam (:mod:`._abc`).
 
+Built in: ``inprocess`` (a trio task in the supervisor), ``thread`` (a sync
+node in a thread of its own) and ``multiprocess`` (a worker process, edges in
+shared memory). Others register through the ``nursery_pipes.executors``
+entry-point group (:mod:`._registry`).
+"""
+
+from ._abc import Executor, NodePorts, NodeRunner, Placement, async_hooks
+from ._host import NodeHost, NodeMetrics, NodeProgress, ProgressState, SessionSettings
+from ._inprocess import HookRunner, InProcessExecutor, Pump, node_failure
 from ._multiprocess import MultiprocessExecutor
 from ._pool import WorkerPool
-from ._transport import RingGeometry, ShmPort, ShmTransport, WorkerWiring
+from ._ports import EndOfStream, Envelope, Flow, MemoryPort, Message, OutPort, SupervisorPorts
+from ._registry import ENTRY_POINT_GROUP, available_executors, create_executors
+from ._thread import NodeThread, ThreadExecutor
+from ._transport import RingGeometry, ShmPort, ShmPorts, ShmTransport
 
-__all__ = ["MultiprocessExecutor", "RingGeometry", "ShmPort", "ShmTransport", "WorkerPool", "WorkerWiring"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "EndOfStream",
+    "Envelope",
+    "Executor",
+    "Flow",
+    "HookRunner",
+    "InProcessExecutor",
+    "MemoryPort",
+    "Message",
+    "MultiprocessExecutor",
+    "NodeHost",
+    "NodeMetrics",
+    "NodePorts",
+    "NodeProgress",
+    "NodeRunner",
+    "NodeThread",
+    "OutPort",
+    "Placement",
+    "ProgressState",
+    "Pump",
+    "RingGeometry",
+    "SessionSettings",
+    "ShmPort",
+    "ShmPorts",
+    "ShmTransport",
+    "SupervisorPorts",
+    "ThreadExecutor",
+    "WorkerPool",
+    "async_hooks",
+    "available_executors",
+    "create_executors",
+    "node_failure",
+]

@@ -31,34 +31,90 @@ nursery.
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
 import trio
 
+from .._config import RuntimeConfig
 from .._errors import NodeCrashed, NodeError, NodeInitTimeout
+from .._states import NodeEvent
 from ..ipc import EndOfStream, RingAbortedError, TrioConsumer
+from ..nodes._base import Node
 from ..nodes._registry import import_ref
-from ..runtime._executor import NodeHost, NodePorts
-from ..runtime._states import NodeEvent
-from ..runtime._supervisor import Started
 from ..worker import WorkerJob
 from ..worker._events import decode_event
+from ._abc import Executor, NodePorts, NodeRunner, Placement
+from ._host import NodeHost
 from ._pool import WorkerPool
-from ._transport import WorkerWiring
+from ._transport import ShmPorts
 
 __all__ = ["MultiprocessExecutor"]
 
 
-class MultiprocessExecutor:
+class MultiprocessExecutor(Executor):
+    """Each node in its own worker process (trio-parallel), its edges in shared memory.
+
+    Sessions of a runtime entered with ``async with`` share one worker pool (and its warm
+    workers, ``[multiprocess] warm_pool``); otherwise each session opens a pool of its own.
+    """
+
     name = "multiprocess"
+    placement = Placement.SHARED_MEMORY
+    processes_per_node = 1
+
+    def __init__(self, config: RuntimeConfig) -> None:
+        super().__init__(config)
+        self._shared: WorkerPool | None = None
+
+    @property
+    def shared_pool(self) -> WorkerPool | None:
+        """The pool sessions share while the runtime is entered (``async with``), else None."""
+        return self._shared
+
+    def unsupported(self, node_class: type[Node[Any]]) -> str | None:
+        if node_class.__module__ == "__main__" or "<locals>" in node_class.__qualname__:
+            return (
+                f"its class {node_class.__module__}.{node_class.__qualname__} is not importable by a worker "
+                "process (define it in a module, not in __main__ or a function)"
+            )
+        return super().unsupported(node_class)
+
+    def _new_pool(self, *, warm: int = 0) -> WorkerPool:
+        mp = self.config.multiprocess
+        return WorkerPool(
+            worker_type=mp.worker_type, max_processes=self.config.limits.max_processes, warm=warm
+        )
+
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        async with self._new_pool(warm=self.config.multiprocess.warm_pool).open() as pool:
+            self._shared = pool
+            try:
+                yield
+            finally:
+                self._shared = None
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[NodeRunner]:
+        if self._shared is not None:
+            yield _Workers(self._shared)
+            return
+        async with self._new_pool().open() as pool:
+            yield _Workers(pool)
+
+
+class _Workers:
+    """Runs one session's nodes on a worker pool."""
 
     def __init__(self, pool: WorkerPool) -> None:
         self.pool = pool
 
-    async def run_node(self, host: NodeHost, ports: NodePorts, *, task_status: Started) -> None:
-        wiring = ports.worker
-        assert isinstance(wiring, WorkerWiring)
+    async def run_node(self, host: NodeHost, ports: NodePorts, *, task_status: trio.TaskStatus[None]) -> None:
+        wiring = ports
+        assert isinstance(wiring, ShmPorts), "the planner gives shared-memory nodes ShmPorts"
         assert wiring.events is not None
         assert wiring.events_consumer is not None
         job = self._job(host, wiring)
@@ -72,15 +128,15 @@ class MultiprocessExecutor:
                 await run.stop(host.settings.grace_period_secs)
         run.raise_outcome()
 
-    def _job(self, host: NodeHost, wiring: WorkerWiring) -> WorkerJob:
-        cls = host.plan.node_class
+    def _job(self, host: NodeHost, wiring: ShmPorts) -> WorkerJob:
+        cls = host.node_class
         assert wiring.events is not None
         return WorkerJob(
             session_id=host.session_id,
             node_id=host.node_id,
-            node_type=host.plan.node_type,
+            node_type=host.node_type,
             import_ref=import_ref(cls),
-            params=msgspec.to_builtins(host.plan.params),
+            params=msgspec.to_builtins(host.params),
             inputs=tuple(wiring.inputs),
             outputs=tuple(wiring.outputs),
             events=wiring.events,
@@ -93,7 +149,7 @@ class MultiprocessExecutor:
 class _NodeRun:
     """One node's worker job and the supervisor's view of it."""
 
-    def __init__(self, host: NodeHost, wiring: WorkerWiring, pool: WorkerPool) -> None:
+    def __init__(self, host: NodeHost, wiring: ShmPorts, pool: WorkerPool) -> None:
         self.host = host
         self.wiring = wiring
         self.pool = pool
@@ -116,7 +172,7 @@ class _NodeRun:
             self.job_done.set()
             self.follow_scope.cancel()
 
-    async def follow(self, task_status: Started) -> None:
+    async def follow(self, task_status: trio.TaskStatus[None]) -> None:
         """Apply the worker's events until its job ends; enforce the init timeout."""
         consumer = self.wiring.events_consumer
         assert consumer is not None
@@ -133,7 +189,7 @@ class _NodeRun:
         while (event := _try_event(consumer)) is not None:
             self._apply(event, task_status)
 
-    def _apply(self, event: dict[str, Any], task_status: Started) -> None:
+    def _apply(self, event: dict[str, Any], task_status: trio.TaskStatus[None]) -> None:
         kind = event["type"]
         host = self.host
         if kind == "progress":

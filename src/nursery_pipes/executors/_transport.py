@@ -47,11 +47,10 @@ from ..ipc import (
 from ..ipc._segment import round_up
 from ..ipc._spec import SLOT_ALIGN
 from ..ipc._trio import TrioConsumer, TrioProducer
-from ..runtime._holdup import Flow
-from ..runtime._ports import OutPort
 from ..worker._codec import EncodedFrame, decode_frame, encode_frame
+from ._ports import Flow, OutPort
 
-__all__ = ["RingGeometry", "ShmPort", "ShmTransport", "WorkerWiring"]
+__all__ = ["RingGeometry", "ShmPort", "ShmPorts", "ShmTransport"]
 
 
 @dataclass(frozen=True)
@@ -73,8 +72,9 @@ class RingGeometry:
 
 
 @dataclass
-class WorkerWiring:
-    """What a worker node gets: the specs of its rings and a way to ask it to stop."""
+class ShmPorts:
+    """The ports of a node placed in shared memory: the specs of its rings (inputs, outputs,
+    its events ring to the supervisor) and a way to ask it to stop."""
 
     inputs: list[RingSpec] = field(default_factory=list)
     outputs: list[RingSpec] = field(default_factory=list)
@@ -221,13 +221,15 @@ class ShmTransport:
             async_consumer=consumer_in_supervisor or consumer_fan_in > 1,
         )
 
-    def events(self) -> tuple[Ring, TrioConsumer]:
+    def node_ports(self) -> ShmPorts:
+        """Ports for one node placed in shared memory: its events ring, read by the supervisor;
+        the wiring adds its edges' rings."""
         ring = self._ring(
             async_producer=False, async_consumer=True, slot_count=self._events_slots, slot_size=4096
         )
         consumer = TrioConsumer(ring.consumer())
         self._closers.append(consumer.close)
-        return ring, consumer
+        return ShmPorts(events=ring.spec, events_consumer=consumer, rings=[ring])
 
     def port(self, ring: Ring) -> ShmPort:
         producer = TrioProducer(ring.producer())

@@ -23,7 +23,8 @@ __all__ = [
     "NodeSpec",
 ]
 
-Executor = Literal["inprocess", "multiprocess"]
+Executor = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]*$")]
+"""An executor's name; whether the runtime has it is checked when the pipeline is planned."""
 DataType = Literal["audio", "video", "tensor", "json", "text", "binary", "any"]
 # ``(?!\n)``: Python's ``$`` also matches before a final newline, ECMA-262's (the schema's
 # dialect) does not; the lookahead makes both reject "a\n". Keep in sync with the schema.

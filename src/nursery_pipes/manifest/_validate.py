@@ -159,6 +159,14 @@ def _schema_error_issues(error: Any) -> list[ManifestIssue]:
         ]
     if validator == "pattern" and path.endswith(".host"):
         return [ManifestIssue(path, f"host must be name:port, got {_show(error.instance)}")]
+    if validator == "pattern" and ".executor_overrides." in path:
+        return [
+            ManifestIssue(
+                path,
+                f"executor names are lower-case words (inprocess, thread, multiprocess, ...), got "
+                f"{_show(error.instance)}",
+            )
+        ]
     if validator == "minItems" and error.validator_value == 1:
         return [ManifestIssue(path, "must contain at least one node")]
     if validator in {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}:

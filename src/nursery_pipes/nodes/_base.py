@@ -43,8 +43,8 @@ __all__ = [
     "ProgressReporter",
 ]
 
-ExecutorName = Literal["inprocess", "multiprocess"]
-EXECUTOR_NAMES: tuple[ExecutorName, ...] = ("inprocess", "multiprocess")
+ExecutorName = str
+"""An executor's name: ``inprocess``, ``thread``, ``multiprocess``, or one a package registers."""
 
 ALL_KINDS: frozenset[FrameKind] = frozenset(FrameKind)
 

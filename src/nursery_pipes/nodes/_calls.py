@@ -91,7 +91,7 @@ def make_node(
         node_id=nid,
         node_type=cls.node_type,
         session_id=session_id,
-        executor=executor,  # type: ignore[arg-type]
+        executor=executor,
         logger=logging.getLogger(f"nursery_pipes.node.{nid}"),
     )
     return cls(params, context)

@@ -11,13 +11,16 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, TypeVar
 
 from .._errors import RegistryError
-from ._base import EXECUTOR_NAMES, Node, Params, describe_params
+from ._base import Node, Params, describe_params
+
+_EXECUTOR = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 __all__ = ["NodeInfo", "NodeRegistry", "default_registry", "register_node"]
 
@@ -200,9 +203,10 @@ def _check_node_class(cls: object) -> None:
         raise RegistryError(f"{_ref(cls)}.node_type must be a non-empty string")
     if not (inspect.isclass(cls.Params) and issubclass(cls.Params, Params)):
         raise RegistryError(f"{_ref(cls)}.Params must be a subclass of nursery_pipes.Params")
-    if cls.executor is not None and cls.executor not in EXECUTOR_NAMES:
+    if cls.executor is not None and not (isinstance(cls.executor, str) and _EXECUTOR.match(cls.executor)):
         raise RegistryError(
-            f"{_ref(cls)}.executor is {cls.executor!r}; expected one of {', '.join(EXECUTOR_NAMES)} or None"
+            f"{_ref(cls)}.executor is {cls.executor!r}; expected an executor name (inprocess, thread, "
+            "multiprocess, or one a package registers) or None"
         )
     if cls.process is Node.process:
         raise RegistryError(f"{_ref(cls)} does not implement process()")

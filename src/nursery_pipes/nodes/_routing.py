@@ -11,25 +11,32 @@ Order (first match wins):
    classes that declare no executor, since a declaration is step 2;
 4. the default (``[routing] default``, "inprocess" unless configured).
 
+Steps 1 and 2 are *requests*: if the named executor cannot run the node, that
+is an error for the planner to report. Steps 3 and 4 are *choices*: when the
+chosen executor cannot run the node (an ``async def`` node matched by the
+``*Node`` rule cannot run in a worker process), the node goes to the default
+executor instead, and the assignment's reason says so. What an executor can
+run is the executor's business: routing only asks (``unsupported``).
+
 A node with a ``host`` is remote and never reaches these rules.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
-__all__ = ["Assignment", "RoutingRule", "RoutingTable", "route"]
+__all__ = ["REMOTE", "Assignment", "RoutingRule", "RoutingTable", "route"]
 
-Executor = Literal["inprocess", "multiprocess", "remote"]
+REMOTE = "remote"
+"""The executor of a node with a ``host``."""
 
 
 @dataclass(frozen=True, slots=True)
 class RoutingRule:
     pattern: str
-    executor: Literal["inprocess", "multiprocess"]
+    executor: str
     priority: int = 0
     name: str = ""
 
@@ -51,9 +58,9 @@ SEED_RULE = RoutingRule(
 
 @dataclass(frozen=True)
 class RoutingTable:
-    explicit: Mapping[str, Literal["inprocess", "multiprocess"]] = field(default_factory=dict)
+    explicit: Mapping[str, str] = field(default_factory=dict)
     rules: Sequence[RoutingRule] = (SEED_RULE,)
-    default: Literal["inprocess", "multiprocess"] = "inprocess"
+    default: str = "inprocess"
 
     def ordered_rules(self) -> list[RoutingRule]:
         # sorted() is stable: equal priorities keep their configured order.
@@ -65,36 +72,67 @@ class Assignment:
     """Where a node runs and the reason, e.g. ``multiprocess: manifest override``."""
 
     node_id: str
-    executor: Executor
+    executor: str
     reason: str
+    requested: bool = False
+    """Named explicitly (override, [routing.explicit], the class's declaration): if that
+    executor cannot run the node, it is an error, not a fallback."""
 
     def __str__(self) -> str:
         return f"{self.node_id} → {self.executor} ({self.reason})"
+
+
+def _can_run_anything(executor: str) -> str | None:
+    return None
 
 
 def route(
     node_id: str,
     node_type: str,
     *,
-    declared: Literal["inprocess", "multiprocess"] | None,
+    declared: str | None,
     table: RoutingTable,
-    overrides: Mapping[str, Literal["inprocess", "multiprocess"]] | None = None,
+    overrides: Mapping[str, str] | None = None,
     host: str | None = None,
+    unsupported: Callable[[str], str | None] = _can_run_anything,
 ) -> Assignment:
-    """Decide the executor of one node."""
+    """Decide the executor of one node. ``unsupported(name)`` says why that executor cannot
+    run this node (None if it can)."""
     if host:
-        return Assignment(node_id, "remote", f"host {host} set in the manifest")
+        return Assignment(node_id, REMOTE, f"host {host} set in the manifest", requested=True)
     if overrides and node_id in overrides:
         return Assignment(
-            node_id, overrides[node_id], "manifest override (metadata.multiprocess.executor_overrides)"
+            node_id,
+            overrides[node_id],
+            "manifest override (metadata.multiprocess.executor_overrides)",
+            requested=True,
         )
     if node_type in table.explicit:
         return Assignment(
-            node_id, table.explicit[node_type], "explicit mapping in runtime.toml [routing.explicit]"
+            node_id,
+            table.explicit[node_type],
+            "explicit mapping in runtime.toml [routing.explicit]",
+            requested=True,
         )
     if declared is not None:
-        return Assignment(node_id, declared, f"declared by the node class ({node_type}.executor)")
+        return Assignment(
+            node_id, declared, f"declared by the node class ({node_type}.executor)", requested=True
+        )
     for rule in table.ordered_rules():
         if rule.matches(node_type):
-            return Assignment(node_id, rule.executor, rule.describe())
+            return _chosen(node_id, rule.executor, rule.describe(), table.default, unsupported)
     return Assignment(node_id, table.default, "default executor")
+
+
+def _chosen(
+    node_id: str, executor: str, why: str, default: str, unsupported: Callable[[str], str | None]
+) -> Assignment:
+    """A rule's choice, or the default executor when the chosen one cannot run the node."""
+    problem = unsupported(executor) if executor != default else None
+    if problem is None:
+        return Assignment(node_id, executor, why)
+    return Assignment(
+        node_id,
+        default,
+        f"{why} chose {executor}, which cannot run it ({problem}): default executor instead",
+    )

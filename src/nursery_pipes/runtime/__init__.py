@@ -1,10 +1,10 @@
 """Sessions, supervision, executors and the runtime that ties them together."""
 
+from .._states import NodeState, SessionState
 from ._events import Event, NodeProgress, Output, StateChanged
 from ._policy import FAIL_FAST, RestartType, Strategy, SupervisionPolicy
 from ._runtime import PipelineResult, Runtime
 from ._session import Session, SessionMetrics
-from ._states import NodeState, SessionState
 from ._supervisor import ChildFailed, ChildSpec, Supervisor
 
 __all__ = [

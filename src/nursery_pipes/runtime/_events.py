@@ -17,24 +17,14 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal
 
 import trio
 
+from .._states import SessionState
+from ..executors import NodeProgress
 from ..frames import Frame
-from ._states import SessionState
 
 __all__ = ["Event", "EventQueue", "NodeProgress", "Output", "StateChanged"]
-
-ProgressState = Literal["starting", "loading", "ready", "failed"]
-
-
-@dataclass(frozen=True, slots=True)
-class NodeProgress:
-    node_id: str
-    state: ProgressState
-    progress: float
-    message: str = ""
 
 
 @dataclass(frozen=True, slots=True)

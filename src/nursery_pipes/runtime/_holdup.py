@@ -21,27 +21,11 @@ nodes still run. The answer always names at least one running node.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
+from ..executors import Flow
 from ._plan import SessionPlan
 
 __all__ = ["Flow", "holdups"]
-
-
-@dataclass(frozen=True, slots=True)
-class Flow:
-    """What the supervisor sees of one node's edges."""
-
-    queued_in: int
-    """Messages (frames, end-of-stream markers) waiting in its inputs."""
-    inputs_ended: bool
-    """Every input has delivered (or queued) its end of stream."""
-    output_full: bool
-    """Some output edge is full: the node waits for a consumer."""
-
-    @property
-    def waiting(self) -> bool:
-        return self.output_full or (self.queued_in == 0 and not self.inputs_ended)
 
 
 def holdups(plan: SessionPlan, flows: Mapping[str, Flow]) -> tuple[list[str], list[str]]:

@@ -9,7 +9,6 @@ spawned yet.
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 from collections.abc import Mapping
@@ -18,10 +17,11 @@ from typing import Any, Literal
 
 from .._config import RuntimeConfig
 from .._errors import FrameError, FrameKindError, InputError, ManifestError, ManifestIssue, ResourceLimitError
+from ..executors import Executor, Placement, SessionSettings
 from ..frames import Frame
 from ..manifest import Manifest
 from ..nodes._base import Node, Params
-from ..nodes._routing import SEED_RULE, Assignment, RoutingRule, RoutingTable, route
+from ..nodes._routing import REMOTE, SEED_RULE, Assignment, RoutingRule, RoutingTable, route
 from ..worker._codec import shm_refusal
 
 __all__ = ["CLIENT", "EdgePlan", "NodePlan", "SessionPlan", "SessionSettings", "plan_session"]
@@ -30,17 +30,6 @@ CLIENT = "<client>"
 """The session's user, as an edge endpoint: it feeds the sources and reads the sinks."""
 
 Transport = Literal["memory", "shm"]
-
-
-@dataclass(frozen=True, slots=True)
-class SessionSettings:
-    channel_capacity: int
-    init_timeout_secs: float
-    max_processes: int
-    enable_backpressure: bool
-    grace_period_secs: float
-    python_executable: str
-    close_timeout_secs: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +50,12 @@ class NodePlan:
     """Upstream node ids, or CLIENT for a source."""
     outputs: tuple[str, ...]
     """Downstream node ids, or CLIENT for a sink."""
+    placement: Placement
+    """Where its executor keeps its ends of an edge (asked of the executor when planning)."""
+    processes: int = 0
+    """Worker processes it takes."""
+    threads: int = 0
+    """Threads it takes."""
 
     @property
     def executor(self) -> str:
@@ -68,8 +63,8 @@ class NodePlan:
 
     @property
     def on_supervisor(self) -> bool:
-        """Runs inside the supervisor's trio loop (else in a worker process)."""
-        return self.assignment.executor == "inprocess"
+        """Its edge ends are in the supervisor's memory (else in shared memory)."""
+        return self.placement is Placement.SUPERVISOR
 
 
 @dataclass(frozen=True)
@@ -84,7 +79,16 @@ class SessionPlan:
 
     @property
     def process_count(self) -> int:
-        return sum(1 for n in self.nodes.values() if n.executor == "multiprocess")
+        return sum(n.processes for n in self.nodes.values())
+
+    @property
+    def thread_count(self) -> int:
+        return sum(n.threads for n in self.nodes.values())
+
+    @property
+    def executors(self) -> frozenset[str]:
+        """The executors this session's nodes run on."""
+        return frozenset(n.executor for n in self.nodes.values())
 
     @property
     def assignments(self) -> dict[str, Assignment]:
@@ -128,11 +132,12 @@ def routing_table(config: RuntimeConfig) -> RoutingTable:
 
 
 def plan_session(
-    manifest: Manifest, config: RuntimeConfig, *, executors: frozenset[str] = frozenset({"inprocess"})
+    manifest: Manifest, config: RuntimeConfig, *, executors: Mapping[str, Executor]
 ) -> SessionPlan:
     """Decide everything about a session; raise before anything starts if it cannot run.
 
-    ``executors`` names the executors this runtime has; routing to another one is an error.
+    ``executors`` are this runtime's, by name: each node's executor is asked what it can run
+    and where its edge ends live; routing to a name that is not there is an error.
     """
     settings = resolve_settings(manifest, config)
     table = routing_table(config)
@@ -142,13 +147,24 @@ def plan_session(
     issues: list[ManifestIssue] = []
     for index, spec in enumerate(manifest.nodes):
         cls = manifest.registry[spec.node_type]
+
+        def unsupported(name: str, cls: type[Node[Any]] = cls) -> str | None:
+            executor = executors.get(name)
+            return executor.unsupported(cls) if executor is not None else None
+
         assignment = route(
-            spec.id, spec.node_type, declared=cls.executor, table=table, overrides=overrides, host=spec.host
+            spec.id,
+            spec.node_type,
+            declared=cls.executor,
+            table=table,
+            overrides=overrides,
+            host=spec.host,
+            unsupported=unsupported,
         )
-        issues += _placement_issues(index, spec.id, assignment, executors)
-        if assignment.executor == "multiprocess":
-            issues += _worker_issues(index, spec.id, cls)
+        path = _assignment_path(index, assignment, spec.id in overrides)
+        issues += _placement_issues(path, spec.id, cls, assignment, executors)
         issues += _capability_issues(index, spec.capabilities)
+        executor = executors.get(assignment.executor)
         nodes[spec.id] = NodePlan(
             node_id=spec.id,
             node_type=spec.node_type,
@@ -157,8 +173,11 @@ def plan_session(
             assignment=assignment,
             inputs=graph.predecessors(spec.id) or (CLIENT,),
             outputs=graph.successors(spec.id) or (CLIENT,),
+            placement=executor.placement if executor is not None else Placement.SUPERVISOR,
+            processes=executor.processes_per_node if executor is not None else 0,
+            threads=executor.threads_per_node if executor is not None else 0,
         )
-    if plan_needs_workers(nodes):
+    if any(node.processes for node in nodes.values()):
         issues += _executable_issues(settings.python_executable)
     if issues:
         raise ManifestError(issues, manifest.source)
@@ -245,54 +264,33 @@ def _edges(nodes: Mapping[str, NodePlan]) -> tuple[EdgePlan, ...]:
     return tuple(edges)
 
 
+def _assignment_path(index: int, assignment: Assignment, overridden: bool) -> str:
+    """Where in the manifest the node's executor was decided, for error messages."""
+    if assignment.executor == REMOTE:
+        return f"nodes[{index}].host"
+    if overridden:
+        return f"metadata.multiprocess.executor_overrides.{assignment.node_id}"
+    return f"nodes[{index}].node_type"
+
+
 def _placement_issues(
-    index: int, node_id: str, assignment: Assignment, executors: frozenset[str]
+    path: str, node_id: str, cls: type[Node[Any]], assignment: Assignment, executors: Mapping[str, Executor]
 ) -> list[ManifestIssue]:
-    if assignment.executor == "remote":
-        return [
-            ManifestIssue(
-                f"nodes[{index}].host",
-                f"node {node_id!r} asks for a remote host, but remote execution is not available on this runtime",
-            )
-        ]
-    if assignment.executor not in executors:
-        return [
-            ManifestIssue(
-                f"nodes[{index}]",
-                f"node {node_id!r} routes to the {assignment.executor} executor ({assignment.reason}), "
-                f"which this runtime does not have (available: {', '.join(sorted(executors))})",
-            )
-        ]
-    return []
-
-
-def plan_needs_workers(nodes: Mapping[str, NodePlan]) -> bool:
-    return any(n.executor == "multiprocess" for n in nodes.values())
-
-
-def _worker_issues(index: int, node_id: str, cls: type[Node[Any]]) -> list[ManifestIssue]:
-    """A node class can run in a worker only if the worker can import it and call it synchronously."""
-    path = f"nodes[{index}].node_type"
-    where = f"{cls.__module__}.{cls.__qualname__}"
-    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+    executor = executors.get(assignment.executor)
+    if executor is None:
+        if assignment.executor == REMOTE:
+            what = "asks for a remote host, but this runtime has no remote executor"
+        else:
+            what = f"routes to the {assignment.executor} executor ({assignment.reason}), which this runtime does not have"
+        return [ManifestIssue(path, f"node {node_id!r} {what} (available: {', '.join(sorted(executors))})")]
+    problem = executor.unsupported(cls)
+    if problem is not None:
+        # Only a request can get here: a rule's choice falls back to the default executor.
         return [
             ManifestIssue(
                 path,
-                f"node {node_id!r} routes to multiprocess, but its class {where} is not importable "
-                "by a worker process (define it in a module, not in __main__ or a function)",
-            )
-        ]
-    hooks = [
-        name
-        for name in ("initialize", "process", "flush", "cleanup")
-        if inspect.iscoroutinefunction(getattr(cls, name)) or inspect.isasyncgenfunction(getattr(cls, name))
-    ]
-    if hooks:
-        return [
-            ManifestIssue(
-                path,
-                f"node {node_id!r} routes to multiprocess, but {where} has async hooks "
-                f"({', '.join(hooks)}); async nodes run in-process — override its executor",
+                f"node {node_id!r} routes to {assignment.executor} ({assignment.reason}), which cannot run "
+                f"it: {problem}",
             )
         ]
     return []

@@ -2,7 +2,9 @@
 
 A program (or the gRPC server) makes one :class:`Runtime` and opens sessions
 from it; the module-level :func:`open_session` / :func:`run_pipeline` use a
-default runtime built from built-in defaults.
+default runtime built from built-in defaults. The runtime *admits* sessions —
+plans them, checks the global limits, keeps the list of those running — and
+each :class:`Session` owns its own lifecycle (:func:`run_session`).
 """
 
 from __future__ import annotations
@@ -11,28 +13,22 @@ import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from .._config import RuntimeConfig
-from .._errors import NurseryPipesError, ResourceLimitError, SessionError
+from .._errors import ConfigError, NurseryPipesError, ResourceLimitError, SessionError
+from ..executors import Executor, create_executors
 from ..frames import Frame
 from ..manifest import Manifest
 from ..nodes._registry import NodeRegistry, builtin_registry, declared_nodes, default_registry
 from ..nodes._routing import Assignment
 from ._events import NodeProgress
-from ._executor import Executor
-from ._inprocess import InProcessExecutor
-from ._plan import SessionPlan, SessionSettings, check_input_target, plan_session
-from ._session import Session, SessionMetrics
+from ._plan import SessionPlan, check_input_target, plan_session
+from ._session import Session, SessionMetrics, run_session
 
-if TYPE_CHECKING:
-    from ..executors import ShmTransport, WorkerPool
-
-__all__ = ["PipelineInputs", "PipelineResult", "Runtime", "WorkerBackend", "registry_from_config"]
-
-EXECUTORS = frozenset({"inprocess", "multiprocess"})
+__all__ = ["PipelineInputs", "PipelineResult", "Runtime", "registry_from_config"]
 
 ManifestSource = Manifest | str | bytes | Mapping[str, Any] | os.PathLike[str]
 PipelineInputs = Mapping[str, Frame | Iterable[Frame] | AsyncIterable[Frame]]
@@ -70,48 +66,6 @@ def registry_from_config(config: RuntimeConfig) -> NodeRegistry:
     return registry
 
 
-class WorkerBackend:
-    """Where a runtime's sessions get worker processes and shared memory from.
-
-    Sessions of a runtime entered with ``async with`` share one worker pool
-    (and its warm workers); otherwise each session opens its own pool.
-    """
-
-    def __init__(self, config: RuntimeConfig) -> None:
-        self.config = config
-        self.shared_pool: WorkerPool | None = None
-
-    def new_pool(self, *, warm: int = 0) -> WorkerPool:
-        from ..executors import WorkerPool
-
-        mp = self.config.multiprocess
-        return WorkerPool(
-            worker_type=mp.worker_type, max_processes=self.config.limits.max_processes, warm=warm
-        )
-
-    @asynccontextmanager
-    async def pool(self) -> AsyncIterator[WorkerPool]:
-        if self.shared_pool is not None:
-            yield self.shared_pool
-            return
-        async with self.new_pool().open() as pool:
-            yield pool
-
-    def transport(self, settings: SessionSettings) -> ShmTransport:
-        from ..executors import RingGeometry, ShmTransport
-
-        mp = self.config.multiprocess
-        geometry = RingGeometry.for_session(
-            settings.channel_capacity, mp.slot_count, mp.slot_size, mp.checksums
-        )
-        return ShmTransport(geometry)
-
-    def executor(self, pool: WorkerPool) -> Executor:
-        from ..executors import MultiprocessExecutor
-
-        return MultiprocessExecutor(pool)
-
-
 class Runtime:
     """Sessions share this: config, registry, executors, limits.
 
@@ -131,29 +85,33 @@ class Runtime:
             registry = default_registry() if config is None else registry_from_config(config)
         self.config = config or RuntimeConfig()
         self.registry = registry
-        self.executors: dict[str, Executor] = {"inprocess": InProcessExecutor()}
-        self.workers = WorkerBackend(self.config)
+        self.executors: dict[str, Executor] = create_executors(self.config)
+        _check_routing(self.config, self.executors)
         self._sessions: dict[str, Session] = {}
         self._stack: AsyncExitStack | None = None
 
     async def __aenter__(self) -> Runtime:
-        """Start shared resources: one worker pool for all sessions, pre-started workers
-        (``[multiprocess] warm_pool``), and a sweep of what dead supervisors left in /dev/shm."""
+        """Start what sessions share — each executor's lifespan (the multiprocess executor's
+        worker pool and its pre-started workers, ``[multiprocess] warm_pool``) — after a sweep
+        of what dead supervisors left in /dev/shm."""
         from ..ipc import sweep_stale
 
         sweep_stale()
         stack = AsyncExitStack()
-        pool = self.workers.new_pool(warm=self.config.multiprocess.warm_pool)
-        self.workers.shared_pool = await stack.enter_async_context(pool.open())
+        try:
+            for executor in self.executors.values():
+                await stack.enter_async_context(executor.lifespan())
+        except BaseException:
+            await stack.aclose()
+            raise
         self._stack = stack
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         stack, self._stack = self._stack, None
-        self.workers.shared_pool = None
         if stack is not None:
-            # Not wrapped in a new (shielded) scope: the pool's nursery was entered outside it, and
-            # scopes must unwind in order. The pool shields its own shutdown.
+            # Not wrapped in a new (shielded) scope: the executors' nurseries were entered outside
+            # it, and scopes must unwind in order. Each executor shields its own shutdown.
             await stack.aclose()
 
     @property
@@ -171,7 +129,7 @@ class Runtime:
     def plan(self, source: ManifestSource | SessionPlan) -> SessionPlan:
         if isinstance(source, SessionPlan):
             return source
-        return plan_session(self.manifest(source), self.config, executors=EXECUTORS)
+        return plan_session(self.manifest(source), self.config, executors=self.executors)
 
     @asynccontextmanager
     async def open_session(
@@ -194,28 +152,13 @@ class Runtime:
         """
         plan = self.plan(manifest)
         self._check_limits(plan)
-        session = Session(plan, self.executors, session_id=session_id, workers=self.workers)
+        session = Session(plan, self.executors, config=self.config, session_id=session_id)
         self._sessions[session.id] = session
-        body_error: BaseException | None = None
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(session._main, name=f"session {session.id}")
-                if wait_ready:
-                    await session._ready.wait()
-                if session.error is None and session.state is not session.state.TERMINATED:
-                    try:
-                        yield session
-                    except BaseException as exc:
-                        body_error = exc
-                        session.cancel()
-                    else:
-                        await _leave(session)
+            async with run_session(session, wait_ready=wait_ready):
+                yield session
         finally:
             self._sessions.pop(session.id, None)
-        if body_error is not None:
-            raise body_error
-        if session.error is not None:
-            raise session.error
 
     async def run_pipeline(
         self, manifest: ManifestSource | SessionPlan, inputs: PipelineInputs
@@ -250,20 +193,36 @@ class Runtime:
                 f"{len(self._sessions)} sessions are running; this runtime allows at most {limits.max_sessions} "
                 "(limits.max_sessions)"
             )
-        running = sum(s.plan.process_count for s in self._sessions.values())
-        if running + plan.process_count > limits.max_processes:
-            raise ResourceLimitError(
-                f"pipeline {plan.manifest.name!r} needs {plan.process_count} worker processes, "
-                f"{running} are in use and this runtime allows at most {limits.max_processes} (limits.max_processes)"
+        for what, needed, cap, setting in (
+            ("worker processes", plan.process_count, limits.max_processes, "limits.max_processes"),
+            ("threads", plan.thread_count, limits.max_threads, "limits.max_threads"),
+        ):
+            running = sum(
+                s.plan.process_count if what == "worker processes" else s.plan.thread_count
+                for s in self._sessions.values()
             )
+            if needed and running + needed > cap:
+                raise ResourceLimitError(
+                    f"pipeline {plan.manifest.name!r} needs {needed} {what}, {running} are in use and this "
+                    f"runtime allows at most {cap} ({setting})"
+                )
 
 
-async def _leave(session: Session) -> None:
-    if session._closing and session.error is None:  # (a session in ERROR always has its error)
-        session._events.discard_outputs()
-        await session._finished.wait()
-    else:
-        session.cancel()
+def _check_routing(config: RuntimeConfig, executors: Mapping[str, Executor]) -> None:
+    """Every executor runtime.toml [routing] names must exist (a typo would route silently)."""
+    named = [("[routing] default", config.routing.default)]
+    named += [
+        (f"[routing.explicit] {node_type}", name) for node_type, name in config.routing.explicit.items()
+    ]
+    named += [
+        (f"[routing] rules[{i}] ({rule.pattern})", rule.executor)
+        for i, rule in enumerate(config.routing.rules)
+    ]
+    for where, name in named:
+        if name not in executors:
+            raise ConfigError(
+                f"{where}: no executor named {name!r} (available: {', '.join(sorted(executors))})"
+            )
 
 
 async def _feed_all(session: Session, inputs: PipelineInputs, errors: list[BaseException]) -> None:

@@ -35,29 +35,35 @@ import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
+from .._config import RuntimeConfig
 from .._errors import InputError, NodeCloseTimeout, SessionClosedError, SessionError
+from .._states import SESSION_TRANSITIONS, SessionEvent, SessionState, StateMachine
+from ..executors import (
+    Executor,
+    NodeHost,
+    NodeMetrics,
+    NodePorts,
+    NodeRunner,
+    OutPort,
+    RingGeometry,
+    ShmTransport,
+)
 from ..frames import Frame
 from ..nodes._routing import Assignment
 from ._events import Event, EventQueue, NodeProgress, Output, StateChanged
-from ._executor import Executor, NodeHost, NodePorts
 from ._holdup import holdups
 from ._plan import CLIENT, SessionPlan, check_input_kind, check_input_target
-from ._ports import NodeMetrics, OutPort
-from ._states import SESSION_TRANSITIONS, SessionEvent, SessionState, StateMachine
-from ._supervisor import ChildFailed, ChildSpec, Started, Supervisor
+from ._supervisor import ChildFailed, ChildSpec, Supervisor
 from ._wiring import wire
 
-if TYPE_CHECKING:
-    from ._runtime import WorkerBackend
-
-__all__ = ["Session", "SessionMetrics"]
+__all__ = ["Session", "SessionMetrics", "SessionStatistics", "run_session"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,22 @@ class SessionMetrics:
     outputs_discarded: int = 0
 
 
+@dataclass(frozen=True)
+class SessionStatistics:
+    """What is waiting inside a session right now (cheap; for metrics and monitoring)."""
+
+    queued_events: int
+    """Events (outputs, progress, state changes) not yet read by the client."""
+    queued_outputs: int
+    """Outputs among them; they count against ``output_capacity``."""
+    output_capacity: float
+    """How many unread outputs the session holds before it stops the pipeline (backpressure)."""
+    outputs_discarded: int
+    """Outputs nobody will read (the client left after close)."""
+    sends_in_flight: int
+    """``send()`` calls waiting for room."""
+
+
 class Session:
     """A running pipeline. Get one from :func:`nursery_pipes.open_session`."""
 
@@ -84,13 +106,14 @@ class Session:
         plan: SessionPlan,
         executors: Mapping[str, Executor],
         *,
+        config: RuntimeConfig | None = None,
         session_id: str | None = None,
-        workers: WorkerBackend | None = None,
     ) -> None:
         self.id = session_id or secrets.token_hex(8)
         self.plan = plan
         self._executors = executors
-        self._workers = workers
+        self._config = config or RuntimeConfig()
+        self._runners: dict[str, NodeRunner] = {}
         self._sm: StateMachine[SessionState, SessionEvent] = StateMachine(
             f"session {self.id}", SessionState.INITIALIZING, SESSION_TRANSITIONS, on_change=self._on_state
         )
@@ -224,6 +247,16 @@ class Session:
         """Only the outputs of sink nodes (see :meth:`events`)."""
         return _EventIterator(self._events, outputs_only=True)  # type: ignore[return-value]
 
+    def statistics(self) -> SessionStatistics:
+        queue = self._events.statistics()
+        return SessionStatistics(
+            queued_events=int(queue["queued"]),
+            queued_outputs=int(queue["outputs"]),
+            output_capacity=queue["capacity"],
+            outputs_discarded=int(queue["discarded"]),
+            sends_in_flight=self._inflight,
+        )
+
     def metrics(self) -> SessionMetrics:
         now = self._t_end if self._t_end is not None else trio.current_time()
         cpu = self._cpu_end if self._cpu_end is not None else time.process_time()
@@ -265,8 +298,8 @@ class Session:
         self.progress_log.append(progress)
         self._events.put_control(progress)
 
-    def started(self, value: Any = None) -> None:
-        """Called by the supervisor once every node is ready."""
+    def _all_ready(self) -> None:
+        """Every node is ready (the supervisor says so through :class:`_Ready`)."""
         if self._sm.fire(SessionEvent.ALL_READY) is not SessionState.READY:
             return  # cancelled or failed while the last node's "ready" was on its way
         self._ready.set()
@@ -281,7 +314,7 @@ class Session:
         try:
             with self._scope:
                 async with AsyncExitStack() as stack:
-                    transport = await self._open_workers(stack)
+                    transport = await self._open_executors(stack)
                     wiring = wire(self.plan, self._events, self._capacity, transport)
                     self._ingress = wiring.ingress
                     self._ports = wiring.ports
@@ -297,15 +330,20 @@ class Session:
         finally:
             self._finish()
 
-    async def _open_workers(self, stack: AsyncExitStack) -> Any:
-        """Worker pool, executor and shared-memory transport — only if some node needs them."""
-        if not any(edge.transport == "shm" for edge in self.plan.edges):
-            return None
-        assert self._workers is not None, "this runtime has no multiprocess executor"
-        pool = await stack.enter_async_context(self._workers.pool())
-        transport = self._workers.transport(self.plan.settings)
-        stack.callback(transport.close)  # unlinks the session's namespace on every exit path
-        self._executors = {**self._executors, "multiprocess": self._workers.executor(pool)}
+    async def _open_executors(self, stack: AsyncExitStack) -> ShmTransport | None:
+        """What runs this session's nodes (each executor it uses, for the session's lifetime),
+        and the shared-memory transport if some edge needs one. Closed by ``stack`` in reverse:
+        the rings are unlinked after every runner, and with it every worker, is gone."""
+        transport = None
+        if any(edge.transport == "shm" for edge in self.plan.edges):
+            mp = self._config.multiprocess
+            geometry = RingGeometry.for_session(
+                self.plan.settings.channel_capacity, mp.slot_count, mp.slot_size, mp.checksums
+            )
+            transport = ShmTransport(geometry)
+            stack.callback(transport.close)  # unlinks the session's namespace on every exit path
+        for name in sorted(self.plan.executors):
+            self._runners[name] = await stack.enter_async_context(self._executors[name].session())
         return transport
 
     def _pump_failed(self, error: BaseException) -> None:
@@ -315,15 +353,25 @@ class Session:
     async def _supervise(self, ports: dict[str, NodePorts]) -> None:
         specs = [ChildSpec(nid, partial(self._run_node, nid, ports[nid])) for nid in self.plan.order]
         try:
-            await self._supervisor.run(specs, task_status=self)
+            await self._supervisor.run(specs, task_status=_Ready(self._all_ready))
         except ChildFailed as exc:
             self._fail(exc.error)
 
-    async def _run_node(self, node_id: str, ports: NodePorts, task_status: Started) -> None:
+    async def _run_node(self, node_id: str, ports: NodePorts, task_status: trio.TaskStatus[None]) -> None:
         plan = self.plan.nodes[node_id]
-        report = partial(self._supervisor.report_failure, node_id)
-        host = NodeHost(plan, self.id, self.plan.settings, self._metrics[node_id], self._on_progress, report)
-        await self._executors[plan.executor].run_node(host, ports, task_status=task_status)
+        host = NodeHost(
+            node_id=node_id,
+            node_type=plan.node_type,
+            node_class=plan.node_class,
+            params=plan.params,
+            executor=plan.executor,
+            session_id=self.id,
+            settings=self.plan.settings,
+            metrics=self._metrics[node_id],
+            emit_progress=self._on_progress,
+            on_failure=partial(self._supervisor.report_failure, node_id),
+        )
+        await self._runners[plan.executor].run_node(host, ports, task_status=task_status)
 
     def _escalated(self, failed: ChildFailed) -> None:
         """The supervisor gave up on a node: the session has failed, whatever is still stopping."""
@@ -393,6 +441,14 @@ class Session:
         self._fail(NodeCloseTimeout(culprits, timeout, waiting=waiting))
         self._scope.cancel()  # stop every node: ask → grace → kill, each under its executor
 
+    async def _leave(self) -> None:
+        """The user's block ended: drain a closed session, cancel one that was not closed."""
+        if self._closing and self._error is None:  # (a session in ERROR always has its error)
+            self._events.discard_outputs()
+            await self._finished.wait()
+        else:
+            self.cancel()
+
     async def _end_input(self) -> None:
         await self._idle.wait()  # frames already being sent go before the end-of-stream
         try:
@@ -400,6 +456,44 @@ class Session:
                 await port.end()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # a node stopped meanwhile: the session is failing or ending anyway
+
+
+class _Ready:
+    """The supervisor's ``task_status``: every node has called ``started()``."""
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self._callback = callback
+
+    def started(self, value: None = None) -> None:
+        self._callback()
+
+
+@asynccontextmanager
+async def run_session(session: Session, *, wait_ready: bool = True) -> AsyncIterator[Session]:
+    """Run ``session`` for the block, in a nursery of its own.
+
+    Yields once every node is ready (``wait_ready``), or at once. Leaving the block after
+    :meth:`Session.close` lets the pipeline drain (unread outputs are discarded); leaving it
+    without closing, or with an exception, cancels. Errors come out unwrapped (the session's
+    :class:`SessionError`, or the block's own exception), never an ExceptionGroup.
+    """
+    body_error: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(session._main, name=f"session {session.id}")
+        if wait_ready:
+            await session._ready.wait()
+        if session.error is None and session.state is not SessionState.TERMINATED:
+            try:
+                yield session
+            except BaseException as exc:
+                body_error = exc
+                session.cancel()
+            else:
+                await session._leave()
+    if body_error is not None:
+        raise body_error
+    if session.error is not None:
+        raise session.error
 
 
 class _Countdown:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
@@ -46,18 +46,6 @@ from ._policy import (
 __all__ = ["ChildFailed", "ChildSpec", "Supervisor"]
 
 
-class Started(Protocol):
-    def started(self, value: Any = None) -> None: ...
-
-
-class _Ignored:
-    def started(self, value: Any = None) -> None:
-        pass
-
-
-_IGNORED = _Ignored()
-
-
 class ChildFailed(Exception):
     """The supervisor gave up: ``child`` failed with ``error`` and the policy escalated."""
 
@@ -73,7 +61,7 @@ class ChildSpec:
     """How to run one child: ``run(task_status)`` must call ``task_status.started()``."""
 
     name: str
-    run: Callable[[Started], Awaitable[None]]
+    run: Callable[[trio.TaskStatus[None]], Awaitable[None]]
     restart: RestartType = RestartType.TRANSIENT
 
 
@@ -152,7 +140,9 @@ class Supervisor:
         """Children whose task has not ended yet, in start order."""
         return [n for n in self._order if n in self._children and not self._children[n].done.is_set()]
 
-    async def run(self, specs: Sequence[ChildSpec], *, task_status: Started = _IGNORED) -> None:
+    async def run(
+        self, specs: Sequence[ChildSpec], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise ValueError(f"child names must be unique: {names}")

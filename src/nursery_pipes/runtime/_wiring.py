@@ -2,28 +2,43 @@
 
 Memory edges (both ends in the supervisor) are trio memory channels feeding
 the downstream node's inbox. Shared-memory edges are rings from the session's
-transport: the supervisor-side end becomes an OutPort (producer) or a pump
-task (consumer); a worker-side end becomes a ring spec in that worker's
-wiring.
+transport: a supervisor-side end becomes an OutPort (producer) or a pump task
+(consumer); a shared-memory end becomes a ring spec in that node's ShmPorts.
+Which it is follows from the placement the plan asked each executor for.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._events import EventQueue
-from ._executor import NodePorts
+from ..executors import MemoryPort, Message, NodePorts, OutPort, ShmPorts, ShmTransport, SupervisorPorts
+from ..frames import Frame
+from ._events import EventQueue, Output
 from ._plan import CLIENT, SessionPlan
-from ._ports import EventPort, MemoryPort, Message, OutPort
 
-if TYPE_CHECKING:
-    from ..executors._transport import ShmTransport
+__all__ = ["EventPort", "Wiring", "wire"]
 
-__all__ = ["Wiring", "wire"]
+
+class EventPort:
+    """A sink's edge to the client: frames become :class:`Output` events."""
+
+    __slots__ = ("_node_id", "_queue")
+
+    def __init__(self, queue: EventQueue, node_id: str) -> None:
+        self._queue = queue
+        self._node_id = node_id
+
+    async def send(self, seq: int, frame: Frame) -> None:
+        await self._queue.put_output(Output(self._node_id, frame, seq))
+
+    async def end(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    def full(self) -> bool:
+        return self._queue.outputs_full
 
 
 @dataclass
@@ -31,7 +46,7 @@ class Wiring:
     ports: dict[str, NodePorts]
     ingress: dict[str, OutPort]
     pumps: list[Callable[[Callable[[BaseException], None]], Awaitable[None]]] = field(default_factory=list)
-    """Tasks moving frames from a worker's ring to a supervisor-side port: ``pump(on_error)``."""
+    """Tasks moving frames from a ring to a supervisor-side port: ``pump(on_error)``."""
 
 
 def wire(plan: SessionPlan, events: EventQueue, capacity: float, transport: ShmTransport | None) -> Wiring:
@@ -41,10 +56,10 @@ def wire(plan: SessionPlan, events: EventQueue, capacity: float, transport: ShmT
         if node.on_supervisor:
             send, recv = trio.open_memory_channel[Message](capacity)
             inboxes[nid] = send
-            ports[nid] = NodePorts(expected_eos=len(node.inputs), inbox=recv)
+            ports[nid] = SupervisorPorts(expected_eos=len(node.inputs), inbox=recv)
         else:
-            assert transport is not None, "worker nodes need a shared-memory transport"
-            ports[nid] = NodePorts(expected_eos=len(node.inputs), worker=_worker_wiring(transport))
+            assert transport is not None, "shared-memory nodes need a shared-memory transport"
+            ports[nid] = transport.node_ports()
     wiring = Wiring(ports=ports, ingress={})
     for edge in plan.edges:
         if edge.transport == "memory":
@@ -55,13 +70,6 @@ def wire(plan: SessionPlan, events: EventQueue, capacity: float, transport: ShmT
     for send in inboxes.values():
         send.close()  # each edge holds its own clone; the inbox closes when all have ended
     return wiring
-
-
-def _worker_wiring(transport: ShmTransport) -> Any:
-    from ..executors._transport import WorkerWiring
-
-    ring, consumer = transport.events()
-    return WorkerWiring(events=ring.spec, events_consumer=consumer, rings=[ring])
 
 
 def _receiving_port(
@@ -76,7 +84,15 @@ def _add_sender(wiring: Wiring, src: str, dst: str, port: OutPort) -> None:
     if src == CLIENT:
         wiring.ingress[dst] = port
     else:
-        wiring.ports[src].outputs.append(port)
+        ports = wiring.ports[src]
+        assert isinstance(ports, SupervisorPorts)
+        ports.outputs.append(port)
+
+
+def _shm_ports(wiring: Wiring, node_id: str) -> ShmPorts:
+    ports = wiring.ports[node_id]
+    assert isinstance(ports, ShmPorts)
+    return ports
 
 
 def _shm_edge(
@@ -100,14 +116,14 @@ def _shm_edge(
     if src_in_supervisor:
         _add_sender(wiring, src, dst, transport.port(ring))
     else:
-        worker = wiring.ports[src].worker
-        worker.outputs.append(ring.spec)
-        worker.rings.append(ring)
+        producer = _shm_ports(wiring, src)
+        producer.outputs.append(ring.spec)
+        producer.rings.append(ring)
     # consuming end
     if dst_in_supervisor:
         wiring.pumps.append(transport.pump(ring, _receiving_port(src, dst, inboxes, events)))
     else:
-        worker = wiring.ports[dst].worker
-        worker.inputs.append(ring.spec)
-        if ring not in worker.rings:
-            worker.rings.append(ring)
+        consumer = _shm_ports(wiring, dst)
+        consumer.inputs.append(ring.spec)
+        if ring not in consumer.rings:
+            consumer.rings.append(ring)

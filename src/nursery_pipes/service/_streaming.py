@@ -66,7 +66,7 @@ from ..wire._convert import (
 )
 from ..wire._messages import UPB as M
 from ..wire._messages import has, which
-from ._bridge import PumpedStream as TrioStream
+from ._bridge import PumpedStream
 from ._execution import check_request_limits, output_limit, refusal
 
 __all__ = ["StreamSettings", "handle_stream"]
@@ -101,7 +101,7 @@ class _State:
 
 
 async def handle_stream(
-    stream: TrioStream, runtime: Runtime, settings: StreamSettings, accepting: Any
+    stream: PumpedStream, runtime: Runtime, settings: StreamSettings, accepting: Any
 ) -> None:
     """Serve one StreamPipeline call (runs as a trio task)."""
     first = await stream.recv()
@@ -151,7 +151,7 @@ async def handle_stream(
 
 
 async def _run(
-    stream: TrioStream,
+    stream: PumpedStream,
     runtime: Runtime,
     plan: Any,
     initial: dict[str, Any],
@@ -269,7 +269,7 @@ def _closed(session: Session, reason: str) -> Any:
 
 
 async def _sender(
-    stream: TrioStream,
+    stream: PumpedStream,
     inbox: trio.MemoryReceiveChannel[Any],
     session: Session,
     state: _State,
@@ -298,7 +298,7 @@ async def _sender(
 
 
 async def _send_or_give_up(
-    stream: TrioStream, response: Any, session: Session, settings: StreamSettings
+    stream: PumpedStream, response: Any, session: Session, settings: StreamSettings
 ) -> None:
     with trio.move_on_after(settings.stall_timeout_secs) as scope:
         await stream.send(response)
@@ -322,7 +322,7 @@ def _stream_metrics(session: Session, state: _State) -> Any:
             chunks_processed=state.chunks,
             average_latency_ms=state.latency_sum_ms / state.outputs if state.outputs else 0.0,
             total_items=state.outputs,
-            buffer_items=int(session._events.statistics()["queued"]),
+            buffer_items=session.statistics().queued_events,
             chunks_dropped=state.dropped,
             peak_memory_bytes=_rss_bytes(),  # what metrics_to_proto reports as memory
             data_type_breakdown=breakdown,
@@ -331,7 +331,7 @@ def _stream_metrics(session: Session, state: _State) -> Any:
 
 
 async def _inbound(
-    stream: TrioStream,
+    stream: PumpedStream,
     session: Session,
     out: trio.MemorySendChannel[Any],
     state: _State,

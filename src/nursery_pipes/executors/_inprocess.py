@@ -4,6 +4,12 @@ Light nodes live here. Their hooks run on the trio thread (async hooks are
 awaited; sync hooks must be quick), so an in-process node is stopped by
 cancellation alone — there is no process to kill. ``cleanup()`` still runs
 under a shielded scope bounded by the grace period.
+
+The node's life — initialise within the deadline, pump its inbox through
+``process()``, flush, end its outputs, clean up — is the same for every
+executor placed in the supervisor; only *where the hooks run* differs.
+:class:`HookRunner` is that difference: this module's runs them on the trio
+thread, the thread executor's in the node's own thread.
 """
 
 from __future__ import annotations
@@ -11,21 +17,22 @@ from __future__ import annotations
 import inspect
 import time
 import traceback
-from contextlib import aclosing
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from typing import Any
 
 import trio
 
 from .._errors import NodeError, NodeInitTimeout
+from .._states import NodeEvent
 from ..frames import Frame
 from ..nodes._base import Node
 from ..nodes._calls import aiter_outputs, check_frame
-from ._executor import NodeHost, NodePorts
-from ._ports import EndOfStream
-from ._states import NodeEvent
-from ._supervisor import Started
+from ._abc import Executor, NodePorts, Placement
+from ._host import NodeHost
+from ._ports import EndOfStream, SupervisorPorts
 
-__all__ = ["InProcessExecutor"]
+__all__ = ["HookRunner", "InProcessExecutor", "Pump", "node_failure"]
 
 
 def node_failure(node_id: str, phase: str, exc: BaseException) -> NodeError:
@@ -35,31 +42,55 @@ def node_failure(node_id: str, phase: str, exc: BaseException) -> NodeError:
     return NodeError(node_id, phase, message, remote_traceback=tb)
 
 
-class InProcessExecutor:
-    name = "inprocess"
+class InProcessExecutor(Executor):
+    """Light nodes as trio tasks in the supervisor: sync or async hooks, no copies, no process."""
 
-    async def run_node(self, host: NodeHost, ports: NodePorts, *, task_status: Started) -> None:
+    name = "inprocess"
+    placement = Placement.SUPERVISOR
+    runs_async = True
+
+    async def run_node(self, host: NodeHost, ports: NodePorts, *, task_status: trio.TaskStatus[None]) -> None:
+        assert isinstance(ports, SupervisorPorts), "the planner gives supervisor-placed nodes SupervisorPorts"
         host.progress("starting", 0.0)
         host.state.fire(NodeEvent.START)
-        node = host.plan.node_class(host.plan.params, host.context(self.name))
-        try:
-            await self._initialize(node, host)
-            host.state.fire(NodeEvent.INIT_DONE)
-            host.progress("ready", 1.0)
-            task_status.started()
-            await _Pump(node, host, ports).run()
-            host.state.fire(NodeEvent.FINISHED)
-        except NodeError as exc:
-            host.state.fire(NodeEvent.FAIL)
-            if exc.phase == "initialize":
-                host.progress("failed", 0.0, str(exc))
-            host.report_failure(exc)  # before cleanup(), which may take the grace period
-            raise
-        finally:
-            await _cleanup(node, host)
+        node = host.new_node()
+        async with self.hooks(host) as hooks:
+            try:
+                await hooks.initialize(node)
+                host.state.fire(NodeEvent.INIT_DONE)
+                host.progress("ready", 1.0)
+                task_status.started()
+                await hooks.pump(node, ports).run()
+                host.state.fire(NodeEvent.FINISHED)
+            except NodeError as exc:
+                host.state.fire(NodeEvent.FAIL)
+                if exc.phase == "initialize":
+                    host.progress("failed", 0.0, str(exc))
+                host.report_failure(exc)  # before cleanup(), which may take the grace period
+                raise
+            finally:
+                await hooks.cleanup(node)
 
-    async def _initialize(self, node: Node[Any], host: NodeHost) -> None:
+    def hooks(self, host: NodeHost) -> AbstractAsyncContextManager[HookRunner]:
+        """Where this executor runs a node's hooks, for the node's lifetime."""
+        return _on_the_trio_thread(host)
+
+
+@asynccontextmanager
+async def _on_the_trio_thread(host: NodeHost) -> AsyncIterator[HookRunner]:
+    yield HookRunner(host)
+
+
+class HookRunner:
+    """Runs a node's hooks on the trio thread (subclasses run them elsewhere)."""
+
+    def __init__(self, host: NodeHost) -> None:
+        self.host = host
+
+    async def initialize(self, node: Node[Any]) -> None:
+        host = self.host
         timeout = host.settings.init_timeout_secs
+        deadline = trio.current_time() + timeout  # trio's clock: tests may run it virtually
         started = time.perf_counter()
 
         def report(fraction: float, message: str = "") -> None:
@@ -70,7 +101,7 @@ class InProcessExecutor:
             # the deadline (and its cancel scope) around it.
             result = node.initialize(report)
             if inspect.isawaitable(result):
-                with trio.fail_after(max(0.0, timeout - (time.perf_counter() - started))):
+                with trio.fail_at(deadline):
                     await result
             elif time.perf_counter() - started > timeout:
                 raise trio.TooSlowError  # a blocking initialize that overran: same verdict
@@ -81,12 +112,37 @@ class InProcessExecutor:
         finally:
             host.metrics.init_s = time.perf_counter() - started
 
+    def pump(self, node: Node[Any], ports: SupervisorPorts) -> Pump:
+        return Pump(node, self.host, ports)
 
-class _Pump:
+    async def cleanup(self, node: Node[Any]) -> None:
+        host = self.host
+        try:
+            result = node.cleanup()
+        except Exception as exc:
+            cleanup_failed(host, exc)
+            return
+        if not inspect.isawaitable(result):
+            return
+        # Shielded: an async cleanup must run even when the session is being cancelled,
+        # but never for longer than the grace period.
+        with trio.CancelScope(shield=True), trio.move_on_after(host.settings.grace_period_secs) as scope:
+            try:
+                await result
+            except Exception as exc:
+                cleanup_failed(host, exc)
+        if scope.cancelled_caught:
+            host.logger.warning(
+                "node %s: cleanup() did not finish within the grace period (%g s)",
+                host.node_id,
+                host.settings.grace_period_secs,
+            )
+
+
+class Pump:
     """Moves frames: inbox → node.process → output ports, then flush and end of stream."""
 
-    def __init__(self, node: Node[Any], host: NodeHost, ports: NodePorts) -> None:
-        assert ports.inbox is not None
+    def __init__(self, node: Node[Any], host: NodeHost, ports: SupervisorPorts) -> None:
         self.node = node
         self.host = host
         self.ports = ports
@@ -108,7 +164,7 @@ class _Pump:
                 raise NodeError(
                     self.host.node_id,
                     "process",
-                    f"{self.host.plan.node_type} does not accept {frame.kind.label} frames "
+                    f"{self.host.node_type} does not accept {frame.kind.label} frames "
                     f"(accepts {', '.join(sorted(k.label for k in self.accepts))}); it came from {message.source}",
                 )
             metrics.count_in(frame)
@@ -126,14 +182,13 @@ class _Pump:
         metrics = self.host.metrics
         began = time.perf_counter()
         waiting = 0.0
-        where = f"{self.host.plan.node_type}.{phase}"
+        where = f"{self.host.node_type}.{phase}"
         try:
             result = hook(*args)
             if result is None or isinstance(result, (Frame, list, tuple)):
                 # Fast path for the common plain-return forms: no generator machinery.
                 metrics.processing_s += time.perf_counter() - began
-                for out in () if result is None else (result,) if isinstance(result, Frame) else result:
-                    await self._emit(check_frame(out, where))
+                await self._emit_all(result, where)
                 return
             async with aclosing(aiter_outputs(result, where)) as outputs:
                 async for out in outputs:
@@ -147,36 +202,17 @@ class _Pump:
         else:
             metrics.processing_s += time.perf_counter() - began - waiting
 
+    async def _emit_all(self, result: Frame | list[Any] | tuple[Any, ...] | None, where: str) -> None:
+        for out in () if result is None else (result,) if isinstance(result, Frame) else result:
+            await self._emit(check_frame(out, where))
+
     async def _emit(self, frame: Frame) -> None:
         self.host.metrics.count_out(frame)
         for port in self.ports.outputs:
             await port.send(self.last_seq, frame)
 
 
-def _cleanup_failed(host: NodeHost, exc: Exception) -> None:
+def cleanup_failed(host: NodeHost, exc: Exception) -> None:
     host.logger.warning(
         "node %s: cleanup() raised %s: %s", host.node_id, type(exc).__name__, exc, exc_info=exc
     )
-
-
-async def _cleanup(node: Node[Any], host: NodeHost) -> None:
-    try:
-        result = node.cleanup()
-    except Exception as exc:
-        _cleanup_failed(host, exc)
-        return
-    if not inspect.isawaitable(result):
-        return
-    # Shielded: an async cleanup must run even when the session is being cancelled,
-    # but never for longer than the grace period.
-    with trio.CancelScope(shield=True), trio.move_on_after(host.settings.grace_period_secs) as scope:
-        try:
-            await result
-        except Exception as exc:
-            _cleanup_failed(host, exc)
-    if scope.cancelled_caught:
-        host.logger.warning(
-            "node %s: cleanup() did not finish within the grace period (%g s)",
-            host.node_id,
-            host.settings.grace_period_secs,
-        )

@@ -1,0 +1,128 @@
+"""What an executor knows about the node it runs, and how it reports back.
+
+A :class:`NodeHost` is built by the session for every node: its identity and
+class, the session's effective settings, the node's counters, its state
+machine, and three ways to report — progress while it initialises, a failure
+the moment it is known, and log lines. Everything here is plain data or a
+callback into the session: an executor never reaches into the session.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .._errors import NodeError
+from .._states import NODE_TRANSITIONS, NodeEvent, NodeState, StateMachine
+from ..frames import Frame
+from ..nodes._base import Node, NodeContext, Params
+
+__all__ = ["NodeHost", "NodeMetrics", "NodeProgress", "ProgressState", "SessionSettings"]
+
+ProgressState = Literal["starting", "loading", "ready", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """A session's effective settings (manifest > runtime.toml > defaults; limits win)."""
+
+    channel_capacity: int
+    init_timeout_secs: float
+    max_processes: int
+    enable_backpressure: bool
+    grace_period_secs: float
+    python_executable: str
+    close_timeout_secs: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeProgress:
+    """A node's initialisation progress: starting, loading (0..1, with a message), ready, failed."""
+
+    node_id: str
+    state: ProgressState
+    progress: float
+    message: str = ""
+
+
+@dataclass
+class NodeMetrics:
+    """Counters of one node, updated as it runs (a snapshot is what the session reports)."""
+
+    node_id: str
+    executor: str
+    frames_in: int = 0
+    frames_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    processing_s: float = 0.0
+    init_s: float = 0.0
+    pid: int | None = None
+    kinds_out: dict[str, int] = field(default_factory=dict)
+    state: NodeState = NodeState.IDLE
+    """Where the node is in its lifecycle (kept current by its state machine)."""
+
+    def count_in(self, frame: Frame) -> None:
+        self.frames_in += 1
+        self.bytes_in += frame.nbytes
+
+    def count_out(self, frame: Frame) -> None:
+        self.frames_out += 1
+        self.bytes_out += frame.nbytes
+        label = frame.kind.label
+        self.kinds_out[label] = self.kinds_out.get(label, 0) + 1
+
+
+def _ignore_failure(error: NodeError) -> None:
+    pass
+
+
+@dataclass
+class NodeHost:
+    """Everything about one node that its executor needs, apart from the frames."""
+
+    node_id: str
+    node_type: str
+    node_class: type[Node[Any]]
+    params: Params
+    executor: str
+    session_id: str
+    settings: SessionSettings
+    metrics: NodeMetrics
+    emit_progress: Callable[[NodeProgress], None]
+    on_failure: Callable[[NodeError], None] = _ignore_failure
+    """Where :meth:`report_failure` goes (the session's supervisor)."""
+    state: StateMachine[NodeState, NodeEvent] = field(init=False)
+    logger: logging.Logger = field(init=False)
+
+    def __post_init__(self) -> None:
+        metrics = self.metrics
+
+        def track(old: NodeState, new: NodeState, event: NodeEvent) -> None:
+            metrics.state = new
+
+        self.state = StateMachine(f"node {self.node_id}", NodeState.IDLE, NODE_TRANSITIONS, on_change=track)
+        self.logger = logging.getLogger(f"nursery_pipes.node.{self.node_id}")
+
+    def progress(self, state: ProgressState, fraction: float, message: str = "") -> None:
+        fraction = min(1.0, max(0.0, float(fraction)))
+        self.emit_progress(NodeProgress(self.node_id, state, fraction, message))
+
+    def report_failure(self, error: NodeError) -> None:
+        """The node has failed: say so now, then stop it (which may take the grace period)."""
+        self.on_failure(error)
+
+    def new_node(self) -> Node[Any]:
+        """An instance of the node class, for executors that run it in this process."""
+        return self.node_class(self.params, self.context())
+
+    def context(self) -> NodeContext:
+        return NodeContext(
+            node_id=self.node_id,
+            node_type=self.node_type,
+            session_id=self.session_id,
+            executor=self.executor,
+            logger=self.logger,
+        )

@@ -1,0 +1,108 @@
+"""Edges as an executor sees them: messages, output ports, and a node's ports.
+
+An edge carries :class:`Envelope` (a frame plus the sequence number of the
+client input that caused it) and finally one :class:`EndOfStream`. Where the
+ends of an edge live is the executor's :class:`~._abc.Placement`:
+
+- a node placed in the **supervisor** gets :class:`SupervisorPorts`: one inbox
+  that all its incoming edges feed (per-edge order is kept because each edge
+  has one sender) and one :class:`OutPort` per outgoing edge;
+- a node placed in **shared memory** gets the specs of its rings
+  (:class:`~._transport.ShmPorts`) and reads and writes them itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from ..frames import Frame
+
+__all__ = ["EndOfStream", "Envelope", "Flow", "MemoryPort", "Message", "OutPort", "SupervisorPorts"]
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    seq: int
+    frame: Frame
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfStream:
+    source: str
+
+
+Message = Envelope | EndOfStream
+
+
+class OutPort(Protocol):
+    """The sending end of one edge. A send to an edge whose receiver is gone raises
+    ``trio.BrokenResourceError``, whatever the transport."""
+
+    async def send(self, seq: int, frame: Frame) -> None: ...
+
+    async def end(self) -> None:
+        """End of stream: nothing more will be sent on this edge."""
+
+    def full(self) -> bool:
+        """The edge holds as much as it may: a send would wait for the consumer."""
+
+
+class MemoryPort:
+    """An edge between two supervisor-side endpoints: a trio memory channel."""
+
+    __slots__ = ("_channel", "_source")
+
+    def __init__(self, channel: trio.MemorySendChannel[Message], source: str) -> None:
+        self._channel = channel
+        self._source = source
+
+    async def send(self, seq: int, frame: Frame) -> None:
+        await self._channel.send(Envelope(seq, frame, self._source))
+
+    async def end(self) -> None:
+        await self._channel.send(EndOfStream(self._source))
+        await self._channel.aclose()
+
+    def full(self) -> bool:
+        stats = self._channel.statistics()
+        return bool(stats.current_buffer_used >= stats.max_buffer_size)
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """What the supervisor sees of one node's edges (for deciding who holds a session up)."""
+
+    queued_in: int
+    """Messages (frames, end-of-stream markers) waiting in its inputs."""
+    inputs_ended: bool
+    """Every input has delivered (or queued) its end of stream."""
+    output_full: bool
+    """Some output edge is full: the node waits for a consumer."""
+
+    @property
+    def waiting(self) -> bool:
+        return self.output_full or (self.queued_in == 0 and not self.inputs_ended)
+
+
+@dataclass
+class SupervisorPorts:
+    """The ports of a node whose executor lives in the supervisor."""
+
+    expected_eos: int
+    """How many end-of-stream markers the node waits for (one per input edge)."""
+    inbox: trio.MemoryReceiveChannel[Message]
+    """Every input edge feeds this one channel."""
+    outputs: list[OutPort] = field(default_factory=list)
+    """One port per output edge."""
+
+    def flow(self) -> Flow:
+        stats = self.inbox.statistics()
+        return Flow(
+            queued_in=stats.current_buffer_used,
+            inputs_ended=stats.open_send_channels == 0,  # each input edge closes its clone at its end
+            output_full=any(port.full() for port in self.outputs),
+        )
