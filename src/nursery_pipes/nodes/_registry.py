@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, TypeVar
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from .._errors import RegistryError
 from ._base import EXECUTOR_NAMES, Node, Params, describe_params
 
-__all__ = ["NodeInfo", "NodeRegistry", "default_registry", "register_node"]
+__all__ = ["NodeInfo", "NodeRegistry", "build_registry", "default_registry", "register_node"]
 
 ENTRY_POINT_GROUP = "nursery_pipes.nodes"
 
@@ -243,6 +243,26 @@ def default_registry() -> NodeRegistry:
             registry.register(cls, origin="@register_node")
         _DEFAULT = registry
     return _DEFAULT
+
+
+def build_registry(
+    *, entry_points: bool = True, modules: Iterable[str] = (), testing: bool = False
+) -> NodeRegistry:
+    """A new registry: built-ins, then entry points, configured ``modules``, the fault-injection
+    nodes when ``testing``, then classes decorated with :func:`register_node` in this process."""
+    registry = builtin_registry()
+    if entry_points:
+        registry.load_entry_points()
+    for module in modules:
+        registry.load_module(module)
+    if testing:
+        from .faults import register_testing_nodes
+
+        register_testing_nodes(registry)
+    for cls in declared_nodes():
+        if cls.node_type not in registry:
+            registry.register(cls, origin="@register_node")
+    return registry
 
 
 def builtin_registry() -> NodeRegistry:

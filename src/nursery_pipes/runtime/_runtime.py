@@ -19,7 +19,7 @@ from .._config import RuntimeConfig
 from .._errors import NurseryPipesError, ResourceLimitError, SessionError
 from ..frames import Frame
 from ..manifest import Manifest
-from ..nodes._registry import NodeRegistry, builtin_registry, declared_nodes, default_registry
+from ..nodes._registry import NodeRegistry, build_registry, default_registry
 from ..nodes._routing import Assignment
 from ._events import NodeProgress
 from ._executor import Executor
@@ -53,21 +53,10 @@ class PipelineResult:
 
 
 def registry_from_config(config: RuntimeConfig) -> NodeRegistry:
-    """Built-ins, then entry points, configured modules and testing nodes as configured,
-    then classes decorated with :func:`register_node` in this process."""
-    registry = builtin_registry()
-    if config.nodes.entry_points:
-        registry.load_entry_points()
-    for module in config.nodes.modules:
-        registry.load_module(module)
-    if config.nodes.testing:
-        from ..testing._nodes import register_testing_nodes
-
-        register_testing_nodes(registry)
-    for cls in declared_nodes():
-        if cls.node_type not in registry:
-            registry.register(cls, origin="@register_node")
-    return registry
+    """A new registry: built-ins, then entry points, configured modules and testing nodes as
+    configured, then classes decorated with :func:`register_node` in this process."""
+    nodes = config.nodes
+    return build_registry(entry_points=nodes.entry_points, modules=nodes.modules, testing=nodes.testing)
 
 
 class WorkerBackend:

@@ -1,12 +1,34 @@
 """Helpers for testing nodes and pipelines: a hand driver, fault-injection nodes, leak checks.
 
-The fault-injection nodes (sleep, raise, hang, exit, signal, ...) are never
+The fault-injection nodes (sleep, raise, hang, exit, signal, ...) live in
+:mod:`nursery_pipes.nodes.faults` and are re-exported here. They are never
 registered by default; :func:`register_testing_nodes` or runtime.toml
 ``[nodes] testing = true`` enables them. pytest fixtures live in
 :mod:`nursery_pipes.testing.pytest_plugin`.
 """
 
+from ..nodes.faults import (
+    TESTING_NODES,
+    CpuBurnNode,
+    ExitNode,
+    HangNode,
+    ProgressNode,
+    RaiseNode,
+    SignalNode,
+    SleepNode,
+    register_testing_nodes,
+)
 from ._drive import run_node_sync
-from ._nodes import TESTING_NODES, register_testing_nodes
 
-__all__ = ["TESTING_NODES", "register_testing_nodes", "run_node_sync"]
+__all__ = [
+    "TESTING_NODES",
+    "CpuBurnNode",
+    "ExitNode",
+    "HangNode",
+    "ProgressNode",
+    "RaiseNode",
+    "SignalNode",
+    "SleepNode",
+    "register_testing_nodes",
+    "run_node_sync",
+]

@@ -1,8 +1,15 @@
-"""Misbehaving nodes for testing how the runtime handles failure, slowness and progress.
+"""Fault-injection nodes: misbehaving on purpose, to test how a runtime handles failure,
+slowness and progress.
 
-None of these is registered anywhere by default; a test opts in with
-:func:`register_testing_nodes`. They all have ``executor = None`` so routing
-rules decide where they run, and they behave like real code in each place:
+None of these is registered by default: a runtime gets them with runtime.toml
+``[nodes] testing = true`` (``nursery-pipes serve --testing-nodes``), and code
+with :func:`register_testing_nodes`. ``nursery-pipes nodes --testing`` lists
+them. They live in the nodes layer, not in :mod:`nursery_pipes.testing` (which
+re-exports them), because the runtime and worker processes import them by
+their import path and must never import the testing package.
+
+They all have ``executor = None`` so routing rules decide where they run, and
+they behave like real code in each place:
 
 - **in-process** (``context.executor == "inprocess"``): waiting is done with
   ``trio.sleep`` inside a coroutine returned from the hook, so the runtime can
@@ -28,10 +35,10 @@ import msgspec
 import numpy as np
 
 from ..frames import Frame
-from ..nodes._base import Node, NodeContext, Params, ProcessResult, ProgressReporter
+from ._base import Node, NodeContext, Params, ProcessResult, ProgressReporter
 
 if TYPE_CHECKING:
-    from ..nodes._registry import NodeRegistry
+    from ._registry import NodeRegistry
 
 __all__ = [
     "TESTING_NODES",
