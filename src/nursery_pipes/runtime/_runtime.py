@@ -19,7 +19,7 @@ from .._config import RuntimeConfig
 from .._errors import NurseryPipesError, ResourceLimitError, SessionError
 from ..frames import Frame
 from ..manifest import Manifest
-from ..nodes._registry import NodeRegistry, build_registry, default_registry
+from ..nodes._registry import NodeRegistry, build_registry
 from ..nodes._routing import Assignment
 from ._events import NodeProgress
 from ._executor import Executor
@@ -54,7 +54,7 @@ class PipelineResult:
 
 def registry_from_config(config: RuntimeConfig) -> NodeRegistry:
     """A new registry: built-ins, then entry points, configured modules and testing nodes as
-    configured, then classes decorated with :func:`register_node` in this process."""
+    configured, then classes declared with :func:`register_node` in this process."""
     nodes = config.nodes
     return build_registry(entry_points=nodes.entry_points, modules=nodes.modules, testing=nodes.testing)
 
@@ -116,8 +116,8 @@ class Runtime:
 
     def __init__(self, config: RuntimeConfig | None = None, *, registry: NodeRegistry | None = None) -> None:
         if registry is None:
-            # No config: the process-wide default registry, which @register_node keeps current.
-            registry = default_registry() if config is None else registry_from_config(config)
+            # Always a registry of its own: nothing registered in one runtime is seen by another.
+            registry = registry_from_config(config or RuntimeConfig())
         self.config = config or RuntimeConfig()
         self.registry = registry
         self.executors: dict[str, Executor] = {"inprocess": InProcessExecutor()}
