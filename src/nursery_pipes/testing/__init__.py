@@ -1,4 +1,7 @@
-"""Helpers for testing nodes and pipelines: a hand driver, fault-injection nodes, leak checks.
+"""Helpers for testing nodes and pipelines: hand drivers, fault-injection nodes, leak checks.
+
+:func:`run_node` (async) and :func:`run_node_sync` drive one node without a
+session, keeping the node contract (cleanup once initialize was called).
 
 The fault-injection nodes (sleep, raise, hang, exit, signal, ...) live in
 :mod:`nursery_pipes.nodes.faults` and are re-exported here. They are never
@@ -18,17 +21,19 @@ from ..nodes.faults import (
     SleepNode,
     register_testing_nodes,
 )
-from ._drive import run_node_sync
+from ._drive import NodeRun, run_node, run_node_sync
 
 __all__ = [
     "TESTING_NODES",
     "CpuBurnNode",
     "ExitNode",
     "HangNode",
+    "NodeRun",
     "ProgressNode",
     "RaiseNode",
     "SignalNode",
     "SleepNode",
     "register_testing_nodes",
+    "run_node",
     "run_node_sync",
 ]
