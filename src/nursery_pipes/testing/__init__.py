@@ -2,6 +2,7 @@
 
 :func:`run_node` (async) and :func:`run_node_sync` drive one node without a
 session, keeping the node contract (cleanup once initialize was called).
+:func:`make_runtime` gives a test a runtime of its own, with its node classes.
 
 The fault-injection nodes (sleep, raise, hang, exit, signal, ...) live in
 :mod:`nursery_pipes.nodes.faults` and are re-exported here. They are never
@@ -22,6 +23,7 @@ from ..nodes.faults import (
     register_testing_nodes,
 )
 from ._drive import NodeRun, run_node, run_node_sync
+from ._factory import RuntimeFactory, make_runtime
 
 __all__ = [
     "TESTING_NODES",
@@ -31,8 +33,10 @@ __all__ = [
     "NodeRun",
     "ProgressNode",
     "RaiseNode",
+    "RuntimeFactory",
     "SignalNode",
     "SleepNode",
+    "make_runtime",
     "register_testing_nodes",
     "run_node",
     "run_node_sync",
