@@ -255,6 +255,46 @@ def test_nodes_json(tmp_path: Path) -> None:
     assert "(routing rules)" in table.stdout
 
 
+def test_nodes_testing_lists_the_fault_injection_nodes(tmp_path: Path) -> None:
+    from nursery_pipes.testing import TESTING_NODES
+
+    names = {cls.node_type for cls in TESTING_NODES}
+    assert names == {
+        "SleepNode",
+        "RaiseNode",
+        "HangNode",
+        "ExitNode",
+        "SignalNode",
+        "ProgressNode",
+        "CpuBurnNode",
+    }
+    result = invoke("nodes", "--testing", "--json")
+    assert result.exit_code == 0
+    rows = {row["node_type"]: row for row in json.loads(result.stdout)}
+    assert names <= set(rows)
+    assert "AudioChunkerNode" in rows  # with the built-ins, as a runtime with testing = true has them
+    for name in names:
+        assert rows[name]["description"].startswith("Test node: ")
+        assert rows[name]["origin"] == "nursery_pipes.testing"
+        assert rows[name]["params"], name
+    assert {"name": "code", "type": "int ≥ 0 ≤ 255", "default": 3, "required": False} in rows["ExitNode"][
+        "params"
+    ]
+    # The flag adds to a config file's settings; without it a config decides.
+    config = tmp_path / "runtime.toml"
+    config.write_text("[nodes]\ntesting = false\nentry_points = false\n")
+    assert names <= {
+        row["node_type"] for row in json.loads(invoke("nodes", "--json", "--testing", "-c", config).stdout)
+    }
+    assert not names & {
+        row["node_type"] for row in json.loads(invoke("nodes", "--json", "-c", config).stdout)
+    }
+    table = invoke("nodes", "--testing")
+    assert "Test node: raise RuntimeError(message) in the chosen phase" in table.stdout
+    assert "phase: 'initialize' | 'process' | 'flush' | 'cleanup' (required)" in table.stdout
+    assert "--testing" in invoke("nodes", "--help").stdout
+
+
 # ---------------------------------------------------------------------------------------------
 # run
 

@@ -13,14 +13,15 @@ from typing import Annotated, Any
 import msgspec
 import pytest
 
+from nursery_pipes._api import default_runtime, run_pipeline
 from nursery_pipes._config import load_config
-from nursery_pipes._errors import RegistryError
-from nursery_pipes.frames import Frame, FrameKind
+from nursery_pipes._errors import ManifestError, RegistryError
+from nursery_pipes.frames import Frame, FrameKind, TextFrame
 from nursery_pipes.nodes import NodeInfo, NodeRegistry, NoParams, Params, register_node
 from nursery_pipes.nodes import _registry as registry_module
 from nursery_pipes.nodes._base import Node
-from nursery_pipes.nodes._registry import ENTRY_POINT_GROUP, builtin_registry, load_ref
-from nursery_pipes.runtime._runtime import registry_from_config
+from nursery_pipes.nodes._registry import ENTRY_POINT_GROUP, builtin_registry, default_registry, load_ref
+from nursery_pipes.runtime._runtime import Runtime, registry_from_config
 
 
 class GainParams(Params, kw_only=True):
@@ -194,21 +195,6 @@ def test_copy_and_update() -> None:
     d.register(Other)
     with pytest.raises(RegistryError):
         d.update(a)
-
-
-def test_register_node_decorator(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry_module, "_DECLARED", [])
-    default = NodeRegistry()
-    monkeypatch.setattr(registry_module, "_DEFAULT", default)
-
-    @register_node
-    class Decorated(Node[Any]):
-        def process(self, frame: Frame) -> Frame:
-            return frame
-
-    assert default["Decorated"] is Decorated
-    assert default.info("Decorated").origin == "@register_node"
-    assert registry_module.declared_nodes() == (Decorated,)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,3 +377,183 @@ def test_entry_points_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> No
     assert calls == []
     with pytest.raises(RegistryError):
         registry_from_config(load_config())
+
+
+# ---------------------------------------------------------------------------------------------
+# Which runtime sees what: each Runtime its own registry; @register_node and the default runtime
+
+
+@pytest.fixture
+def declarations(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A process with no @register_node declarations and no default runtime yet (restored after)."""
+    monkeypatch.setattr(registry_module, "_DECLARED", {})
+    monkeypatch.setattr(registry_module, "_DEFAULT", None)
+    default_runtime.cache_clear()
+    yield
+    default_runtime.cache_clear()  # the next one is built on the restored default registry
+
+
+def shout_manifest(node_type: str) -> dict[str, Any]:
+    return {
+        "version": "v1",
+        "metadata": {"name": "scope"},
+        "nodes": [{"id": "n", "node_type": node_type, "params": {}}],
+        "connections": [],
+    }
+
+
+class Shout(Node[Any]):
+    executor = "inprocess"
+
+    def process(self, frame: Frame) -> Frame:
+        assert isinstance(frame, TextFrame)
+        return TextFrame(text=frame.text.upper())
+
+
+def test_each_runtime_has_its_own_registry(declarations: None) -> None:
+    a, b = Runtime(), Runtime()
+    configured = Runtime(load_config(text="[nodes]\nentry_points = false"))
+    a.registry.register(Shout)
+    assert "Shout" in a.registry
+    assert "Shout" not in b.registry
+    assert "Shout" not in configured.registry
+    assert "Shout" not in default_runtime().registry
+    assert "Shout" not in default_registry()
+    with pytest.raises(ManifestError, match="unknown node_type 'Shout'"):
+        b.manifest(shout_manifest("Shout"))
+
+
+async def test_register_node_reaches_later_runtimes_and_the_default_runtime(declarations: None) -> None:
+    mine = Runtime()
+    default = default_runtime()
+    manifest = shout_manifest("Late")
+
+    @register_node
+    class Late(Shout):
+        pass
+
+    # A runtime that exists keeps the node types it was built with ...
+    assert "Late" not in mine.registry
+    # ... the module-level API follows the process's declarations, whenever they happen ...
+    assert default_runtime() is default
+    assert default.registry["Late"] is Late
+    assert default_registry().info("Late").origin == "@register_node"
+    result = await run_pipeline(manifest, {"n": TextFrame(text="late")})
+    assert [f.text for f in result.outputs["n"] if isinstance(f, TextFrame)] == ["LATE"]
+    # ... and every runtime built afterwards has them, whatever its config.
+    assert Runtime().registry["Late"] is Late
+    assert Runtime(load_config(text="[nodes]\nentry_points = false")).registry["Late"] is Late
+    assert registry_module.declared_nodes() == (Late,)
+
+
+def test_declaring_a_node_type_again_replaces_it(declarations: None) -> None:
+    """A module reloaded or a notebook cell run twice: the latest class wins, everywhere."""
+
+    def declare() -> type[Node[Any]]:
+        @register_node
+        class Twice(Shout):
+            pass
+
+        return Twice
+
+    first = declare()
+    assert default_registry()["Twice"] is first
+    second = declare()
+    assert second is not first
+    assert default_registry()["Twice"] is second
+    assert Runtime().registry["Twice"] is second
+    assert registry_module.declared_nodes() == (second,)
+
+
+def test_register_node_refuses_a_builtin_name_at_the_decorator(declarations: None) -> None:
+    for default_exists in (False, True):
+        if default_exists:
+            default_registry()
+        with pytest.raises(RegistryError) as info:
+
+            @register_node
+            class PassThrough(Shout):
+                pass
+
+        assert "nursery_pipes.nodes.builtin._basic:PassThrough" in str(info.value)
+        assert "PassThrough" in str(info.value)
+        assert registry_module.declared_nodes() == ()  # nothing recorded: later runtimes still build
+        assert Runtime().registry["PassThrough"] is builtin_registry()["PassThrough"]
+
+
+def test_a_declared_node_clashing_with_a_configured_module_names_both(
+    declarations: None, module_dir: Path
+) -> None:
+    name = write_module(module_dir, GOOD_MODULE)
+
+    @register_node
+    class Upper(Shout):
+        pass
+
+    with pytest.raises(RegistryError) as info:
+        Runtime(load_config(text=f'[nodes]\nmodules = ["{name}"]'))
+    assert f"{name}:Upper" in str(info.value)
+    assert "Upper" in str(info.value)
+
+
+def test_a_module_that_declares_its_nodes_is_registered_once(declarations: None, module_dir: Path) -> None:
+    name = write_module(
+        module_dir,
+        """
+        from nursery_pipes.nodes import Node, register_node
+
+        @register_node
+        class Declared(Node):
+            def process(self, frame):
+                return frame
+        """,
+    )
+    importlib.import_module(name)  # declares Declared
+    registry = Runtime(load_config(text=f'[nodes]\nmodules = ["{name}"]')).registry
+    assert registry.info("Declared").origin == f"module {name}"
+
+
+README_MODULE = """
+    import dataclasses
+
+    import numpy as np
+    import trio
+
+    from nursery_pipes import AudioFrame, FrameKind, Node, Params, register_node, run_pipeline
+
+    class GainParams(Params):
+        gain: float = 1.0
+
+    @register_node
+    class MyGainNode(Node[GainParams]):
+        '''Multiply audio by a constant.'''
+        accepts = produces = frozenset({FrameKind.AUDIO})
+        executor = "multiprocess"
+
+        def process(self, frame):
+            return dataclasses.replace(frame, samples=frame.samples * self.params.gain)
+
+    MANIFEST = {
+        "version": "v1",
+        "metadata": {"name": "gain"},
+        "nodes": [{"id": "gain", "node_type": "MyGainNode", "params": {"gain": 2.0}}],
+        "connections": [],
+    }
+
+    async def main():
+        audio = AudioFrame.from_array(np.ones(4, dtype=np.float32), sample_rate=8000)
+        result = await run_pipeline(MANIFEST, {"gain": audio})
+        return result.outputs["gain"][0].samples.ravel().tolist(), result.assignments["gain"].executor
+"""
+
+
+async def test_the_readme_flow_declare_then_run_with_the_module_level_api(
+    declarations: None, module_dir: Path
+) -> None:
+    """README "Writing a node": a module declares a node (in a worker process) and runs a
+    pipeline with the module-level API — the default runtime already existed before."""
+    default_runtime()
+    module = importlib.import_module(write_module(module_dir, README_MODULE))
+    samples, executor = await module.main()
+    assert samples == [2.0, 2.0, 2.0, 2.0]
+    assert executor == "multiprocess"

@@ -21,12 +21,11 @@ import trio.testing
 import nursery_pipes
 from nursery_pipes._errors import ManifestError
 from nursery_pipes.frames import Frame, TextFrame
+from nursery_pipes.nodes import faults
 from nursery_pipes.nodes._base import Node
 from nursery_pipes.nodes._calls import iter_outputs, make_node, no_progress
 from nursery_pipes.nodes._registry import NodeRegistry, builtin_registry
-from nursery_pipes.testing import _nodes
-from nursery_pipes.testing._drive import run_node_sync
-from nursery_pipes.testing._nodes import (
+from nursery_pipes.nodes.faults import (
     TESTING_NODES,
     CpuBurnNode,
     ExitNode,
@@ -37,6 +36,7 @@ from nursery_pipes.testing._nodes import (
     SleepNode,
     register_testing_nodes,
 )
+from nursery_pipes.testing import run_node_sync
 
 SRC = Path(nursery_pipes.__file__).resolve().parents[1]
 FRAMES = [TextFrame(text=str(i)) for i in range(5)]
@@ -78,7 +78,7 @@ def test_registration_is_opt_in() -> None:
 
 
 def test_module_does_not_import_trio_at_import_time() -> None:
-    tree = ast.parse(Path(_nodes.__file__).read_text())
+    tree = ast.parse(Path(faults.__file__).read_text())
     top_level = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
     names = {alias.name for node in top_level for alias in node.names}
     names |= {node.module or "" for node in top_level if isinstance(node, ast.ImportFrom)}
@@ -87,7 +87,7 @@ def test_module_does_not_import_trio_at_import_time() -> None:
     code = (
         "import sys, nursery_pipes.nodes._base\n"
         "before = 'trio' in sys.modules\n"
-        "import nursery_pipes.testing._nodes\n"
+        "import nursery_pipes.nodes.faults\n"
         "print(before, 'trio' in sys.modules)\n"
     )
     result = subprocess.run(
@@ -95,6 +95,53 @@ def test_module_does_not_import_trio_at_import_time() -> None:
     )
     before, after = result.stdout.split()
     assert after == before
+
+
+def test_runtime_with_testing_nodes_never_imports_the_testing_package() -> None:
+    # The testing package is for test code (pytest fixtures, harnesses); a server run with
+    # `[nodes] testing = true` and the workers it starts only need the node classes.
+    code = (
+        "import sys\n"
+        "from nursery_pipes._config import NodesConfig, RuntimeConfig\n"
+        "from nursery_pipes.nodes._registry import import_ref\n"
+        "from nursery_pipes.runtime import Runtime\n"
+        "registry = Runtime(RuntimeConfig(nodes=NodesConfig(testing=True))).registry\n"
+        "print(import_ref(registry['RaiseNode']), 'nursery_pipes.testing' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=_env(), capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["nursery_pipes.nodes.faults:RaiseNode", "False"]
+
+
+def test_only_the_testing_package_imports_itself() -> None:
+    """The layering rule (import-linter's contract, checked here too): production code —
+    everything outside nursery_pipes.testing — never imports nursery_pipes.testing."""
+    root = SRC / "nursery_pipes"
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        if parts[:2] == ("nursery_pipes", "testing") or "_proto" in parts:
+            continue
+        package = parts[:-1]  # of a module, and of an __init__ alike
+        for node in ast.walk(ast.parse(path.read_text())):
+            for name in _imported(node, package):
+                if name == "nursery_pipes.testing" or name.startswith("nursery_pipes.testing."):
+                    offenders.append(f"{'.'.join(parts)} imports {name}")
+    assert offenders == []
+
+
+def _imported(node: ast.AST, package: tuple[str, ...]) -> list[str]:
+    """Absolute names an import statement refers to (relative imports resolved)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if not isinstance(node, ast.ImportFrom):
+        return []
+    base = node.module or ""
+    if node.level:
+        anchor = package[: len(package) - node.level + 1]
+        base = ".".join([*anchor, *([base] if base else [])])
+    return [base, *(f"{base}.{alias.name}" for alias in node.names)]
 
 
 # --- SleepNode ------------------------------------------------------------------------------
@@ -206,8 +253,10 @@ DRIVER = """
 import json, sys
 from nursery_pipes.frames import TextFrame
 from nursery_pipes.nodes._calls import iter_outputs, make_node, no_progress
-from nursery_pipes.testing import _nodes
-node = make_node(getattr(_nodes, sys.argv[1]), json.loads(sys.argv[2]), executor="multiprocess")
+from nursery_pipes.nodes import faults
+node = make_node(
+    getattr(faults, sys.argv[1]), json.loads(sys.argv[2]), executor="multiprocess", in_worker_process=True
+)
 node.initialize(no_progress)
 for i in range(3):
     for out in iter_outputs(node.process(TextFrame(text=str(i))), "process"):

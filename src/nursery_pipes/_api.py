@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from .nodes._registry import default_registry
 from .runtime._runtime import ManifestSource, PipelineInputs, PipelineResult, Runtime
 from .runtime._session import Session
 
@@ -16,8 +17,10 @@ __all__ = ["default_runtime", "open_session", "run_pipeline", "run_pipeline_sync
 
 @functools.cache
 def default_runtime() -> Runtime:
-    """The runtime used by the module-level functions: built-in defaults, default registry."""
-    return Runtime()
+    """The runtime used by the module-level functions: built-in defaults, and the process-wide
+    :func:`~nursery_pipes.nodes.default_registry`, which sees every ``@register_node`` class —
+    also one declared after this runtime was made (a ``Runtime()`` of your own does not)."""
+    return Runtime(registry=default_registry())
 
 
 @asynccontextmanager

@@ -17,14 +17,13 @@ from collections.abc import Iterator
 import pytest
 
 from nursery_pipes.ipc import Namespace, sweep_stale, unlink_namespace
-from nursery_pipes.ipc._names import SHM_DIR
-from nursery_pipes.testing._leaks import _OURS
+from nursery_pipes.ipc._names import SHM_DIR, owner_pid
 
 
 def _owners() -> dict[str, int]:
     """Every nursery_pipes /dev/shm entry and FIFO directory, with its owner's pid."""
     entries = [*os.listdir(SHM_DIR), *os.listdir(tempfile.gettempdir())]
-    return {e: int(m.group(1)) for e in entries if (m := _OURS.match(e))}
+    return {e: pid for e in entries if (pid := owner_pid(e)) is not None}
 
 
 @pytest.fixture(autouse=True)

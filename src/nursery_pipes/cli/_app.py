@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
+import msgspec
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -117,9 +118,19 @@ def validate(
 
 
 @app.command()
-def nodes(config: ConfigOption = None, as_json: JsonFlag = False) -> None:
+def nodes(
+    config: ConfigOption = None,
+    as_json: JsonFlag = False,
+    testing: Annotated[
+        bool,
+        typer.Option(
+            "--testing",
+            help="Include the fault-injection test nodes, as runtime.toml [nodes] testing = true does.",
+        ),
+    ] = False,
+) -> None:
     """List the registered node types with their default executor and params."""
-    runtime = _guard(lambda: _runtime(config))
+    runtime = _guard(lambda: _nodes_runtime(config, testing=testing))
     infos = [runtime.registry.info(name) for name in runtime.registry]
     if as_json:
         out.print_json(
@@ -145,6 +156,13 @@ def nodes(config: ConfigOption = None, as_json: JsonFlag = False) -> None:
         kinds = f"{_kinds(i.accepts)} → {_kinds(i.produces)}"
         table.add_row(i.node_type, i.executor or "(routing rules)", kinds, params, i.description)
     out.print(table)
+
+
+def _nodes_runtime(config_path: Path | None, *, testing: bool) -> Runtime:
+    config = load_config(config_path) if config_path else RuntimeConfig()
+    if testing:
+        config = msgspec.structs.replace(config, nodes=msgspec.structs.replace(config.nodes, testing=True))
+    return Runtime(config)
 
 
 def _param_text(p: dict[str, Any]) -> str:

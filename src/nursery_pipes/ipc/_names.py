@@ -41,7 +41,7 @@ import posix_ipc
 
 from ._errors import NamespaceError
 
-__all__ = ["SHM_DIR", "Namespace", "sweep_stale", "unlink_namespace"]
+__all__ = ["SHM_DIR", "Namespace", "owner_pid", "sweep_stale", "unlink_namespace"]
 
 SHM_DIR: Final = "/dev/shm"
 _TOKEN_RE: Final = r"[0-9a-f]{12}"
@@ -93,6 +93,24 @@ class Namespace:
 
     def fifo_path(self, stem: str) -> str:
         return os.path.join(self.fifo_dir, stem)
+
+
+def owner_pid(entry: str) -> int | None:
+    """The owner's pid in a nursery_pipes name: a /dev/shm entry (``np.…``, ``sem.np.…``)
+    or a FIFO directory (``np.<pid>.<token>``); None for any other name.
+
+    The one place that knows the naming scheme (the test leak checker asks here too).
+
+    >>> owner_pid("sem.np.1234.a1b2c3d4e5f6.r3f"), owner_pid("np.1234.a1b2c3d4e5f6")
+    (1234, 1234)
+    >>> owner_pid("np.1234.a1b2c3d4e5f6.r3/x") is None, owner_pid("psm_1234") is None
+    (True, True)
+    """
+    if (shm := _SHM_ENTRY.match(entry)) is not None:
+        return int(shm.group(2))
+    if (directory := _DIR_ENTRY.match(entry)) is not None:
+        return int(directory.group(1))
+    return None
 
 
 def _start_time(pid: int) -> int | None:

@@ -85,6 +85,8 @@ class NodeContext:
     session_id: str
     executor: ExecutorName
     logger: logging.Logger
+    in_worker_process: bool = False
+    """It runs in a worker process of its own (not in the supervisor's process)."""
 
 
 class Node(Generic[P]):

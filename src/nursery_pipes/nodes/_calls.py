@@ -82,8 +82,10 @@ def make_node(
     node_id: str | None = None,
     session_id: str = "local",
     executor: str = "inprocess",
+    in_worker_process: bool = False,
 ) -> Node[Any]:
-    """Instantiate a node outside a session (tests, tools)."""
+    """Instantiate a node outside a session (tests, tools); ``executor`` and
+    ``in_worker_process`` say where it believes it runs (see :class:`NodeContext`)."""
     if not isinstance(params, Params):
         params = build_params(cls.Params, params)
     nid = node_id or cls.node_type
@@ -93,6 +95,7 @@ def make_node(
         session_id=session_id,
         executor=executor,
         logger=logging.getLogger(f"nursery_pipes.node.{nid}"),
+        in_worker_process=in_worker_process,
     )
     return cls(params, context)
 

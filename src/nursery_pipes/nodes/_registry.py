@@ -4,6 +4,11 @@ Node types are only ever what the *server* registered — built-ins, the
 ``nursery_pipes.nodes`` entry-point group, modules named in runtime.toml, or
 classes registered in code. A manifest names a type; it can never make the
 runtime import a module.
+
+Each runtime has its own registry (:func:`build_registry`), so what one runtime
+— or one test — registers is never seen by another. The exception is the
+process-wide :func:`default_registry` of the module-level API, which follows
+:func:`register_node` declarations.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import difflib
 import importlib
 import inspect
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, TypeVar
@@ -20,9 +25,9 @@ from typing import Any, TypeVar
 from .._errors import RegistryError
 from ._base import Node, Params, describe_params
 
-_EXECUTOR = re.compile(r"^[a-z][a-z0-9_-]*$")
+__all__ = ["NodeInfo", "NodeRegistry", "build_registry", "default_registry", "register_node"]
 
-__all__ = ["NodeInfo", "NodeRegistry", "default_registry", "register_node"]
+_EXECUTOR = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 ENTRY_POINT_GROUP = "nursery_pipes.nodes"
 
@@ -212,12 +217,29 @@ def _check_node_class(cls: object) -> None:
         raise RegistryError(f"{_ref(cls)} does not implement process()")
 
 
+DECLARED_ORIGIN = "@register_node"
+
+# Classes declared with @register_node, by node type. Declaring a type again replaces the earlier
+# class (a module reloaded, a notebook cell run twice): only the latest declaration is kept.
+_DECLARED: dict[str, type[Node[Any]]] = {}
+# The default runtime's registry (see default_registry), built on first use. Invariant: once
+# built, it holds every class in _DECLARED — register_node adds new declarations to it.
 _DEFAULT: NodeRegistry | None = None
-_DECLARED: list[type[Node[Any]]] = []
 
 
 def register_node(cls: N) -> N:
-    """Class decorator: register a node in the process-wide default registry.
+    """Class decorator: declare a node type for every runtime this process creates from now on.
+
+    Declared classes are registered by each :class:`~nursery_pipes.Runtime` built
+    afterwards (with or without a config), and — whenever the decorator runs — by
+    the default runtime that the module-level ``run_pipeline`` / ``open_session``
+    use (see :func:`default_registry`). A runtime that already exists does not
+    change: its node types are fixed when it is built (add to one runtime with
+    ``runtime.registry.register(cls)``).
+
+    A name already taken by a built-in (or, once the default registry exists, an
+    entry point) is an error here; declaring the same name again replaces the
+    earlier declaration.
 
     >>> from nursery_pipes import Node, register_node
     >>> @register_node
@@ -226,27 +248,59 @@ def register_node(cls: N) -> N:
     ...         return [frame, frame]
     """
     _check_node_class(cls)
-    _DECLARED.append(cls)
-    if _DEFAULT is not None:
-        _DEFAULT.register(cls, origin="@register_node")
+    name = cls.node_type
+    previous = _DECLARED.get(name)
+    # Check the name before recording the class, so a clash is reported at the decorator and does
+    # not make every later runtime fail. Without a default registry yet, check the built-ins.
+    target = _DEFAULT if _DEFAULT is not None else builtin_registry()
+    redeclared = previous is not None and target.get(name) is previous
+    target.register(cls, origin=DECLARED_ORIGIN, replace=redeclared)
+    _DECLARED[name] = cls
     return cls
 
 
 def declared_nodes() -> tuple[type[Node[Any]], ...]:
-    """Classes decorated with :func:`register_node` so far, in declaration order."""
-    return tuple(_DECLARED)
+    """Classes declared with :func:`register_node` so far (the latest per node type)."""
+    return tuple(_DECLARED.values())
 
 
 def default_registry() -> NodeRegistry:
-    """Built-in nodes, installed entry points and classes decorated with :func:`register_node`."""
+    """The registry of the default runtime (the module-level ``run_pipeline`` / ``open_session``).
+
+    Built-ins, installed entry points and every class declared with
+    :func:`register_node` — also those declared after it was built: the module-level
+    API has no runtime object a user could rebuild, so it follows the process's
+    declarations. :meth:`Manifest.parse <nursery_pipes.Manifest.parse>` validates
+    against it when given no registry. Each :class:`~nursery_pipes.Runtime` builds
+    its own registry instead (:func:`build_registry`).
+    """
     global _DEFAULT
     if _DEFAULT is None:
-        registry = builtin_registry()
-        registry.load_entry_points()
-        for cls in _DECLARED:
-            registry.register(cls, origin="@register_node")
-        _DEFAULT = registry
+        _DEFAULT = build_registry()
     return _DEFAULT
+
+
+def build_registry(
+    *, entry_points: bool = True, modules: Iterable[str] = (), testing: bool = False
+) -> NodeRegistry:
+    """A new registry: built-ins, then entry points, configured ``modules``, the fault-injection
+    nodes when ``testing``, then classes declared with :func:`register_node`.
+
+    A name registered twice by different classes is a :class:`RegistryError` naming both.
+    """
+    registry = builtin_registry()
+    if entry_points:
+        registry.load_entry_points()
+    for module in modules:
+        registry.load_module(module)
+    if testing:
+        from .faults import register_testing_nodes
+
+        register_testing_nodes(registry)
+    for cls in declared_nodes():
+        if registry.get(cls.node_type) is not cls:  # a configured module may have declared it
+            registry.register(cls, origin=DECLARED_ORIGIN)
+    return registry
 
 
 def builtin_registry() -> NodeRegistry:

@@ -22,7 +22,7 @@ from .._errors import ConfigError, NurseryPipesError, ResourceLimitError, Sessio
 from ..executors import Executor, create_executors
 from ..frames import Frame
 from ..manifest import Manifest
-from ..nodes._registry import NodeRegistry, builtin_registry, declared_nodes, default_registry
+from ..nodes._registry import NodeRegistry, build_registry
 from ..nodes._routing import Assignment
 from ._events import NodeProgress
 from ._plan import SessionPlan, check_input_target, plan_session
@@ -49,21 +49,10 @@ class PipelineResult:
 
 
 def registry_from_config(config: RuntimeConfig) -> NodeRegistry:
-    """Built-ins, then entry points, configured modules and testing nodes as configured,
-    then classes decorated with :func:`register_node` in this process."""
-    registry = builtin_registry()
-    if config.nodes.entry_points:
-        registry.load_entry_points()
-    for module in config.nodes.modules:
-        registry.load_module(module)
-    if config.nodes.testing:
-        from ..testing._nodes import register_testing_nodes
-
-        register_testing_nodes(registry)
-    for cls in declared_nodes():
-        if cls.node_type not in registry:
-            registry.register(cls, origin="@register_node")
-    return registry
+    """A new registry: built-ins, then entry points, configured modules and testing nodes as
+    configured, then classes declared with :func:`register_node` in this process."""
+    nodes = config.nodes
+    return build_registry(entry_points=nodes.entry_points, modules=nodes.modules, testing=nodes.testing)
 
 
 class Runtime:
@@ -81,8 +70,8 @@ class Runtime:
 
     def __init__(self, config: RuntimeConfig | None = None, *, registry: NodeRegistry | None = None) -> None:
         if registry is None:
-            # No config: the process-wide default registry, which @register_node keeps current.
-            registry = default_registry() if config is None else registry_from_config(config)
+            # Always a registry of its own: nothing registered in one runtime is seen by another.
+            registry = registry_from_config(config or RuntimeConfig())
         self.config = config or RuntimeConfig()
         self.registry = registry
         self.executors: dict[str, Executor] = create_executors(self.config)

@@ -1,12 +1,43 @@
-"""Helpers for testing nodes and pipelines: a hand driver, fault-injection nodes, leak checks.
+"""Helpers for testing nodes and pipelines: hand drivers, fault-injection nodes, leak checks.
 
-The fault-injection nodes (sleep, raise, hang, exit, signal, ...) are never
+:func:`run_node` (async) and :func:`run_node_sync` drive one node without a
+session, keeping the node contract (cleanup once initialize was called).
+:func:`make_runtime` gives a test a runtime of its own, with its node classes.
+
+The fault-injection nodes (sleep, raise, hang, exit, signal, ...) live in
+:mod:`nursery_pipes.nodes.faults` and are re-exported here. They are never
 registered by default; :func:`register_testing_nodes` or runtime.toml
 ``[nodes] testing = true`` enables them. pytest fixtures live in
 :mod:`nursery_pipes.testing.pytest_plugin`.
 """
 
-from ._drive import run_node_sync
-from ._nodes import TESTING_NODES, register_testing_nodes
+from ..nodes.faults import (
+    TESTING_NODES,
+    CpuBurnNode,
+    ExitNode,
+    HangNode,
+    ProgressNode,
+    RaiseNode,
+    SignalNode,
+    SleepNode,
+    register_testing_nodes,
+)
+from ._drive import NodeRun, run_node, run_node_sync
+from ._factory import RuntimeFactory, make_runtime
 
-__all__ = ["TESTING_NODES", "register_testing_nodes", "run_node_sync"]
+__all__ = [
+    "TESTING_NODES",
+    "CpuBurnNode",
+    "ExitNode",
+    "HangNode",
+    "NodeRun",
+    "ProgressNode",
+    "RaiseNode",
+    "RuntimeFactory",
+    "SignalNode",
+    "SleepNode",
+    "make_runtime",
+    "register_testing_nodes",
+    "run_node",
+    "run_node_sync",
+]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import signal
 import tempfile
@@ -20,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from ..ipc._names import SHM_DIR, owner_pid
+
 __all__ = ["Snapshot", "find_leaks", "snapshot"]
 
-SHM_DIR = "/dev/shm"
-_OURS = re.compile(r"^(?:sem\.)?np\.([0-9]+)\.[0-9a-f]{12}(?:\.|$)")
 T = TypeVar("T")
 
 
@@ -48,7 +47,7 @@ def _shm_entries() -> frozenset[str]:
 
 def _fifo_dirs() -> frozenset[str]:
     tmp = tempfile.gettempdir()
-    return frozenset(e for e in os.listdir(tmp) if _OURS.match(e) and _mine(e))
+    return frozenset(e for e in os.listdir(tmp) if owner_pid(e) == os.getpid())
 
 
 def _mine(entry: str) -> bool:
@@ -56,8 +55,8 @@ def _mine(entry: str) -> bool:
     what they create after their supervisor too): only this process's entries count, so
     another test run on the same machine is never mistaken for a leak. Names that are
     not nursery_pipes names always count."""
-    match = _OURS.match(entry)
-    return match is None or int(match.group(1)) == os.getpid()
+    owner = owner_pid(entry)
+    return owner is None or owner == os.getpid()
 
 
 def _children() -> frozenset[int]:

@@ -3,19 +3,51 @@
 Enable in a ``conftest.py`` with ``pytest_plugins = ["nursery_pipes.testing.pytest_plugin"]``
 (and pytest-trio for async tests). Fixtures:
 
+- ``make_runtime`` — a factory: ``make_runtime(MyNode, ..., **sections)`` gives a new
+  :class:`~nursery_pipes.Runtime` whose own registry holds your node classes and the
+  fault-injection nodes; keyword arguments are runtime.toml sections
+  (``multiprocess={"grace_period_secs": 0.5}``; ``nodes={"testing": False}`` leaves the
+  fault-injection nodes out). See :func:`nursery_pipes.testing.make_runtime`.
+- ``testing_runtime`` — ``make_runtime()``: a runtime with the fault-injection nodes;
 - ``no_leaks`` — fails the test if it left child processes, threads, /dev/shm
   entries or FIFO directories behind (and cleans them up);
-- ``testing_runtime`` — a :class:`~nursery_pipes.Runtime` with the
-  fault-injection nodes of :mod:`nursery_pipes.testing` registered;
 - ``autojump_clock`` — a trio ``MockClock`` that skips idle time, for timeout
   tests that must not really wait (pass it to ``@pytest.mark.trio`` tests by
   requesting it, as pytest-trio does for a fixture named ``autojump_clock``).
 
+Every runtime these fixtures make has a registry of its own: a node class a test
+registers is never seen by another test. (``@register_node`` is different: it
+declares a class for the whole process, like an installed entry point — use it in
+your package, not in tests.)
+
+Node classes defined in a test module work in-process; a class defined inside a
+test function has no import path, so it can only run in-process — declare
+``executor = "inprocess"``, or routing sends a name ending in ``Node`` to a worker
+process and the plan refuses it. A node that runs in a worker process must be
+defined at the top level of an importable module (a test module is fine).
+
 Example::
 
-    async def test_my_node(testing_runtime):
-        result = await testing_runtime.run_pipeline(MANIFEST, {"in": frames})
-        assert result.outputs["out"] == expected
+    import trio
+    from nursery_pipes import Node, TextFrame
+
+    MANIFEST = {
+        "version": "v1",
+        "metadata": {"name": "exclaim"},
+        "nodes": [{"id": "x", "node_type": "Exclaim", "params": {}}],
+        "connections": [],
+    }
+
+    class Exclaim(Node):
+        executor = "inprocess"
+
+        def process(self, frame):
+            return TextFrame(text=frame.text + "!")
+
+    async def test_exclaim(make_runtime):
+        runtime = make_runtime(Exclaim)
+        result = await runtime.run_pipeline(MANIFEST, {"x": TextFrame(text="hi")})
+        assert result.outputs["x"][0].text == "hi!"
 """
 
 from __future__ import annotations
@@ -25,11 +57,12 @@ from collections.abc import Iterator
 import pytest
 import trio.testing
 
-from .._config import NodesConfig, RuntimeConfig
 from ..runtime import Runtime
+from . import _factory
+from ._factory import RuntimeFactory
 from ._leaks import find_leaks, snapshot
 
-__all__ = ["autojump_clock", "no_leaks", "testing_runtime"]
+__all__ = ["autojump_clock", "make_runtime", "no_leaks", "testing_runtime"]
 
 
 @pytest.fixture
@@ -42,8 +75,13 @@ def no_leaks() -> Iterator[None]:
 
 
 @pytest.fixture
-def testing_runtime() -> Runtime:
-    return Runtime(RuntimeConfig(nodes=NodesConfig(testing=True)))
+def make_runtime() -> RuntimeFactory:
+    return _factory.make_runtime
+
+
+@pytest.fixture
+def testing_runtime(make_runtime: RuntimeFactory) -> Runtime:
+    return make_runtime()
 
 
 @pytest.fixture

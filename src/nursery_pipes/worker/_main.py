@@ -160,6 +160,7 @@ class _Runner:
             session_id=self.job.session_id,
             executor="multiprocess",
             logger=logging.getLogger(f"nursery_pipes.node.{self.job.node_id}"),
+            in_worker_process=True,
         )
         return cls(params, context)
 

@@ -1,14 +1,26 @@
-"""Misbehaving nodes for testing how the runtime handles failure, slowness and progress.
+"""Fault-injection nodes: misbehaving on purpose, to test how a runtime handles failure,
+slowness and progress.
 
-None of these is registered anywhere by default; a test opts in with
-:func:`register_testing_nodes`. They all have ``executor = None`` so routing
-rules decide where they run, and they behave like real code in each place:
+None of these is registered by default: a runtime gets them with runtime.toml
+``[nodes] testing = true`` (``nursery-pipes serve --testing-nodes``), and code
+with :func:`register_testing_nodes`. ``nursery-pipes nodes --testing`` lists
+them. They live in the nodes layer, not in :mod:`nursery_pipes.testing` (which
+re-exports them), because the runtime and worker processes import them by
+their import path and must never import the testing package.
 
-- **in-process** (``context.executor == "inprocess"``): waiting is done with
+They all have ``executor = None`` so routing rules decide where they run, and
+they behave like real code in each place:
+
+- **on the supervisor's trio thread** (``inprocess``): waiting is done with
   ``trio.sleep`` inside a coroutine returned from the hook, so the runtime can
-  cancel it; nodes that would kill their process raise ``RuntimeError`` instead.
-- **in a worker process**: waiting blocks the thread with ``time.sleep`` as heavy
-  native code would; :class:`HangNode` even ignores SIGTERM.
+  cancel it;
+- **anywhere else** (a thread of its own, a worker process): waiting blocks the
+  thread with ``time.sleep`` as heavy native code would; :class:`HangNode`
+  never returns (in a ``thread`` node that thread is abandoned; in a worker
+  it even ignores SIGTERM);
+- nodes that would kill their process (:class:`ExitNode`, :class:`SignalNode`)
+  do so only in a worker process of their own
+  (``context.in_worker_process``), and raise ``RuntimeError`` anywhere else.
 
 This module is imported by worker processes, which must stay light: it does not
 import trio at import time (only inside the in-process coroutines).
@@ -19,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal as _signal
+import sys
 import threading
 import time
 from collections.abc import Awaitable
@@ -28,10 +41,10 @@ import msgspec
 import numpy as np
 
 from ..frames import Frame
-from ..nodes._base import Node, NodeContext, Params, ProcessResult, ProgressReporter
+from ._base import Node, NodeContext, Params, ProcessResult, ProgressReporter
 
 if TYPE_CHECKING:
-    from ..nodes._registry import NodeRegistry
+    from ._registry import NodeRegistry
 
 __all__ = [
     "TESTING_NODES",
@@ -66,15 +79,24 @@ async def _sleep_forever() -> None:
     await trio.sleep_forever()
 
 
-def _in_process(node: Node[Any]) -> bool:
-    return node.context.executor == "inprocess"
+def _on_the_trio_thread() -> bool:
+    """The hook runs in the supervisor's trio loop (in-process): it may hand back a coroutine.
+    (Without trio imported at all, this is a worker process.)"""
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _delayed(node: Node[Any], seconds: float, result: T) -> T | Awaitable[T]:
     """``result`` after ``seconds``: a cancellable coroutine in-process, else a blocking sleep."""
     if seconds <= 0:
         return result
-    if _in_process(node):
+    if _on_the_trio_thread():
         return _sleep_then(seconds, result)
     time.sleep(seconds)
     return result
@@ -162,7 +184,7 @@ class HangNode(_FaultNode[HangParams]):
     """Test node: hang forever in the chosen phase (in a worker, also ignoring SIGTERM)."""
 
     def _fault(self) -> Any:
-        if _in_process(self):
+        if _on_the_trio_thread():
             return _sleep_forever()
         # Like native code stuck in a C call: deaf to polite stop requests.
         if threading.current_thread() is threading.main_thread():
@@ -181,7 +203,7 @@ class ExitNode(_FaultNode[ExitParams]):
     """Test node: os._exit(code) in the chosen phase (worker processes only)."""
 
     def _fault(self) -> Any:
-        if _in_process(self):
+        if not self.context.in_worker_process:
             raise RuntimeError("ExitNode refuses to exit the supervisor process")
         os._exit(self.params.code)
 
@@ -204,7 +226,7 @@ class SignalNode(_FaultNode[SignalParams]):
     """
 
     def _fault(self) -> Any:
-        if _in_process(self):
+        if not self.context.in_worker_process:
             raise RuntimeError("SignalNode refuses to signal the supervisor process")
         if self.params.signal == "SIGSEGV":
             ctypes.string_at(0)  # a genuine invalid read, not a simulated one
@@ -225,7 +247,7 @@ class ProgressNode(Node[ProgressParams]):
 
     def initialize(self, progress: ProgressReporter) -> Awaitable[None] | None:
         steps, pause = self.params.steps, self.params.step_seconds
-        if pause > 0 and _in_process(self):
+        if pause > 0 and _on_the_trio_thread():
             return self._report_async(progress)
         for k in range(1, steps + 1):
             if pause > 0:
