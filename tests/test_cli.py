@@ -117,6 +117,7 @@ def test_validate_valid_manifest() -> None:
     result = invoke("validate", EXAMPLE)
     assert result.exit_code == 0
     assert f"{EXAMPLE}: valid — 'text-shout', 2 nodes, 1 connections" in result.output
+    assert "shout → inprocess (declared by the node class (TextTransformNode.executor))" in result.output
 
 
 def test_validate_invalid_manifest_lists_every_error(tmp_path: Path) -> None:
@@ -133,7 +134,19 @@ def test_validate_invalid_manifest_lists_every_error(tmp_path: Path) -> None:
 def test_validate_json_output(tmp_path: Path) -> None:
     ok = invoke("validate", EXAMPLE, "--json")
     assert ok.exit_code == 0
-    assert json.loads(ok.stdout) == {"valid": True, "name": "text-shout", "nodes": 2, "connections": 1}
+    assert json.loads(ok.stdout) == {
+        "valid": True,
+        "name": "text-shout",
+        "nodes": 2,
+        "connections": 1,
+        "assignments": {
+            "in": {"executor": "inprocess", "reason": "declared by the node class (PassThrough.executor)"},
+            "shout": {
+                "executor": "inprocess",
+                "reason": "declared by the node class (TextTransformNode.executor)",
+            },
+        },
+    }
     bad = invoke("validate", write_json(tmp_path / "bad.json", BAD), "--json")
     assert bad.exit_code == 2
     report = json.loads(bad.stdout)

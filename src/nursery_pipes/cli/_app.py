@@ -22,8 +22,7 @@ from rich.table import Table
 
 from .._config import RuntimeConfig, load_config
 from .._errors import ManifestError, NurseryPipesError, SessionError
-from ..manifest import Manifest
-from ..runtime import Runtime
+from ..runtime import Runtime, SessionPlan
 
 __all__ = ["app", "main"]
 
@@ -101,13 +100,22 @@ def validate(
     The pipeline is planned too (nothing starts): a node routed to an executor this runtime
     lacks, or one that cannot run it, is reported here rather than when it runs."""
 
-    def check() -> Manifest:
-        return _runtime(config).plan(manifest).manifest
+    def check() -> SessionPlan:
+        return _runtime(config).plan(manifest)
 
-    m = _guard(check, as_json=as_json)
+    plan = _guard(check, as_json=as_json)
+    m = plan.manifest
     if as_json:
         out.print_json(
-            data={"valid": True, "name": m.name, "nodes": len(m.nodes), "connections": len(m.connections)}
+            data={
+                "valid": True,
+                "name": m.name,
+                "nodes": len(m.nodes),
+                "connections": len(m.connections),
+                "assignments": {
+                    nid: {"executor": a.executor, "reason": a.reason} for nid, a in plan.assignments.items()
+                },
+            }
         )
     else:
         console.print(
@@ -115,6 +123,8 @@ def validate(
             f"{len(m.connections)} connections",
             highlight=False,
         )
+        for nid, a in plan.assignments.items():
+            console.print(f"  {escape(nid)} → {a.executor} ({escape(a.reason)})", highlight=False)
 
 
 @app.command()

@@ -2,9 +2,10 @@
 
 from .._states import NodeState, SessionState
 from ._events import Event, NodeProgress, Output, StateChanged
+from ._plan import SessionPlan
 from ._policy import FAIL_FAST, RestartType, Strategy, SupervisionPolicy
 from ._runtime import PipelineResult, Runtime
-from ._session import Session, SessionMetrics
+from ._session import Session, SessionMetrics, SessionStatistics
 from ._supervisor import ChildFailed, ChildSpec, Supervisor
 
 __all__ = [
@@ -20,7 +21,9 @@ __all__ = [
     "Runtime",
     "Session",
     "SessionMetrics",
+    "SessionPlan",
     "SessionState",
+    "SessionStatistics",
     "StateChanged",
     "Strategy",
     "SupervisionPolicy",
