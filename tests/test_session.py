@@ -32,6 +32,7 @@ from nursery_pipes import (
     TextFrame,
 )
 from nursery_pipes._config import MultiprocessDefaults, NodesConfig
+from nursery_pipes.runtime import NodeState
 
 CLEANED: list[str] = []
 
@@ -711,3 +712,50 @@ async def test_close_timeout_blames_the_stuck_node_not_the_one_blocked_behind_it
     assert error is info.value
     assert at == pytest.approx(1 + 5)
     assert (error.node_ids, error.waiting) == (("hang",), ("a", "z"))
+
+
+# -- what a session shows of itself -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("executor", ["inprocess", "thread", "multiprocess"])
+async def test_each_nodes_lifecycle_state_is_in_its_metrics(executor: str) -> None:
+    """The node state machine is what metrics report: READY while waiting, STOPPED when done,
+    ERROR for the node that failed — whatever the executor."""
+    rt = _runtime()
+    m = manifest(
+        [("a", "PassThrough", {}), ("b", "RaiseNode", {"phase": "process", "after_frames": 1})],
+        [("a", "b")],
+        executor_overrides={"a": executor, "b": executor},
+    )
+    seen: list[Any] = []
+
+    async def run() -> None:
+        async with rt.open_session(m) as session:
+            seen.append(session)
+            assert {n.state for n in session.metrics().nodes.values()} == {NodeState.READY}
+            await session.send("a", TextFrame(text="1"))
+            await session.send("a", TextFrame(text="2"))
+            async for _ in session.outputs():
+                pass
+
+    with pytest.raises(NodeError) as info:
+        await run()
+    assert info.value.node_id == "b"
+    states = {nid: n.state for nid, n in seen[0].metrics().nodes.items()}
+    assert states["b"] is NodeState.ERROR
+    assert states["a"] in (NodeState.READY, NodeState.STOPPING, NodeState.STOPPED)  # cancelled, not failed
+
+
+async def test_statistics_show_what_waits_for_the_client() -> None:
+    rt = _runtime()
+    async with rt.open_session(manifest([("a", "PassThrough", {})], [], channel_capacity=4)) as session:
+        before = session.statistics()
+        for i in range(3):
+            await session.send("a", TextFrame(text=str(i)))
+        await trio.testing.wait_all_tasks_blocked()
+        after = session.statistics()
+        await session.close()
+    assert (before.queued_outputs, before.output_capacity, before.sends_in_flight) == (0, 4, 0)
+    assert after.queued_outputs == 3  # unread outputs, counting against the capacity
+    assert after.queued_events >= 3
+    assert session.statistics().outputs_discarded == 3  # left unread after close
