@@ -12,6 +12,7 @@ simulated in-process with fake entry points.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -23,6 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
+from typer.testing import CliRunner
+
+from nursery_pipes import ConfigError, Runtime, RuntimeConfig
+from nursery_pipes.cli import app
+from nursery_pipes.executors import ENTRY_POINT_GROUP, Executor, NodeHost, NodePorts, Placement
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "executor_plugin"
@@ -346,3 +353,147 @@ def test_a_bad_pool_size_stops_the_runtime(plugin_site: Path, tmp_path: Path) ->
     )
     assert bad.returncode == 2
     assert "NURSERY_PIPES_THREADPOOL_SIZE='0': expected a whole number of threads" in bad.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The plugin machinery's errors (executors/_registry.py), with simulated entry points: each is a
+# ConfigError naming the entry point, raised when a Runtime is created — never a runtime that
+# quietly lacks an executor a manifest may name.
+
+
+class _Supervised(Executor):
+    placement = Placement.SUPERVISOR
+
+    async def run_node(self, host: NodeHost, ports: NodePorts, *, task_status: trio.TaskStatus[None]) -> None:
+        raise NotImplementedError
+
+
+class Gpu(_Supervised):
+    name = "gpu"
+
+
+class OtherGpu(_Supervised):
+    name = "gpu"
+
+
+class Thread(_Supervised):
+    name = "thread"
+
+
+class Shouting(_Supervised):
+    name = "GPU"
+
+
+class Nowhere(Executor):
+    name = "nowhere"
+
+
+HERE = Gpu.__module__
+
+
+def fake_executors(monkeypatch: pytest.MonkeyPatch, *specs: tuple[str, str]) -> None:
+    """``importlib.metadata.entry_points`` (as executors/_registry.py calls it) finds ``specs`` in
+    the executors' group, and nothing in any other group."""
+
+    def entry_points(*, group: str) -> list[importlib.metadata.EntryPoint]:
+        found = specs if group == ENTRY_POINT_GROUP else ()
+        return [importlib.metadata.EntryPoint(name=n, value=v, group=group) for n, v in found]
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+
+
+def test_a_well_formed_entry_point_adds_an_executor(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_executors(monkeypatch, ("gpu", f"{HERE}:Gpu"))
+    executors = Runtime().executors
+    assert list(executors) == ["inprocess", "thread", "multiprocess", "gpu"]
+    assert type(executors["gpu"]) is Gpu
+
+
+@pytest.fixture
+def failing_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    (tmp_path / "np_plugin_needs_cuda.py").write_text("raise RuntimeError('no CUDA device')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "np_plugin_needs_cuda:Executor"
+
+
+@pytest.mark.parametrize(
+    ("specs", "message"),
+    [
+        pytest.param(
+            [("gpu", "np_missing_plugin_module:Gpu")],
+            "entry point 'gpu' = 'np_missing_plugin_module:Gpu' (group nursery_pipes.executors) cannot be "
+            "loaded: ModuleNotFoundError: No module named 'np_missing_plugin_module'",
+            id="module-missing",
+        ),
+        pytest.param(
+            [("gpu", "FAILING_IMPORT")],
+            "entry point 'gpu' = 'np_plugin_needs_cuda:Executor' (group nursery_pipes.executors) cannot be "
+            "loaded: RuntimeError: no CUDA device",
+            id="import-raises",
+        ),
+        pytest.param(
+            [("gpu", f"{HERE}:NoSuchExecutor")],
+            f"entry point 'gpu' = '{HERE}:NoSuchExecutor' (group nursery_pipes.executors) cannot be loaded: "
+            "AttributeError:",
+            id="class-missing",
+        ),
+        pytest.param(
+            [("gpu", "nursery_pipes.frames:TextFrame")],
+            "entry point 'gpu' = 'nursery_pipes.frames:TextFrame' (group nursery_pipes.executors) is not an "
+            "Executor subclass",
+            id="not-an-executor",
+        ),
+        pytest.param(
+            [("gpu", "nursery_pipes._version:__version__")],
+            "entry point 'gpu' = 'nursery_pipes._version:__version__' (group nursery_pipes.executors) is not "
+            "an Executor subclass",
+            id="not-a-class",
+        ),
+        pytest.param(
+            [("thread", f"{HERE}:Thread")],
+            f"entry point 'thread' = '{HERE}:Thread' (group nursery_pipes.executors): the name 'thread' is "
+            "taken by nursery_pipes.executors._thread.ThreadExecutor",
+            id="clash-with-a-builtin",
+        ),
+        pytest.param(
+            [("gpu", f"{HERE}:Gpu"), ("gpu", f"{HERE}:OtherGpu")],
+            f"entry point 'gpu' = '{HERE}:OtherGpu' (group nursery_pipes.executors): the name 'gpu' is taken "
+            f"by {HERE}.Gpu",
+            id="clash-between-plugins",
+        ),
+        pytest.param(
+            [("fast", f"{HERE}:Gpu")],
+            f"entry point 'fast' = '{HERE}:Gpu' (group nursery_pipes.executors): the class's name attribute "
+            "is 'gpu', not 'fast'",
+            id="name-differs",
+        ),
+        pytest.param(
+            [("GPU", f"{HERE}:Shouting")],
+            f"entry point 'GPU' = '{HERE}:Shouting' (group nursery_pipes.executors): executor names are "
+            "lower-case words",
+            id="name-not-lower-case",
+        ),
+        pytest.param(
+            [("nowhere", f"{HERE}:Nowhere")],
+            f"entry point 'nowhere' = '{HERE}:Nowhere' (group nursery_pipes.executors): the class has no "
+            "placement",
+            id="no-placement",
+        ),
+    ],
+)
+def test_a_bad_entry_point_stops_the_runtime(
+    monkeypatch: pytest.MonkeyPatch, failing_import: str, specs: list[tuple[str, str]], message: str
+) -> None:
+    fake_executors(monkeypatch, *[(n, failing_import if v == "FAILING_IMPORT" else v) for n, v in specs])
+    with pytest.raises(ConfigError) as info:
+        Runtime(RuntimeConfig())
+    assert message in str(info.value)
+
+
+def test_the_cli_reports_a_bad_entry_point_without_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_executors(monkeypatch, ("fast", f"{HERE}:Gpu"))
+    result = CliRunner().invoke(app, ["nodes"], env={"COLUMNS": "1000"})
+    assert result.exit_code == 2
+    assert "error: entry point 'fast'" in result.output
+    assert "the class's name attribute is 'gpu', not 'fast'" in result.output
+    assert "Traceback" not in result.output
