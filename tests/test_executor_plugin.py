@@ -317,7 +317,9 @@ def test_an_initialize_that_overruns_is_abandoned_and_cleaned_up_after(report: d
         "initialize",
         "node 'slow' failed in initialize: not ready after 0.2 s (init_timeout_secs)",
     ]
-    assert report["init_timeout_s"] < 0.6  # the deadline (0.2 s) plus the grace period (0.2 s)
+    # The deadline (0.2 s) plus the grace period (0.2 s), with room for a busy machine: never the
+    # initialize itself, which blocks until the program releases it (or for 5 s).
+    assert report["init_timeout_s"] < 1.0
     assert report["cleaned_while_init_ran"] == []  # never beside a running hook...
     assert report["cleaned"] == ["nursery-pipes threadpool slow.initialize"]  # ...but after it, on its thread
     assert any("node slow: a hook was still running" in w for w in report["warnings"])
