@@ -6,9 +6,11 @@ shared memory). Others register through the ``nursery_pipes.executors``
 entry-point group (:mod:`._registry`).
 """
 
+from .._states import NodeEvent, NodeState
+from ..nodes._calls import aiter_outputs, check_frame, iter_outputs
 from ._abc import Executor, NodePorts, NodeRunner, Placement, async_hooks
 from ._host import NodeHost, NodeMetrics, NodeProgress, ProgressState, SessionSettings
-from ._inprocess import HookRunner, InProcessExecutor, Pump, node_failure
+from ._inprocess import HookRunner, InProcessExecutor, Pump, cleanup_failed, node_failure
 from ._multiprocess import MultiprocessExecutor
 from ._pool import WorkerPool
 from ._ports import EndOfStream, Envelope, Flow, MemoryPort, Message, OutPort, SupervisorPorts
@@ -27,11 +29,13 @@ __all__ = [
     "MemoryPort",
     "Message",
     "MultiprocessExecutor",
+    "NodeEvent",
     "NodeHost",
     "NodeMetrics",
     "NodePorts",
     "NodeProgress",
     "NodeRunner",
+    "NodeState",
     "NodeThread",
     "OutPort",
     "Placement",
@@ -45,8 +49,12 @@ __all__ = [
     "SupervisorPorts",
     "ThreadExecutor",
     "WorkerPool",
+    "aiter_outputs",
     "async_hooks",
     "available_executors",
+    "check_frame",
+    "cleanup_failed",
     "create_executors",
+    "iter_outputs",
     "node_failure",
 ]

@@ -22,6 +22,8 @@ The session and the planner only ever ask an executor these questions:
 
 The contract of :meth:`NodeRunner.run_node`:
 
+0. drive the node's state machine (``host.state.fire(NodeEvent...)``: START,
+   INIT_DONE, FRAME/FRAME_DONE, STOP, FINISHED or FAIL) — metrics report it;
 1. initialise the node, reporting progress (``host.progress``), within
    ``init_timeout_secs`` (else :class:`~nursery_pipes.NodeInitTimeout`);
 2. call ``task_status.started()`` once the node is ready;

@@ -170,14 +170,14 @@ class Pump:
             metrics.count_in(frame)
             self.last_seq = message.seq
             self.host.state.fire(NodeEvent.FRAME)
-            await self._call("process", self.node.process, frame)
+            await self.call_hook("process", self.node.process, frame)
             self.host.state.fire(NodeEvent.FRAME_DONE)
         self.host.state.fire(NodeEvent.STOP)
-        await self._call("flush", self.node.flush)
+        await self.call_hook("flush", self.node.flush)
         for port in self.ports.outputs:
             await port.end()
 
-    async def _call(self, phase: str, hook: Any, *args: Any) -> None:
+    async def call_hook(self, phase: str, hook: Any, *args: Any) -> None:
         """Run a hook, forwarding each output as soon as it exists; time only the node's own work."""
         metrics = self.host.metrics
         began = time.perf_counter()
@@ -188,12 +188,12 @@ class Pump:
             if result is None or isinstance(result, (Frame, list, tuple)):
                 # Fast path for the common plain-return forms: no generator machinery.
                 metrics.processing_s += time.perf_counter() - began
-                await self._emit_all(result, where)
+                await self.emit_all(result, where)
                 return
             async with aclosing(aiter_outputs(result, where)) as outputs:
                 async for out in outputs:
                     paused = time.perf_counter()
-                    await self._emit(out)
+                    await self.emit(out)
                     waiting += time.perf_counter() - paused
         except (NodeError, trio.Cancelled):
             raise
@@ -202,11 +202,11 @@ class Pump:
         else:
             metrics.processing_s += time.perf_counter() - began - waiting
 
-    async def _emit_all(self, result: Frame | list[Any] | tuple[Any, ...] | None, where: str) -> None:
+    async def emit_all(self, result: Frame | list[Any] | tuple[Any, ...] | None, where: str) -> None:
         for out in () if result is None else (result,) if isinstance(result, Frame) else result:
-            await self._emit(check_frame(out, where))
+            await self.emit(check_frame(out, where))
 
-    async def _emit(self, frame: Frame) -> None:
+    async def emit(self, frame: Frame) -> None:
         self.host.metrics.count_out(frame)
         for port in self.ports.outputs:
             await port.send(self.last_seq, frame)

@@ -206,7 +206,7 @@ class _ThreadPump(Pump):
         super().__init__(node, host, ports)
         self.thread = thread
 
-    async def _call(self, phase: str, hook: Any, *args: Any) -> None:
+    async def call_hook(self, phase: str, hook: Any, *args: Any) -> None:
         metrics = self.host.metrics
         where = f"{self.host.node_type}.{phase}"
         try:
@@ -214,7 +214,7 @@ class _ThreadPump(Pump):
             result = await self.thread.run(hook, *args)
             metrics.processing_s += time.perf_counter() - began
             if result is None or isinstance(result, (Frame, list, tuple)):
-                await self._emit_all(result, where)
+                await self.emit_all(result, where)
                 return
             try:
                 iterator = iter(result)
@@ -228,7 +228,7 @@ class _ThreadPump(Pump):
                 metrics.processing_s += time.perf_counter() - began
                 if item is _DONE:
                     return
-                await self._emit(check_frame(item, where))
+                await self.emit(check_frame(item, where))
         except (NodeError, trio.Cancelled):
             raise
         except Exception as exc:

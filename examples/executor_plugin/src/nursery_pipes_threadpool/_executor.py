@@ -58,6 +58,8 @@ from nursery_pipes.executors import (
     Placement,
     Pump,
     SupervisorPorts,
+    check_frame,
+    cleanup_failed,
     node_failure,
 )
 
@@ -282,9 +284,7 @@ def _cleanup(host: NodeHost, node: Node[Any]) -> None:
     try:
         node.cleanup()
     except Exception as exc:
-        host.logger.warning(
-            "node %s: cleanup() raised %s: %s", host.node_id, type(exc).__name__, exc, exc_info=exc
-        )
+        cleanup_failed(host, exc)
 
 
 class _PoolPump(Pump):
@@ -295,16 +295,16 @@ class _PoolPump(Pump):
         super().__init__(node, host, ports)
         self.calls = calls
 
-    async def _call(self, phase: str, hook: Any, *args: Any) -> None:
+    async def call_hook(self, phase: str, hook: Any, *args: Any) -> None:
         where = f"{self.host.node_type}.{phase}"
         try:
             result = await self._work(hook, *args)
             if result is None or isinstance(result, (Frame, list, tuple)):
-                await self._emit_all(result, where)
+                await self.emit_all(result, where)
                 return
             steps = _iterate(result, where)
             while (item := await self._work(next, steps, _DONE)) is not _DONE:
-                await self._emit(_check_frame(item, where))
+                await self.emit(check_frame(item, where))
         except NodeError:
             raise
         except Exception as exc:
@@ -324,9 +324,3 @@ def _iterate(result: Any, where: str) -> Iterator[Any]:
         raise TypeError(
             f"{where} returned {type(result).__name__}, expected a Frame, frames or None"
         ) from None
-
-
-def _check_frame(item: object, where: str) -> Frame:
-    if not isinstance(item, Frame):
-        raise TypeError(f"{where} produced {type(item).__name__}, expected a Frame")
-    return item
