@@ -13,6 +13,7 @@ from ._multiprocess import MultiprocessExecutor
 from ._pool import WorkerPool
 from ._ports import EndOfStream, Envelope, Flow, MemoryPort, Message, OutPort, SupervisorPorts
 from ._registry import ENTRY_POINT_GROUP, available_executors, create_executors
+from ._rings import TrioConsumer, TrioProducer
 from ._thread import NodeThread, ThreadExecutor
 from ._transport import RingGeometry, ShmPort, ShmPorts, ShmTransport
 
@@ -44,6 +45,8 @@ __all__ = [
     "ShmTransport",
     "SupervisorPorts",
     "ThreadExecutor",
+    "TrioConsumer",
+    "TrioProducer",
     "WorkerPool",
     "async_hooks",
     "available_executors",

@@ -19,10 +19,10 @@ from .._config import RuntimeConfig
 from .._errors import FrameError, FrameKindError, InputError, ManifestError, ManifestIssue, ResourceLimitError
 from ..executors import Executor, Placement, SessionSettings
 from ..frames import Frame
+from ..ipc import shm_refusal
 from ..manifest import Manifest
 from ..nodes._base import Node, Params
 from ..nodes._routing import REMOTE, SEED_RULE, Assignment, RoutingRule, RoutingTable, route
-from ..worker._codec import shm_refusal
 
 __all__ = ["CLIENT", "EdgePlan", "NodePlan", "SessionPlan", "SessionSettings", "plan_session"]
 
@@ -218,7 +218,7 @@ def check_input_kind(plan: SessionPlan, node_id: str, frame: Frame) -> None:
 
     :class:`FrameKindError` if the node does not accept frames of that kind;
     :class:`FrameError` if the frame could never reach the worker process it
-    would flow to (see ``worker._codec.shm_refusal``) — refused here, before the
+    would flow to (see ``ipc.shm_refusal``) — refused here, before the
     session takes it, so no node that merely passed it on is blamed for it.
     """
     node = plan.nodes[node_id]
