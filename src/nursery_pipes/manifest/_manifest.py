@@ -11,11 +11,11 @@ import msgspec
 
 from .._errors import ManifestError, ManifestIssue
 from ..nodes._base import Params
+from ..nodes._params import check_params
 from ..nodes._registry import NodeRegistry, default_registry
 from ._graph import Graph
 from ._model import METADATA_KEYS, ConnectionSpec, ManifestDoc, MultiprocessConfig, NodeSpec
 from ._nesting import document_text_issue
-from ._params import check_params
 from ._validate import json_error_issue, validate_document
 
 __all__ = ["Manifest"]

@@ -28,11 +28,11 @@ from typing import Any
 import msgspec
 
 from .._errors import ManifestIssue
+from ..nodes._params import check_params
 from ..nodes._registry import NodeRegistry
 from ._graph import find_cycle
 from ._model import ManifestDoc
 from ._nesting import nesting_issues
-from ._params import check_params
 
 __all__ = ["json_error_issue", "load_schema", "schema_issues", "validate_document"]
 
