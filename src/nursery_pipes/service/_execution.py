@@ -19,9 +19,9 @@ from typing import Any
 
 import trio
 
-from .. import __version__
 from .._errors import InputError, NurseryPipesError, ResourceLimitError, SessionError
 from .._proto.remotemedia import v1 as pb
+from .._version import __version__
 from ..frames import AudioFrame, Frame
 from ..runtime import Runtime, Session
 from ..runtime._plan import SessionPlan, check_input_kind, check_input_target
