@@ -36,8 +36,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts examples
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 # The newest versions pyproject.toml allows, resolved now (uv.lock is not touched).
@@ -52,9 +53,11 @@ test-latest: $(UV)
 lock: $(UV)
 	$(UV) lock --python $(PYTHON)
 
+# lint-imports: the layer contracts in pyproject.toml [tool.importlinter] (docs/design.md §1).
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts examples
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

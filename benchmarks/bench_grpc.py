@@ -644,6 +644,7 @@ def breakdown_child(number: int) -> None:
     from nursery_pipes.runtime import Output, Runtime
     from nursery_pipes.service import _streaming
     from nursery_pipes.service._execution import execute
+    from nursery_pipes.service._metrics import metrics_to_proto, rss_bytes
     from nursery_pipes.wire import _convert
     from nursery_pipes.wire._messages import UPB
 
@@ -680,10 +681,8 @@ def breakdown_child(number: int) -> None:
             result = await timed(
                 "unary: runtime.run_pipeline (1 in-process node)", lambda: runtime.run_pipeline(plan, inputs)
             )
-            await timed(
-                "unary: metrics_to_proto (upb)", lambda: _convert.metrics_to_proto(result.metrics, UPB)
-            )
-            await timed("  of which _rss_bytes (/proc/self/statm)", _convert._rss_bytes)
+            await timed("unary: metrics_to_proto (upb)", lambda: metrics_to_proto(result.metrics, UPB))
+            await timed("  of which rss_bytes (/proc/self/statm)", rss_bytes)
             await timed(
                 "  a betterproto message construction, e.g. NodeResult(...) (client side)",
                 lambda: pb.NodeResult(node_id="p", status=pb.NodeStatus.SUCCESS),

@@ -201,11 +201,10 @@ def piece_costs(n: int) -> dict[str, float]:
     """CPU cost (µs, median) of the steps of a hop, each in one process, no wake-ups."""
     import posix_ipc
 
+    from nursery_pipes.executors import TrioConsumer, TrioProducer
     from nursery_pipes.executors._transport import ShmPort
-    from nursery_pipes.ipc import Ring, RingSpec
+    from nursery_pipes.ipc import Ring, RingSpec, decode_frame, encode_frame
     from nursery_pipes.ipc._doorbell import Bell, open_waiter
-    from nursery_pipes.ipc._trio import TrioConsumer, TrioProducer
-    from nursery_pipes.worker._codec import decode_frame, encode_frame
 
     frame = AudioFrame.from_array(np.arange(1024, dtype=np.float32), sample_rate=16000)
     costs: dict[str, list[int]] = {}

@@ -177,7 +177,7 @@ def ring_small_sync(pair: RingPair, n: int) -> list[int]:
 
 
 async def ring_small_trio(pair: RingPair, n: int) -> list[int]:
-    from nursery_pipes.ipc import TrioConsumer, TrioProducer
+    from nursery_pipes.executors import TrioConsumer, TrioProducer
 
     tx, rx = TrioProducer(pair.prod), TrioConsumer(pair.cons)
     out = []

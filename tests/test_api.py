@@ -74,3 +74,19 @@ def test_worker_side_imports_no_trio_grpc_or_cli() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert out == ""
+
+
+def test_the_asyncio_client_loads_no_trio_runtime_or_server() -> None:
+    # (grpclib.server itself is loaded: the generated betterproto module defines the
+    # *ServiceBase classes on grpclib's server module. Our server code is not.)
+    code = (
+        "import sys, nursery_pipes.client\n"
+        "unwanted = ['trio', 'trio_asyncio', 'trio_parallel', 'typer', 'rich'] + [\n"
+        "    'nursery_pipes.' + p for p in\n"
+        "    ('runtime', 'executors', 'service', 'worker', 'ipc', 'cli', 'testing', '_api')]\n"
+        "print(','.join(m for m in unwanted if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == ""

@@ -209,7 +209,7 @@ def test_validate_uses_the_config_cap(tmp_path: Path) -> None:
     assert json.loads(result.stdout)["errors"] == [
         {
             "path": "metadata.multiprocess.max_processes_per_session",
-            "message": "8 exceeds this server's limit of 4 processes per session",
+            "message": "8 exceeds this server's limit of 4 processes per session (limits.max_processes_per_session)",
         }
     ]
 

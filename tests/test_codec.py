@@ -1,4 +1,4 @@
-"""worker/_codec.py: frames ↔ ring slot parts, sans-I/O (no ring, no process).
+"""ipc/_codec.py: frames ↔ ring slot parts, sans-I/O (no ring, no process).
 
 Every kind round-trips through the header, metadata blob and payload — empty
 payloads included (a 0-sample audio frame, a tensor with a 0 in its shape).
@@ -24,8 +24,7 @@ from nursery_pipes import (
     TextFrame,
     VideoFrame,
 )
-from nursery_pipes.ipc import MAX_NDIM
-from nursery_pipes.worker._codec import decode_frame, encode_frame, shm_refusal
+from nursery_pipes.ipc import MAX_NDIM, decode_frame, encode_frame, shm_refusal
 
 
 def round_trip(frame: Frame, *, copy: bool = True) -> Frame:

@@ -193,9 +193,10 @@ def test_per_session_default_must_fit_the_global_cap() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(text="[multiprocess]\nmax_processes_per_session = 20")
     assert str(info.value) == (
-        "<runtime.toml>: multiprocess.max_processes_per_session (20) exceeds limits.max_processes_per_session (16)"
+        "<runtime.toml>: multiprocess.max_processes_per_session: 20 exceeds this server's limit of 16 "
+        "processes per session (limits.max_processes_per_session)"
     )
-    with pytest.raises(ConfigError, match=r"\(5\) exceeds limits.max_processes_per_session \(4\)"):
+    with pytest.raises(ConfigError, match=r"session: 5 exceeds this server's limit of 4 processes"):
         load_config(
             text="[limits]\nmax_processes_per_session = 4\n[multiprocess]\nmax_processes_per_session = 5"
         )
@@ -215,7 +216,7 @@ def test_lowering_the_cap_alone_lowers_the_per_session_default() -> None:
         load_config(text="[limits]\nmax_processes_per_session = 40").multiprocess.max_processes_per_session
         == 10
     )
-    with pytest.raises(ConfigError, match=r"multiprocess.max_processes_per_session \(10\) exceeds"):
+    with pytest.raises(ConfigError, match=r"multiprocess.max_processes_per_session: 10 exceeds"):
         load_config(
             text="[limits]\nmax_processes_per_session = 3\n[multiprocess]\nmax_processes_per_session = 10"
         )
@@ -372,16 +373,17 @@ def test_global_cap_wins_over_the_manifest() -> None:
     assert [(i.path, i.message) for i in info.value.issues] == [
         (
             "metadata.multiprocess.max_processes_per_session",
-            "5 exceeds this server's limit of 4 processes per session",
+            "5 exceeds this server's limit of 4 processes per session (limits.max_processes_per_session)",
         )
     ]
 
 
-def test_runtime_validates_manifests_against_its_cap() -> None:
+def test_runtime_checks_manifests_against_its_cap_when_it_plans_them() -> None:
     from nursery_pipes import Runtime
 
     runtime = Runtime(load_config(text="[limits]\nmax_processes_per_session = 3"), registry=REGISTRY)
     doc = manifest({"max_processes_per_session": 9}).to_dict()
+    assert runtime.manifest(doc).multiprocess.max_processes_per_session == 9  # a valid manifest
     with pytest.raises(ManifestError) as info:
-        runtime.manifest(doc)
+        runtime.plan(doc)
     assert [i.path for i in info.value.issues] == ["metadata.multiprocess.max_processes_per_session"]

@@ -26,7 +26,7 @@ from nursery_pipes.frames import (
     TextFrame,
     VideoFrame,
 )
-from nursery_pipes.worker._codec import decode_frame, encode_frame
+from nursery_pipes.ipc import decode_frame, encode_frame
 
 
 def ramp(fmt: AudioFormat, frames: int, channels: int) -> np.ndarray:

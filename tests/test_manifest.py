@@ -168,8 +168,8 @@ def test_remotemedia_example_manifest_validates() -> None:
         }
     )
     # Valid against the real built-ins (SpeechRecognitionNode is one) and against stand-ins alike.
-    Manifest.from_json(text, registry=BUILTINS, max_processes_per_session=16)
-    m = Manifest.from_json(text, registry=STANDINS, max_processes_per_session=16)
+    Manifest.from_json(text, registry=BUILTINS)
+    m = Manifest.from_json(text, registry=STANDINS)
     mp = m.multiprocess
     assert (mp.max_processes_per_session, mp.channel_capacity, mp.init_timeout_secs) == (10, 100, 30)
     assert (mp.python_executable, mp.enable_backpressure) == ("python3", True)
@@ -570,18 +570,12 @@ def test_override_keys_must_be_node_ids() -> None:
     ]
 
 
-def test_max_processes_per_session_above_the_cap() -> None:
+def test_max_processes_per_session_has_no_cap_until_a_runtime_plans_it() -> None:
+    # A manifest is valid or not on its own; a runtime's cap (limits.max_processes_per_session)
+    # is checked when it plans the manifest: tests/test_config.py, test_global_cap_wins_over_*.
     doc = base()
-    doc["metadata"]["multiprocess"] = {"max_processes_per_session": 20}
-    assert issues_of(doc, max_processes_per_session=16) == [
-        (
-            "metadata.multiprocess.max_processes_per_session",
-            "20 exceeds this server's limit of 16 processes per session",
-        )
-    ]
-    assert Manifest.from_dict(doc, registry=BUILTINS).multiprocess.max_processes_per_session == 20  # no cap
-    doc["metadata"]["multiprocess"] = {"max_processes_per_session": 16}
-    Manifest.from_dict(doc, registry=BUILTINS, max_processes_per_session=16)
+    doc["metadata"]["multiprocess"] = {"max_processes_per_session": 1000}
+    assert Manifest.from_dict(doc, registry=BUILTINS).multiprocess.max_processes_per_session == 1000
 
 
 @pytest.mark.parametrize(
@@ -640,7 +634,7 @@ def test_many_problems_reported_at_once_in_document_order() -> None:
         + [{"id": "last", "node_type": "TextTransformNode", "params": {"operation": "shout"}}],
         "connections": [{"from": "a", "to": "zz"}, {"from": "n3", "to": "n4"}, {"from": "n4", "to": "n3"}],
     }
-    got = issues_of(doc, max_processes_per_session=4)
+    got = issues_of(doc)
     assert [path for path, _ in got] == [
         "version",
         "metadata.multiprocess.channel_capacity",
@@ -797,7 +791,7 @@ def test_property_valid_manifests_parse_into_their_graph(
     case: tuple[dict[str, Any], list[tuple[str, str]]],
 ) -> None:
     doc, edges = case
-    m = Manifest.from_dict(copy.deepcopy(doc), registry=STANDINS, max_processes_per_session=16)
+    m = Manifest.from_dict(copy.deepcopy(doc), registry=STANDINS)
     ids = [n["id"] for n in doc["nodes"]]
     assert m.graph == Graph(ids, edges)
     assert m.graph.edges == tuple(edges)

@@ -5,8 +5,10 @@ Corpora under ``tests/data/manifests``:
 - ``good/``: valid manifests — the schema, the msgspec model and the full validator accept them;
 - ``bad/``: structural problems — the schema and the model both reject them, and the full
   validator reports the path named in ``bad/expected.json``;
-- ``semantic/``: manifests the schema (and the model) accept but the full validator rejects —
-  rules no schema can express — each with its expected issue path in ``semantic/expected.json``.
+- ``semantic/``: manifests the schema (and the model) accept but a runtime refuses before it runs
+  them — rules no schema can express — each with its expected issue path in
+  ``semantic/expected.json``. All but one are the validator's; ``max_processes_above_cap`` is a
+  runtime's limit, which only planning checks (``Runtime.plan``).
 
 Hypothesis then perturbs valid documents at random and checks that schema and model still agree.
 """
@@ -14,6 +16,7 @@ Hypothesis then perturbs valid documents at random and checks that schema and mo
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nursery_pipes import Manifest, ManifestError
+from nursery_pipes import Manifest, ManifestError, Runtime, RuntimeConfig
+from nursery_pipes._config import LimitsConfig
 from nursery_pipes.manifest import load_schema
 from nursery_pipes.manifest._model import (
     Capabilities,
@@ -42,7 +46,7 @@ from nursery_pipes.nodes._registry import builtin_registry
 from nursery_pipes.testing import register_testing_nodes
 
 DATA = Path(__file__).parent / "data" / "manifests"
-CAP = 16  # the server's max_processes_per_session for the full-validator checks
+CAP = 16  # the runtime's limits.max_processes_per_session for the semantic corpus
 
 
 def corpus_registry() -> NodeRegistry:
@@ -78,7 +82,21 @@ def model_accepts(doc: Any) -> bool:
 
 def full_issue_paths(doc: Any) -> list[str]:
     try:
-        Manifest.from_dict(doc, registry=REGISTRY, max_processes_per_session=CAP)
+        Manifest.from_dict(doc, registry=REGISTRY)
+    except ManifestError as exc:
+        return [issue.path for issue in exc.issues]
+    return []
+
+
+@functools.cache
+def runtime() -> Runtime:
+    return Runtime(RuntimeConfig(limits=LimitsConfig(max_processes_per_session=CAP)), registry=REGISTRY)
+
+
+def planned_issue_paths(doc: Any) -> list[str]:
+    """What a runtime refuses before running ``doc``: validation, then its plan (its limits)."""
+    try:
+        runtime().plan(doc)
     except ManifestError as exc:
         return [issue.path for issue in exc.issues]
     return []
@@ -105,7 +123,7 @@ def test_good_manifests_are_accepted_by_schema_model_and_validator(path: Path) -
     assert model_accepts(doc)
     assert full_issue_paths(doc) == []
     # Also straight from the file, as the CLI reads it.
-    Manifest.from_file(path, registry=REGISTRY, max_processes_per_session=CAP)
+    Manifest.from_file(path, registry=REGISTRY)
 
 
 @pytest.mark.parametrize("path", corpus("bad"), ids=lambda p: p.stem)
@@ -117,11 +135,11 @@ def test_bad_manifests_are_rejected_by_schema_and_model(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", corpus("semantic"), ids=lambda p: p.stem)
-def test_semantic_manifests_pass_the_schema_but_not_the_validator(path: Path) -> None:
+def test_semantic_manifests_pass_the_schema_but_not_a_runtime(path: Path) -> None:
     doc = load(path)
     assert VALIDATOR.is_valid(doc), [e.message for e in VALIDATOR.iter_errors(doc)]
     assert model_accepts(doc)
-    assert expected_paths("semantic")[path.stem] in full_issue_paths(doc)
+    assert expected_paths("semantic")[path.stem] in planned_issue_paths(doc)
 
 
 def test_model_fields_mirror_schema_properties() -> None:

@@ -86,6 +86,21 @@ class LimitsConfig(_Section, frozen=True):
     max_threads: PositiveInt = 64
     """Node threads (the ``thread`` executor) across all sessions of this runtime."""
 
+    def session_processes_refusal(self, requested: int) -> str | None:
+        """Why a session may not use ``requested`` worker processes, or None if it may.
+
+        The one rule for the per-session cap: the plan applies it to what a manifest asks for
+        (``runtime._plan.resolve_settings``), and :class:`RuntimeConfig` to runtime.toml's own
+        default, so that a manifest asking nothing always fits.
+        """
+        cap = self.max_processes_per_session
+        if requested <= cap:
+            return None
+        return (
+            f"{requested} exceeds this server's limit of {cap} processes per session "
+            "(limits.max_processes_per_session)"
+        )
+
 
 class MultiprocessDefaults(_Section, frozen=True):
     max_processes_per_session: PositiveInt = 10
@@ -132,12 +147,9 @@ class RuntimeConfig(_Section, frozen=True):
     nodes: NodesConfig = msgspec.field(default_factory=NodesConfig)
 
     def __post_init__(self) -> None:
-        cap = self.limits.max_processes_per_session
-        if self.multiprocess.max_processes_per_session > cap:
-            raise ValueError(
-                f"multiprocess.max_processes_per_session ({self.multiprocess.max_processes_per_session}) "
-                f"exceeds limits.max_processes_per_session ({cap})"
-            )
+        refusal = self.limits.session_processes_refusal(self.multiprocess.max_processes_per_session)
+        if refusal:
+            raise ValueError(f"multiprocess.max_processes_per_session: {refusal}")
 
     def auth_token_value(self) -> str:
         """The bearer token clients must send ("" = no authentication).

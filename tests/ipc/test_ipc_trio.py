@@ -1,4 +1,5 @@
-"""trio adapters: a trio supervisor side talking to sync workers; cancellation; abort."""
+"""The trio adapters of ring endpoints (executors/_rings.py): a trio supervisor side talking to
+sync workers; cancellation; abort."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import trio
 import trio.testing
 from ipc_workers import abort_ring, echo
 
+from nursery_pipes.executors import TrioConsumer, TrioProducer
 from nursery_pipes.ipc import (
     EndOfStream,
     Namespace,
@@ -19,8 +21,6 @@ from nursery_pipes.ipc import (
     RingAbortedError,
     RingSpec,
     SlotHeader,
-    TrioConsumer,
-    TrioProducer,
 )
 
 SPAWN = multiprocessing.get_context("spawn")

@@ -15,6 +15,7 @@ from ._multiprocess import MultiprocessExecutor
 from ._pool import WorkerPool
 from ._ports import EndOfStream, Envelope, Flow, MemoryPort, Message, OutPort, SupervisorPorts
 from ._registry import ENTRY_POINT_GROUP, available_executors, create_executors
+from ._rings import TrioConsumer, TrioProducer
 from ._thread import NodeThread, ThreadExecutor
 from ._transport import RingGeometry, ShmPort, ShmPorts, ShmTransport
 
@@ -48,6 +49,8 @@ __all__ = [
     "ShmTransport",
     "SupervisorPorts",
     "ThreadExecutor",
+    "TrioConsumer",
+    "TrioProducer",
     "WorkerPool",
     "aiter_outputs",
     "async_hooks",

@@ -41,7 +41,7 @@ import trio
 from .._config import RuntimeConfig
 from .._errors import NodeCrashed, NodeError, NodeInitTimeout
 from .._states import NodeEvent
-from ..ipc import EndOfStream, RingAbortedError, TrioConsumer
+from ..ipc import EndOfStream, RingAbortedError
 from ..nodes._base import Node
 from ..nodes._registry import import_ref
 from ..worker import WorkerJob
@@ -49,6 +49,7 @@ from ..worker._events import decode_event
 from ._abc import Executor, NodePorts, NodeRunner, Placement
 from ._host import NodeHost
 from ._pool import WorkerPool
+from ._rings import TrioConsumer
 from ._transport import ShmPorts
 
 __all__ = ["MultiprocessExecutor"]

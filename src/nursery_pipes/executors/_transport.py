@@ -34,6 +34,7 @@ import trio
 from .._errors import SessionError
 from ..frames import Frame
 from ..ipc import (
+    EncodedFrame,
     EndOfStream,
     Loan,
     Namespace,
@@ -41,14 +42,15 @@ from ..ipc import (
     RingAbortedError,
     RingClosedError,
     RingSpec,
+    decode_frame,
+    encode_frame,
     sweep_stale,
     unlink_namespace,
 )
 from ..ipc._segment import round_up
 from ..ipc._spec import SLOT_ALIGN
-from ..ipc._trio import TrioConsumer, TrioProducer
-from ..worker._codec import EncodedFrame, decode_frame, encode_frame
 from ._ports import Flow, OutPort
+from ._rings import TrioConsumer, TrioProducer
 
 __all__ = ["RingGeometry", "ShmPort", "ShmPorts", "ShmTransport"]
 

@@ -1,16 +1,15 @@
 """Frame transport between processes: shared-memory rings, one per graph edge.
 
-Worker processes import only the sync parts (``Ring``, ``Producer``,
-``Consumer``, ...); the trio adapters (``TrioProducer``, ``TrioConsumer``) are
-loaded lazily on first access, so importing this package never imports trio.
-The design (wake-up protocol, external segments, EOS/abort) is described in
-``_ring.py``; naming and sweeping in ``_names.py``.
+Both sides import this package: worker processes and the supervisor. So it is
+synchronous and imports no trio; the supervisor's trio adapters of the ring
+endpoints are ``executors/_rings.py``. The design (wake-up protocol, external
+segments, EOS/abort) is described in ``_ring.py``; naming and sweeping in
+``_names.py``; frames ↔ slot contents in ``_codec.py``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+from ._codec import EncodedFrame, decode_frame, encode_frame, shm_refusal
 from ._consumer import Consumer, Received
 from ._errors import (
     ChecksumError,
@@ -39,9 +38,6 @@ from ._producer import Loan, Producer
 from ._ring import Ring, RingStatistics, wait_any
 from ._spec import RingSpec
 
-if TYPE_CHECKING:
-    from ._trio import TrioConsumer, TrioProducer
-
 __all__ = [
     "FLAG_CHECKSUM",
     "FLAG_EOS",
@@ -50,6 +46,7 @@ __all__ = [
     "MAX_NDIM",
     "ChecksumError",
     "Consumer",
+    "EncodedFrame",
     "EndOfStream",
     "HeaderError",
     "IpcError",
@@ -67,21 +64,12 @@ __all__ = [
     "RingSpec",
     "RingStatistics",
     "SlotHeader",
-    "TrioConsumer",
-    "TrioProducer",
+    "decode_frame",
     "decode_from",
+    "encode_frame",
     "encode_into",
+    "shm_refusal",
     "sweep_stale",
     "unlink_namespace",
     "wait_any",
 ]
-
-_LAZY = {"TrioConsumer", "TrioProducer"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from . import _trio
-
-        return getattr(_trio, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,11 +11,11 @@ import msgspec
 
 from .._errors import ManifestError, ManifestIssue
 from ..nodes._base import Params
+from ..nodes._params import check_params
 from ..nodes._registry import NodeRegistry, default_registry
 from ._graph import Graph
 from ._model import METADATA_KEYS, ConnectionSpec, ManifestDoc, MultiprocessConfig, NodeSpec
 from ._nesting import document_text_issue
-from ._params import check_params
 from ._validate import json_error_issue, validate_document
 
 __all__ = ["Manifest"]
@@ -70,16 +70,10 @@ class Manifest:
         text: str | bytes,
         *,
         registry: NodeRegistry | None = None,
-        max_processes_per_session: int | None = None,
         source: str | None = None,
     ) -> Manifest:
         """Parse and validate JSON text."""
-        return cls.from_dict(
-            decode_json(text, source),
-            registry=registry,
-            max_processes_per_session=max_processes_per_session,
-            source=source,
-        )
+        return cls.from_dict(decode_json(text, source), registry=registry, source=source)
 
     @classmethod
     def from_file(
@@ -87,16 +81,10 @@ class Manifest:
         path: str | os.PathLike[str],
         *,
         registry: NodeRegistry | None = None,
-        max_processes_per_session: int | None = None,
     ) -> Manifest:
         """Read, parse and validate a manifest file."""
         where = os.fspath(path)
-        return cls.from_json(
-            read_file(where),
-            registry=registry,
-            max_processes_per_session=max_processes_per_session,
-            source=where,
-        )
+        return cls.from_json(read_file(where), registry=registry, source=where)
 
     @classmethod
     def from_dict(
@@ -104,12 +92,14 @@ class Manifest:
         obj: Any,
         *,
         registry: NodeRegistry | None = None,
-        max_processes_per_session: int | None = None,
         source: str | None = None,
     ) -> Manifest:
-        """Validate an already-decoded JSON document (dicts, lists, str, numbers)."""
+        """Validate an already-decoded JSON document (dicts, lists, str, numbers).
+
+        A manifest is valid or not on its own: a runtime's limits (its cap on processes per
+        session) are checked when it plans the manifest (:meth:`Runtime.plan`)."""
         reg = registry if registry is not None else default_registry()
-        doc, issues = validate_document(obj, reg, max_processes_per_session=max_processes_per_session)
+        doc, issues = validate_document(obj, reg)
         if issues or doc is None:
             raise ManifestError(issues or [ManifestIssue("", "invalid manifest")], source)
         params = {}

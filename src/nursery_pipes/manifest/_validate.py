@@ -10,9 +10,12 @@ everything below recurses into values. Then two layers:
 2. **Meaning** — what a schema cannot say: unique ids, connections naming
    existing nodes, no duplicate edges, an acyclic graph, registered node types
    (with "did you mean"), each node's params against its typed params, frame
-   kinds that can flow along each edge, executor_overrides naming nodes, and
-   the server's global limits. These run on the raw document too, tolerantly,
-   so a manifest with both kinds of problems reports both.
+   kinds that can flow along each edge, and executor_overrides naming nodes.
+   These run on the raw document too, tolerantly, so a manifest with both kinds
+   of problems reports both.
+
+A manifest is valid or not on its own. What a runtime allows (its cap on
+processes per session) is checked when it plans one (``runtime/_plan.py``).
 """
 
 from __future__ import annotations
@@ -28,11 +31,11 @@ from typing import Any
 import msgspec
 
 from .._errors import ManifestIssue
+from ..nodes._params import check_params
 from ..nodes._registry import NodeRegistry
 from ._graph import find_cycle
 from ._model import ManifestDoc
 from ._nesting import nesting_issues
-from ._params import check_params
 
 __all__ = ["json_error_issue", "load_schema", "schema_issues", "validate_document"]
 
@@ -98,9 +101,7 @@ def _locate_json_error(raw: bytes, exc: Exception) -> tuple[int, str] | None:
     return None
 
 
-def validate_document(
-    obj: Any, registry: NodeRegistry, *, max_processes_per_session: int | None = None
-) -> tuple[ManifestDoc | None, list[ManifestIssue]]:
+def validate_document(obj: Any, registry: NodeRegistry) -> tuple[ManifestDoc | None, list[ManifestIssue]]:
     """Validate a decoded JSON document. Returns the typed manifest (if structurally valid)
     and every problem found."""
     too_deep = nesting_issues(obj)
@@ -115,7 +116,7 @@ def validate_document(
     except msgspec.ValidationError as exc:
         found = schema_issues(obj)
         issues.extend(found or [_msgspec_issue(exc)])
-    issues.extend(_semantic_issues(obj, registry, max_processes_per_session))
+    issues.extend(_semantic_issues(obj, registry))
     return (doc if not issues else None), sorted(_dedupe(issues), key=_document_order)
 
 
@@ -180,7 +181,7 @@ def _schema_error_issues(error: Any) -> list[ManifestIssue]:
     return [ManifestIssue(path, error.message)]
 
 
-def _semantic_issues(obj: Any, registry: NodeRegistry, cap: int | None) -> list[ManifestIssue]:
+def _semantic_issues(obj: Any, registry: NodeRegistry) -> list[ManifestIssue]:
     if not isinstance(obj, Mapping):
         return [] if schema_issues(obj) else [ManifestIssue("", "manifest must be a JSON object")]
     raw_nodes = obj.get("nodes")
@@ -193,7 +194,7 @@ def _semantic_issues(obj: Any, registry: NodeRegistry, cap: int | None) -> list[
     cycle = find_cycle(ids, edges)
     if cycle:
         issues.append(ManifestIssue("connections", "cycle: " + " → ".join(cycle)))
-    issues += _multiprocess_issues(obj.get("metadata"), ids, cap)
+    issues += _override_issues(obj.get("metadata"), ids)
     return issues
 
 
@@ -300,30 +301,20 @@ def _kind_issue(
     ]
 
 
-def _multiprocess_issues(metadata: Any, ids: list[str], cap: int | None) -> list[ManifestIssue]:
+def _override_issues(metadata: Any, ids: list[str]) -> list[ManifestIssue]:
     if not isinstance(metadata, Mapping) or not isinstance(metadata.get("multiprocess"), Mapping):
         return []
-    mp = metadata["multiprocess"]
-    issues = []
-    overrides = mp.get("executor_overrides")
-    if isinstance(overrides, Mapping):
-        for key in overrides:
-            if key not in ids:
-                path = f"metadata.multiprocess.executor_overrides.{key}"
-                issues.append(
-                    ManifestIssue(
-                        path, f"{key!r} is not a node id of this manifest" + _did_you_mean(key, ids)
-                    )
-                )
-    limit = mp.get("max_processes_per_session")
-    if cap is not None and isinstance(limit, int) and not isinstance(limit, bool) and limit > cap:
-        issues.append(
-            ManifestIssue(
-                "metadata.multiprocess.max_processes_per_session",
-                f"{limit} exceeds this server's limit of {cap} processes per session",
-            )
+    overrides = metadata["multiprocess"].get("executor_overrides")
+    if not isinstance(overrides, Mapping):
+        return []
+    return [
+        ManifestIssue(
+            f"metadata.multiprocess.executor_overrides.{key}",
+            f"{key!r} is not a node id of this manifest" + _did_you_mean(key, ids),
         )
-    return issues
+        for key in overrides
+        if key not in ids
+    ]
 
 
 def _unknown_node(name: str, ids: list[str]) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 from .._errors import ManifestError, ManifestIssue
 from ..frames import Frame
 from ._base import Node, NodeContext, Params, ProgressReporter
+from ._params import check_params
 
 __all__ = ["aiter_outputs", "build_params", "check_frame", "iter_outputs", "make_node"]
 
@@ -67,8 +68,6 @@ def check_frame(item: object, where: str) -> Frame:
 
 def build_params(params_type: type[Params], raw: dict[str, Any] | None, path: str = "params") -> Params:
     """Validate raw params (from a manifest) into the node's params struct; all problems at once."""
-    from ..manifest._params import check_params
-
     value, issues = check_params(params_type, raw or {}, path)
     if issues or value is None:
         raise ManifestError(issues or [ManifestIssue(path, "invalid params")])

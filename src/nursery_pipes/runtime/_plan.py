@@ -19,10 +19,10 @@ from .._config import RuntimeConfig
 from .._errors import FrameError, FrameKindError, InputError, ManifestError, ManifestIssue, ResourceLimitError
 from ..executors import Executor, Placement, SessionSettings
 from ..frames import Frame
+from ..ipc import shm_refusal
 from ..manifest import Manifest
 from ..nodes._base import Node, Params
 from ..nodes._routing import REMOTE, SEED_RULE, Assignment, RoutingRule, RoutingTable, route
-from ..worker._codec import shm_refusal
 
 __all__ = ["CLIENT", "EdgePlan", "NodePlan", "SessionPlan", "SessionSettings", "plan_session"]
 
@@ -96,19 +96,18 @@ class SessionPlan:
 
 
 def resolve_settings(manifest: Manifest, config: RuntimeConfig) -> SessionSettings:
+    """The session's effective settings: manifest > runtime.toml > built-in defaults.
+
+    Also the one place where a manifest's ``max_processes_per_session`` meets the runtime's
+    cap (``limits.max_processes_per_session``): manifests are validated without knowing any
+    runtime's limits, and a runtime only ever runs what it planned.
+    """
     mp, defaults = manifest.multiprocess, config.multiprocess
-    cap = config.limits.max_processes_per_session
     max_processes = mp.max_processes_per_session or defaults.max_processes_per_session
-    if max_processes > cap:
-        raise ManifestError(
-            [
-                ManifestIssue(
-                    "metadata.multiprocess.max_processes_per_session",
-                    f"{max_processes} exceeds this server's limit of {cap} processes per session",
-                )
-            ],
-            manifest.source,
-        )
+    refusal = config.limits.session_processes_refusal(max_processes)
+    if refusal:
+        path = "metadata.multiprocess.max_processes_per_session"
+        raise ManifestError([ManifestIssue(path, refusal)], manifest.source)
     return SessionSettings(
         channel_capacity=mp.channel_capacity or defaults.channel_capacity,
         init_timeout_secs=float(mp.init_timeout_secs or defaults.init_timeout_secs),
@@ -218,7 +217,7 @@ def check_input_kind(plan: SessionPlan, node_id: str, frame: Frame) -> None:
 
     :class:`FrameKindError` if the node does not accept frames of that kind;
     :class:`FrameError` if the frame could never reach the worker process it
-    would flow to (see ``worker._codec.shm_refusal``) — refused here, before the
+    would flow to (see ``ipc.shm_refusal``) — refused here, before the
     session takes it, so no node that merely passed it on is blamed for it.
     """
     node = plan.nodes[node_id]

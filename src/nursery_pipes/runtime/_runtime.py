@@ -108,12 +108,9 @@ class Runtime:
         return dict(self._sessions)
 
     def manifest(self, source: ManifestSource) -> Manifest:
-        """Parse and validate against this runtime's registry and limits."""
-        return Manifest.parse(
-            source,
-            registry=self.registry,
-            max_processes_per_session=self.config.limits.max_processes_per_session,
-        )
+        """Parse and validate against this runtime's registry (its limits are checked by
+        :meth:`plan`)."""
+        return Manifest.parse(source, registry=self.registry)
 
     def plan(self, source: ManifestSource | SessionPlan) -> SessionPlan:
         if isinstance(source, SessionPlan):

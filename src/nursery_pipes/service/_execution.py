@@ -19,20 +19,15 @@ from typing import Any
 
 import trio
 
-from .. import __version__
 from .._errors import InputError, NurseryPipesError, ResourceLimitError, SessionError
 from .._proto.remotemedia import v1 as pb
+from .._version import __version__
 from ..frames import AudioFrame, Frame
 from ..runtime import Runtime, Session
 from ..runtime._plan import SessionPlan, check_input_kind, check_input_target
-from ..wire._convert import (
-    buffer_to_frame,
-    error_response,
-    frames_to_buffer,
-    manifest_from_proto,
-    metrics_to_proto,
-)
+from ..wire._convert import buffer_to_frame, error_response, frames_to_buffer, manifest_from_proto
 from ..wire._messages import UPB as M
+from ._metrics import metrics_to_proto
 
 __all__ = [
     "PROTOCOL_VERSION",

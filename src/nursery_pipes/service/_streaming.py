@@ -56,18 +56,12 @@ from .._errors import (
 from .._proto.remotemedia import v1 as pb
 from ..runtime import NodeProgress, Output, Runtime, Session, SessionState, StateChanged
 from ..runtime._plan import check_input_kind, check_input_target
-from ..wire._convert import (
-    _rss_bytes,
-    buffer_to_frame,
-    error_response,
-    frame_to_buffer,
-    manifest_from_proto,
-    metrics_to_proto,
-)
+from ..wire._convert import buffer_to_frame, error_response, frame_to_buffer, manifest_from_proto
 from ..wire._messages import UPB as M
 from ..wire._messages import has, which
 from ._bridge import PumpedStream
 from ._execution import check_request_limits, output_limit, refusal
+from ._metrics import metrics_to_proto, rss_bytes
 
 __all__ = ["StreamSettings", "handle_stream"]
 
@@ -324,7 +318,7 @@ def _stream_metrics(session: Session, state: _State) -> Any:
             total_items=state.outputs,
             buffer_items=session.statistics().queued_events,
             chunks_dropped=state.dropped,
-            peak_memory_bytes=_rss_bytes(),  # what metrics_to_proto reports as memory
+            peak_memory_bytes=rss_bytes(),  # what metrics_to_proto reports as memory
             data_type_breakdown=breakdown,
         )
     )

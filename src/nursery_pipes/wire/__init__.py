@@ -1,6 +1,7 @@
-"""remotemedia.v1 messages ↔ library values (frames, manifest documents, errors, metrics).
+"""remotemedia.v1 messages ↔ library values (frames, manifest documents, errors).
 
-Shared by the server and the client; imports no server code (and no trio-asyncio).
+Shared by the server and the client; imports no server code, no runtime and no trio
+(the server's metrics conversion, which reads the runtime's types, is in ``service/_metrics.py``).
 """
 
 from ._convert import (
@@ -10,7 +11,6 @@ from ._convert import (
     frames_to_buffer,
     manifest_from_proto,
     manifest_to_proto,
-    metrics_to_proto,
 )
 
 __all__ = [
@@ -20,5 +20,4 @@ __all__ = [
     "frames_to_buffer",
     "manifest_from_proto",
     "manifest_to_proto",
-    "metrics_to_proto",
 ]

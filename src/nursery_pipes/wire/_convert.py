@@ -22,8 +22,6 @@ Conventions (recorded in docs/design.md, "gRPC API"):
 from __future__ import annotations
 
 import json
-import os
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -50,7 +48,6 @@ from ..frames import (
     VideoFrame,
 )
 from ..manifest._nesting import text_issue
-from ..runtime import SessionMetrics
 from ._messages import BETTERPROTO, Messages, conn_from, has, optional, which
 
 __all__ = [
@@ -60,7 +57,6 @@ __all__ = [
     "frames_to_buffer",
     "manifest_from_proto",
     "manifest_to_proto",
-    "metrics_to_proto",
 ]
 
 _HINTS = {
@@ -443,52 +439,3 @@ def error_response(exc: BaseException, ns: Messages = BETTERPROTO) -> Any:
     return ns.ErrorResponse(
         error_type=int(pb.ErrorType.INTERNAL), message=f"internal error: {type(exc).__name__}: {exc}"
     )
-
-
-# -- metrics ---------------------------------------------------------------------------------------
-
-
-def metrics_to_proto(
-    metrics: SessionMetrics, ns: Messages = BETTERPROTO, *, serialization_ms: float = 0.0
-) -> Any:
-    nodes = {
-        nid: ns.NodeMetrics(
-            execution_time_ms=m.processing_s * 1000,
-            items_processed=m.frames_in,
-            custom_metrics=json.dumps(
-                {
-                    "executor": m.executor,
-                    "frames_out": m.frames_out,
-                    "bytes_in": m.bytes_in,
-                    "bytes_out": m.bytes_out,
-                    "init_ms": round(m.init_s * 1000, 3),
-                    "pid": m.pid,
-                }
-            ),
-        )
-        for nid, m in metrics.nodes.items()
-    }
-    return ns.ExecutionMetrics(
-        wall_time_ms=metrics.wall_time_s * 1000,
-        cpu_time_ms=metrics.cpu_time_s * 1000,
-        memory_used_bytes=_rss_bytes(),
-        node_metrics=nodes,
-        serialization_time_ms=serialization_ms,
-        data_type_breakdown=dict(metrics.data_type_breakdown),
-    )
-
-
-_rss_cache = [0.0, 0]  # (when, bytes): metrics ask often; reading /proc costs ~9 µs
-
-
-def _rss_bytes() -> int:
-    now = time.monotonic()
-    if now - _rss_cache[0] < 0.5:
-        return int(_rss_cache[1])
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            value = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        value = 0
-    _rss_cache[0], _rss_cache[1] = now, value
-    return value

@@ -36,11 +36,20 @@ from typing import Any
 import msgspec
 
 from ..frames import Frame
-from ..ipc import Consumer, EndOfStream, Producer, Ring, RingAbortedError, RingSpec, wait_any
+from ..ipc import (
+    Consumer,
+    EndOfStream,
+    Producer,
+    Ring,
+    RingAbortedError,
+    RingSpec,
+    decode_frame,
+    encode_frame,
+    wait_any,
+)
 from ..nodes._base import Node, NodeContext
 from ..nodes._calls import iter_outputs
 from ..nodes._registry import load_ref
-from ._codec import decode_frame, encode_frame
 from ._events import EventSender
 from ._watchdog import arm_watchdog
 

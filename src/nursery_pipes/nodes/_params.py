@@ -4,6 +4,9 @@ Each field is converted on its own so that *every* problem is reported, each
 with its JSON path: unknown names (with a "did you mean"), wrong types,
 out-of-range values, missing required params. Cross-field checks in the
 struct's ``__post_init__`` run last, once the fields themselves are fine.
+
+Part of the node API (a node's ``Params`` struct says what it takes), used by
+manifest validation and by :func:`~nursery_pipes.nodes._calls.build_params`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import re
 import msgspec
 
 from .._errors import ManifestIssue
-from ..nodes._base import Params
+from ._base import Params
 
 __all__ = ["check_params"]
 

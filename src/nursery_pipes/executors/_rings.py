@@ -1,6 +1,6 @@
 """trio adapters for ring endpoints: wait on the doorbell fd, never on a thread.
 
-Each operation follows the wake-up protocol of ``_ring.py``: attempt the
+Each operation follows the wake-up protocol of ``ipc/_ring.py``: attempt the
 non-blocking call; if it would block, ``wait_readable`` on the doorbell, drain
 it, attempt again. The attempt is synchronous and atomic with respect to trio
 cancellation, so:
@@ -15,6 +15,10 @@ cancellation, so:
 Both adapters need the ring spec's ``async_consumer`` / ``async_producer`` flag
 (the doorbell). Close them with ``close()`` (which notifies trio that the fd
 goes away) rather than closing the ring under a waiting task.
+
+They live with the executors, not in :mod:`nursery_pipes.ipc`, because ``ipc``
+is also the worker side, which imports no trio (the import-linter contracts in
+pyproject.toml hold it to that).
 """
 
 from __future__ import annotations
@@ -24,10 +28,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-from ._consumer import Consumer, Received
-from ._errors import EndOfStream
-from ._header import SlotHeader
-from ._producer import Loan, Producer, as_bytes
+from ..ipc import Consumer, EndOfStream, Loan, Producer, Received, SlotHeader
+from ..ipc._producer import as_bytes
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer

@@ -47,7 +47,7 @@ from ..frames import (
     TextFrame,
     VideoFrame,
 )
-from ..ipc import MAX_NDIM, SlotHeader
+from ._header import MAX_NDIM, SlotHeader
 
 __all__ = ["EncodedFrame", "decode_frame", "encode_frame", "shm_refusal"]
 
