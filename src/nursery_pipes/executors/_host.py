@@ -96,6 +96,9 @@ class NodeHost:
     """Where :meth:`report_failure` goes (the session's supervisor)."""
     state: StateMachine[NodeState, NodeEvent] = field(init=False)
     logger: logging.Logger = field(init=False)
+    in_flight: int | None = field(init=False, default=None)
+    """The sequence number of the input frame the node is processing right now, if any: what
+    is lost if it fails or is stopped now (executors that take frames themselves set it)."""
 
     def __post_init__(self) -> None:
         metrics = self.metrics

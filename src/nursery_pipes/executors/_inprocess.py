@@ -151,31 +151,37 @@ class Pump:
         self.accepts = type(node).accepts
 
     async def run(self) -> None:
-        open_inputs = self.ports.expected_eos
-        metrics = self.host.metrics
+        ports, host = self.ports, self.host
+        if ports.open_inputs:  # (a node restarted after its inputs ended goes straight to flush)
+            await self._take_all(ports, host)
+        host.state.fire(NodeEvent.STOP)
+        await self.call_hook("flush", self.node.flush)
+        for port in ports.outputs:
+            await port.end()
+
+    async def _take_all(self, ports: SupervisorPorts, host: NodeHost) -> None:
+        metrics = host.metrics
         async for message in self.inbox:
             if isinstance(message, EndOfStream):
-                open_inputs -= 1
-                if open_inputs == 0:
-                    break
+                ports.open_inputs -= 1
+                if ports.open_inputs == 0:
+                    return
                 continue
             frame = message.frame
             if frame.kind not in self.accepts:
                 raise NodeError(
-                    self.host.node_id,
+                    host.node_id,
                     "process",
-                    f"{self.host.node_type} does not accept {frame.kind.label} frames "
+                    f"{host.node_type} does not accept {frame.kind.label} frames "
                     f"(accepts {', '.join(sorted(k.label for k in self.accepts))}); it came from {message.source}",
                 )
             metrics.count_in(frame)
             self.last_seq = message.seq
-            self.host.state.fire(NodeEvent.FRAME)
+            host.in_flight = message.seq  # taken: if the node fails now, this frame is lost
+            host.state.fire(NodeEvent.FRAME)
             await self.call_hook("process", self.node.process, frame)
-            self.host.state.fire(NodeEvent.FRAME_DONE)
-        self.host.state.fire(NodeEvent.STOP)
-        await self.call_hook("flush", self.node.flush)
-        for port in self.ports.outputs:
-            await port.end()
+            host.state.fire(NodeEvent.FRAME_DONE)
+            host.in_flight = None
 
     async def call_hook(self, phase: str, hook: Any, *args: Any) -> None:
         """Run a hook, forwarding each output as soon as it exists; time only the node's own work."""

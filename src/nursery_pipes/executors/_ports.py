@@ -98,6 +98,12 @@ class SupervisorPorts:
     """Every input edge feeds this one channel."""
     outputs: list[OutPort] = field(default_factory=list)
     """One port per output edge."""
+    open_inputs: int = field(init=False)
+    """Input edges that have not delivered their end of stream yet. Kept here, not by the
+    node: a node restarted inside the session carries on where its predecessor stopped."""
+
+    def __post_init__(self) -> None:
+        self.open_inputs = self.expected_eos
 
     def flow(self) -> Flow:
         stats = self.inbox.statistics()

@@ -6,7 +6,14 @@ Events, in the order they happened:
   ready, failed; 0..1; a message);
 - :class:`Output` — a frame produced by a sink node, with the sequence number
   of the input that caused it;
-- :class:`StateChanged` — the session moved to a new lifecycle state.
+- :class:`StateChanged` — the session moved to a new lifecycle state;
+- :class:`NodeFailed` — a node failed and what the session's supervision
+  policy does about it (restart it, stop it for good, or fail the session);
+- :class:`NodeRestarted` — a node (a fresh instance of it) is starting again;
+  its progress events follow;
+- :class:`FramesDropped` — frames that will never produce outputs: the one a
+  node was processing when it failed or was restarted, or what was still sent
+  to a node stopped for good.
 
 The queue keeps one order for all of them. Outputs count against a bound (a
 client that stops reading slows the pipeline down — backpressure, never a
@@ -17,14 +24,25 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Literal
 
 import trio
 
+from .._errors import NodeError
 from .._states import SessionState
 from ..executors import NodeProgress
 from ..frames import Frame
 
-__all__ = ["Event", "EventQueue", "NodeProgress", "Output", "StateChanged"]
+__all__ = [
+    "Event",
+    "EventQueue",
+    "FramesDropped",
+    "NodeFailed",
+    "NodeProgress",
+    "NodeRestarted",
+    "Output",
+    "StateChanged",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +58,44 @@ class StateChanged:
     reason: str = ""
 
 
-Event = NodeProgress | Output | StateChanged
+SupervisionAction = Literal["restart", "stop", "escalate"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFailed:
+    """Node ``node_id`` failed with ``error``. ``action``: ``restart`` (it, and ``restarting`` —
+    the nodes the strategy restarts with it — start again), ``stop`` (a temporary node: its
+    outputs end, the session goes on), or ``escalate`` (the session fails with this error)."""
+
+    node_id: str
+    error: NodeError
+    action: SupervisionAction
+    restarting: tuple[str, ...] = ()
+    restarts: int = 0
+    """How many times this node had been restarted before this failure."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRestarted:
+    """A fresh instance of ``node_id`` is starting (restart number ``restarts`` of this node),
+    because ``cause`` failed (the node itself, or another one its strategy ties it to)."""
+
+    node_id: str
+    restarts: int
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class FramesDropped:
+    """Frames that entered the pipeline as client inputs ``sequences`` and will produce no
+    (further) output at ``node_id``: why, in ``reason``."""
+
+    node_id: str
+    sequences: tuple[int, ...]
+    reason: str
+
+
+Event = NodeProgress | Output | StateChanged | NodeFailed | NodeRestarted | FramesDropped
 
 
 class EventQueue:
@@ -57,7 +112,9 @@ class EventQueue:
         self._writable = trio.Event()
         self.discarded = 0
 
-    def put_control(self, event: NodeProgress | StateChanged) -> None:
+    def put_control(
+        self, event: NodeProgress | StateChanged | NodeFailed | NodeRestarted | FramesDropped
+    ) -> None:
         if self._closed:
             return
         self._items.append(event)
