@@ -147,7 +147,9 @@ def _schema_error_issues(error: Any) -> list[ManifestIssue]:
         ]
     if validator == "enum":
         choices = ", ".join(json.dumps(v) for v in error.validator_value)
-        return [ManifestIssue(path, f"must be one of {choices}, got {_show(error.instance)}{_enum_hint(error)}")]
+        return [
+            ManifestIssue(path, f"must be one of {choices}, got {_show(error.instance)}{_enum_hint(error)}")
+        ]
     if validator == "type":
         return [
             ManifestIssue(path, f"must be {_type_words(error.validator_value)}, got {_kind(error.instance)}")
