@@ -417,3 +417,20 @@ def test_runtime_checks_manifests_against_its_cap_when_it_plans_them() -> None:
     with pytest.raises(ManifestError) as info:
         runtime.plan(doc)
     assert [i.path for i in info.value.issues] == ["metadata.multiprocess.max_processes_per_session"]
+
+
+def test_the_readme_example_is_a_valid_runtime_toml() -> None:
+    """README's runtime.toml block loads, and its [supervision] is the policy the README
+    describes (what a session gets whose manifest sets none)."""
+    from nursery_pipes.runtime import RestartType, Strategy, SupervisionPolicy
+    from nursery_pipes.runtime._plan import resolve_restart, resolve_supervision
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("### Configuration (`runtime.toml`)", 1)[1].split("```toml\n", 1)[1]
+    config = load_config(text=block.split("```", 1)[0])
+    assert config.supervision == SupervisionDefaults(
+        strategy="one_for_one", max_restarts=3, within_secs=5.0, restart="transient"
+    )
+    m = manifest()
+    assert resolve_supervision(m, config) == SupervisionPolicy(Strategy.ONE_FOR_ONE, 3, 5.0)
+    assert resolve_restart(m.nodes[0], config) is RestartType.TRANSIENT
