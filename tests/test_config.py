@@ -16,6 +16,7 @@ from nursery_pipes._config import (
     RoutingRuleConfig,
     RuntimeConfig,
     ServerConfig,
+    SupervisionDefaults,
     load_config,
 )
 from nursery_pipes._errors import ConfigError
@@ -59,6 +60,12 @@ rules = [
   { pattern = "Audio*", executor = "inprocess" },
 ]
 
+[supervision]
+strategy = "rest_for_one"
+max_restarts = 10
+within_secs = 60
+restart = "permanent"
+
 [nodes]
 modules = ["my_company.nodes", "other.nodes"]
 entry_points = false
@@ -76,6 +83,11 @@ def test_defaults() -> None:
     assert (mp.enable_backpressure, mp.grace_period_secs, mp.worker_type) == (True, 2.0, "forkserver")
     assert config.routing == RoutingConfig(default="inprocess", seed_rule=True, explicit={}, rules=[])
     assert config.nodes == NodesConfig(modules=[], entry_points=True, testing=False)
+    # No default policy: sessions fail fast, as before supervision was configurable.
+    assert config.supervision == SupervisionDefaults(
+        strategy=None, max_restarts=None, within_secs=None, restart="transient"
+    )
+    assert not config.supervision.sets_policy
     assert load_config(text="") == config
 
 
@@ -119,6 +131,10 @@ def test_every_section(tmp_path: Path) -> None:
     assert config.nodes == NodesConfig(
         modules=["my_company.nodes", "other.nodes"], entry_points=False, testing=True
     )
+    assert config.supervision == SupervisionDefaults(
+        strategy="rest_for_one", max_restarts=10, within_secs=60.0, restart="permanent"
+    )
+    assert isinstance(config.supervision.within_secs, float)
 
 
 @pytest.mark.parametrize(
@@ -129,6 +145,7 @@ def test_every_section(tmp_path: Path) -> None:
         ("[limits]\nfoo = 1", "[limits] Object contains unknown field `foo`"),
         ("[server]\nlisten_addr = 'x'", "[server] Object contains unknown field `listen_addr`"),
         ("[nodes]\nmodule = ['x']", "[nodes] Object contains unknown field `module`"),
+        ("[supervision]\nintensity = 3", "[supervision] Object contains unknown field `intensity`"),
         (
             "[routing]\nrules = [{ pattern = '*', executor = 'multiprocess', prio = 1 }]",
             "[routing.rules[0]] Object contains unknown field `prio`",
@@ -181,6 +198,19 @@ def test_unknown_keys_and_sections_are_rejected_by_name(text: str, message: str)
         ("[nodes]\nmodules = 'a.b'", "[nodes.modules] Expected `array`, got `str`"),
         ("[nodes]\ntesting = 1", "[nodes.testing] Expected `bool`, got `int`"),
         ("limits = 3", "[limits] Expected `object`, got `int`"),
+        (
+            "[supervision]\nstrategy = 'one-for-one'",
+            "[supervision.strategy] Invalid enum value 'one-for-one'",
+        ),
+        ("[supervision]\nmax_restarts = -1", "[supervision.max_restarts] Expected `int` >= 0"),
+        ("[supervision]\nmax_restarts = 1001", "[supervision.max_restarts] Expected `int` <= 1000"),
+        (
+            "[supervision]\nmax_restarts = 2.5",
+            "[supervision.max_restarts] Expected `int | null`, got `float`",
+        ),
+        ("[supervision]\nwithin_secs = 0", "[supervision.within_secs] Expected `float` > 0.0"),
+        ("[supervision]\nwithin_secs = 3601", "[supervision.within_secs] Expected `float` <= 3600.0"),
+        ("[supervision]\nrestart = 'always'", "[supervision.restart] Invalid enum value 'always'"),
     ],
 )
 def test_type_errors_name_the_key(text: str, message: str) -> None:
@@ -387,3 +417,20 @@ def test_runtime_checks_manifests_against_its_cap_when_it_plans_them() -> None:
     with pytest.raises(ManifestError) as info:
         runtime.plan(doc)
     assert [i.path for i in info.value.issues] == ["metadata.multiprocess.max_processes_per_session"]
+
+
+def test_the_readme_example_is_a_valid_runtime_toml() -> None:
+    """README's runtime.toml block loads, and its [supervision] is the policy the README
+    describes (what a session gets whose manifest sets none)."""
+    from nursery_pipes.runtime import RestartType, Strategy, SupervisionPolicy
+    from nursery_pipes.runtime._plan import resolve_restart, resolve_supervision
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("### Configuration (`runtime.toml`)", 1)[1].split("```toml\n", 1)[1]
+    config = load_config(text=block.split("```", 1)[0])
+    assert config.supervision == SupervisionDefaults(
+        strategy="one_for_one", max_restarts=3, within_secs=5.0, restart="transient"
+    )
+    m = manifest()
+    assert resolve_supervision(m, config) == SupervisionPolicy(Strategy.ONE_FOR_ONE, 3, 5.0)
+    assert resolve_restart(m.nodes[0], config) is RestartType.TRANSIENT

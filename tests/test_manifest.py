@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from nursery_pipes import Manifest, ManifestError
 from nursery_pipes._errors import ManifestIssue
 from nursery_pipes.frames import Frame, FrameKind
-from nursery_pipes.manifest import Graph, MultiprocessConfig
+from nursery_pipes.manifest import Graph, MultiprocessConfig, SupervisionConfig
 from nursery_pipes.nodes import Node, NodeRegistry, Params
 from nursery_pipes.nodes._registry import builtin_registry
 
@@ -130,11 +130,116 @@ def test_valid_manifest_accessors() -> None:
     assert params.operation == "upper"  # type: ignore[attr-defined]
     assert params.suffix == ""  # type: ignore[attr-defined]  # default filled in
     assert m.multiprocess == MultiprocessConfig()
+    assert m.supervision is None  # the server's default policy applies
+    assert m.restart_types == {}
     assert m.extra_metadata == {}
     assert m.registry is BUILTINS
     with pytest.raises(KeyError):
         m.node("nope")
     assert repr(m) == "<Manifest 'demo': 2 nodes, 1 connections>"
+
+
+def test_supervision_accessors_fill_in_left_out_keys() -> None:
+    doc = base()
+    doc["metadata"]["supervision"] = {"strategy": "rest_for_one"}
+    doc["nodes"][1]["restart"] = "temporary"
+    m = Manifest.from_dict(doc, registry=BUILTINS)
+    assert m.supervision == SupervisionConfig(strategy="rest_for_one", max_restarts=3, within_secs=5.0)
+    assert m.restart_types == {"shout": "temporary"}
+    assert m.node("in").restart is None
+    # The document keeps what was written (a left-out key stays out, not the defaults).
+    assert m.to_dict()["metadata"]["supervision"] == {"strategy": "rest_for_one"}
+    assert m.to_dict()["nodes"][1]["restart"] == "temporary"
+    assert Manifest.from_dict(m.to_dict(), registry=BUILTINS).supervision == m.supervision
+
+
+def test_an_empty_supervision_object_is_a_policy_of_defaults_and_null_is_none() -> None:
+    doc = base()
+    doc["metadata"]["supervision"] = {}
+    m = Manifest.from_dict(doc, registry=BUILTINS)
+    assert m.supervision == SupervisionConfig()
+    assert m.to_dict()["metadata"]["supervision"] == {}  # survives a round trip as a policy
+    doc["metadata"]["supervision"] = None
+    assert Manifest.from_dict(doc, registry=BUILTINS).supervision is None
+
+
+@pytest.mark.parametrize(
+    ("supervision", "path", "message"),
+    [
+        (
+            {"strategy": "one-for-one"},
+            "metadata.supervision.strategy",
+            'must be one of "one_for_one", "one_for_all", "rest_for_one", got "one-for-one" — '
+            'did you mean "one_for_one"?',
+        ),
+        (
+            {"strategy": "one_for_al"},
+            "metadata.supervision.strategy",
+            'must be one of "one_for_one", "one_for_all", "rest_for_one", got "one_for_al" — '
+            'did you mean "one_for_all"?',
+        ),
+        (
+            {"strategy": "simple_one_for_one"},
+            "metadata.supervision.strategy",
+            'must be one of "one_for_one", "one_for_all", "rest_for_one", got "simple_one_for_one" — '
+            'did you mean "one_for_one"?',
+        ),
+        (
+            {"strategy": "all"},
+            "metadata.supervision.strategy",
+            'must be one of "one_for_one", "one_for_all", "rest_for_one", got "all"',
+        ),
+        ({"max_restarts": -1}, "metadata.supervision.max_restarts", "must be ≥ 0, got -1"),
+        ({"max_restarts": 1001}, "metadata.supervision.max_restarts", "must be ≤ 1000, got 1001"),
+        (
+            {"max_restarts": 2.5},
+            "metadata.supervision.max_restarts",
+            "must be an integer, got the number 2.5",
+        ),
+        (
+            {"max_restarts": "3"},
+            "metadata.supervision.max_restarts",
+            'must be an integer, got the string "3"',
+        ),
+        ({"within_secs": 0}, "metadata.supervision.within_secs", "must be > 0, got 0"),
+        ({"within_secs": 7200}, "metadata.supervision.within_secs", "must be ≤ 3600, got 7200"),
+        ({"within_secs": "5s"}, "metadata.supervision.within_secs", 'must be a number, got the string "5s"'),
+        (
+            {"max_seconds": 5},
+            "metadata.supervision.max_seconds",
+            "unknown field 'max_seconds' (allowed: strategy, max_restarts, within_secs)",
+        ),
+        (
+            {"within_sec": 5},
+            "metadata.supervision.within_sec",
+            "unknown field 'within_sec' — did you mean 'within_secs'?",
+        ),
+        ("one_for_one", "metadata.supervision", 'must be an object or null, got the string "one_for_one"'),
+    ],
+)
+def test_supervision_rules(supervision: Any, path: str, message: str) -> None:
+    doc = base()
+    doc["metadata"]["supervision"] = supervision
+    assert issues_of(doc) == [(path, message)]
+
+
+def test_every_supervision_problem_at_once() -> None:
+    doc = base()
+    doc["metadata"]["supervision"] = {"strategy": "any", "max_restarts": -1, "within_secs": 0}
+    doc["nodes"][0]["restart"] = "always"
+    doc["nodes"][1]["restart"] = "Temporary"
+    assert paths_of(doc) == [
+        "metadata.supervision.max_restarts",
+        "metadata.supervision.strategy",
+        "metadata.supervision.within_secs",
+        "nodes[0].restart",
+        "nodes[1].restart",
+    ]
+    assert issues_of(doc)[-1] == (
+        "nodes[1].restart",
+        'must be one of "permanent", "transient", "temporary", null, got "Temporary" — '
+        'did you mean "temporary"?',
+    )
 
 
 def test_example_manifest_file_validates(tmp_path: Path) -> None:
@@ -597,6 +702,13 @@ def test_max_processes_per_session_has_no_cap_until_a_runtime_plans_it() -> None
         ({"runtime_hint": "jvm"}, "nodes[0].runtime_hint", "must be one of"),
         ({"is_streaming": "yes"}, "nodes[0].is_streaming", "must be a boolean"),
         ({"input_types": ["sound"]}, "nodes[0].input_types[0]", "must be one of"),
+        ({"restart": "always"}, "nodes[0].restart", 'must be one of "permanent", "transient", "temporary"'),
+        ({"restart": 1}, "nodes[0].restart", "must be one of"),
+        (
+            {"restarts": "transient"},
+            "nodes[0].restarts",
+            "unknown field 'restarts' — did you mean 'restart'?",
+        ),
         ({"param": {}}, "nodes[0].param", "unknown field 'param' — did you mean 'params'?"),
     ],
 )

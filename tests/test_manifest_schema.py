@@ -19,7 +19,7 @@ import copy
 import functools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import jsonschema
 import msgspec
@@ -28,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nursery_pipes import Manifest, ManifestError, Runtime, RuntimeConfig
-from nursery_pipes._config import LimitsConfig
+from nursery_pipes._config import MAX_RESTARTS_LIMIT, WITHIN_SECS_LIMIT, LimitsConfig, SupervisionDefaults
 from nursery_pipes.manifest import load_schema
 from nursery_pipes.manifest._model import (
     Capabilities,
@@ -39,6 +39,7 @@ from nursery_pipes.manifest._model import (
     MetadataDoc,
     MultiprocessConfig,
     NodeSpec,
+    SupervisionConfig,
 )
 from nursery_pipes.manifest._validate import _schema_validator
 from nursery_pipes.nodes import NodeRegistry
@@ -150,6 +151,7 @@ def test_model_fields_mirror_schema_properties() -> None:
         (ManifestDoc, schema),
         (MetadataDoc, defs["metadata"]),
         (MultiprocessConfig, defs["multiprocess"]),
+        (SupervisionConfig, defs["supervision"]),
         (NodeSpec, defs["node"]),
         (ConnectionSpec, defs["connection"]),
         (Capabilities, defs["capabilities"]),
@@ -161,6 +163,29 @@ def test_model_fields_mirror_schema_properties() -> None:
         assert names == set(part["properties"]), struct.__name__
         required = {f.encode_name for f in msgspec.structs.fields(struct) if f.required}
         assert required == set(part.get("required", [])), struct.__name__
+
+
+def test_supervision_defaults_and_bounds_are_the_same_in_schema_model_and_runtime_toml() -> None:
+    """The schema documents the defaults a left-out key takes; the model applies them. The
+    bounds are one pair of constants for the model and runtime.toml; the schema repeats them."""
+    part = load_schema()["$defs"]["supervision"]["properties"]
+    defaults = SupervisionConfig()
+    assert part["strategy"]["default"] == defaults.strategy == "one_for_one"
+    assert part["max_restarts"]["default"] == defaults.max_restarts == 3
+    assert part["within_secs"]["default"] == defaults.within_secs == 5.0
+    assert (part["max_restarts"]["minimum"], part["max_restarts"]["maximum"]) == (0, MAX_RESTARTS_LIMIT)
+    assert (part["within_secs"]["exclusiveMinimum"], part["within_secs"]["maximum"]) == (0, WITHIN_SECS_LIMIT)
+    for key, bad in [("max_restarts", MAX_RESTARTS_LIMIT + 1), ("within_secs", WITHIN_SECS_LIMIT + 0.5)]:
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.convert({key: bad}, SupervisionConfig)
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.convert({key: bad}, SupervisionDefaults)
+    restart = load_schema()["$defs"]["node"]["properties"]["restart"]["enum"]
+    strategies = part["strategy"]["enum"]
+    toml_fields = {f.name: f.type for f in msgspec.structs.fields(SupervisionDefaults)}
+    assert set(restart) - {None} == set(get_args(toml_fields["restart"]))
+    strategy_literal, _none = get_args(toml_fields["strategy"])
+    assert set(strategies) == set(get_args(strategy_literal))
 
 
 def test_integral_float_for_an_integer_field() -> None:
@@ -185,7 +210,8 @@ GOOD_DOCS = [load(p) for p in corpus("good")]
 
 INTERESTING_STRINGS = st.sampled_from(
     ["v1", "v2", "", "in", "n0", "a b", "x\n", "inprocess", "multiprocess", "remote", "cuda", "tpu", "any",
-     "x86_64", "auto", "audio", "sound", "host:80", "host", "h:123456", "PassThrough"]
+     "x86_64", "auto", "audio", "sound", "host:80", "host", "h:123456", "PassThrough", "one_for_one",
+     "rest_for_one", "permanent", "temporary"]
 )  # fmt: skip
 
 
@@ -230,7 +256,8 @@ def locations(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]
 KNOWN_KEYS = st.sampled_from(
     ["version", "metadata", "nodes", "connections", "name", "description", "multiprocess", "id",
      "node_type", "params", "host", "capabilities", "gpu", "cpu", "memory_gb", "cores", "arch", "type",
-     "from", "to", "channel_capacity", "executor_overrides", "runtime_hint", "is_streaming", "extra"]
+     "from", "to", "channel_capacity", "executor_overrides", "runtime_hint", "is_streaming", "extra",
+     "supervision", "strategy", "max_restarts", "within_secs", "restart"]
 )  # fmt: skip
 
 

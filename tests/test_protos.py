@@ -382,11 +382,28 @@ EXTENSIONS: dict[str, dict[str, list[str]]] = {
             "3: string reason",
             "4: uint32 pid",
         ],
+        "message SupervisionEvent": [
+            "1: string node_id",
+            "2: string kind",
+            "3: string message",
+            "4: uint32 restarts",
+            "5: repeated uint64 dropped_sequences",
+            "6: ErrorResponse error",
+        ],
     },
     "remotemedia/v1/execution.proto": {
         "message ManifestMetadata": [
             "4: MultiprocessConfig multiprocess",
             "5: string extra_json",
+            "6: optional SupervisionConfig supervision",
+        ],
+        "message SupervisionConfig": [
+            "1: optional string strategy",
+            "2: optional uint32 max_restarts",
+            "3: optional double within_secs",
+        ],
+        "message NodeManifest": [
+            "10: string restart",
         ],
         "message MultiprocessConfig": [
             "1: uint32 max_processes_per_session",
@@ -400,12 +417,14 @@ EXTENSIONS: dict[str, dict[str, list[str]]] = {
         "message ExecutionResult": [
             "5: repeated NodeAssignment assignments",
             "6: repeated InitProgress progress",
+            "7: repeated SupervisionEvent supervision",
         ],
     },
     "remotemedia/v1/streaming.proto": {
         "message StreamResponse": [
             "6: InitProgress progress  (oneof response)",
             "7: StreamErrorResponse stream_error  (oneof response) [deprecated]",
+            "8: SupervisionEvent supervision  (oneof response)",
         ],
         "message StreamReady": [
             "4: repeated NodeAssignment assignments",
@@ -810,6 +829,7 @@ def _manifest() -> pb.PipelineManifest:
                 executor_overrides={"asr": "multiprocess"},
             ),
             extra_json='{"owner": "qa"}',
+            supervision=pb.SupervisionConfig(strategy="rest_for_one", max_restarts=0, within_secs=2.5),
         ),
         nodes=[
             pb.NodeManifest(
@@ -831,6 +851,7 @@ def _manifest() -> pb.PipelineManifest:
                 ),
                 host="gpu-box:50051",
                 runtime_hint=pb.RuntimeHint.CPYTHON,
+                restart="temporary",
             ),
         ],
         connections=[pb.Connection(from_="chunker", to="asr")],
@@ -846,6 +867,9 @@ MULTIPROCESS_JSON = {
     "executor_overrides": {"asr": "multiprocess"},
 }
 
+# max_restarts 0 is on the wire (proto3 `optional`): "no restarts" is not "unset".
+SUPERVISION_JSON = {"strategy": "rest_for_one", "max_restarts": 0, "within_secs": 2.5}
+
 MANIFEST_JSON: dict[str, Any] = {
     "version": "v1",
     "metadata": {
@@ -853,6 +877,7 @@ MANIFEST_JSON: dict[str, Any] = {
         "description": "demo",
         "multiprocess": MULTIPROCESS_JSON,
         "extra_json": '{"owner": "qa"}',
+        "supervision": SUPERVISION_JSON,
     },
     "nodes": [
         {
@@ -874,6 +899,7 @@ MANIFEST_JSON: dict[str, Any] = {
             },
             "host": "gpu-box:50051",
             "runtime_hint": "RUNTIME_HINT_CPYTHON",
+            "restart": "temporary",
         },
     ],
     "connections": [{"from": "chunker", "to": "asr"}],
@@ -900,6 +926,27 @@ ISSUES_ERROR_JSON = {
         {"path": "metadata.name", "message": "required"},
     ],
 }
+
+SUPERVISION_EVENTS = [
+    pb.SupervisionEvent(
+        node_id="asr",
+        kind="failed",
+        message="node 'asr' failed in process: boom",
+        dropped_sequences=[7],
+        error=pb.ErrorResponse(error_type=pb.ErrorType.NODE_EXECUTION, message="boom", failing_node_id="asr"),
+    ),
+    pb.SupervisionEvent(node_id="asr", kind="restarted", restarts=1),
+]
+SUPERVISION_EVENTS_JSON = [
+    {
+        "node_id": "asr",
+        "kind": "failed",
+        "message": "node 'asr' failed in process: boom",
+        "dropped_sequences": ["7"],
+        "error": {"error_type": "ERROR_TYPE_NODE_EXECUTION", "message": "boom", "failing_node_id": "asr"},
+    },
+    {"node_id": "asr", "kind": "restarted", "restarts": 1},
+]
 
 ASSIGNMENTS = [
     pb.NodeAssignment(node_id="chunker", executor="inprocess", reason="default"),
@@ -1027,6 +1074,7 @@ CASES: dict[str, tuple[str, Any, dict[str, Any]]] = {
                 status=pb.ExecutionStatus.SUCCESS,
                 assignments=ASSIGNMENTS,
                 progress=[pb.InitProgress(node_id="asr", state="ready", progress=1.0)],
+                supervision=SUPERVISION_EVENTS,
             )
         ),
         {
@@ -1046,6 +1094,7 @@ CASES: dict[str, tuple[str, Any, dict[str, Any]]] = {
                 "status": "EXECUTION_STATUS_SUCCESS",
                 "assignments": ASSIGNMENTS_JSON,
                 "progress": [{"node_id": "asr", "state": "ready", "progress": 1.0}],
+                "supervision": SUPERVISION_EVENTS_JSON,
             }
         },
     ),
@@ -1269,6 +1318,16 @@ CASES: dict[str, tuple[str, Any, dict[str, Any]]] = {
             }
         },
     ),
+    "StreamResponse/supervision(ext)": (
+        "StreamResponse",
+        lambda: pb.StreamResponse(supervision=SUPERVISION_EVENTS[0]),
+        {"supervision": SUPERVISION_EVENTS_JSON[0]},
+    ),
+    "StreamResponse/supervision.empty(ext)": (
+        "StreamResponse",
+        lambda: pb.StreamResponse(supervision=pb.SupervisionEvent()),
+        {"supervision": {}},
+    ),
     "StreamResponse/error+rejection(ext)": (
         "StreamResponse",
         lambda: pb.StreamResponse(error=REJECTION),
@@ -1325,7 +1384,7 @@ def test_protobuf_runtime_to_betterproto(pb2: Pb2, case: str) -> None:
         assert betterproto.which_one_of(msg, oneofs[type_name])[0] == expected_member
 
 
-def _drop(d: dict[str, Any], *path: str) -> dict[str, Any]:
+def _drop(d: dict[str, Any], *path: str | int) -> dict[str, Any]:
     """A deep copy of ``d`` without the key at ``path``."""
     out = json.loads(json.dumps(d))
     node = out
@@ -1340,6 +1399,9 @@ def _drop(d: dict[str, Any], *path: str) -> dict[str, Any]:
     [
         ("StreamResponse/progress(ext)", "response", None, {}, [6]),
         ("StreamResponse/stream_error(ext)", "response", None, {}, [7]),
+        # A supervision event: an old client sees a response with no member set, and skips it.
+        ("StreamResponse/supervision(ext)", "response", None, {}, [8]),
+        ("StreamResponse/supervision.empty(ext)", "response", None, {}, [8]),
         (
             # A rejected chunk: an old client sees `error` with everything upstream knows.
             "StreamResponse/error+rejection(ext)",
@@ -1367,9 +1429,13 @@ def _drop(d: dict[str, Any], *path: str) -> dict[str, Any]:
             "outcome",
             "result",
             _drop(
-                _drop(CASES["ExecuteResponse/result"][2], "result", "assignments"),
+                _drop(
+                    _drop(CASES["ExecuteResponse/result"][2], "result", "assignments"),
+                    "result",
+                    "progress",
+                ),
                 "result",
-                "progress",
+                "supervision",
             ),
             [],
         ),
@@ -1378,11 +1444,24 @@ def _drop(d: dict[str, Any], *path: str) -> dict[str, Any]:
             "request",
             "init",
             _drop(
-                _drop(CASES["StreamRequest/init"][2], "init", "manifest", "metadata", "multiprocess"),
+                _drop(
+                    _drop(
+                        _drop(CASES["StreamRequest/init"][2], "init", "manifest", "metadata", "multiprocess"),
+                        "init",
+                        "manifest",
+                        "metadata",
+                        "extra_json",
+                    ),
+                    "init",
+                    "manifest",
+                    "metadata",
+                    "supervision",
+                ),
                 "init",
                 "manifest",
-                "metadata",
-                "extra_json",
+                "nodes",
+                1,
+                "restart",
             ),
             [],
         ),

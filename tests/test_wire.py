@@ -3,6 +3,7 @@ for both message implementations (betterproto for clients, upb for the server)."
 
 from __future__ import annotations
 
+import betterproto
 import numpy as np
 import pytest
 
@@ -10,12 +11,14 @@ from nursery_pipes import AudioFrame, FrameError, FrameKindError, InputError
 from nursery_pipes._proto.remotemedia import v1 as pb
 from nursery_pipes.client import rejection
 from nursery_pipes.wire import (
+    SUPERVISION_EVENT_KINDS,
     buffer_to_frame,
     error_response,
     frame_to_buffer,
     frames_to_buffer,
     manifest_from_proto,
     manifest_to_proto,
+    supervision_event_to_proto,
 )
 from nursery_pipes.wire._messages import BETTERPROTO, UPB, Messages
 
@@ -105,3 +108,136 @@ def test_multiprocess_settings_cross_the_wire_both_ways() -> None:
     }
     wire = UPB.PipelineManifest.FromString(bytes(manifest_to_proto(doc)))
     assert manifest_from_proto(wire)["metadata"]["multiprocess"] == multiprocess
+
+
+# -- supervision -------------------------------------------------------------------------------------
+
+
+def supervised(supervision: object = "absent", restart: str | None = None) -> dict[str, object]:
+    metadata: dict[str, object] = {"name": "wire"}
+    if supervision != "absent":
+        metadata["supervision"] = supervision
+    node: dict[str, object] = {"id": "a", "node_type": "PassThrough", "params": {}}
+    if restart is not None:
+        node["restart"] = restart
+    return {"version": "v1", "metadata": metadata, "nodes": [node], "connections": []}
+
+
+@pytest.mark.parametrize(
+    "supervision",
+    [
+        {"strategy": "rest_for_one", "max_restarts": 7, "within_secs": 2.5},
+        {},  # a policy of defaults: must stay a policy, not become "no policy"
+        {"max_restarts": 0},  # 0 is a value, not "unset"
+        {"strategy": "one_for_all"},
+        {"within_secs": 30.0},
+    ],
+)
+@NAMESPACES
+def test_supervision_crosses_the_wire_as_written(ns: Messages, supervision: dict[str, object]) -> None:
+    doc = supervised(supervision, restart="temporary")
+    wire = bytes(manifest_to_proto(doc))
+    parsed = UPB.PipelineManifest.FromString(wire) if ns is UPB else pb.PipelineManifest().parse(wire)
+    back = manifest_from_proto(parsed)
+    assert back["metadata"]["supervision"] == supervision
+    assert back["nodes"][0]["restart"] == "temporary"
+    assert "supervision" not in back["metadata"].get("extra_json", "")
+
+
+@NAMESPACES
+def test_no_supervision_and_no_restart_stay_unset(ns: Messages) -> None:
+    for doc in (supervised(), supervised(None)):  # null is "not set", as in a file
+        wire = bytes(manifest_to_proto(doc))
+        parsed = UPB.PipelineManifest.FromString(wire) if ns is UPB else pb.PipelineManifest().parse(wire)
+        back = manifest_from_proto(parsed)
+        assert "supervision" not in back["metadata"]
+        assert "restart" not in back["nodes"][0]
+
+
+@NAMESPACES
+def test_supervision_from_the_wire_is_validated_at_json_paths(ns: Messages) -> None:
+    from nursery_pipes import Manifest, ManifestError
+
+    manifest = ns.PipelineManifest(
+        version="v1",
+        metadata=ns.ManifestMetadata(
+            name="w", supervision=ns.SupervisionConfig(strategy="one-for-one", max_restarts=5000)
+        ),
+        nodes=[ns.NodeManifest(id="a", node_type="PassThrough", restart="forever")],
+    )
+    with pytest.raises(ManifestError) as info:
+        Manifest.from_dict(manifest_from_proto(manifest))
+    assert [(i.path, i.message) for i in info.value.issues] == [
+        ("metadata.supervision.max_restarts", "must be ≤ 1000, got 5000"),
+        (
+            "metadata.supervision.strategy",
+            'must be one of "one_for_one", "one_for_all", "rest_for_one", got "one-for-one" — '
+            'did you mean "one_for_one"?',
+        ),
+        ("nodes[0].restart", 'must be one of "permanent", "transient", "temporary", null, got "forever"'),
+    ]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@NAMESPACES
+def test_a_non_finite_window_from_the_wire_is_named(ns: Messages, value: float) -> None:
+    from nursery_pipes import ManifestError
+
+    manifest = ns.PipelineManifest(
+        version="v1",
+        metadata=ns.ManifestMetadata(name="w", supervision=ns.SupervisionConfig(within_secs=value)),
+        nodes=[ns.NodeManifest(id="a", node_type="PassThrough")],
+    )
+    with pytest.raises(ManifestError) as info:
+        manifest_from_proto(manifest)
+    [issue] = info.value.issues
+    assert issue.path == "metadata.supervision.within_secs"
+    assert issue.message == f"must be a finite number, got {value}"
+
+
+@NAMESPACES
+def test_supervision_event_from_plain_values(ns: Messages) -> None:
+    from nursery_pipes import NodeError
+
+    failed = supervision_event_to_proto(
+        "failed",
+        "asr",
+        "node 'asr' failed in process: boom; restarting (1 of 3 within 5 s)",
+        restarts=0,
+        dropped_sequences=[7],
+        error=NodeError("asr", "process", "boom", remote_traceback="Traceback ..."),
+        ns=ns,
+    )
+    assert (failed.node_id, failed.kind, failed.restarts, list(failed.dropped_sequences)) == (
+        "asr",
+        "failed",
+        0,
+        [7],
+    )
+    assert failed.error.error_type == pb.ErrorType.NODE_EXECUTION
+    assert (failed.error.failing_node_id, failed.error.context) == ("asr", "process")
+    assert failed.error.stack_trace == "Traceback ..."
+    restarted = supervision_event_to_proto("restarted", "asr", restarts=1, ns=ns)
+    assert (restarted.kind, restarted.restarts, list(restarted.dropped_sequences)) == ("restarted", 1, [])
+    # The two implementations agree on the bytes.
+    assert bytes(supervision_event_to_proto("dropped", "vad", dropped_sequences=range(3))) == (
+        UPB.SupervisionEvent(node_id="vad", kind="dropped", dropped_sequences=[0, 1, 2]).SerializeToString()
+    )
+    with pytest.raises(ValueError, match=r"kind must be one of .*, got 'crashed'"):
+        supervision_event_to_proto("crashed", "asr", ns=ns)
+    assert {"failed", "restarted", "stopped", "dropped"} == SUPERVISION_EVENT_KINDS
+
+
+@NAMESPACES
+def test_supervision_events_travel_in_stream_responses_and_execution_results(ns: Messages) -> None:
+    event = supervision_event_to_proto("stopped", "tap", "temporary node: not restarted", ns=ns)
+    response = ns.StreamResponse(supervision=event)
+    result = ns.ExecutionResult(supervision=[event, supervision_event_to_proto("dropped", "tap", ns=ns)])
+    if ns is UPB:
+        data, data2 = response.SerializeToString(), result.SerializeToString()
+    else:
+        data, data2 = bytes(response), bytes(result)
+    parsed = pb.StreamResponse().parse(data)
+    assert betterproto.which_one_of(parsed, "response")[0] == "supervision"
+    assert (parsed.supervision.node_id, parsed.supervision.kind) == ("tap", "stopped")
+    assert [e.kind for e in UPB.ExecutionResult.FromString(data2).supervision] == ["stopped", "dropped"]

@@ -4,6 +4,14 @@ Precedence for per-session settings: the manifest's ``metadata.multiprocess``
 > runtime.toml ``[multiprocess]`` > built-in defaults. Global limits
 (``[limits]``) always win: a manifest asking for more is a validation error.
 
+The supervision policy is chosen whole, not key by key: the manifest's
+``metadata.supervision`` > runtime.toml ``[supervision]`` (when it sets any of
+strategy / max_restarts / within_secs) > fail-fast (``runtime.FAIL_FAST``:
+one_for_all, no restarts — a failed node fails the session). Keys a policy
+leaves out take the same defaults wherever it is written: one_for_one, 3
+restarts within 5 s. A node's restart type: its manifest ``restart`` >
+``[supervision] restart`` > transient. (``runtime/_plan.py`` resolves both.)
+
 Example ``runtime.toml`` (every key optional)::
 
     [server]
@@ -21,6 +29,12 @@ Example ``runtime.toml`` (every key optional)::
     close_timeout_secs = 30
     grace_period_secs = 2.0
     warm_pool = 0
+
+    [supervision]                      # the default policy of sessions whose manifest sets none
+    strategy = "one_for_one"
+    max_restarts = 3
+    within_secs = 5
+    restart = "transient"              # restart type of nodes whose manifest names none
 
     [routing]
     default = "inprocess"
@@ -49,12 +63,17 @@ __all__ = [
     "RoutingRuleConfig",
     "RuntimeConfig",
     "ServerConfig",
+    "SupervisionDefaults",
     "load_config",
 ]
 
 Executor = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]*$")]
 """An executor's name: a built-in one or one a package registers (checked by the runtime)."""
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+MAX_RESTARTS_LIMIT = 1000
+WITHIN_SECS_LIMIT = 3600.0
+"""Bounds of a supervision policy, wherever it is written (runtime.toml, a manifest and its
+JSON Schema, which ``tests/test_manifest_schema.py`` holds to the same numbers)."""
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -118,6 +137,28 @@ class MultiprocessDefaults(_Section, frozen=True):
     checksums: bool = False
 
 
+class SupervisionDefaults(_Section, frozen=True):
+    """``[supervision]``: what sessions get when their manifest says nothing.
+
+    The three policy keys describe one policy, like a manifest's ``metadata.supervision``:
+    setting any of them gives the server a default policy, whose unset keys take the
+    manifest's defaults (``manifest.SupervisionConfig``: one_for_one, 3, 5 s); setting none
+    keeps fail-fast. None here means "not set", so that the two cases stay apart.
+    """
+
+    strategy: Literal["one_for_one", "one_for_all", "rest_for_one"] | None = None
+    max_restarts: Annotated[int, msgspec.Meta(ge=0, le=MAX_RESTARTS_LIMIT)] | None = None
+    within_secs: Annotated[float, msgspec.Meta(gt=0, le=WITHIN_SECS_LIMIT)] | None = None
+    restart: Literal["permanent", "transient", "temporary"] = "transient"
+    """The restart type of nodes whose manifest entry names none. transient keeps today's
+    behaviour under fail-fast; temporary would let any node fail without failing its session."""
+
+    @property
+    def sets_policy(self) -> bool:
+        """Does this section set a default policy (else sessions fail fast)?"""
+        return (self.strategy, self.max_restarts, self.within_secs) != (None, None, None)
+
+
 class RoutingRuleConfig(_Section, frozen=True):
     pattern: str
     executor: Executor
@@ -144,6 +185,7 @@ class RuntimeConfig(_Section, frozen=True):
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     multiprocess: MultiprocessDefaults = msgspec.field(default_factory=MultiprocessDefaults)
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
+    supervision: SupervisionDefaults = msgspec.field(default_factory=SupervisionDefaults)
     nodes: NodesConfig = msgspec.field(default_factory=NodesConfig)
 
     def __post_init__(self) -> None:

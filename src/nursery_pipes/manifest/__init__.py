@@ -2,7 +2,7 @@
 
 from ._graph import CycleError, Graph
 from ._manifest import Manifest
-from ._model import Capabilities, ConnectionSpec, MultiprocessConfig, NodeSpec
+from ._model import Capabilities, ConnectionSpec, MultiprocessConfig, NodeSpec, SupervisionConfig
 from ._nesting import MAX_NESTING
 from ._validate import load_schema
 
@@ -15,5 +15,6 @@ __all__ = [
     "Manifest",
     "MultiprocessConfig",
     "NodeSpec",
+    "SupervisionConfig",
     "load_schema",
 ]

@@ -14,7 +14,15 @@ from ..nodes._base import Params
 from ..nodes._params import check_params
 from ..nodes._registry import NodeRegistry, default_registry
 from ._graph import Graph
-from ._model import METADATA_KEYS, ConnectionSpec, ManifestDoc, MultiprocessConfig, NodeSpec
+from ._model import (
+    METADATA_KEYS,
+    ConnectionSpec,
+    ManifestDoc,
+    MultiprocessConfig,
+    NodeSpec,
+    RestartName,
+    SupervisionConfig,
+)
 from ._nesting import document_text_issue
 from ._validate import json_error_issue, validate_document
 
@@ -149,6 +157,19 @@ class Manifest:
     def multiprocess(self) -> MultiprocessConfig:
         """``metadata.multiprocess`` as written (unset fields are None)."""
         return self._doc.metadata.multiprocess or MultiprocessConfig()
+
+    @property
+    def supervision(self) -> SupervisionConfig | None:
+        """``metadata.supervision`` with its defaults filled in, or None when the manifest has
+        none (then the server's default policy applies: runtime.toml ``[supervision]``, else
+        fail-fast)."""
+        return self._doc.metadata.supervision
+
+    @property
+    def restart_types(self) -> dict[str, RestartName]:
+        """Node id → restart type, for the nodes that name one (the others get the server's
+        default)."""
+        return {n.id: n.restart for n in self._doc.nodes if n.restart is not None}
 
     @property
     def extra_metadata(self) -> dict[str, Any]:

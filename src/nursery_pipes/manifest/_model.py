@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from .._config import MAX_RESTARTS_LIMIT, WITHIN_SECS_LIMIT
+
 __all__ = [
     "Capabilities",
     "ConnectionSpec",
@@ -21,6 +23,7 @@ __all__ = [
     "MetadataDoc",
     "MultiprocessConfig",
     "NodeSpec",
+    "SupervisionConfig",
 ]
 
 Executor = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]*$")]
@@ -30,6 +33,10 @@ DataType = Literal["audio", "video", "tensor", "json", "text", "binary", "any"]
 # dialect) does not; the lookahead makes both reject "a\n". Keep in sync with the schema.
 NODE_ID_PATTERN = r"^[a-zA-Z0-9_-]+$(?!\n)"
 HOST_PATTERN = r"^[^\s:]+:[0-9]{1,5}$(?!\n)"
+StrategyName = Literal["one_for_one", "one_for_all", "rest_for_one"]
+"""A supervision strategy (``runtime.Strategy`` by value; the manifest layer sits below the runtime)."""
+RestartName = Literal["permanent", "transient", "temporary"]
+"""A node's restart type (``runtime.RestartType`` by value)."""
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, omit_defaults=True):
@@ -65,6 +72,21 @@ class MultiprocessConfig(_Strict, frozen=True):
     executor_overrides: dict[str, Executor] = msgspec.field(default_factory=dict)
 
 
+class SupervisionConfig(_Strict, frozen=True):
+    """``metadata.supervision``: how this session restarts failed nodes — a policy as a whole.
+
+    The keys left out take these defaults (Elixir's ``Supervisor`` defaults), not
+    runtime.toml's: a policy is one decision, and mixing the manifest's strategy with the
+    server's intensity would make one nobody wrote (``runtime/_plan.py``,
+    ``resolve_supervision``). Without ``metadata.supervision`` the server's default applies.
+    """
+
+    strategy: StrategyName = "one_for_one"
+    max_restarts: Annotated[int, msgspec.Meta(ge=0, le=MAX_RESTARTS_LIMIT)] = 3
+    """More than this many restarts within ``within_secs`` fails the session; 0: none."""
+    within_secs: Annotated[float, msgspec.Meta(gt=0, le=WITHIN_SECS_LIMIT)] = 5.0
+
+
 class NodeSpec(_Strict, frozen=True):
     """One node of a manifest."""
 
@@ -77,6 +99,8 @@ class NodeSpec(_Strict, frozen=True):
     runtime_hint: Literal["rustpython", "cpython", "cpython_wasm", "auto"] | None = None
     input_types: list[DataType] = msgspec.field(default_factory=list)
     output_types: list[DataType] = msgspec.field(default_factory=list)
+    restart: RestartName | None = None
+    """None: the server's default restart type (runtime.toml ``[supervision] restart``)."""
 
 
 class ConnectionSpec(_Strict, frozen=True):
@@ -92,6 +116,7 @@ class MetadataDoc(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     description: str = ""
     created_at: str = ""
     multiprocess: MultiprocessConfig | None = None
+    supervision: SupervisionConfig | None = None
 
 
 class ManifestDoc(_Strict, frozen=True):

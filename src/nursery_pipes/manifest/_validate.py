@@ -147,7 +147,9 @@ def _schema_error_issues(error: Any) -> list[ManifestIssue]:
         ]
     if validator == "enum":
         choices = ", ".join(json.dumps(v) for v in error.validator_value)
-        return [ManifestIssue(path, f"must be one of {choices}, got {_show(error.instance)}")]
+        return [
+            ManifestIssue(path, f"must be one of {choices}, got {_show(error.instance)}{_enum_hint(error)}")
+        ]
     if validator == "type":
         return [
             ManifestIssue(path, f"must be {_type_words(error.validator_value)}, got {_kind(error.instance)}")
@@ -326,6 +328,18 @@ def _unknown_node(name: str, ids: list[str]) -> str:
 def _did_you_mean(name: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" — did you mean {close[0]!r}?" if close else ""
+
+
+def _enum_hint(error: Any) -> str:
+    """ "did you mean" for a string close to one of an enum's strings ("one-for-one")."""
+    if not isinstance(error.instance, str):
+        return ""
+    words = [v for v in error.validator_value if isinstance(v, str)]
+    normalised = error.instance.strip().lower().replace("-", "_").replace(" ", "_")
+    if normalised in words:
+        return f" — did you mean {json.dumps(normalised)}?"
+    close = difflib.get_close_matches(error.instance, words, n=1, cutoff=0.6)
+    return f" — did you mean {json.dumps(close[0])}?" if close else ""
 
 
 def _unknown_field(key: str, known: list[str]) -> str:

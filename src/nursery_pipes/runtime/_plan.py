@@ -1,8 +1,9 @@
 """From a validated manifest to a session plan. Sans-I/O.
 
 Everything decided before anything starts lives here: the effective settings
-(manifest > runtime.toml > defaults, global limits win), each node's executor
-and the reason, each edge's transport, and the limit checks. A plan either
+(manifest > runtime.toml > defaults, global limits win), the supervision
+policy and each node's restart type, each node's executor and the reason,
+each edge's transport, and the limit checks. A plan either
 comes out whole or raises an error naming what is wrong — nothing has been
 spawned yet.
 """
@@ -20,11 +21,21 @@ from .._errors import FrameError, FrameKindError, InputError, ManifestError, Man
 from ..executors import Executor, Placement, SessionSettings
 from ..frames import Frame
 from ..ipc import shm_refusal
-from ..manifest import Manifest
+from ..manifest import Manifest, NodeSpec, SupervisionConfig
 from ..nodes._base import Node, Params
 from ..nodes._routing import REMOTE, SEED_RULE, Assignment, RoutingRule, RoutingTable, route
+from ._policy import FAIL_FAST, RestartType, Strategy, SupervisionPolicy
 
-__all__ = ["CLIENT", "EdgePlan", "NodePlan", "SessionPlan", "SessionSettings", "plan_session"]
+__all__ = [
+    "CLIENT",
+    "EdgePlan",
+    "NodePlan",
+    "SessionPlan",
+    "SessionSettings",
+    "plan_session",
+    "resolve_restart",
+    "resolve_supervision",
+]
 
 CLIENT = "<client>"
 """The session's user, as an edge endpoint: it feeds the sources and reads the sinks."""
@@ -56,6 +67,9 @@ class NodePlan:
     """Worker processes it takes."""
     threads: int = 0
     """Threads it takes."""
+    restart: RestartType = RestartType.TRANSIENT
+    """What its failure means: restarted (permanent, transient — alike in a pipeline, where a
+    node only ends normally when its inputs have) or not (temporary: its outputs end)."""
 
     @property
     def executor(self) -> str:
@@ -76,6 +90,8 @@ class SessionPlan:
     order: tuple[str, ...]
     sources: tuple[str, ...]
     sinks: tuple[str, ...]
+    supervision: SupervisionPolicy = FAIL_FAST
+    """How the session answers a node failure (``resolve_supervision``)."""
 
     @property
     def process_count(self) -> int:
@@ -119,6 +135,41 @@ def resolve_settings(manifest: Manifest, config: RuntimeConfig) -> SessionSettin
         python_executable=mp.python_executable or defaults.python_executable,
         close_timeout_secs=float(mp.close_timeout_secs or defaults.close_timeout_secs),
     )
+
+
+def resolve_supervision(manifest: Manifest, config: RuntimeConfig) -> SupervisionPolicy:
+    """The session's policy: the manifest's ``metadata.supervision`` > runtime.toml's
+    ``[supervision]`` > :data:`FAIL_FAST` (today's behaviour: a failed node fails the session).
+
+    A policy is taken whole from the first place that sets one, never assembled key by key:
+    its keys left out take ``SupervisionConfig``'s defaults (one_for_one, 3 restarts within
+    5 s) in either place. Per-node restart types alone set no policy: with them the server's
+    default still applies.
+    """
+    written = manifest.supervision if manifest.supervision is not None else _server_policy(config)
+    if written is None:
+        return FAIL_FAST
+    return SupervisionPolicy(
+        Strategy(written.strategy), max_restarts=written.max_restarts, within_secs=float(written.within_secs)
+    )
+
+
+def _server_policy(config: RuntimeConfig) -> SupervisionConfig | None:
+    """runtime.toml's default policy, its unset keys filled in as a manifest's would be."""
+    server, default = config.supervision, SupervisionConfig()
+    if not server.sets_policy:
+        return None
+    return SupervisionConfig(
+        strategy=default.strategy if server.strategy is None else server.strategy,
+        max_restarts=default.max_restarts if server.max_restarts is None else server.max_restarts,
+        within_secs=default.within_secs if server.within_secs is None else server.within_secs,
+    )
+
+
+def resolve_restart(spec: NodeSpec, config: RuntimeConfig) -> RestartType:
+    """A node's restart type: its manifest entry's ``restart`` > runtime.toml's
+    ``[supervision] restart`` (built in: transient)."""
+    return RestartType(spec.restart or config.supervision.restart)
 
 
 def routing_table(config: RuntimeConfig) -> RoutingTable:
@@ -175,6 +226,7 @@ def plan_session(
             placement=executor.placement if executor is not None else Placement.SUPERVISOR,
             processes=executor.processes_per_node if executor is not None else 0,
             threads=executor.threads_per_node if executor is not None else 0,
+            restart=resolve_restart(spec, config),
         )
     if any(node.processes for node in nodes.values()):
         issues += _executable_issues(settings.python_executable)
@@ -188,6 +240,7 @@ def plan_session(
         order=graph.topological_order,
         sources=graph.sources,
         sinks=graph.sinks,
+        supervision=resolve_supervision(manifest, config),
     )
     if plan.process_count > settings.max_processes:
         raise ResourceLimitError(

@@ -13,6 +13,9 @@ Conventions (recorded in docs/design.md, "gRPC API"):
 - A manifest arrives as ``PipelineManifest`` and is turned into the JSON
   document form, so validation errors carry the same JSON paths a file would
   (``nodes[1].params.chunk_size``); ``params`` is a JSON string on the wire.
+  ``metadata.supervision`` and each of its keys cross only when present
+  (proto3 ``optional``): an empty object is a policy of defaults, and
+  ``max_restarts`` 0 is a value; a node's ``restart`` is "" when not set.
 - A sink that produced several frames in a unary ``ExecutePipeline`` is
   returned as one buffer: audio concatenated (same format), text joined,
   JSON as an array of the values, binary concatenated; tensors and video
@@ -22,7 +25,8 @@ Conventions (recorded in docs/design.md, "gRPC API"):
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,13 +55,18 @@ from ..manifest._nesting import text_issue
 from ._messages import BETTERPROTO, Messages, conn_from, has, optional, which
 
 __all__ = [
+    "SUPERVISION_EVENT_KINDS",
     "buffer_to_frame",
     "error_response",
     "frame_to_buffer",
     "frames_to_buffer",
     "manifest_from_proto",
     "manifest_to_proto",
+    "supervision_event_to_proto",
 ]
+
+SUPERVISION_EVENT_KINDS = frozenset({"failed", "restarted", "stopped", "dropped"})
+"""``SupervisionEvent.kind``: what supervision did about a node (docs/design.md §4)."""
 
 _HINTS = {
     pb.DataTypeHint.AUDIO: "audio",
@@ -273,6 +282,9 @@ def manifest_from_proto(manifest: Any) -> dict[str, Any]:
         metadata["created_at"] = manifest.metadata.created_at
     if has(manifest.metadata, "multiprocess"):
         metadata["multiprocess"] = _multiprocess_from_proto(manifest.metadata.multiprocess)
+    supervision = optional(manifest.metadata, "supervision")
+    if supervision is not None:
+        metadata["supervision"] = _supervision_from_proto(supervision, issues)
     nodes = [_node_from_proto(i, node, issues) for i, node in enumerate(manifest.nodes)]
     if issues:
         raise ManifestError(issues)
@@ -304,6 +316,22 @@ def _multiprocess_from_proto(mp: Any) -> dict[str, Any]:
     return out
 
 
+def _supervision_from_proto(config: Any, issues: list[ManifestIssue]) -> dict[str, Any]:
+    """The keys that are present, so that left-out ones take their defaults in validation."""
+    out: dict[str, Any] = {}
+    for field in ("strategy", "max_restarts", "within_secs"):
+        value = optional(config, field)
+        if value is not None:
+            out[field] = value
+    within = out.get("within_secs")
+    if within is not None and not math.isfinite(within):
+        # JSON cannot say NaN, a double can, and no schema bound rejects it (NaN compares false).
+        issues.append(
+            ManifestIssue("metadata.supervision.within_secs", f"must be a finite number, got {within}")
+        )
+    return out
+
+
 def _node_from_proto(index: int, node: Any, issues: list[ManifestIssue]) -> dict[str, Any]:
     out: dict[str, Any] = {"id": node.id, "node_type": node.node_type}
     too_deep = text_issue(node.params, f"nodes[{index}].params")
@@ -331,6 +359,8 @@ def _node_from_proto(index: int, node: Any, issues: list[ManifestIssue]) -> dict
         out["input_types"] = [_HINTS.get(h, "any") for h in node.input_types]
     if node.output_types:
         out["output_types"] = [_HINTS.get(h, "any") for h in node.output_types]
+    if node.restart:
+        out["restart"] = node.restart
     return out
 
 
@@ -352,7 +382,7 @@ def _capabilities_from_proto(caps: Any) -> dict[str, Any]:
 def manifest_to_proto(doc: Mapping[str, Any]) -> pb.PipelineManifest:
     """The wire form of a manifest document (for clients)."""
     meta = dict(doc.get("metadata", {}))
-    known = {"name", "description", "created_at", "multiprocess"}
+    known = {"name", "description", "created_at", "multiprocess", "supervision"}
     metadata = pb.ManifestMetadata(
         name=meta.get("name", ""),
         description=meta.get("description", ""),
@@ -372,6 +402,14 @@ def manifest_to_proto(doc: Mapping[str, Any]) -> pb.PipelineManifest:
             enable_backpressure=mp.get("enable_backpressure"),
             executor_overrides=dict(mp.get("executor_overrides", {})),
         )
+    if meta.get("supervision") is not None:  # null: no policy, like a missing key
+        sup = meta["supervision"]
+        # Only the keys present, each with presence: {} is a policy (of defaults), not "unset".
+        metadata.supervision = pb.SupervisionConfig(
+            strategy=sup.get("strategy"),
+            max_restarts=sup.get("max_restarts"),
+            within_secs=sup.get("within_secs"),
+        )
     return pb.PipelineManifest(
         version=doc.get("version", ""),
         metadata=metadata,
@@ -387,6 +425,7 @@ def _node_to_proto(node: Mapping[str, Any]) -> pb.NodeManifest:
         params=json.dumps(node.get("params", {})),
         host=node.get("host") or "",
         is_streaming=bool(node.get("is_streaming", False)),
+        restart=node.get("restart") or "",
     )
     caps = node.get("capabilities")
     if caps:
@@ -439,3 +478,40 @@ def error_response(exc: BaseException, ns: Messages = BETTERPROTO) -> Any:
     return ns.ErrorResponse(
         error_type=int(pb.ErrorType.INTERNAL), message=f"internal error: {type(exc).__name__}: {exc}"
     )
+
+
+# -- supervision -----------------------------------------------------------------------------------
+
+
+def supervision_event_to_proto(
+    kind: str,
+    node_id: str,
+    message: str = "",
+    *,
+    restarts: int = 0,
+    dropped_sequences: Iterable[int] = (),
+    error: BaseException | None = None,
+    ns: Messages = BETTERPROTO,
+) -> Any:
+    """A ``SupervisionEvent`` (of the ``ns`` implementation) from plain values.
+
+    ``kind`` is one of :data:`SUPERVISION_EVENT_KINDS`; ``restarts`` counts the node's
+    restarts so far; ``dropped_sequences`` are the ``DataChunk`` sequences whose frames were
+    lost; ``error`` (for "failed") is the node's exception, converted as the call's error
+    would be (:func:`error_response`). Plain values, so that the wire layer needs none of
+    the runtime's types.
+    """
+    if kind not in SUPERVISION_EVENT_KINDS:
+        raise ValueError(
+            f"supervision event kind must be one of {sorted(SUPERVISION_EVENT_KINDS)}, got {kind!r}"
+        )
+    fields: dict[str, Any] = {
+        "node_id": node_id,
+        "kind": kind,
+        "message": message,
+        "restarts": restarts,
+        "dropped_sequences": list(dropped_sequences),
+    }
+    if error is not None:
+        fields["error"] = error_response(error, ns)  # (upb: sub-messages only via the constructor)
+    return ns.SupervisionEvent(**fields)

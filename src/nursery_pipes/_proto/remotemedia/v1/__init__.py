@@ -319,6 +319,23 @@ class InitProgress(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class SupervisionEvent(betterproto.Message):
+    """
+    nursery_pipes extension: what a session's supervision did about one node.
+     Streamed as StreamResponse.supervision, gathered in ExecutionResult.supervision.
+     Clients built from upstream's protos never see these: they only miss the
+     results of the frames that were dropped.
+    """
+
+    node_id: str = betterproto.string_field(1)
+    kind: str = betterproto.string_field(2)
+    message: str = betterproto.string_field(3)
+    restarts: int = betterproto.uint32_field(4)
+    dropped_sequences: List[int] = betterproto.uint64_field(5)
+    error: "ErrorResponse" = betterproto.message_field(6)
+
+
+@dataclass(eq=False, repr=False)
 class NodeAssignment(betterproto.Message):
     """nursery_pipes extension: which executor runs a node, and why."""
 
@@ -368,6 +385,27 @@ class ManifestMetadata(betterproto.Message):
      as one JSON object string (kept, never rejected).
     """
 
+    supervision: Optional["SupervisionConfig"] = betterproto.message_field(
+        6, optional=True
+    )
+    """
+    nursery_pipes extension: `metadata.supervision`, the session's own policy.
+     Presence matters: set (even empty) is a policy, unset leaves the server's.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class SupervisionConfig(betterproto.Message):
+    """
+    nursery_pipes extension: `metadata.supervision` of a manifest. Each field is
+     present exactly when the JSON object has the key; a key left out takes its
+     default (one_for_one, 3 restarts within 5 s), never the server's.
+    """
+
+    strategy: Optional[str] = betterproto.string_field(1, optional=True)
+    max_restarts: Optional[int] = betterproto.uint32_field(2, optional=True)
+    within_secs: Optional[float] = betterproto.double_field(3, optional=True)
+
 
 @dataclass(eq=False, repr=False)
 class MultiprocessConfig(betterproto.Message):
@@ -399,6 +437,10 @@ class NodeManifest(betterproto.Message):
     runtime_hint: "RuntimeHint" = betterproto.enum_field(7)
     input_types: List["DataTypeHint"] = betterproto.enum_field(8)
     output_types: List["DataTypeHint"] = betterproto.enum_field(9)
+    restart: str = betterproto.string_field(10)
+    """
+    nursery_pipes extension: permanent | transient | temporary; empty: the server's default.
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -442,6 +484,11 @@ class ExecutionResult(betterproto.Message):
 
     progress: List["InitProgress"] = betterproto.message_field(6)
     """nursery_pipes extension: init progress events seen during the run."""
+
+    supervision: List["SupervisionEvent"] = betterproto.message_field(7)
+    """
+    nursery_pipes extension: node failures, restarts and dropped frames during the run, in order.
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -532,6 +579,11 @@ class StreamResponse(betterproto.Message):
      errors arrive as `error` (3), which every client sees; the sequence and
      the session's fate are extension fields of ErrorResponse. Kept so the
      number is never reused and clients can read older servers.
+    """
+
+    supervision: "SupervisionEvent" = betterproto.message_field(8, group="response")
+    """
+    nursery_pipes extension: a node failed, was restarted or stopped, or frames were dropped.
     """
 
     def __post_init__(self) -> None:
