@@ -20,7 +20,10 @@ Three kinds of 200 ms:
 each placed ``inprocess``, ``thread`` and ``multiprocess``. The baseline is the
 same light sessions with no heavy session. Every configuration runs in the same
 run, interleaved in rounds; each light-session number is compared with that
-baseline (p50/p99 over all light frames of all rounds).
+baseline (p50/p99 over all light frames of all rounds). The baseline itself
+(~0.8 ms p50) is mostly the timer: Python's epoll waits in whole milliseconds,
+so a feeder's ``sleep_until`` wakes up to ~1 ms late; the session's own hop is
+~30 µs (part 2).
 
 Part 2 — what an executor costs per frame. One PassThrough session per executor,
 one frame in flight at a time: round trip (send → output read) p50/p99 for a
@@ -34,7 +37,7 @@ Part 3 (only when ``pipecat-ai`` is installed: ``pip install -r
 benchmarks/requirements-peers.txt``) — the peer: the same light and heavy
 pipelines as Pipecat pipelines in one asyncio loop, the heavy processor
 calling ``time.sleep(0.2)`` in ``process_frame`` (blocking the loop) or
-``await asyncio.to_thread(time.sleep, 0.2)``. Without Pipecat that row is
+``await asyncio.to_thread(time.sleep, 0.2)``. Without Pipecat those rows are
 skipped with a note.
 
 Prints tables; the LAST line is one JSON object (also benchmarks/results/blocking.json).
