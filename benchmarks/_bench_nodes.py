@@ -13,12 +13,13 @@ Linux, so a worker's stamp can be subtracted from the supervisor's.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import numpy as np
 
 from nursery_pipes.frames import AudioFrame, Frame, JsonFrame, TensorFrame
-from nursery_pipes.nodes._base import Node
+from nursery_pipes.nodes._base import Node, Params
 
 now = time.perf_counter_ns
 
@@ -98,7 +99,121 @@ class SendStampNode(Node):
         return TensorFrame(data=frame.data, layout=frame.layout, metadata={"t_send": str(now())})
 
 
-BENCH_NODES = (HopStampNode, ArrivalNode, ArrivalCopyNode, SendStampNode)
+# ------------------------------------------------------------------ heavy stages (bench_parallel,
+# bench_blocking): the same work wherever they run, so executors can be compared. The work per
+# frame is a number of units fixed by the benchmark (calibrate(), once, in its own process),
+# never re-measured inside a node: a node calibrating under contention would do less work.
+
+MATRIX = 256
+"""One unit of GIL-releasing work: a 256×256 float64 matrix product into a preallocated
+array (~0.65 ms here). BLAS runs without the GIL; the Python around each call is < 1 % of
+the unit. The benchmarks pin OpenBLAS to one thread (``OPENBLAS_NUM_THREADS=1``, set before
+numpy is imported, inherited by workers), so a stage is one core's work wherever it runs;
+:func:`calibrate` refuses to run otherwise.
+
+Why not FFTs: numpy's FFTs allocate and free large temporaries on every call. On a
+process's main thread — where in-process nodes and worker processes run — glibc hands that
+memory back to the kernel each time (strace: brk up, brk down, per call) and it faults in
+again on the next call; on a node thread's arena it does not. So a 32 Ki-point FFT costs
+~1.3-2× more CPU on a main thread here, which would credit the thread executor with the
+allocator's doing."""
+PY_ITERATIONS = 1000
+"""One unit of GIL-holding work: a pure-Python loop of this many multiply-adds (~35 µs here)."""
+
+
+class WorkParams(Params, kw_only=True):
+    units: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Units of work per frame."""
+
+
+class MatrixWork:
+    """Owns the operands, so a unit allocates nothing."""
+
+    def __init__(self) -> None:
+        self.a = np.random.default_rng(0).standard_normal((MATRIX, MATRIX)) / MATRIX
+        self.out = np.empty_like(self.a)
+
+    def __call__(self, units: int) -> None:
+        a, out = self.a, self.out
+        for _ in range(units):
+            np.matmul(a, a, out=out)
+
+
+def python_units(units: int) -> int:
+    total = 0
+    for _ in range(units):
+        for i in range(PY_ITERATIONS):
+            total += i * i
+    return total
+
+
+def calibrate(kind: str, milliseconds: float) -> int:
+    """Units of ``kind`` ("numpy" or "python") that take ``milliseconds`` of CPU on this
+    machine: the cheapest of 20 batches of ~5 ms (thread CPU time), so that load from other
+    processes while calibrating does not shrink the work."""
+    work = MatrixWork() if kind == "numpy" else python_units
+    work(3)  # warm up caches
+    batch, began = 1, time.thread_time()
+    while time.thread_time() - began < 0.005:
+        work(batch)
+        batch += 1
+    best = float("inf")
+    process_began, thread_began = time.process_time(), time.thread_time()
+    for _ in range(20):
+        began = time.thread_time()
+        work(batch)
+        best = min(best, (time.thread_time() - began) / batch)
+    if time.process_time() - process_began > 1.3 * (time.thread_time() - thread_began):
+        raise RuntimeError(
+            "the numpy work ran on more than one core (BLAS threads): set OPENBLAS_NUM_THREADS=1 "
+            "before numpy is imported"
+        )
+    return max(1, round(milliseconds / 1000 / best))
+
+
+class NumpyWorkNode(Node[WorkParams]):
+    """``units`` 256×256 matrix products per frame (the GIL is released), then the frame."""
+
+    def __init__(self, params: WorkParams, context: Any) -> None:
+        super().__init__(params, context)
+        self._work = MatrixWork()
+
+    def process(self, frame: Frame) -> Frame:
+        self._work(self.params.units)
+        return frame
+
+
+class PythonWorkNode(Node[WorkParams]):
+    """``units`` pure-Python loops per frame (the GIL is held throughout), then the frame."""
+
+    def process(self, frame: Frame) -> Frame:
+        python_units(self.params.units)
+        return frame
+
+
+class BlockParams(Params, kw_only=True):
+    seconds: Annotated[float, msgspec.Meta(ge=0.0)] = 0.2
+
+
+class BlockingSleepNode(Node[BlockParams]):
+    """``time.sleep(seconds)`` per frame, then the frame: a call that blocks its thread
+    without the GIL and without CPU, like blocking I/O. (The testing SleepNode sleeps with
+    ``trio.sleep`` when it runs in-process; this one blocks wherever it runs.)"""
+
+    def process(self, frame: Frame) -> Frame:
+        time.sleep(self.params.seconds)
+        return frame
+
+
+BENCH_NODES = (
+    HopStampNode,
+    ArrivalNode,
+    ArrivalCopyNode,
+    SendStampNode,
+    NumpyWorkNode,
+    PythonWorkNode,
+    BlockingSleepNode,
+)
 
 
 def register(registry: Any) -> None:

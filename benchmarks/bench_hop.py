@@ -219,7 +219,7 @@ def piece_costs(n: int) -> dict[str, float]:
             down = Ring.create(RingSpec(ns, 0, 8, 256 * 1024, async_producer=True))
             # worker → supervisor edge: sync producer (worker), trio consumer (used doorbell)
             up = Ring.create(RingSpec(ns, 1, 8, 256 * 1024, async_consumer=True))
-            port = ShmPort(TrioProducer(down.producer()))
+            port = ShmPort(TrioProducer(down.producer()), down)
             wcons, wprod = down.consumer(), up.producer()
             pump = TrioConsumer(up.consumer())
             for _ in range(n):
