@@ -167,7 +167,10 @@ async def test_fail_fast_cancels_siblings_and_raises_child_error(
 async def test_one_for_one_restarts_only_the_failed_child(autojump_clock: trio.testing.MockClock) -> None:
     script = Script({"a": ["ok"], "b": ["fail", "fail", "ok"]})
     restarts: list[tuple[str, ...]] = []
-    sup = Supervisor(SupervisionPolicy(Strategy.ONE_FOR_ONE, max_restarts=5), on_restart=restarts.append)
+    sup = Supervisor(
+        SupervisionPolicy(Strategy.ONE_FOR_ONE, max_restarts=5),
+        on_restart=lambda record: restarts.append(record.restarted),
+    )
     await sup.run([script.spec("a"), script.spec("b")])
     assert restarts == [("b",), ("b",)]
     assert script.log.count("start a") == 1
