@@ -532,23 +532,30 @@ async def test_a_restart_exactly_within_secs_old_still_counts(autojump_clock: tr
 # -- readiness, waiting, errors ----------------------------------------------------------------
 
 
-async def test_ready_waits_for_a_child_restarted_while_starting(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    async def slow_then_fails_once(task_status: Any) -> None:
-        nonlocal runs
-        runs += 1
-        await trio.sleep(2)
-        if runs == 1:
+async def test_ready_waits_for_a_child_restarted_while_starting(autojump_clock: trio.testing.MockClock) -> None:
+    """a is ready at 3 s; b fails at 4 s before it was ever ready: one_for_all restarts both.
+    The supervisor is ready when the *new* runs are (a's at 7 s), not when the old ones were."""
+
+    async def a(task_status: Any) -> None:
+        await trio.sleep(3)
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def b(task_status: Any) -> None:
+        nonlocal b_runs
+        b_runs += 1
+        if b_runs == 1:
+            await trio.sleep(4)
             raise RuntimeError("init failed")
         task_status.started()
         await trio.sleep_forever()
 
-    runs = 0
-    sup = Supervisor(SupervisionPolicy(Strategy.ONE_FOR_ONE, max_restarts=1))
+    b_runs = 0
+    sup = Supervisor(SupervisionPolicy(Strategy.ONE_FOR_ALL, max_restarts=1))
     async with trio.open_nursery() as nursery:
-        await nursery.start(sup.run, [ChildSpec("x", slow_then_fails_once)])
-        assert trio.current_time() == pytest.approx(4)  # the second run's started(), not the first's end
+        await nursery.start(sup.run, [ChildSpec("a", a), ChildSpec("b", b)])
+        assert trio.current_time() == pytest.approx(7)
+        assert [str(r) for r in sup.history] == ["b failed: restart a, b"]
         nursery.cancel_scope.cancel()
 
 
