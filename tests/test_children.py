@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -172,3 +175,26 @@ async def test_a_permanent_worker_child_is_restarted_after_it_returns() -> None:
     with pytest.raises(ChildFailed, match=r"^tick exited normally after 2 restarts within 60 s"):
         await sup.run([ChildSpec.in_worker("tick", time.sleep, 0, restart=RestartType.PERMANENT)])
     assert [str(r) for r in sup.history] == ["tick exited: restart tick"] * 2 + ["tick exited: escalate"]
+
+
+def _readme_blocks() -> list[str]:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("### Supervising your own tasks", 1)[1].split("\n## ", 1)[0]
+    return [block.split("\n", 1)[1] for block in section.split("```")[1::2]]
+
+
+def test_the_readme_example_runs_as_shown(tmp_path: Path) -> None:
+    """README "Supervising your own tasks": the script, run as a script (its workers re-import it)."""
+    script, output = _readme_blocks()[:2]
+    (tmp_path / "supervised.py").write_text(script)
+    command, *expected = output.strip().splitlines()
+    assert command == "$ python supervised.py /tmp/marker"
+    run = subprocess.run(
+        [sys.executable, "supervised.py", str(tmp_path / "marker")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert run.stdout.splitlines() == expected

@@ -532,7 +532,9 @@ async def test_a_restart_exactly_within_secs_old_still_counts(autojump_clock: tr
 # -- readiness, waiting, errors ----------------------------------------------------------------
 
 
-async def test_ready_waits_for_a_child_restarted_while_starting(autojump_clock: trio.testing.MockClock) -> None:
+async def test_ready_waits_for_a_child_restarted_while_starting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     """a is ready at 3 s; b fails at 4 s before it was ever ready: one_for_all restarts both.
     The supervisor is ready when the *new* runs are (a's at 7 s), not when the old ones were."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,6 +43,23 @@ def test_the_documented_example_passes_in_a_users_project(pytester: pytest.Pytes
     pytester.makepyfile(test_user=_docstring_example())
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
+
+
+def test_the_readme_test_example_passes(pytester: pytest.Pytester) -> None:
+    """README "Supervising your own tasks", its test (with the imports it leaves out)."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("### Supervising your own tasks", 1)[1].split("\n## ", 1)[0]
+    example = section.split("```python\n")[-1].split("```")[0]
+    imports = (
+        "import time\n"
+        "from nursery_pipes import ChildSpec, Strategy, SupervisionPolicy\n"
+        "from nursery_pipes.testing import assert_history\n\n"
+    )
+    pytester.makeconftest('pytest_plugins = ["nursery_pipes.testing.pytest_plugin"]\n')
+    pytester.makeini("[pytest]\ntrio_mode = true\nfilterwarnings = error\n")
+    pytester.makepyfile(test_readme=imports + example)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
 
 
 # -- the harness in this suite (the plugin is loaded by conftest.py) ----------------------------
