@@ -157,3 +157,18 @@ async def test_a_nested_supervisor_gets_a_harness_of_its_own(
     assert isinstance(record.error, ChildFailed)
     assert str(await inner.fail("x")) == "x failed: restart x, y"  # a fresh window in the new run
     assert str(await outer.fail("inner")) == "inner failed: restart inner"
+
+
+async def test_worker_faults_in_virtual_time(
+    start_supervisor: SupervisorStarter, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Real worker processes under a MockClock: the window is virtual, the processes are not."""
+    policy = SupervisionPolicy(Strategy.ONE_FOR_ONE, max_restarts=1, within_secs=30)
+    harness = await start_supervisor([ChildSpec.in_worker("w", time.sleep, 3600)], policy)
+    await harness.kill_worker("w")
+    await trio.sleep(31)  # virtual: the restart has left the window
+    await harness.exit_worker("w", 5)
+    record = await harness.kill_worker("w")
+    assert_history(harness.supervisor, ["w failed: restart w", "w failed: restart w", "w failed: escalate"])
+    assert record.time - harness.supervisor.history[1].time < 1  # no virtual time passed
+    assert harness.escalation is not None
