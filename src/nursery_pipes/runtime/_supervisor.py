@@ -43,31 +43,27 @@ gets its ``on_restarted``; the new failure's record follows instead.
 
 from __future__ import annotations
 
-import contextvars
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal, TypeVarTuple, Unpack
+from typing import Any, Literal
 
 import trio
 
 from .._errors import NurseryPipesError
-from ._children import worker_run
 from ._policy import (
     FAIL_FAST,
     Escalate,
     Forget,
     RestartChildren,
     RestartHistory,
-    RestartType,
     SupervisionPolicy,
     decide,
 )
+from ._spec import ChildSpec, ParentRun, current_run
 
 __all__ = ["ChildFailed", "ChildSpec", "FailureRecord", "Supervisor"]
-
-Ts = TypeVarTuple("Ts")
 
 
 class ChildFailed(NurseryPipesError):
@@ -120,123 +116,6 @@ class FailureRecord:
         return f"{self.child} {ended}: {self.action}{targets}{stopped}"
 
 
-@dataclass(frozen=True)
-class ChildSpec:
-    """How to run one child: ``run(task_status)`` must call ``task_status.started()``.
-
-    ``restart`` says whether it runs again after it ended (:class:`RestartType`). Three
-    constructors cover the usual children: :meth:`task` (an async function),
-    :meth:`in_worker` (a sync function in a worker process) and :meth:`supervisor` (a
-    nested supervisor).
-    """
-
-    name: str
-    run: Callable[[trio.TaskStatus[Any]], Awaitable[None]]
-    restart: RestartType = RestartType.TRANSIENT
-
-    @classmethod
-    def task(
-        cls,
-        name: str,
-        fn: Callable[[Unpack[Ts]], Awaitable[object]],
-        *args: *Ts,
-        restart: RestartType = RestartType.TRANSIENT,
-    ) -> ChildSpec:
-        """A trio task running ``await fn(*args)``; started as soon as it runs.
-
-        >>> import trio
-        >>> from nursery_pipes.runtime import SupervisionPolicy, Strategy, Supervisor
-        >>> attempts = []
-        >>> async def poll(url):
-        ...     attempts.append(url)
-        ...     if len(attempts) < 3:
-        ...         raise ConnectionError(f"{url} went away")
-        >>> supervisor = Supervisor(SupervisionPolicy(Strategy.ONE_FOR_ONE, max_restarts=3))
-        >>> trio.run(supervisor.run, [ChildSpec.task("poller", poll, "http://feed")])
-        >>> len(attempts), supervisor.restart_counts["poller"]
-        (3, 2)
-        >>> [str(record) for record in supervisor.history]
-        ['poller failed: restart poller', 'poller failed: restart poller']
-        >>> print(supervisor.history[0].reason)
-        poller failed: one_for_one restarts poller (restart 1 of at most 3 within 5 s)
-        """
-
-        async def run(task_status: trio.TaskStatus[Any]) -> None:
-            task_status.started()
-            await fn(*args)
-
-        return cls(name, run, restart)
-
-    @classmethod
-    def in_worker(
-        cls,
-        name: str,
-        fn: Callable[[Unpack[Ts]], object],
-        *args: *Ts,
-        restart: RestartType = RestartType.TRANSIENT,
-    ) -> ChildSpec:
-        """A worker process running ``fn(*args)``: a fresh process for every run.
-
-        ``fn`` and ``args`` are pickled (``fn`` must be importable). An exception from
-        ``fn`` fails the run with that exception; a process that exits or is killed fails
-        it with :class:`~nursery_pipes.runtime.WorkerCrashed`; stopping the child kills
-        the process. The run starts — ``task_status.started(worker)`` with its
-        :class:`~nursery_pipes.runtime.WorkerProcess` — once ``fn`` runs in the worker.
-        See :mod:`nursery_pipes.runtime._children`.
-
-        >>> import os, trio
-        >>> from nursery_pipes.runtime import SupervisionPolicy, Strategy, Supervisor
-        >>> supervisor = Supervisor(SupervisionPolicy(Strategy.ONE_FOR_ONE, max_restarts=2))
-        >>> try:
-        ...     trio.run(supervisor.run, [ChildSpec.in_worker("crasher", os._exit, 3)])
-        ... except ChildFailed as failed:
-        ...     print(failed)
-        ...     print(failed.error.exitcode, failed.restarts)
-        crasher failed after 2 restarts within 5 s (max_restarts=2): crasher: worker process ... exited with code 3
-        3 2
-        """
-        return cls(name, worker_run(name, fn, args), restart)
-
-    @classmethod
-    def supervisor(
-        cls,
-        name: str,
-        supervisor: Supervisor,
-        specs: Sequence[ChildSpec],
-        *,
-        restart: RestartType = RestartType.TRANSIENT,
-    ) -> ChildSpec:
-        """A nested supervisor running ``specs``: its escalation is this child's failure.
-
-        The parent learns of the escalation when it is decided (as with
-        :meth:`Supervisor.report_failure`), not only once the nested children have
-        stopped. Each run starts with a fresh restart-intensity window; the nested
-        supervisor's history keeps every run's records.
-
-        >>> import trio
-        >>> from nursery_pipes.runtime import SupervisionPolicy, Strategy, Supervisor
-        >>> async def write():
-        ...     raise OSError("disk full")
-        >>> storage = Supervisor(SupervisionPolicy(Strategy.ONE_FOR_ONE, max_restarts=1))
-        >>> top = Supervisor(SupervisionPolicy(Strategy.ONE_FOR_ONE, max_restarts=1))
-        >>> tree = [ChildSpec.supervisor("storage", storage, [ChildSpec.task("writer", write)])]
-        >>> try:
-        ...     trio.run(top.run, tree)
-        ... except ChildFailed as failed:
-        ...     print(failed.child, "<-", failed.error.child, "<-", repr(failed.error.error))
-        storage <- writer <- OSError('disk full')
-        >>> [str(record) for record in top.history]
-        ['storage failed: restart storage', 'storage failed: escalate']
-        >>> len(storage.history)  # two runs: restart, escalate; restart, escalate
-        4
-        """
-
-        async def run(task_status: trio.TaskStatus[Any]) -> None:
-            await supervisor._run(specs, task_status, parent=_current_run.get(None))
-
-        return cls(name, run, restart)
-
-
 @dataclass(eq=False)
 class _Run:
     """One run of a child (a restart makes a new one; messages name the run, not the name)."""
@@ -249,9 +128,8 @@ class _Run:
     failure_reported: bool = False
     """It reported its failure before ending; the policy has already acted on it."""
 
-
-# The run whose task this is: how a nested supervisor finds its parent (set in each child task).
-_current_run: contextvars.ContextVar[_Run] = contextvars.ContextVar("nursery_pipes_child_run")
+    def report_failure(self, error: BaseException) -> None:
+        self.supervisor.report_failure(self.spec.name, error)
 
 
 @dataclass(frozen=True)
@@ -391,8 +269,9 @@ class Supervisor:
         await self._run(specs, task_status, parent=None)
 
     async def _run(
-        self, specs: Sequence[ChildSpec], task_status: trio.TaskStatus[None], *, parent: _Run | None
+        self, specs: Sequence[ChildSpec], task_status: trio.TaskStatus[None], *, parent: ParentRun | None
     ) -> None:
+        """:meth:`run`, as the child ``parent`` of another supervisor (``ChildSpec.supervisor``)."""
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise ValueError(f"child names must be unique: {names}")
@@ -425,7 +304,10 @@ class Supervisor:
             raise failure
 
     async def _supervise(
-        self, nursery: trio.Nursery, recv: trio.MemoryReceiveChannel[_Started | _Ended], parent: _Run | None
+        self,
+        nursery: trio.Nursery,
+        recv: trio.MemoryReceiveChannel[_Started | _Ended],
+        parent: ParentRun | None,
     ) -> None:
         while self._runs:
             msg = await recv.receive()
@@ -442,7 +324,7 @@ class Supervisor:
                 if self._on_escalate is not None:
                     self._on_escalate(escalation)  # before the children's cleanups, not after
                 if parent is not None:
-                    parent.supervisor.report_failure(parent.spec.name, escalation)
+                    parent.report_failure(escalation)  # the parent acts now, not once we have stopped
                 raise escalation
 
     async def _launch(self, nursery: trio.Nursery, spec: ChildSpec) -> None:
@@ -455,7 +337,7 @@ class Supervisor:
     async def _child_main(self, run: _Run, task_status: trio.TaskStatus[None]) -> None:
         send = self._send
         assert send is not None
-        _current_run.set(run)
+        current_run.set(run)
         error: BaseException | None = None
         task_status.started()
         try:
