@@ -272,6 +272,8 @@ async def test_a_reported_failure_is_acted_on_once(autojump_clock: trio.testing.
     await sup.run([_reporting_child(sup, log)])  # the failing run's own end must not escalate
     assert sup.restarts == 1
     assert log == [("reported", 1), ("stopped", 6)]
+    [record] = sup.history
+    assert (str(record), record.time) == ("bad failed: restart bad", 1)  # decided when reported
 
 
 async def test_duplicate_child_names_are_rejected() -> None:
