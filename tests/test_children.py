@@ -198,3 +198,13 @@ def test_the_readme_example_runs_as_shown(tmp_path: Path) -> None:
         check=True,
     )
     assert run.stdout.splitlines() == expected
+
+
+def test_a_function_a_worker_cannot_import_is_refused_when_the_spec_is_made() -> None:
+    def local() -> None:
+        pass
+
+    with pytest.raises(TypeError, match=r"child 'job': .*local.* cannot be sent to a worker process"):
+        ChildSpec.in_worker("job", local)
+    with pytest.raises(TypeError, match="define it at the top level of an importable module"):
+        ChildSpec.in_worker("job", lambda: None)

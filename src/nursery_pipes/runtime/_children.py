@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import shutil
 import signal as _signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -166,7 +167,18 @@ class _Control:
 def worker_run(
     name: str, fn: Callable[..., object], args: Sequence[Any]
 ) -> Callable[[trio.TaskStatus[Any]], Awaitable[None]]:
-    """A child's ``run``: each call runs ``fn(*args)`` in a fresh worker process."""
+    """A child's ``run``: each call runs ``fn(*args)`` in a fresh worker process.
+
+    ``fn`` is checked now — a worker gets it by reference (module and name) — so a lambda
+    or a function defined inside another is refused here, naming the child, instead of
+    failing every run later."""
+    try:
+        pickle.dumps(fn)
+    except Exception as exc:
+        raise TypeError(
+            f"child {name!r}: {fn!r} cannot be sent to a worker process ({exc}); "
+            "define it at the top level of an importable module"
+        ) from exc
 
     async def run(task_status: trio.TaskStatus[Any]) -> None:
         control = _Control()
