@@ -1,18 +1,20 @@
 """Sessions, supervision, executors and the runtime that ties them together."""
 
 from .._states import NodeState, SessionState
+from ._children import WorkerCrashed, WorkerProcess
 from ._events import Event, NodeProgress, Output, StateChanged
 from ._plan import SessionPlan
 from ._policy import FAIL_FAST, RestartType, Strategy, SupervisionPolicy
 from ._runtime import PipelineResult, Runtime
 from ._session import Session, SessionMetrics, SessionStatistics
-from ._supervisor import ChildFailed, ChildSpec, Supervisor
+from ._supervisor import ChildFailed, ChildSpec, FailureRecord, Supervisor
 
 __all__ = [
     "FAIL_FAST",
     "ChildFailed",
     "ChildSpec",
     "Event",
+    "FailureRecord",
     "NodeProgress",
     "NodeState",
     "Output",
@@ -28,4 +30,6 @@ __all__ = [
     "Strategy",
     "SupervisionPolicy",
     "Supervisor",
+    "WorkerCrashed",
+    "WorkerProcess",
 ]

@@ -17,8 +17,32 @@ one_for_all       every child (in start order)
 rest_for_one      the failed child and every child started after it
 ================  ==========================================================
 
+Restart types, as in OTP: a *permanent* child is restarted whenever it ends,
+a *transient* one only when it failed, a *temporary* one never — not even
+when a sibling's failure stops it (one_for_all, rest_for_one): it is then
+stopped for good (``RestartChildren.stopped``).
+
 Restart intensity: more than ``max_restarts`` restarts within ``within_secs``
-escalates (the supervisor gives up and fails with the child's error).
+escalates (the supervisor gives up and fails with the child's error). The
+window slides: a restart counts while it is at most ``within_secs`` old, so
+with ``max_restarts=3`` the fourth failure within the window escalates and a
+failure after a quiet ``within_secs`` is restarted again.
+
+Every decision says why, in words (``reason``): the supervisor's history and
+its hooks pass it on, so a log line or a test can tell *which* rule acted.
+
+>>> policy = SupervisionPolicy(Strategy.REST_FOR_ONE, max_restarts=1, within_secs=5)
+>>> window = RestartHistory()
+>>> def b_fails(now):
+...     return decide(policy, order=["a", "b", "c"], running=["a", "c"], restart_types={},
+...                   child="b", failed=True, history=window, now=now)
+>>> first = b_fails(0.0)
+>>> first.children, first.reason
+(('b', 'c'), 'b failed: rest_for_one restarts b, c (restart 1 of at most 1 within 5 s)')
+>>> b_fails(1.0).reason
+'b failed after 1 restart within 5 s (max_restarts=1)'
+>>> b_fails(6.5).children  # the first restart is more than 5 s old: allowed again
+('b', 'c')
 """
 
 from __future__ import annotations
@@ -26,7 +50,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "FAIL_FAST",
@@ -43,12 +67,16 @@ __all__ = [
 
 
 class Strategy(enum.Enum):
+    """Which children a failure restarts (see the table above)."""
+
     ONE_FOR_ONE = "one_for_one"
     ONE_FOR_ALL = "one_for_all"
     REST_FOR_ONE = "rest_for_one"
 
 
 class RestartType(enum.Enum):
+    """Whether a child that ended is started again."""
+
     PERMANENT = "permanent"
     """Always restarted, even after a normal exit."""
     TRANSIENT = "transient"
@@ -59,6 +87,11 @@ class RestartType(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class SupervisionPolicy:
+    """What a supervisor does when a child fails: the strategy and the restart intensity.
+
+    The default is :data:`FAIL_FAST`'s behaviour: no restarts, the first failure escalates.
+    """
+
     strategy: Strategy = Strategy.ONE_FOR_ALL
     max_restarts: int = 0
     within_secs: float = 5.0
@@ -75,13 +108,22 @@ FAIL_FAST = SupervisionPolicy(Strategy.ONE_FOR_ALL, max_restarts=0)
 
 @dataclass(frozen=True, slots=True)
 class Escalate:
+    """Give up: too many restarts (or none allowed); the supervisor fails with the child's error."""
+
     child: str
     reason: str
+    restarts: int = 0
+    """Restarts within the window when it gave up (= ``max_restarts``)."""
 
 
 @dataclass(frozen=True, slots=True)
 class RestartChildren:
+    """Stop ``children`` (in reverse start order), then start them again (in start order)."""
+
     children: tuple[str, ...]
+    reason: str = field(default="", compare=False)
+    stopped: tuple[str, ...] = ()
+    """Temporary siblings the strategy stops: stopped with the others, never started again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +131,7 @@ class Forget:
     """The child is done (normal exit, or a temporary child); nothing to do."""
 
     child: str
+    reason: str = field(default="", compare=False)
 
 
 Decision = Escalate | RestartChildren | Forget
@@ -101,9 +144,13 @@ class RestartHistory:
         self._times: deque[float] = deque()
 
     def allows(self, policy: SupervisionPolicy, now: float) -> bool:
+        return self.recent(policy, now) < policy.max_restarts
+
+    def recent(self, policy: SupervisionPolicy, now: float) -> int:
+        """Restarts at most ``within_secs`` old (older ones are dropped: the window slides)."""
         while self._times and now - self._times[0] > policy.within_secs:
             self._times.popleft()
-        return len(self._times) < policy.max_restarts
+        return len(self._times)
 
     def record(self, now: float) -> None:
         self._times.append(now)
@@ -129,14 +176,20 @@ def decide(
     Records the restart in ``history`` when it decides to restart.
     """
     kind = restart_types.get(child, RestartType.TRANSIENT)
-    if kind is RestartType.TEMPORARY or (kind is RestartType.TRANSIENT and not failed):
-        return Forget(child)
+    why = "failed" if failed else "exited normally"
+    if kind is RestartType.TEMPORARY:
+        return Forget(child, f"{child} {why}; it is temporary: never restarted")
+    if kind is RestartType.TRANSIENT and not failed:
+        return Forget(child, f"{child} {why}; it is transient: done")
     if not history.allows(policy, now):
-        why = "failed" if failed else "exited"
         if policy.max_restarts == 0:
             return Escalate(child, f"{child} {why} and the policy allows no restarts")
+        n = len(history)
         return Escalate(
-            child, f"{child} {why}: more than {policy.max_restarts} restarts within {policy.within_secs:g} s"
+            child,
+            f"{child} {why} after {n} restart{'s' * (n != 1)} within {policy.within_secs:g} s"
+            f" (max_restarts={policy.max_restarts})",
+            restarts=n,
         )
     history.record(now)
     alive = set(running) | {child}
@@ -147,4 +200,11 @@ def decide(
     else:
         start = order.index(child)
         targets = tuple(c for c in order[start:] if c in alive)
-    return RestartChildren(targets)
+    stopped = tuple(c for c in targets if c != child and restart_types.get(c) is RestartType.TEMPORARY)
+    restarted = tuple(c for c in targets if c not in stopped)
+    also = f"; stops {', '.join(stopped)} for good (temporary)" if stopped else ""
+    reason = (
+        f"{child} {why}: {policy.strategy.value} restarts {', '.join(restarted)}{also}"
+        f" (restart {len(history)} of at most {policy.max_restarts} within {policy.within_secs:g} s)"
+    )
+    return RestartChildren(restarted, reason, stopped)

@@ -9,6 +9,10 @@ The fault-injection nodes (sleep, raise, hang, exit, signal, ...) live in
 registered by default; :func:`register_testing_nodes` or runtime.toml
 ``[nodes] testing = true`` enables them. pytest fixtures live in
 :mod:`nursery_pipes.testing.pytest_plugin`.
+
+For supervision trees of your own, :class:`SupervisorHarness` makes a child
+fail on demand (raise, its worker process exits, SIGKILL), waits until the
+supervisor has handled it, and :func:`assert_history` checks what it did.
 """
 
 from ..nodes.faults import (
@@ -24,18 +28,23 @@ from ..nodes.faults import (
 )
 from ._drive import NodeRun, run_node, run_node_sync
 from ._factory import RuntimeFactory, make_runtime
+from ._supervision import InjectedFault, SupervisorHarness, SupervisorStarter, assert_history
 
 __all__ = [
     "TESTING_NODES",
     "CpuBurnNode",
     "ExitNode",
     "HangNode",
+    "InjectedFault",
     "NodeRun",
     "ProgressNode",
     "RaiseNode",
     "RuntimeFactory",
     "SignalNode",
     "SleepNode",
+    "SupervisorHarness",
+    "SupervisorStarter",
+    "assert_history",
     "make_runtime",
     "register_testing_nodes",
     "run_node",

@@ -14,6 +14,10 @@ Enable in a ``conftest.py`` with ``pytest_plugins = ["nursery_pipes.testing.pyte
 - ``autojump_clock`` — a trio ``MockClock`` that skips idle time, for timeout
   tests that must not really wait (pass it to ``@pytest.mark.trio`` tests by
   requesting it, as pytest-trio does for a fixture named ``autojump_clock``).
+- ``start_supervisor`` — (trio tests) ``await start_supervisor(specs, policy)`` runs a
+  :class:`~nursery_pipes.testing.SupervisorHarness` in the background of the test, once
+  every child has started, and stops it after the test: inject faults into its children
+  and assert on its history (example in :mod:`nursery_pipes.testing._supervision`).
 
 Every runtime these fixtures make has a registry of its own: a node class a test
 registers is never seen by another test. (``@register_node`` is different: it
@@ -52,17 +56,18 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 import trio.testing
 
-from ..runtime import Runtime
+from ..runtime import FAIL_FAST, ChildSpec, Runtime, SupervisionPolicy, Supervisor
 from . import _factory
 from ._factory import RuntimeFactory
 from ._leaks import find_leaks, snapshot
+from ._supervision import SupervisorHarness, SupervisorStarter
 
-__all__ = ["autojump_clock", "make_runtime", "no_leaks", "testing_runtime"]
+__all__ = ["autojump_clock", "make_runtime", "no_leaks", "start_supervisor", "testing_runtime"]
 
 
 @pytest.fixture
@@ -87,3 +92,17 @@ def testing_runtime(make_runtime: RuntimeFactory) -> Runtime:
 @pytest.fixture
 def autojump_clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0)
+
+
+@pytest.fixture
+async def start_supervisor(nursery: trio.Nursery) -> SupervisorStarter:
+    # pytest-trio's ``nursery`` fixture, as requested by this fixture: it lives until this
+    # fixture's teardown (after the test), which cancels the supervisor and its children.
+    async def start(
+        specs: Sequence[ChildSpec], policy: SupervisionPolicy | Supervisor = FAIL_FAST
+    ) -> SupervisorHarness:
+        harness = SupervisorHarness(policy)
+        await nursery.start(harness.run, specs)
+        return harness
+
+    return start

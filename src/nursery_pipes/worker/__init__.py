@@ -1,5 +1,9 @@
-"""The worker side of multiprocess nodes. Light on purpose: imports no trio, grpclib or server code."""
+"""The worker side of multiprocess nodes and of worker-process children.
 
+Light on purpose: imports no trio, grpclib or server code.
+"""
+
+from ._child import retire_child, run_child
 from ._main import WorkerJob, retire_after_node, run_node, warm_up
 
-__all__ = ["WorkerJob", "retire_after_node", "run_node", "warm_up"]
+__all__ = ["WorkerJob", "retire_after_node", "retire_child", "run_child", "run_node", "warm_up"]
