@@ -652,3 +652,29 @@ async def test_a_nested_escalation_reaches_the_parent_when_decided(
         await outer.run([ChildSpec.supervisor("inner", inner, [kids.spec("w"), ChildSpec("deaf", deaf)])])
     assert heard == [2]  # when w failed, not when deaf had stopped
     assert trio.current_time() == pytest.approx(7)
+
+
+def test_rest_for_one_with_dependents_restarts_what_depends_on_the_failed_child() -> None:
+    """A pipeline src → (a, b) → join: when a fails, rest_for_one restarts a and join (downstream
+    of a), not b — a parallel branch that merely starts after a."""
+    policy = SupervisionPolicy(Strategy.REST_FOR_ONE, max_restarts=3)
+    order = ["src", "a", "b", "join"]
+    downstream = {"src": {"a", "b", "join"}, "a": {"join"}, "b": {"join"}, "join": set()}
+
+    def restarted(dependents: Any) -> tuple[str, ...]:
+        decision = decide(
+            policy,
+            order=order,
+            running=order,
+            restart_types={},
+            child="a",
+            failed=True,
+            history=RestartHistory(),
+            now=0.0,
+            dependents=dependents,
+        )
+        assert isinstance(decision, RestartChildren)
+        return decision.children
+
+    assert restarted(downstream) == ("a", "join")
+    assert restarted(None) == ("a", "b", "join")  # OTP: every child started after a

@@ -125,6 +125,14 @@ class NodeError(SessionError):
         super().__init__(f"node {node_id!r} failed in {phase}: {message}", node_id=node_id)
         self.phase = phase
         self.remote_traceback = remote_traceback
+        self.restarts = 0
+        """Restarts within the policy's window before this failure made the supervisor give up."""
+        self.gave_up = ""
+        """Why the session's supervision policy gave up (set when it had restarted nodes)."""
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{text} — {self.gave_up}" if self.gave_up else text
 
 
 class NodeInitTimeout(NodeError):

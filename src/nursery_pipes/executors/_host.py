@@ -63,6 +63,8 @@ class NodeMetrics:
     kinds_out: dict[str, int] = field(default_factory=dict)
     state: NodeState = NodeState.IDLE
     """Where the node is in its lifecycle (kept current by its state machine)."""
+    restarts: int = 0
+    """How many times a fresh instance replaced it in this session (its supervision policy)."""
 
     def count_in(self, frame: Frame) -> None:
         self.frames_in += 1

@@ -155,9 +155,12 @@ class Pump:
         if ports.open_inputs:  # (a node restarted after its inputs ended goes straight to flush)
             await self._take_all(ports, host)
         host.state.fire(NodeEvent.STOP)
+        if ports.outputs_ended:  # restarted after its predecessor had ended every output
+            return
         await self.call_hook("flush", self.node.flush)
         for port in ports.outputs:
             await port.end()
+        ports.outputs_ended = True
 
     async def _take_all(self, ports: SupervisorPorts, host: NodeHost) -> None:
         metrics = host.metrics

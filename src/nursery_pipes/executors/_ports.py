@@ -54,17 +54,24 @@ class OutPort(Protocol):
 class MemoryPort:
     """An edge between two supervisor-side endpoints: a trio memory channel."""
 
-    __slots__ = ("_channel", "_source")
+    __slots__ = ("_channel", "_ended", "_source")
 
     def __init__(self, channel: trio.MemorySendChannel[Message], source: str) -> None:
         self._channel = channel
         self._source = source
+        self._ended = False
 
     async def send(self, seq: int, frame: Frame) -> None:
         await self._channel.send(Envelope(seq, frame, self._source))
 
     async def end(self) -> None:
+        # Idempotent: a node restarted inside the session may end an edge its predecessor
+        # already ended (cancelled just after the end of stream went out).
+        if self._ended:
+            await trio.lowlevel.checkpoint()
+            return
         await self._channel.send(EndOfStream(self._source))
+        self._ended = True
         await self._channel.aclose()
 
     def full(self) -> bool:
@@ -101,6 +108,8 @@ class SupervisorPorts:
     open_inputs: int = field(init=False)
     """Input edges that have not delivered their end of stream yet. Kept here, not by the
     node: a node restarted inside the session carries on where its predecessor stopped."""
+    outputs_ended: bool = False
+    """Every output has had its end of stream (a restarted node then has nothing to send)."""
 
     def __post_init__(self) -> None:
         self.open_inputs = self.expected_eos

@@ -121,6 +121,7 @@ class ShmPort:
         # Only one task may wait on the ring's doorbell: senders that find the ring full queue
         # here, first come first served, and nobody takes a free slot past a queued sender.
         self._waiting = trio.StrictFIFOLock()
+        self._ended = False
 
     async def send(self, seq: int, frame: Frame) -> None:
         try:
@@ -153,9 +154,13 @@ class ShmPort:
             loan.commit(encoded.header(seq))
 
     async def end(self) -> None:
+        if self._ended:  # idempotent, like MemoryPort.end (a restarted node may end it again)
+            await trio.lowlevel.checkpoint()
+            return
         try:
             async with self._waiting:  # after every sender already waiting for a slot
                 await self._producer.end_of_stream()
+                self._ended = True
         except (RingAbortedError, RingClosedError) as exc:
             raise trio.BrokenResourceError(f"the node stopped taking frames: {exc}") from exc
 

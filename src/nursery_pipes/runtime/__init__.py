@@ -2,7 +2,7 @@
 
 from .._states import NodeState, SessionState
 from ._children import WorkerCrashed, WorkerProcess
-from ._events import Event, NodeProgress, Output, StateChanged
+from ._events import Event, FramesDropped, NodeFailed, NodeProgress, NodeRestarted, Output, StateChanged
 from ._plan import SessionPlan
 from ._policy import FAIL_FAST, RestartType, Strategy, SupervisionPolicy
 from ._runtime import PipelineResult, Runtime
@@ -15,7 +15,10 @@ __all__ = [
     "ChildSpec",
     "Event",
     "FailureRecord",
+    "FramesDropped",
+    "NodeFailed",
     "NodeProgress",
+    "NodeRestarted",
     "NodeState",
     "Output",
     "PipelineResult",

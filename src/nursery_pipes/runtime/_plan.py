@@ -102,6 +102,18 @@ class SessionPlan:
         return sum(n.threads for n in self.nodes.values())
 
     @property
+    def downstream(self) -> dict[str, frozenset[str]]:
+        """Every node's transitive successors (for rest_for_one: what depends on a node)."""
+        result: dict[str, frozenset[str]] = {}
+        for node_id in reversed(self.order):  # successors first
+            below: set[str] = set()
+            for nxt in self.nodes[node_id].outputs:
+                if nxt != CLIENT:
+                    below |= {nxt, *result[nxt]}
+            result[node_id] = frozenset(below)
+        return result
+
+    @property
     def executors(self) -> frozenset[str]:
         """The executors this session's nodes run on."""
         return frozenset(n.executor for n in self.nodes.values())

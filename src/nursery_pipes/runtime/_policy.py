@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -169,11 +169,15 @@ def decide(
     failed: bool,
     history: RestartHistory,
     now: float,
+    dependents: Mapping[str, Collection[str]] | None = None,
 ) -> Decision:
     """What to do now that ``child`` has ended (``failed`` or not).
 
     ``order`` is every child in start order; ``running`` those still alive.
-    Records the restart in ``history`` when it decides to restart.
+    Records the restart in ``history`` when it decides to restart. ``dependents``, when
+    given, says which children depend on each one (transitively): rest_for_one then
+    restarts the failed child and its dependents — in a pipeline, the nodes downstream of
+    it — instead of every child started after it (OTP's meaning, for a plain start order).
     """
     kind = restart_types.get(child, RestartType.TRANSIENT)
     why = "failed" if failed else "exited normally"
@@ -197,6 +201,9 @@ def decide(
         targets: tuple[str, ...] = (child,)
     elif policy.strategy is Strategy.ONE_FOR_ALL:
         targets = tuple(c for c in order if c in alive)
+    elif dependents is not None:
+        rest = {child, *dependents.get(child, ())}
+        targets = tuple(c for c in order if c in alive and c in rest)
     else:
         start = order.index(child)
         targets = tuple(c for c in order[start:] if c in alive)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -24,7 +24,7 @@ from ..frames import Frame
 from ..manifest import Manifest
 from ..nodes._registry import NodeRegistry, build_registry
 from ..nodes._routing import Assignment
-from ._events import NodeProgress
+from ._events import FramesDropped, NodeFailed, NodeProgress, NodeRestarted
 from ._plan import SessionPlan, check_input_target, plan_session
 from ._session import Session, SessionMetrics, run_session
 
@@ -46,6 +46,8 @@ class PipelineResult:
     assignments: dict[str, Assignment]
     progress: list[NodeProgress]
     session_id: str
+    supervision: list[NodeFailed | NodeRestarted | FramesDropped] = field(default_factory=list)
+    """What the supervision policy did: node failures it survived, restarts, dropped frames."""
 
 
 def registry_from_config(config: RuntimeConfig) -> NodeRegistry:
@@ -169,7 +171,13 @@ class Runtime:
                 raise feed_errors[0]
             metrics = await session.wait()
         return PipelineResult(
-            outputs, sequences, metrics, session.assignments, list(session.progress_log), session.id
+            outputs,
+            sequences,
+            metrics,
+            session.assignments,
+            list(session.progress_log),
+            session.id,
+            session.supervision_log,
         )
 
     def _check_limits(self, plan: SessionPlan) -> None:

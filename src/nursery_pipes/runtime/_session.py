@@ -43,7 +43,7 @@ from typing import Any
 import trio
 
 from .._config import RuntimeConfig
-from .._errors import InputError, NodeCloseTimeout, SessionClosedError, SessionError
+from .._errors import InputError, NodeCloseTimeout, NodeError, SessionClosedError, SessionError
 from .._states import SESSION_TRANSITIONS, SessionEvent, SessionState, StateMachine
 from ..executors import (
     Executor,
@@ -57,9 +57,20 @@ from ..executors import (
 )
 from ..frames import Frame
 from ..nodes._routing import Assignment
-from ._events import Event, EventQueue, NodeProgress, Output, StateChanged
+from ._events import (
+    Event,
+    EventQueue,
+    FramesDropped,
+    NodeFailed,
+    NodeProgress,
+    NodeRestarted,
+    Output,
+    StateChanged,
+)
 from ._holdup import holdups
 from ._plan import CLIENT, SessionPlan, check_input_kind, check_input_target
+from ._policy import RestartType
+from ._recovery import NodeRecovery
 from ._supervisor import ChildFailed, ChildSpec, Supervisor
 from ._wiring import wire
 
@@ -128,7 +139,16 @@ class Session:
         self._ready = trio.Event()
         self._finished = trio.Event()
         self._error: SessionError | None = None
-        self._supervisor = Supervisor(on_escalate=self._escalated)
+        self._recovery = NodeRecovery(
+            self._events, self._metrics, lambda: self._supervisor.restart_counts, self._start_task
+        )
+        self._supervisor = Supervisor(
+            plan.supervision,
+            on_failure=self._recovery.on_failure,
+            on_restart=self._recovery.on_restart,
+            on_escalate=self._escalated,
+            dependents=plan.downstream,
+        )
         self._nursery: trio.Nursery | None = None
         self._seq = 0
         self._inflight = 0
@@ -160,6 +180,11 @@ class Session:
     @property
     def error(self) -> SessionError | None:
         return self._error
+
+    @property
+    def supervision_log(self) -> list[NodeFailed | NodeRestarted | FramesDropped]:
+        """Every supervision event so far (node failures, restarts, dropped frames), in order."""
+        return list(self._recovery.log)
 
     async def send(self, node_id: str, frame: Frame, *, seq: int | None = None) -> int:
         """Feed ``frame`` to source node ``node_id``; returns its sequence number.
@@ -318,6 +343,7 @@ class Session:
                     wiring = wire(self.plan, self._events, self._capacity, transport)
                     self._ingress = wiring.ingress
                     self._ports = wiring.ports
+                    self._recovery.ports = wiring.ports
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
                         pumps = _Countdown(len(wiring.pumps))
@@ -325,6 +351,7 @@ class Session:
                             nursery.start_soon(pumps.run, pump, self._pump_failed)
                         await self._supervise(wiring.ports)
                         if self._error is None:
+                            await self._recovery.wait_takeovers()  # nodes stopped for good drain
                             await pumps.wait()  # the nodes are done; their last frames may still be in rings
                         nursery.cancel_scope.cancel()
         finally:
@@ -351,7 +378,14 @@ class Session:
         self._scope.cancel()
 
     async def _supervise(self, ports: dict[str, NodePorts]) -> None:
-        specs = [ChildSpec(nid, partial(self._run_node, nid, ports[nid])) for nid in self.plan.order]
+        specs = [
+            # Permanent is transient in a pipeline: a node only ends normally when its inputs
+            # have ended, and a fresh one would find nothing to do (docs/design.md §4).
+            ChildSpec(
+                nid, partial(self._run_node, nid, ports[nid]), restart=_restart(self.plan.nodes[nid].restart)
+            )
+            for nid in self.plan.order
+        ]
         try:
             await self._supervisor.run(specs, task_status=_Ready(self._all_ready))
         except ChildFailed as exc:
@@ -371,11 +405,29 @@ class Session:
             emit_progress=self._on_progress,
             on_failure=partial(self._supervisor.report_failure, node_id),
         )
-        await self._runners[plan.executor].run_node(host, ports, task_status=task_status)
+        self._recovery.hosts[node_id] = host
+        ended = self._recovery.ended[node_id] = trio.Event()
+        try:
+            await self._runners[plan.executor].run_node(host, ports, task_status=task_status)
+        finally:
+            ended.set()
+
+    def _start_task(self, fn: Callable[[], Awaitable[None]], name: str) -> None:
+        assert self._nursery is not None, "only while the session runs"
+        self._nursery.start_soon(fn, name=f"session {self.id}: {name}")
 
     def _escalated(self, failed: ChildFailed) -> None:
         """The supervisor gave up on a node: the session has failed, whatever is still stopping."""
-        self._fail(failed.error)
+        error = failed.error
+        if isinstance(error, NodeError) and failed.restarts:
+            policy = self.plan.supervision
+            error.restarts = failed.restarts
+            error.gave_up = (
+                f"the supervision policy gave up after {failed.restarts} restart"
+                f"{'s' * (failed.restarts != 1)} within {policy.within_secs:g} s "
+                f"(max_restarts={policy.max_restarts})"
+            )
+        self._fail(error)
 
     def _fail(self, error: BaseException) -> None:
         """Record the session's failure and publish it now: the event stream ends with it and
@@ -456,6 +508,10 @@ class Session:
                 await port.end()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # a node stopped meanwhile: the session is failing or ending anyway
+
+
+def _restart(kind: RestartType) -> RestartType:
+    return RestartType.TRANSIENT if kind is RestartType.PERMANENT else kind
 
 
 class _Ready:

@@ -44,7 +44,7 @@ gets its ``on_restarted``; the new failure's record follows instead.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
@@ -189,8 +189,11 @@ class Supervisor:
         on_restart: Callable[[FailureRecord], Awaitable[None] | None] | None = None,
         on_restarted: Callable[[FailureRecord], None] | None = None,
         on_escalate: Callable[[ChildFailed], None] | None = None,
+        dependents: Mapping[str, Collection[str]] | None = None,
     ) -> None:
         self.policy = policy
+        self._dependents = dependents
+        """For rest_for_one: which children depend on each child (see :func:`decide`)."""
         self._clock = clock
         self._on_failure = on_failure
         self._on_restart = on_restart
@@ -380,6 +383,7 @@ class Supervisor:
             failed=failed,
             history=self._window,
             now=now,
+            dependents=self._dependents,
         )
         if isinstance(decision, Forget):
             del self._runs[name]
