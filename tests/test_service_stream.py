@@ -9,6 +9,7 @@ Every bad-input test ends by checking the server still serves a fresh session.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from typing import Any
 
@@ -1139,3 +1140,47 @@ async def test_stream_resource_limits_bound_chunks_and_duration(served: Served) 
     assert "max_timeout_ms (1500 ms)" in final[-1].message
     assert 1.4 < elapsed < 10
     await still_streaming(served)
+
+
+# -- supervision over the wire ------------------------------------------------------------------------
+
+
+async def test_a_stream_survives_node_failures_and_says_what_it_dropped(served: Served) -> None:
+    """With a supervision policy the session restarts a failing node: the client keeps
+    getting results, and SupervisionEvent messages (an extension) say what failed, what was
+    restarted and which chunks' results will never come."""
+    doc = manifest(
+        [("src", "PassThrough", {}), ("flaky", "RaiseNode", {"phase": "process", "after_frames": 1})],
+        [("src", "flaky")],
+        executors={"src": "inprocess", "flaky": "inprocess"},
+    )
+    doc["metadata"]["supervision"] = {"strategy": "one_for_one", "max_restarts": 5}
+
+    async def scenario() -> list[tuple[str, Any]]:
+        async with open_stream(served.port) as s:
+            await s.init(doc)
+            await s.until("ready")
+            for seq in range(1, 5):
+                await s.chunk("src", text_buffer(f"c{seq}"), seq)
+            await s.close()
+            return await s.rest()
+
+    items = await served.aio(scenario)
+    assert [q for q, _ in results_by_sink(items)["flaky"]] == [1, 3]  # 2 and 4 made it fail
+    events = [v for k, v in items if k == "supervision"]
+    assert [(e.kind, e.node_id) for e in events] == [
+        ("failed", "flaky"),
+        ("dropped", "flaky"),
+        ("restarted", "flaky"),
+    ] * 2
+    assert [list(e.dropped_sequences) for e in events if e.kind == "dropped"] == [[2], [4]]
+    assert [e.restarts for e in events if e.kind == "restarted"] == [1, 2]
+    failed = events[0]
+    assert failed.error.error_type == pb.ErrorType.NODE_EXECUTION
+    assert failed.error.failing_node_id == "flaky"
+    assert "RuntimeError: boom" in failed.message
+    assert not [k for k, _ in items if k == "error"]
+    assert items[-1][0] == "closed"
+    assert items[-1][1].reason == "closed"
+    restarts = json.loads(items[-1][1].final_metrics.node_metrics["flaky"].custom_metrics)["restarts"]
+    assert restarts == 2

@@ -508,3 +508,31 @@ async def test_get_version(served: Served, upstream_client: tuple[Path, Path]) -
     assert info["build_timestamp"].endswith("Z")
     assert built <= datetime.now(UTC)
     assert info["build_timestamp"] == build_timestamp()  # the installed distribution's build time
+
+
+@pytest.mark.parametrize("executor", ["inprocess"])
+async def test_a_server_that_restarts_failed_nodes_keeps_an_upstream_stream_going(
+    upstream_client: tuple[Path, Path], executor: str
+) -> None:
+    """The server's runtime.toml [supervision] restarts failed nodes (an upstream manifest
+    cannot carry a policy: that is an extension). The upstream client gets the results of
+    every chunk but the two whose frames were lost, no error, and a normal end; the
+    supervision events are responses it cannot read (an unknown oneof member), which it skips."""
+    from nursery_pipes._config import SupervisionDefaults
+
+    config = make_config()
+    routing = RoutingConfig(explicit={**ROUTING.explicit, "RaiseNode": executor})
+    config = msgspec.structs.replace(
+        config, routing=routing, supervision=SupervisionDefaults(strategy="one_for_one", max_restarts=5)
+    )
+    doc = upstream_manifest([("flaky", "RaiseNode", {"phase": "process", "after_frames": 1})])
+    requests = [init(doc), *(chunk("flaky", text(f"c{seq}"), seq) for seq in range(1, 5)), CLOSE]
+    async with serving(config) as served:
+        [responses] = await upstream(upstream_client, served, "stream", streams=[requests])
+    seen = members(responses)
+    start = seen.index("ready")
+    assert [sequence for _, sequence, _ in results(responses)] == [1, 3]
+    assert not errors(responses)
+    # unreadable to it: 2 × (failed, dropped, restarted, and the fresh instance's progress: starting, ready)
+    assert seen.count(None) - seen[:start].count(None) == 10
+    ends_normally(responses)

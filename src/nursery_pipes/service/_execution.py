@@ -27,6 +27,7 @@ from ..runtime import Runtime, Session
 from ..runtime._plan import SessionPlan, check_input_kind, check_input_target
 from ..wire._convert import buffer_to_frame, error_response, frames_to_buffer, manifest_from_proto
 from ..wire._messages import UPB as M
+from ._events import supervision_to_proto
 from ._metrics import metrics_to_proto
 
 __all__ = [
@@ -242,6 +243,7 @@ def _result(plan: SessionPlan, buffers: dict[str, Any], session: Session, decode
                 M.InitProgress(node_id=p.node_id, state=p.state, progress=p.progress, message=p.message)
                 for p in session.progress_log
             ],
+            supervision=[supervision_to_proto(e, M) for e in session.supervision_log],
         )
     )
 

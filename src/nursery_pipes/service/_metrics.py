@@ -34,6 +34,8 @@ def metrics_to_proto(
                     "bytes_out": m.bytes_out,
                     "init_ms": round(m.init_s * 1000, 3),
                     "pid": m.pid,
+                    "state": m.state.value,
+                    "restarts": m.restarts,
                 }
             ),
         )

@@ -54,12 +54,23 @@ from .._errors import (
     SessionError,
 )
 from .._proto.remotemedia import v1 as pb
-from ..runtime import NodeProgress, Output, Runtime, Session, SessionState, StateChanged
+from ..runtime import (
+    FramesDropped,
+    NodeFailed,
+    NodeProgress,
+    NodeRestarted,
+    Output,
+    Runtime,
+    Session,
+    SessionState,
+    StateChanged,
+)
 from ..runtime._plan import check_input_kind, check_input_target
 from ..wire._convert import buffer_to_frame, error_response, frame_to_buffer, manifest_from_proto
 from ..wire._messages import UPB as M
 from ..wire._messages import has, which
 from ._bridge import PumpedStream
+from ._events import supervision_to_proto
 from ._execution import check_request_limits, output_limit, refusal
 from ._metrics import metrics_to_proto, rss_bytes
 
@@ -194,6 +205,8 @@ async def _outbound(
 
 
 def _response_for(event: Any, session: Session, state: _State, settings: StreamSettings) -> Any | None:
+    if isinstance(event, (NodeFailed, NodeRestarted, FramesDropped)):
+        return M.StreamResponse(supervision=supervision_to_proto(event, M))
     if isinstance(event, NodeProgress):
         return M.StreamResponse(
             progress=M.InitProgress(
