@@ -208,8 +208,10 @@ class Producer:
                 self._free.acquire(0)
             except posix_ipc.BusyError:
                 return False
-            if self._stands_for_a_slot():
+            self._check_aborted()
+            if self._pos < self._words[L.W_CONSUMED] + self._slots:  # the consumer returned it
                 return True
+            self._drop_excess()
 
     def _acquire(self, timeout: float | None) -> None:
         """Take a free token for slot ``pos % slots``, blocking (GIL released)."""
@@ -217,26 +219,28 @@ class Producer:
         while True:
             if not acquire(self._free, timeout):
                 raise TimeoutError(f"ring {self._name}: no free slot within {timeout}s")
-            if self._stands_for_a_slot():
+            self._check_aborted()
+            if self._pos < self._words[L.W_CONSUMED] + self._slots:  # the consumer returned it
                 return
-            if deadline is not None:  # an excess token was dropped: wait for the rest
+            self._drop_excess()
+            if deadline is not None:
                 timeout = max(0.0, deadline - time.monotonic())
 
-    def _stands_for_a_slot(self) -> bool:
-        # We hold one "free" token. Abort's token raises (given back: never leak one).
+    def _check_aborted(self) -> None:
+        # We hold one "free" token; abort's raises (given back: never leak one).
         if self._buf[L.OFF_ABORTED]:
             self._free.release()
             raise RingAbortedError(self._name, "ring was aborted")
-        consumed = self._words[L.W_CONSUMED]
-        if self._pos < consumed + self._slots:  # the consumer returned this slot
-            return True
+
+    def _drop_excess(self) -> None:
+        """Our free token stands for no slot: a repair posted it in excess (``_repair.py``), or
+        the ring is corrupt if none ever did. Dropped either way; then we wait again."""
         if not self._words[L.W_REPAIRS]:
             self._free.release()
             raise RingCorruptError(
                 self._name, f"a free token for frame #{self._pos}, but the consumer returned "
-                f"only {consumed} slots of {self._slots}",
+                f"only {self._words[L.W_CONSUMED]} slots of {self._slots}",
             )  # fmt: skip
-        return False  # an excess token a repair posted: dropped
 
     def _grant(self, nbytes: int, meta_len: int) -> Loan:
         # We hold one "free" token: slot (pos % slots) is ours until we post it.
