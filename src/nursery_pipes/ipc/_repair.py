@@ -101,7 +101,7 @@ from typing import TYPE_CHECKING
 
 from . import _spec as L
 from ._doorbell import ring_once
-from ._errors import HeaderError, RingAbortedError, RingBusyError, RingCorruptError
+from ._errors import HeaderError, RingCorruptError
 from ._header import decode_from
 
 if TYPE_CHECKING:
@@ -149,14 +149,6 @@ class ProducerRepair:
     """The end had closed its endpoint (nothing to return) rather than died."""
 
 
-def _check(ring: Ring, side: str, busy: object) -> None:
-    ring._check_open()
-    if ring.buf[L.OFF_ABORTED]:
-        raise RingAbortedError(ring.name, f"cannot repair the {side} of an aborted ring")
-    if busy is not None:
-        raise RingBusyError(ring.name, f"this process still holds the ring's {side} end")
-
-
 def _header(ring: Ring, pos: int) -> SlotHeader:
     rec = ring.spec.record_offset(pos % ring.spec.slot_count)
     try:
@@ -184,8 +176,10 @@ def _post(ring: Ring, sem_free: bool, count: int) -> None:
 
 
 def repair_consumer(ring: Ring) -> ConsumerRepair:
-    """Repair the consuming end of ``ring`` after its process died (see the module docstring)."""
-    _check(ring, "consumer", ring._consumer)
+    """Repair the consuming end of ``ring`` after its process died (see the module docstring).
+
+    The caller (``Ring``) checked that the ring is open, not aborted, and that this process does
+    not hold the end itself."""
     w, buf = ring.words, ring.buf
     consumed, released, taken = w[L.W_CONSUMED], w[L.W_RELEASED], w[L.W_TAKEN]
     clean = not buf[L.OFF_CONSUMER_OPEN]
@@ -214,8 +208,9 @@ def repair_consumer(ring: Ring) -> ConsumerRepair:
 
 
 def repair_producer(ring: Ring) -> ProducerRepair:
-    """Repair the producing end of ``ring`` after its process died (see the module docstring)."""
-    _check(ring, "producer", ring._producer)
+    """Repair the producing end of ``ring`` after its process died (see the module docstring).
+
+    The caller (``Ring``) checked as for :func:`repair_consumer`."""
     w, buf, spec = ring.words, ring.buf, ring.spec
     produced = w[L.W_PRODUCED]
     clean = not buf[L.OFF_PRODUCER_OPEN]

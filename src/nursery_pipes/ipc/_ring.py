@@ -94,7 +94,7 @@ from . import _repair
 from . import _spec as L
 from ._consumer import Consumer
 from ._doorbell import ring_once
-from ._errors import RingBusyError, RingClosedError, RingCorruptError, RingError
+from ._errors import RingAbortedError, RingBusyError, RingClosedError, RingCorruptError, RingError
 from ._names import SHM_DIR
 from ._producer import Producer
 from ._repair import ConsumerRepair, ProducerRepair
@@ -232,13 +232,22 @@ class Ring:
         """Repair the consuming end after its process died: drop (and report) the frames it
         had taken and not released, return their slots, and let a new consumer attach at the
         first frame not taken. Only while that end is gone; a no-op on a settled ring."""
+        self._check_repairable("consumer", self._consumer)
         return _repair.repair_consumer(self)
 
     def repair_producer(self) -> ProducerRepair:
         """Repair the producing end after its process died: publish a frame it had completed
         but not posted, return a slot it may have held, and let a new producer attach at the
         next position. Only while that end is gone; a no-op on a settled ring."""
+        self._check_repairable("producer", self._producer)
         return _repair.repair_producer(self)
+
+    def _check_repairable(self, side: str, here: object) -> None:
+        self._check_open()
+        if self.buf[L.OFF_ABORTED]:
+            raise RingAbortedError(self.name, f"cannot repair the {side} of an aborted ring (abort is final)")
+        if here is not None:
+            raise RingBusyError(self.name, f"this process still holds the ring's {side} end")
 
     # -- state ------------------------------------------------------------------
 
