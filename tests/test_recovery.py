@@ -178,7 +178,9 @@ async def test_worker_killed_in_process_is_replaced_and_its_frame_reported(super
             sup.start(0, PassThrough)
             await send_all(sup, range(6, 9))
             await sup.out.ended.wait()
+            done = await sup.events_until(0, "done")  # its events ring was repaired too
     assert sup.out.seqs == [0, 1, 3, 4, 5, 6, 7, 8]
+    assert done["frames_in"] == 6  # 3, 4, 5 queued for it, then 6, 7, 8
 
 
 async def test_worker_whose_process_raised_is_replaced_and_its_frame_reported(supervisor_of: Any) -> None:

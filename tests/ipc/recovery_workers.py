@@ -23,19 +23,20 @@ from nursery_pipes.ipc import Consumer, EndOfStream, Producer, Ring, RingSpec, S
 from nursery_pipes.ipc._spec import W_PRODUCED, W_TAKEN
 
 PARK_SECONDS = 600
+SLOT_SIZE = 256  # of every ring in these tests
 _FUTEX = {"x86_64": 202, "aarch64": 98}.get(platform.machine())
 
 
 # -- frames -------------------------------------------------------------------------------
 
 
-def size_of(seq: int, slot_size: int) -> int:
+def size_of(seq: int) -> int:
     """Every third frame is oversize (an external segment); the others fit their slot."""
-    return slot_size * 3 + seq if seq % 3 == 2 else seq % 40 + 1
+    return SLOT_SIZE * 3 + seq if seq % 3 == 2 else seq % 40 + 1
 
 
 def send(prod: Producer, seq: int, *, block: bool = True) -> bool:
-    n = size_of(seq, prod._slot_size)
+    n = size_of(seq)
     header = SlotHeader(seq=seq, ndim=1, shape=(n,))
     meta, payload = f"{seq}".encode(), np.full(n, seq % 251, dtype=np.uint8)
     if block:
@@ -212,7 +213,7 @@ def producer_at(spec: RingSpec, conn: Connection, stage: str, count: int) -> Non
     if stage == "eos":
         prod.end_of_stream(timeout=60)
         _park(conn, "at", stage)
-    n = size_of(count, spec.slot_size)
+    n = size_of(count)
     loan = prod.loan(n, 4, timeout=60)
     loan.meta[:] = b"junk"
     fill = n // 2 if stage == "mid_loan" else n

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from recovery_workers import (
+    SLOT_SIZE,
     check,
     collect,
     consumer_at,
@@ -37,7 +38,7 @@ from recovery_workers import (
 from nursery_pipes.ipc import EndOfStream, Namespace, Ring, RingSpec, RingStatistics
 
 SPAWN = multiprocessing.get_context("spawn")
-SLOTS, SLOT_SIZE = 4, 256
+SLOTS = 4
 
 Procs = list[multiprocessing.process.BaseProcess]
 
