@@ -16,6 +16,11 @@ Both adapters need the ring spec's ``async_consumer`` / ``async_producer`` flag
 (the doorbell). Close them with ``close()`` (which notifies trio that the fd
 goes away) rather than closing the ring under a waiting task.
 
+Taking over the end of a dead worker for good (a temporary node that is not
+restarted): :func:`discard_all` drains an input ring it no longer reads,
+:func:`end_stream` ends an output ring it will never end. The ring's spec
+needs the doorbell of the end taken over (``ShmTransport.edge(takeover_…)``).
+
 They live with the executors, not in :mod:`nursery_pipes.ipc`, because ``ipc``
 is also the worker side, which imports no trio (the import-linter contracts in
 pyproject.toml hold it to that).
@@ -34,7 +39,7 @@ from ..ipc._producer import as_bytes
 if TYPE_CHECKING:
     from typing_extensions import Buffer
 
-__all__ = ["TrioConsumer", "TrioProducer"]
+__all__ = ["TrioConsumer", "TrioProducer", "discard_all", "end_stream"]
 
 T = TypeVar("T")
 
@@ -127,3 +132,27 @@ class TrioConsumer:
             trio.lowlevel.notify_closing(self._fd)
             self._fd = -1
         self._c.close()
+
+
+async def discard_all(consumer: TrioConsumer, on_dropped: Callable[[int], None]) -> int:
+    """Take and return every frame until the end of stream, calling ``on_dropped(seq)`` for
+    each; how many. Raises RingAbortedError if the ring is aborted meanwhile."""
+    count = 0
+    while True:
+        try:
+            received = await consumer.receive()
+        except EndOfStream:
+            return count
+        seq = received.header.seq
+        received.release()
+        count += 1
+        on_dropped(seq)
+
+
+async def end_stream(producer: TrioProducer) -> bool:
+    """End the stream unless it already ended; True if this call ended it."""
+    if producer.producer.eos_sent:
+        await trio.lowlevel.checkpoint()
+        return False
+    await producer.end_of_stream()
+    return True

@@ -20,6 +20,13 @@ Every worker also has an events ring (worker → supervisor).
 
 Frames leaving shared memory for the supervisor are copied out of the slot
 (they may live on in user code); frames entering it are written in place.
+
+When a worker dies, its rings outlive it: :meth:`ShmTransport.recover`
+repairs every end it held (``ipc/_repair.py``) and reports what it was
+processing; a new worker job with the same :class:`ShmPorts` then carries on,
+while the other end of each ring never noticed more than a pause. A node that
+is not restarted (temporary) is taken over for good instead
+(:meth:`ShmTransport.take_over`): its outputs end, its inputs are drained.
 """
 
 from __future__ import annotations
@@ -34,13 +41,16 @@ import trio
 from .._errors import SessionError
 from ..frames import Frame
 from ..ipc import (
+    ConsumerRepair,
     EncodedFrame,
     EndOfStream,
     Loan,
     Namespace,
+    ProducerRepair,
     Ring,
     RingAbortedError,
     RingClosedError,
+    RingError,
     RingSpec,
     decode_frame,
     encode_frame,
@@ -50,9 +60,9 @@ from ..ipc import (
 from ..ipc._segment import round_up
 from ..ipc._spec import SLOT_ALIGN
 from ._ports import Flow, OutPort
-from ._rings import TrioConsumer, TrioProducer
+from ._rings import TrioConsumer, TrioProducer, discard_all, end_stream
 
-__all__ = ["RingGeometry", "ShmPort", "ShmPorts", "ShmTransport"]
+__all__ = ["Recovery", "RingGeometry", "ShmPort", "ShmPorts", "ShmTransport"]
 
 
 @dataclass(frozen=True)
@@ -102,7 +112,10 @@ class ShmPorts:
         return Flow(queued_in=queued, inputs_ended=ended, output_full=full)
 
     def request_stop(self) -> None:
-        """Ask the worker to stop: abort its rings, waking it wherever it blocks in them."""
+        """Ask the worker to stop: abort its rings, waking it wherever it blocks in them.
+
+        Abort is final, for the rings' other ends too: never for a node that will be restarted
+        or taken over (kill its worker, then :meth:`ShmTransport.recover`)."""
         for ring in self.rings:
             with contextlib.suppress(RingClosedError):
                 ring.abort()
@@ -172,6 +185,33 @@ class ShmPort:
         return stats.produced - stats.consumed >= stats.slot_count
 
 
+@dataclass(frozen=True)
+class Recovery:
+    """What :meth:`ShmTransport.recover` found and repaired after a worker died."""
+
+    inputs: tuple[ConsumerRepair, ...]
+    """One per input ring, in ``ShmPorts.inputs`` order."""
+    outputs: tuple[ProducerRepair, ...]
+    """One per output ring, in ``ShmPorts.outputs`` order."""
+    events: ProducerRepair | None
+
+    @property
+    def dropped(self) -> tuple[int, ...]:
+        """Sequence numbers of the frames the worker was processing when it died (each input
+        frame it had taken and not finished), input by input, in ring order."""
+        return tuple(d.seq for rep in self.inputs for d in rep.dropped)
+
+    @property
+    def inputs_ended(self) -> int:
+        """Inputs whose end of stream the dead worker had already received."""
+        return sum(rep.eos_taken for rep in self.inputs)
+
+    @property
+    def loans_returned(self) -> int:
+        """Output slots the dead worker may have held (a loan) and that were given back."""
+        return sum(rep.returned for rep in (*self.outputs, *filter(None, [self.events])))
+
+
 _swept = False
 
 
@@ -193,6 +233,7 @@ class ShmTransport:
         self.geometry = geometry
         self._events_slots = events_slots
         self._rings: list[Ring] = []
+        self._by_name: dict[str, Ring] = {}
         self._closers: list[Callable[[], None]] = []
         self._next = 0
         self._closed = False
@@ -217,15 +258,26 @@ class ShmTransport:
         self._next += 1
         ring = Ring.create(spec)
         self._rings.append(ring)
+        self._by_name[spec.name] = ring
         return ring
 
     def edge(
-        self, *, producer_in_supervisor: bool, consumer_in_supervisor: bool, consumer_fan_in: int
+        self,
+        *,
+        producer_in_supervisor: bool,
+        consumer_in_supervisor: bool,
+        consumer_fan_in: int,
+        takeover_producer: bool = False,
+        takeover_consumer: bool = False,
     ) -> Ring:
-        """A ring for one edge; doorbells where an end waits on a file descriptor."""
+        """A ring for one edge; doorbells where an end waits on a file descriptor.
+
+        ``takeover_producer`` / ``takeover_consumer``: the supervisor may have to take that
+        worker end over for good (:meth:`take_over`: a temporary node), so it gets a doorbell
+        too. Only where needed: the other end then writes to a FIFO on every post."""
         return self._ring(
-            async_producer=producer_in_supervisor,
-            async_consumer=consumer_in_supervisor or consumer_fan_in > 1,
+            async_producer=producer_in_supervisor or takeover_producer,
+            async_consumer=consumer_in_supervisor or consumer_fan_in > 1 or takeover_consumer,
         )
 
     def node_ports(self) -> ShmPorts:
@@ -251,6 +303,46 @@ class ShmTransport:
         self._closers.append(consumer.close)
         return functools.partial(pump, consumer, target)
 
+    def recover(self, ports: ShmPorts) -> Recovery:
+        """Repair, in place, every ring end a dead worker held — its inputs, outputs and events
+        ring — so that a new worker job with the same ``ports`` carries on where it stopped.
+
+        Call once the worker is gone for good (its job ended: it returned, raised, or its
+        process was killed and reaped) and before starting the next one; never after
+        :meth:`ShmPorts.request_stop` (abort is final). The rings' other ends may go on
+        meanwhile. Repairing ends that were left clean is a no-op, so calling it for every
+        node a strategy restarts is safe."""
+        inputs = tuple(self._ring_of(spec).repair_consumer() for spec in ports.inputs)
+        outputs = tuple(self._ring_of(spec).repair_producer() for spec in ports.outputs)
+        events = self._ring_of(ports.events).repair_producer() if ports.events is not None else None
+        return Recovery(inputs, outputs, events)
+
+    def take_over(self, ports: ShmPorts) -> Callable[[Callable[[int], None]], Awaitable[int]]:
+        """The supervisor takes a dead worker's ring ends over for good (a temporary node that
+        is not restarted); call after :meth:`recover`. Returns a task body,
+        ``await body(on_dropped)``: it ends every output ring (what is downstream sees the end
+        of stream) and drains every input ring until its producer ends it, calling
+        ``on_dropped(seq)`` for each frame discarded (never backpressure on a dead node); it
+        returns how many it discarded. The rings must come from :meth:`edge` with
+        ``takeover_producer`` (outputs) / ``takeover_consumer`` (inputs)."""
+        for spec in (*ports.inputs, *ports.outputs):
+            consumer = spec in ports.inputs
+            if (spec.used_doorbell if consumer else spec.free_doorbell) is None:
+                end, flag = (
+                    ("consumer", "takeover_consumer") if consumer else ("producer", "takeover_producer")
+                )
+                raise RingError(spec.name, f"cannot take the {end} over: the edge was made without {flag}")
+        inputs = [TrioConsumer(self._ring_of(spec).consumer()) for spec in ports.inputs]
+        outputs = [TrioProducer(self._ring_of(spec).producer()) for spec in ports.outputs]
+        self._closers += [c.close for c in inputs] + [p.close for p in outputs]
+        return functools.partial(_retire, inputs, outputs)
+
+    def _ring_of(self, spec: RingSpec) -> Ring:
+        try:
+            return self._by_name[spec.name]
+        except KeyError:
+            raise RingError(spec.name, "is not a ring of this transport") from None
+
     def abort_all(self) -> None:
         for ring in self._rings:
             with contextlib.suppress(RingClosedError):
@@ -266,6 +358,29 @@ class ShmTransport:
         for ring in self._rings:
             ring.close()
         return unlink_namespace(self.namespace)
+
+
+async def _retire(
+    inputs: list[TrioConsumer], outputs: list[TrioProducer], on_dropped: Callable[[int], None]
+) -> int:
+    """End ``outputs`` and drain ``inputs`` concurrently (one may wait on a full ring while
+    another is being drained); stop quietly when the session aborts the rings."""
+    discarded = 0
+
+    def dropped(seq: int) -> None:
+        nonlocal discarded
+        discarded += 1
+        on_dropped(seq)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for producer in outputs:
+                nursery.start_soon(end_stream, producer)
+            for consumer in inputs:
+                nursery.start_soon(discard_all, consumer, dropped)
+    except* (RingAbortedError, trio.ClosedResourceError):
+        pass  # the session is stopping
+    return discarded
 
 
 async def pump(consumer: TrioConsumer, port: OutPort, on_error: Callable[[BaseException], None]) -> None:

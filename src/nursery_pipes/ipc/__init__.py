@@ -3,7 +3,8 @@
 Both sides import this package: worker processes and the supervisor. So it is
 synchronous and imports no trio; the supervisor's trio adapters of the ring
 endpoints are ``executors/_rings.py``. The design (wake-up protocol, external
-segments, EOS/abort) is described in ``_ring.py``; naming and sweeping in
+segments, EOS/abort) is described in ``_ring.py``; repairing the end of a
+dead process in place in ``_repair.py``; naming and sweeping in
 ``_names.py``; frames ↔ slot contents in ``_codec.py``.
 """
 
@@ -35,6 +36,7 @@ from ._header import (
 )
 from ._names import Namespace, sweep_stale, unlink_namespace
 from ._producer import Loan, Producer
+from ._repair import ConsumerRepair, DroppedFrame, ProducerRepair
 from ._ring import Ring, RingStatistics, wait_any
 from ._spec import RingSpec
 
@@ -46,6 +48,8 @@ __all__ = [
     "MAX_NDIM",
     "ChecksumError",
     "Consumer",
+    "ConsumerRepair",
+    "DroppedFrame",
     "EncodedFrame",
     "EndOfStream",
     "HeaderError",
@@ -54,6 +58,7 @@ __all__ = [
     "Namespace",
     "NamespaceError",
     "Producer",
+    "ProducerRepair",
     "Received",
     "Ring",
     "RingAbortedError",

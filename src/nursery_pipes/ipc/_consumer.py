@@ -3,11 +3,18 @@
 Several frames may be held at once; slots go back to the producer strictly in
 ring order (a frame released early waits for the older ones), because the
 producer reuses slots round-robin.
+
+The consumer line records what this end did, for the repair of a dead
+consumer (``_repair.py``): ``taken`` after each frame taken, ``consumed``
+before and ``released`` after the posts that return slots, ``eos_taken``.
+A frame taken and not yet released is *in process*: that is what a repair
+reports as dropped, so hold a frame until you are done with it.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import zlib
 from typing import TYPE_CHECKING, Literal
 
@@ -20,6 +27,7 @@ from ._errors import (
     EndOfStream,
     HeaderError,
     RingAbortedError,
+    RingBusyError,
     RingClosedError,
     RingCorruptError,
     RingError,
@@ -104,15 +112,22 @@ class Consumer:
         self._slots = spec.slot_count
         self._slot_size = spec.slot_size
         self._data = spec.data_offset
-        self._pos = L.U64.unpack_from(self._buf, L.OFF_CONSUMED)[0]
+        self._words = w = ring.words
+        if self._buf[L.OFF_CONSUMER_OPEN] or not w[L.W_CONSUMED] == w[L.W_RELEASED] == w[L.W_TAKEN]:
+            raise RingBusyError(
+                self._name, "the consumer end is open elsewhere, or its process died without "
+                "closing it: Ring.repair_consumer() first",
+            )  # fmt: skip
+        self._pos = w[L.W_TAKEN]  # the first frame not taken (after a repair too)
         self._release_next = self._pos
         self._released: set[int] = set()
         self._ext: dict[int, tuple[int, Segment]] = {}
-        self._eos = False
+        self._eos = bool(self._buf[L.OFF_EOS_TAKEN])  # sticky, also across a restart
         self._closed = False
         self._bell = Bell(spec.free_doorbell) if spec.free_doorbell else None
         # Opened before any attempt to receive: see the wake-up protocol in _ring.py.
         self._wait_fd = open_waiter(spec.used_doorbell) if spec.used_doorbell else -1
+        self._buf[L.OFF_CONSUMER_OPEN] = 1
 
     @property
     def name(self) -> str:
@@ -156,28 +171,40 @@ class Consumer:
         end-of-stream was received, :class:`RingAbortedError` after an abort.
         """
         self._check_live()
-        try:
-            self._used.acquire(0)
-        except posix_ipc.BusyError:
-            return None
-        return self._take()
+        while True:  # until the semaphore is empty: a dropped excess token hides no frame
+            try:
+                self._used.acquire(0)
+            except posix_ipc.BusyError:
+                return None
+            received = self._take()
+            if received is not None:
+                return received
 
     def receive(self, timeout: float | None = None) -> Received:
         """Like :meth:`try_receive` but blocks (GIL released) until a frame arrives."""
         self._check_live()
-        if not acquire(self._used, timeout):
-            raise TimeoutError(f"ring {self._name}: no frame within {timeout}s")
-        return self._take()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if not acquire(self._used, timeout):
+                raise TimeoutError(f"ring {self._name}: no frame within {timeout}s")
+            received = self._take()
+            if received is not None:
+                return received
+            if deadline is not None:  # an excess token was dropped: wait for the rest
+                timeout = max(0.0, deadline - time.monotonic())
 
-    def _take(self) -> Received:
-        # We hold one "used" token: the slot at our position is published.
+    def _take(self) -> Received | None:
+        # We hold one "used" token; None if it stands for no frame (see _repair.py).
         if self._buf[L.OFF_ABORTED]:
             raise RingAbortedError(self._name, "ring was aborted")  # the token was abort's
         pos = self._pos
         slot = pos % self._slots
         rec = L.CTRL_SIZE + slot * L.RECORD_SIZE
-        stamp = L.U64.unpack_from(self._buf, rec)[0]
+        w = self._words
+        stamp = w[rec >> 3]
         if stamp != pos + 1:
+            if stamp < pos + 1 and w[L.W_REPAIRS]:
+                return None  # an excess token a repair posted: the frame is not there yet
             raise RingCorruptError(
                 self._name, f"slot {slot} holds frame #{stamp - 1}, expected #{pos} (lost/dup)"
             )
@@ -186,8 +213,10 @@ class Consumer:
         except HeaderError as exc:
             raise RingCorruptError(self._name, f"slot {slot}, frame #{pos}: {exc}") from exc
         self._pos = pos + 1
+        w[L.W_TAKEN] = pos + 1  # in process from here until released
         if header.flags & FLAG_EOS:
             self._eos = True
+            self._buf[L.OFF_EOS_TAKEN] = 1
             self._release(pos)
             raise EndOfStream(self._name, "the producer ended the stream")
         try:
@@ -246,9 +275,11 @@ class Consumer:
             nxt += 1
         count = nxt - self._release_next
         self._release_next = nxt
-        L.U64.pack_into(self._buf, L.OFF_CONSUMED, nxt)
+        w = self._words
+        w[L.W_CONSUMED] = nxt  # before the posts: the producer's token check reads it
         for _ in range(count):
             self._free.release()
+        w[L.W_RELEASED] = nxt  # after them: a repair knows whether some may be missing
         if self._bell is not None:
             self._bell.ring()  # after the posts: see the wake-up protocol
 
@@ -267,6 +298,7 @@ class Consumer:
         if self._closed:
             return
         self._closed = True
+        self._buf[L.OFF_CONSUMER_OPEN] = 0  # closed cleanly: a repair can count exactly
         self._ro.release()
         for _, seg in self._ext.values():
             seg.close()

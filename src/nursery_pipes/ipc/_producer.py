@@ -2,11 +2,18 @@
 
 One loan at a time: frames become visible strictly in ring order because each
 commit posts exactly one "used" token for the oldest unposted slot.
+
+Publishing a frame stores, in this order: its data and header, its stamp
+(the frame is complete), ``produced``, then posts "used". A free token is
+used only for a slot the consumer has returned (``pos < consumed +
+slot_count``); after a repair an excess token fails that check and is dropped
+(``_repair.py``).
 """
 
 from __future__ import annotations
 
 import os
+import time
 import zlib
 from typing import TYPE_CHECKING, Final, Literal
 
@@ -14,7 +21,14 @@ import posix_ipc
 
 from . import _spec as L
 from ._doorbell import Bell, clear, open_waiter
-from ._errors import HeaderError, RingAbortedError, RingBusyError, RingClosedError, RingError
+from ._errors import (
+    HeaderError,
+    RingAbortedError,
+    RingBusyError,
+    RingClosedError,
+    RingCorruptError,
+    RingError,
+)
 from ._header import FLAG_CHECKSUM, FLAG_EOS, FLAG_EXTERNAL, SlotHeader, encode_frame_into
 from ._segment import PAGE_SIZE, Segment, round_up, unlink_segment
 from ._sem import acquire
@@ -126,7 +140,13 @@ class Producer:
         self._slot_size = spec.slot_size
         self._data = spec.data_offset
         self._checksum = spec.checksum
-        self._pos = L.U64.unpack_from(self._buf, L.OFF_PRODUCED)[0]
+        self._words = ring.words
+        if self._buf[L.OFF_PRODUCER_OPEN]:
+            raise RingBusyError(
+                self._name, "the producer end is open elsewhere, or its process died without "
+                "closing it: Ring.repair_producer() first",
+            )  # fmt: skip
+        self._pos = self._words[L.W_PRODUCED]
         self._eos_sent = bool(self._buf[L.OFF_EOS])
         self._loan: Loan | None = None
         self._ext: dict[int, tuple[int, Segment]] = {}
@@ -134,6 +154,12 @@ class Producer:
         self._bell = Bell(spec.used_doorbell) if spec.used_doorbell else None
         # Opened before any attempt to loan: see the wake-up protocol in _ring.py.
         self._wait_fd = open_waiter(spec.free_doorbell) if spec.free_doorbell else -1
+        self._buf[L.OFF_PRODUCER_OPEN] = 1
+
+    @property
+    def eos_sent(self) -> bool:
+        """True once the stream was ended (by this end, or by the one it took over from)."""
+        return self._eos_sent
 
     # -- waiting on a file descriptor (async producers) --------------------------------
 
@@ -165,24 +191,60 @@ class Producer:
     def try_loan(self, nbytes: int, meta_len: int = 0) -> Loan | None:
         """Lend the next slot for ``meta_len`` + ``nbytes`` bytes, or None if the ring is full."""
         self._check_can_loan(nbytes, meta_len)
-        try:
-            self._free.acquire(0)
-        except posix_ipc.BusyError:
+        if not self._try_acquire():
             return None
         return self._grant(nbytes, meta_len)
 
     def loan(self, nbytes: int, meta_len: int = 0, timeout: float | None = None) -> Loan:
         """Like :meth:`try_loan` but blocks (GIL released) until a slot is free."""
         self._check_can_loan(nbytes, meta_len)
-        if not acquire(self._free, timeout):
-            raise TimeoutError(f"ring {self._name}: no free slot within {timeout}s")
+        self._acquire(timeout)
         return self._grant(nbytes, meta_len)
+
+    def _try_acquire(self) -> bool:
+        """Take a free token for slot ``pos % slots`` if there is one (never blocks)."""
+        while True:  # until the semaphore is empty: a dropped excess token hides no slot
+            try:
+                self._free.acquire(0)
+            except posix_ipc.BusyError:
+                return False
+            self._check_aborted()
+            if self._pos < self._words[L.W_CONSUMED] + self._slots:  # the consumer returned it
+                return True
+            self._drop_excess()
+
+    def _acquire(self, timeout: float | None) -> None:
+        """Take a free token for slot ``pos % slots``, blocking (GIL released)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if not acquire(self._free, timeout):
+                raise TimeoutError(f"ring {self._name}: no free slot within {timeout}s")
+            self._check_aborted()
+            if self._pos < self._words[L.W_CONSUMED] + self._slots:  # the consumer returned it
+                return
+            self._drop_excess()
+            if deadline is not None:
+                timeout = max(0.0, deadline - time.monotonic())
+
+    def _check_aborted(self) -> None:
+        # We hold one "free" token; abort's raises (given back: never leak one).
+        if self._buf[L.OFF_ABORTED]:
+            self._free.release()
+            raise RingAbortedError(self._name, "ring was aborted")
+
+    def _drop_excess(self) -> None:
+        """Our free token stands for no slot: a repair posted it in excess (``_repair.py``), or
+        the ring is corrupt if none ever did. Dropped either way; then we wait again."""
+        if not self._words[L.W_REPAIRS]:
+            self._free.release()
+            raise RingCorruptError(
+                self._name, f"a free token for frame #{self._pos}, but the consumer returned "
+                f"only {self._words[L.W_CONSUMED]} slots of {self._slots}",
+            )  # fmt: skip
 
     def _grant(self, nbytes: int, meta_len: int) -> Loan:
         # We hold one "free" token: slot (pos % slots) is ours until we post it.
         try:
-            if self._buf[L.OFF_ABORTED]:
-                raise RingAbortedError(self._name, "ring was aborted")
             pos = self._pos
             slot = pos % self._slots
             off = round_up(meta_len, L.META_ALIGN)
@@ -277,13 +339,17 @@ class Producer:
         )  # fmt: skip
         self._post(rec)
 
-    def _post(self, rec: int) -> None:
-        # Stamp, count, then post: the semaphore post is the release barrier that
-        # publishes the slot; the doorbell byte follows the post (never before it).
+    def _post(self, rec: int, *, eos: bool = False) -> None:
+        # Stamp (the frame is complete: the consumer's token check), count, then post: the
+        # semaphore post is the release barrier that publishes the slot; the doorbell byte
+        # follows the post (never before it). A repair reads the same stores (_repair.py).
         pos = self._pos
-        L.U64.pack_into(self._buf, rec, pos + 1)
+        w = self._words
+        w[rec >> 3] = pos + 1
         self._pos = pos + 1
-        L.U64.pack_into(self._buf, L.OFF_PRODUCED, pos + 1)
+        w[L.W_PRODUCED] = pos + 1
+        if eos:
+            self._buf[L.OFF_EOS] = 1
         self._used.release()
         if self._bell is not None:
             self._bell.ring()
@@ -305,17 +371,14 @@ class Producer:
         """Copy ``meta`` and ``payload`` into the next slot and publish (blocking)."""
         m, p = as_bytes(meta), as_bytes(payload)
         self._check_can_loan(len(p), len(m))
-        if not acquire(self._free, timeout):
-            raise TimeoutError(f"ring {self._name}: no free slot within {timeout}s")
+        self._acquire(timeout)
         self._copy_and_publish(header, m, p)
 
     def try_send(self, header: SlotHeader, meta: Buffer = b"", payload: Buffer = b"") -> bool:
         """Non-blocking :meth:`send`; False (nothing sent) if the ring is full."""
         m, p = as_bytes(meta), as_bytes(payload)
         self._check_can_loan(len(p), len(m))
-        try:
-            self._free.acquire(0)
-        except posix_ipc.BusyError:
+        if not self._try_acquire():
             return False
         self._copy_and_publish(header, m, p)
         return True
@@ -323,8 +386,6 @@ class Producer:
     def _copy_and_publish(self, header: SlotHeader, m: memoryview, p: memoryview) -> None:
         # The one-copy fast path of send(): no Loan object, no intermediate views.
         try:
-            if self._buf[L.OFF_ABORTED]:
-                raise RingAbortedError(self._name, "ring was aborted")
             slot = self._pos % self._slots
             meta_len, n = len(m), len(p)
             off = round_up(meta_len, L.META_ALIGN)
@@ -364,8 +425,7 @@ class Producer:
         loan._finish()
         self._loan = None
         self._eos_sent = True
-        self._buf[L.OFF_EOS] = 1
-        self._post(rec)
+        self._post(rec, eos=True)
 
     def abort(self) -> None:
         """Abort the ring: both ends' next (or current, blocked) operation raises."""
@@ -378,6 +438,7 @@ class Producer:
         if self._loan is not None:
             self._discard(self._loan)
         self._closed = True
+        self._buf[L.OFF_PRODUCER_OPEN] = 0  # closed cleanly: a repair can count exactly
         for _, seg in self._ext.values():
             seg.close()  # not unlinked: the consumer may not have mapped it yet
         self._ext.clear()

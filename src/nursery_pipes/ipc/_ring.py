@@ -61,6 +61,17 @@ End of stream and abort
     ``RingAbortedError``; so does every later call, even with frames pending.
     Abort is final: the counts are meaningless afterwards.
 
+Repair (restarting a node inside a live session)
+    When the process at one end dies, the supervisor repairs that end in
+    place (``repair_consumer`` / ``repair_producer``, in ``_repair.py``, whose
+    docstring holds the argument) while the other end goes on; a new process
+    then attaches and carries on: a new consumer at the first frame not taken,
+    a new producer at the next position. An end refuses to attach while the
+    previous one is still marked open (it died, or is alive elsewhere).
+    Every token is checked by its acquirer (the slot it stands for is really
+    ready), which lets the repair post the upper bound of what a dead end may
+    have left half done.
+
 Checksums: with ``spec.checksum`` the producer stores crc32(meta+payload) and
 the consumer verifies it, raising ``ChecksumError`` naming ring and seq (the
 bad frame's slot is returned, the ring stays usable).
@@ -79,12 +90,14 @@ from typing import TYPE_CHECKING, Literal
 
 import posix_ipc
 
+from . import _repair
 from . import _spec as L
 from ._consumer import Consumer
 from ._doorbell import ring_once
-from ._errors import RingBusyError, RingClosedError, RingCorruptError, RingError
+from ._errors import RingAbortedError, RingBusyError, RingClosedError, RingCorruptError, RingError
 from ._names import SHM_DIR
 from ._producer import Producer
+from ._repair import ConsumerRepair, ProducerRepair
 from ._segment import Segment, unlink_segment
 from ._spec import RingSpec
 
@@ -103,10 +116,13 @@ class RingStatistics:
     slot_size: int
     produced: int  # frames (and EOS) published so far
     consumed: int  # slots returned to the producer so far
+    taken: int  # frames (and EOS) the consumer took so far
     free: int  # free semaphore value
-    used: int  # used semaphore value
+    used: int  # used semaphore value (after a repair, both may hold a token too many)
     eos_sent: bool
+    eos_taken: bool
     aborted: bool
+    repairs: int  # repairs of dead ends that may have posted a token too many
 
 
 def _sem(name: str, initial: int | None) -> posix_ipc.Semaphore:
@@ -131,6 +147,9 @@ class Ring:
         self.name = spec.name
         self.owner = owner
         self.buf = seg.view
+        # The control area and slot records as aligned u64s: counters and stamps are loaded
+        # and stored whole (one instruction each), see _spec.
+        self.words = seg.view[: spec.data_offset].cast("Q")
         self.free_sem = free
         self.used_sem = used
         self._seg = seg
@@ -207,6 +226,29 @@ class Ring:
         self._consumer = Consumer(self)
         return self._consumer
 
+    # -- repair (see _repair.py) -----------------------------------------------------
+
+    def repair_consumer(self) -> ConsumerRepair:
+        """Repair the consuming end after its process died: drop (and report) the frames it
+        had taken and not released, return their slots, and let a new consumer attach at the
+        first frame not taken. Only while that end is gone; a no-op on a settled ring."""
+        self._check_repairable("consumer", self._consumer)
+        return _repair.repair_consumer(self)
+
+    def repair_producer(self) -> ProducerRepair:
+        """Repair the producing end after its process died: publish a frame it had completed
+        but not posted, return a slot it may have held, and let a new producer attach at the
+        next position. Only while that end is gone; a no-op on a settled ring."""
+        self._check_repairable("producer", self._producer)
+        return _repair.repair_producer(self)
+
+    def _check_repairable(self, side: str, here: object) -> None:
+        self._check_open()
+        if self.buf[L.OFF_ABORTED]:
+            raise RingAbortedError(self.name, f"cannot repair the {side} of an aborted ring (abort is final)")
+        if here is not None:
+            raise RingBusyError(self.name, f"this process still holds the ring's {side} end")
+
     # -- state ------------------------------------------------------------------
 
     @property
@@ -225,17 +267,20 @@ class Ring:
 
     def statistics(self) -> RingStatistics:
         self._check_open()
-        b = self.buf
+        b, w = self.buf, self.words
         return RingStatistics(
             name=self.name,
             slot_count=self.spec.slot_count,
             slot_size=self.spec.slot_size,
-            produced=L.U64.unpack_from(b, L.OFF_PRODUCED)[0],
-            consumed=L.U64.unpack_from(b, L.OFF_CONSUMED)[0],
+            produced=w[L.W_PRODUCED],
+            consumed=w[L.W_CONSUMED],
+            taken=w[L.W_TAKEN],
             free=self.free_sem.value,
             used=self.used_sem.value,
             eos_sent=bool(b[L.OFF_EOS]),
+            eos_taken=bool(b[L.OFF_EOS_TAKEN]),
             aborted=bool(b[L.OFF_ABORTED]),
+            repairs=w[L.W_REPAIRS],
         )
 
     def close(self) -> None:
@@ -251,6 +296,7 @@ class Ring:
         for end in (self._producer, self._consumer):
             if end is not None:
                 end.close()
+        self.words.release()  # a view of the mapping: released first, or it could not unmap
         self._seg.close()
         self.free_sem.close()
         self.used_sem.close()

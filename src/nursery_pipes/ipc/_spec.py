@@ -8,9 +8,12 @@ Segment layout (offsets in bytes)::
     0      control area (CTRL_SIZE = 256)
              0  static: magic[8], version u32, slot_count u32, record_size u32,
                 flags u32 (bit 0: checksums), slot_size u64, data_offset u64
-            64  producer line: produced u64 (frames+EOS posted), eos_sent u8
-           128  consumer line: consumed u64 (slots returned)
-           192  aborted u8
+            64  producer line: produced u64 (frames+EOS published), eos_sent u8 @72,
+                producer_open u8 @73
+           128  consumer line: consumed u64 (slots returned; stored before the free posts),
+                released u64 @136 (the same, stored after them), taken u64 @144 (frames
+                taken), eos_taken u8 @152, consumer_open u8 @153
+           192  aborted u8; repairs u64 @200 (how often an end was repaired, see _repair)
     256    slot records, RECORD_SIZE = 192 each:
              +0 stamp u64 (ring position + 1 of the frame in the slot)
              +8 last external-segment generation of this slot u32
@@ -20,8 +23,12 @@ Segment layout (offsets in bytes)::
            +round_up(meta_len, 16)
 
 Producer and consumer counters live on separate cache lines so the two
-processes do not false-share. The counters are statistics only: the two
-POSIX semaphores (free, used) are the authority on how many slots are where.
+processes do not false-share. The two POSIX semaphores (free, used) are the
+authority on how many slots are where; the counters say which ones (the
+repair of a dead end, ``_repair``, reads them). The u64 counters and the
+stamps are read and written through an aligned ``Q`` view (``Ring.words``,
+indexes ``W_*``): one 8-byte load or store each, never torn, which the
+repair and the token checks rely on (``struct`` packs byte by byte).
 """
 
 from __future__ import annotations
@@ -38,13 +45,25 @@ from ._segment import PAGE_SIZE, round_up
 __all__ = ["RingSpec"]
 
 MAGIC: Final = b"NPRING\x00\x01"
-VERSION: Final = 1
+VERSION: Final = 2
 CTRL_STATIC: Final = struct.Struct("<8sIIIIQQ")
 OFF_PRODUCED: Final = 64
 OFF_EOS: Final = 72
+OFF_PRODUCER_OPEN: Final = 73
 OFF_CONSUMED: Final = 128
+OFF_RELEASED: Final = 136
+OFF_TAKEN: Final = 144
+OFF_EOS_TAKEN: Final = 152
+OFF_CONSUMER_OPEN: Final = 153
 OFF_ABORTED: Final = 192
+OFF_REPAIRS: Final = 200
 CTRL_SIZE: Final = 256
+# Indexes of the u64 counters in Ring.words (the control area and records seen as u64s).
+W_PRODUCED: Final = OFF_PRODUCED // 8
+W_CONSUMED: Final = OFF_CONSUMED // 8
+W_RELEASED: Final = OFF_RELEASED // 8
+W_TAKEN: Final = OFF_TAKEN // 8
+W_REPAIRS: Final = OFF_REPAIRS // 8
 RECORD_SIZE: Final = 192
 REC_GEN: Final = 8
 REC_HEADER: Final = 16
@@ -56,6 +75,8 @@ U32: Final = struct.Struct("<I")
 FLAG_SPEC_CHECKSUM: Final = 1
 
 assert REC_HEADER + HEADER_SIZE <= RECORD_SIZE
+assert CTRL_SIZE % 8 == 0  # stamps are aligned u64 words
+assert RECORD_SIZE % 8 == 0
 
 
 @dataclass(frozen=True)
@@ -128,6 +149,11 @@ class RingSpec:
     @staticmethod
     def record_offset(slot: int) -> int:
         return CTRL_SIZE + slot * RECORD_SIZE
+
+    @staticmethod
+    def stamp_word(slot: int) -> int:
+        """Index of slot ``slot``'s stamp in ``Ring.words``."""
+        return (CTRL_SIZE + slot * RECORD_SIZE) // 8
 
     def slot_offset(self, slot: int) -> int:
         return self.data_offset + slot * self.slot_size

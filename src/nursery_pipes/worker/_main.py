@@ -17,6 +17,14 @@ Life of a worker:
 4. when every input has ended: ``flush``, end every output ring, ``cleanup``,
    report ``done`` with the counters.
 
+Restarts: a worker may be the replacement of one that died. The supervisor
+first repairs the rings (``ShmTransport.recover``); this worker then attaches
+to the same rings like any other: each input starts at the first frame its
+predecessor had not taken (an input it had read to the end is ended), each
+output at the next position (one it had ended stays ended). An input frame is
+held until ``process()`` and its outputs are done, so what a dead worker held
+is exactly what it was processing: the repair reports those frames.
+
 Stop requests: the supervisor aborts the node's rings; a blocked receive or
 loan raises ``RingAbortedError`` and the worker cleans up and returns. A node
 stuck in its own code does not notice — the supervisor kills it after the
@@ -40,6 +48,7 @@ from ..ipc import (
     Consumer,
     EndOfStream,
     Producer,
+    Received,
     Ring,
     RingAbortedError,
     RingSpec,
@@ -148,7 +157,8 @@ class _Runner:
             self.phase = "flush"
             self._emit_all(self.node.flush, "flush")
             for out in self.outputs:
-                out.end_of_stream()
+                if not out.eos_sent:  # a predecessor that died after ending it
+                    out.end_of_stream()
         except RingAbortedError:
             return {"status": "stopped", **self.stats}
         except BaseException as exc:
@@ -187,7 +197,7 @@ class _Runner:
 
     def _loop(self, node: Node[Any]) -> None:
         self.accepts = type(node).accepts
-        active = list(self.inputs)
+        active = list(self.inputs)  # an input whose end of stream a predecessor took is ended
         single = len(active) == 1
         while active:
             ready = active if single else wait_any(active)
@@ -199,20 +209,25 @@ class _Runner:
                     continue
                 if received is None:
                     continue
-                with received:
-                    frame = decode_frame(
-                        received.header, received.meta, received.payload, copy=self.job.copy_inputs
-                    )
-                    if frame.kind not in self.accepts:
-                        accepted = ", ".join(sorted(k.label for k in self.accepts))
-                        raise TypeError(
-                            f"{self.job.node_type} does not accept {frame.kind.label} frames (accepts {accepted})"
-                        )
-                    self.stats["frames_in"] += 1
-                    self.stats["bytes_in"] += frame.nbytes
-                    self.last_seq = received.header.seq
-                    self._emit_all(node.process, "process", frame)
+                # The input slot is the frame's in-process marker: returned only once process()
+                # and every output are done. If they raise, or the process dies, it stays taken,
+                # and the supervisor's repair of the ring reports this frame as dropped
+                # (ipc/_repair.py). Copied or not, the frame is held until then.
+                self._process(node, received)
+                received.release()
             self._maybe_stats()
+
+    def _process(self, node: Node[Any], received: Received) -> None:
+        frame = decode_frame(received.header, received.meta, received.payload, copy=self.job.copy_inputs)
+        if frame.kind not in self.accepts:
+            accepted = ", ".join(sorted(k.label for k in self.accepts))
+            raise TypeError(
+                f"{self.job.node_type} does not accept {frame.kind.label} frames (accepts {accepted})"
+            )
+        self.stats["frames_in"] += 1
+        self.stats["bytes_in"] += frame.nbytes
+        self.last_seq = received.header.seq
+        self._emit_all(node.process, "process", frame)
 
     def _emit_all(self, hook: Any, phase: str, *args: Any) -> None:
         """Call a hook and write each output as it comes; time the node's work, not the writes."""
