@@ -510,7 +510,7 @@ async def test_get_version(served: Served, upstream_client: tuple[Path, Path]) -
     assert info["build_timestamp"] == build_timestamp()  # the installed distribution's build time
 
 
-@pytest.mark.parametrize("executor", ["inprocess"])
+@pytest.mark.parametrize("executor", ["inprocess", "multiprocess"])
 async def test_a_server_that_restarts_failed_nodes_keeps_an_upstream_stream_going(
     upstream_client: tuple[Path, Path], executor: str
 ) -> None:

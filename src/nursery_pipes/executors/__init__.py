@@ -17,7 +17,7 @@ from ._ports import EndOfStream, Envelope, Flow, MemoryPort, Message, OutPort, S
 from ._registry import ENTRY_POINT_GROUP, available_executors, create_executors
 from ._rings import TrioConsumer, TrioProducer
 from ._thread import NodeThread, ThreadExecutor
-from ._transport import Recovery, RingGeometry, ShmPort, ShmPorts, ShmTransport
+from ._transport import Recovery, RingGeometry, ShmPort, ShmPorts, ShmTransport, StopMode
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -48,6 +48,7 @@ __all__ = [
     "ShmPort",
     "ShmPorts",
     "ShmTransport",
+    "StopMode",
     "SupervisorPorts",
     "ThreadExecutor",
     "TrioConsumer",

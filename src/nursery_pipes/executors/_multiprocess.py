@@ -217,12 +217,16 @@ class _NodeRun:
         self.pool.refill_soon()
 
     async def stop(self, grace: float) -> None:
-        """Ask → grace → kill, unless the job already ended. Shielded: always runs."""
+        """Stop the worker as its ports' ``stop_mode`` says (ask → grace → kill; keep the
+        rings: grace → kill; kill), unless the job already ended. Shielded: always runs."""
         with trio.CancelScope(shield=True):
             if not self.job_done.is_set():
-                self.wiring.request_stop()
-                with trio.move_on_after(grace):
-                    await self.job_done.wait()
+                mode = self.wiring.stop_mode
+                if mode == "ask":
+                    self.wiring.request_stop()
+                if mode != "kill":
+                    with trio.move_on_after(grace):
+                        await self.job_done.wait()
                 self.job_scope.cancel()
                 await self.job_done.wait()
 

@@ -35,6 +35,7 @@ import contextlib
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import trio
 
@@ -83,6 +84,20 @@ class RingGeometry:
         return cls(slots, round_up(slot_size, SLOT_ALIGN), checksum)
 
 
+StopMode = Literal["ask", "keep", "kill"]
+"""How to stop a worker whose rings may outlive it:
+
+- ``ask`` — the shutdown contract: abort its rings (a worker blocked in one wakes and
+  returns), wait the grace period, kill. Abort is final for the rings' other ends too: only
+  when nothing will use the rings again (the session is ending, or fails on any failure).
+- ``keep`` — the session may go on after this node fails (a supervision policy): never
+  abort; a failed worker returns by itself within the grace period (cleanup included), a
+  hung one is killed after it; the rings are then repaired (:meth:`ShmTransport.recover`).
+- ``kill`` — it is being replaced (or stopped for good) by a strategy: kill it at once; its
+  process exit is its cleanup. The rings are repaired afterwards.
+"""
+
+
 @dataclass
 class ShmPorts:
     """The ports of a node placed in shared memory: the specs of its rings (inputs, outputs,
@@ -93,6 +108,8 @@ class ShmPorts:
     events: RingSpec | None = None
     events_consumer: TrioConsumer | None = None
     rings: list[Ring] = field(default_factory=list)
+    stop_mode: StopMode = "ask"
+    """How the executor stops this node's worker (see :data:`StopMode`); the session sets it."""
 
     def flow(self) -> Flow:
         """What the supervisor sees of this worker's edges (racy: the worker runs meanwhile)."""
@@ -235,6 +252,9 @@ class ShmTransport:
         self._rings: list[Ring] = []
         self._by_name: dict[str, Ring] = {}
         self._closers: list[Callable[[], None]] = []
+        self.pumps = PumpWatch()
+        """Every pump of this transport: lets the session wait until what workers wrote has
+        been moved (before it announces a failure, so earlier outputs come first)."""
         self._next = 0
         self._closed = False
 
@@ -301,7 +321,7 @@ class ShmTransport:
         """A task body that moves the ring's frames into ``target``: ``await pump(on_error)``."""
         consumer = TrioConsumer(ring.consumer())
         self._closers.append(consumer.close)
-        return functools.partial(pump, consumer, target)
+        return functools.partial(pump, consumer, target, watch=self.pumps, index=self.pumps.add())
 
     def recover(self, ports: ShmPorts) -> Recovery:
         """Repair, in place, every ring end a dead worker held — its inputs, outputs and events
@@ -383,12 +403,59 @@ async def _retire(
     return discarded
 
 
-async def pump(consumer: TrioConsumer, port: OutPort, on_error: Callable[[BaseException], None]) -> None:
+class PumpWatch:
+    """How far a transport's pumps have got: each counts the times it found its ring empty.
+
+    ``await wait_emptied_since(snapshot())``: every pump has found its ring empty (or ended)
+    after the snapshot — so everything a worker had written before then has been moved on.
+    Event-driven: pumps wake the waiter when they go idle; nothing polls.
+    """
+
+    def __init__(self) -> None:
+        self._empty: list[int] = []
+        self._ended: list[bool] = []
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def add(self) -> int:
+        self._empty.append(0)
+        self._ended.append(False)
+        return len(self._empty) - 1
+
+    def mark_empty(self, index: int) -> None:
+        self._empty[index] += 1
+        self._lot.unpark_all()
+
+    def mark_ended(self, index: int) -> None:
+        self._ended[index] = True
+        self._lot.unpark_all()
+
+    def snapshot(self) -> list[int]:
+        return list(self._empty)
+
+    async def wait_emptied_since(self, snapshot: list[int]) -> None:
+        while any(
+            not ended and empty <= then for empty, then, ended in zip(self._empty, snapshot, self._ended)
+        ):
+            await self._lot.park()
+
+
+async def pump(
+    consumer: TrioConsumer,
+    port: OutPort,
+    on_error: Callable[[BaseException], None],
+    *,
+    watch: PumpWatch | None = None,
+    index: int = 0,
+) -> None:
     """Move frames from a worker's ring into a supervisor-side port (copying them out)."""
     try:
         while True:
             try:
-                received = await consumer.receive()
+                received = consumer.consumer.try_receive()
+                if received is None:  # nothing to move now: say so, then wait
+                    if watch is not None:
+                        watch.mark_empty(index)
+                    received = await consumer.receive()
             except EndOfStream:
                 await port.end()
                 return
@@ -400,3 +467,6 @@ async def pump(consumer: TrioConsumer, port: OutPort, on_error: Callable[[BaseEx
         return  # the session is stopping
     except Exception as exc:
         on_error(SessionError(f"frame transport failed: {exc}"))
+    finally:
+        if watch is not None:
+            watch.mark_ended(index)

@@ -107,6 +107,9 @@ class _FaultParams(Params, kw_only=True):
 
     phase: str
     after_frames: Count = 0
+    once: str = ""
+    """A file path: the fault fires only while the file does not exist, and creates it first —
+    so a node restarted after the fault (in this or another process) runs normally."""
 
 
 FP = TypeVar("FP", bound=_FaultParams)
@@ -124,22 +127,33 @@ class _FaultNode(Node[FP]):
     def _fault(self) -> Any:
         raise NotImplementedError
 
+    def _fires(self, phase: str) -> bool:
+        if self.params.phase != phase:
+            return False
+        if not self.params.once:
+            return True
+        try:  # O_EXCL: exactly one instance, in any process, ever gets to fire
+            os.close(os.open(self.params.once, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            return False
+        return True
+
     def initialize(self, progress: ProgressReporter) -> Awaitable[None] | None:
-        return self._fault() if self.params.phase == "initialize" else None
+        return self._fault() if self._fires("initialize") else None
 
     def process(self, frame: Frame) -> ProcessResult:
         self._frames += 1
-        if self.params.phase == "process" and self._frames > self.params.after_frames:
+        if self._frames > self.params.after_frames and self._fires("process"):
             fault = self._fault()
             if fault is not None:  # a coroutine that hangs; None if a signal was survived
                 return fault  # type: ignore[no-any-return]
         return frame
 
     def flush(self) -> ProcessResult:
-        return self._fault() if self.params.phase == "flush" else None
+        return self._fault() if self._fires("flush") else None
 
     def cleanup(self) -> Awaitable[None] | None:
-        return self._fault() if self.params.phase == "cleanup" else None
+        return self._fault() if self._fires("cleanup") else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -121,17 +121,21 @@ class EventQueue:
         self._readable.set()
 
     async def put_output(self, event: Output) -> None:
+        # trio's send semantics: cancelled means not delivered. A cancellation may stop us
+        # before the output is queued, never after (a node restarted right after emitting
+        # its output must not report that frame as lost).
+        await trio.lowlevel.checkpoint_if_cancelled()
         while not self._discarding and self._outputs >= self._capacity and not self._closed:
             self._writable = trio.Event() if self._writable.is_set() else self._writable
             await self._writable.wait()
         if self._discarding or self._closed:
             self.discarded += 1
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return
         self._items.append(event)
         self._outputs += 1
         self._readable.set()
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def get(self) -> Event | None:
         """The next event; None once the queue is closed and drained.

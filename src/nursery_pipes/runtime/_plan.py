@@ -102,6 +102,14 @@ class SessionPlan:
         return sum(n.threads for n in self.nodes.values())
 
     @property
+    def survives_failures(self) -> bool:
+        """A node failure may leave the session running (a policy that restarts, or a
+        temporary node): rings must then outlive the nodes that use them."""
+        return self.supervision.max_restarts > 0 or any(
+            n.restart is RestartType.TEMPORARY for n in self.nodes.values()
+        )
+
+    @property
     def downstream(self) -> dict[str, frozenset[str]]:
         """Every node's transitive successors (for rest_for_one: what depends on a node)."""
         result: dict[str, frozenset[str]] = {}

@@ -27,8 +27,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import trio
 
-from .._errors import NodeError, SessionError
-from ..executors import EndOfStream, NodeHost, NodeMetrics, NodePorts, SupervisorPorts
+from .._errors import NodeError
+from ..executors import EndOfStream, NodeHost, NodeMetrics, NodePorts, ShmPorts, ShmTransport
 from ._events import EventQueue, FramesDropped, NodeFailed, NodeRestarted, SupervisionAction
 from ._supervisor import FailureRecord
 
@@ -52,6 +52,7 @@ class NodeRecovery:
         self._restart_counts = restart_counts
         self._start_task = start_task
         self.ports: Mapping[str, NodePorts] = {}
+        self.transport: ShmTransport | None = None
         self.hosts: dict[str, NodeHost] = {}
         """The current instance of each node (replaced at each restart)."""
         self.ended: dict[str, trio.Event] = {}
@@ -78,12 +79,20 @@ class NodeRecovery:
         )
         if record.action == "forget":
             self._take_over(record.child, f"{record.child} failed and is temporary: stopped for good")
+        for node_id in (*record.restarted, *record.stopped):
+            ports = self.ports[node_id]
+            if node_id != record.child and isinstance(ports, ShmPorts):
+                ports.stop_mode = "kill"  # replaced (or stopped) for another node's failure: at once
 
     async def on_restart(self, record: FailureRecord) -> None:
         """The nodes to restart (and temporary siblings to stop) have stopped; none started."""
         for node_id in record.restarted:
             why = "it failed" if node_id == record.child else f"restarted with {record.child}, which failed"
             self._drop_in_flight(node_id, f"the frame {node_id} was processing is lost: {why}")
+            ports = self.ports[node_id]
+            if isinstance(ports, ShmPorts):
+                self._repair(node_id, ports, f"the frame {node_id} was processing is lost: {why}")
+                ports.stop_mode = "keep"  # the fresh worker may fail and be restarted too
         for node_id in record.stopped:
             self._take_over(node_id, f"stopped for good (temporary) when {record.child} failed")
         counts = self._restart_counts()
@@ -112,12 +121,9 @@ class NodeRecovery:
 
     async def _end_and_drain(self, node_id: str, reason: str) -> None:
         ports = self.ports[node_id]
-        if not isinstance(ports, SupervisorPorts):
-            raise SessionError(
-                f"node {node_id!r} was stopped for good, but its edges are in shared memory, which "
-                "cannot be taken over yet",
-                node_id=node_id,
-            )
+        if isinstance(ports, ShmPorts):
+            await self._take_over_rings(node_id, ports, reason)
+            return
         for port in ports.outputs:
             await port.end()  # downstream sees end of stream: it flushes when its other inputs end
         while ports.open_inputs:
@@ -139,7 +145,24 @@ class NodeRecovery:
         """Until every takeover has drained its node's inputs (they end once upstream ends)."""
         await self._takeovers_done.wait()
 
+    async def _take_over_rings(self, node_id: str, ports: ShmPorts, reason: str) -> None:
+        assert self.transport is not None
+        self._repair(node_id, ports, f"the frame {node_id} was processing is lost: {reason}")
+
+        def dropped(seq: int) -> None:
+            self._emit(FramesDropped(node_id, (seq,), f"sent to {node_id}, {reason}"))
+
+        await self.transport.take_over(ports)(dropped)
+
     # -- helpers -----------------------------------------------------------------------------------
+
+    def _repair(self, node_id: str, ports: ShmPorts, reason: str) -> None:
+        """Repair the rings a dead worker held, so a new worker (or the supervisor) can carry on;
+        the frames it had taken and not finished are the dropped ones."""
+        assert self.transport is not None, "shared-memory nodes have a transport"
+        recovery = self.transport.recover(ports)
+        if recovery.dropped:
+            self._emit(FramesDropped(node_id, tuple(recovery.dropped), reason))
 
     def _drop_in_flight(self, node_id: str, reason: str) -> None:
         host = self.hosts.get(node_id)

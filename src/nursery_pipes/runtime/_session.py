@@ -53,6 +53,7 @@ from ..executors import (
     NodeRunner,
     OutPort,
     RingGeometry,
+    ShmPorts,
     ShmTransport,
 )
 from ..frames import Frame
@@ -125,6 +126,7 @@ class Session:
         self._executors = executors
         self._config = config or RuntimeConfig()
         self._runners: dict[str, NodeRunner] = {}
+        self._transport: ShmTransport | None = None
         self._sm: StateMachine[SessionState, SessionEvent] = StateMachine(
             f"session {self.id}", SessionState.INITIALIZING, SESSION_TRANSITIONS, on_change=self._on_state
         )
@@ -254,7 +256,15 @@ class Session:
             self._sm.fire(SessionEvent.CANCEL)
         self._closing = True
         self._stop_senders()
+        self._ending()
         self._scope.cancel()
+
+    def _ending(self) -> None:
+        """Nothing will run again: workers may now be stopped the usual way (ask → grace → kill,
+        aborting their rings), even where a supervision policy kept rings for restarts."""
+        for ports in self._ports.values():
+            if isinstance(ports, ShmPorts):
+                ports.stop_mode = "ask"
 
     async def wait(self) -> SessionMetrics:
         """Wait until the session has terminated; raise its error if it failed."""
@@ -344,6 +354,8 @@ class Session:
                     self._ingress = wiring.ingress
                     self._ports = wiring.ports
                     self._recovery.ports = wiring.ports
+                    self._recovery.transport = transport
+                    self._transport = transport
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
                         pumps = _Countdown(len(wiring.pumps))
@@ -444,9 +456,28 @@ class Session:
             self._error.__cause__ = error
         if self._sm.can(SessionEvent.FAIL):
             self._sm.fire(SessionEvent.FAIL)
-        self._events.close(self._error)
+        self._ending()
+        self._publish_failure(self._error)
         self._stop_senders()
         self._ready.set()
+
+    def _publish_failure(self, error: SessionError) -> None:
+        """End the event stream with ``error`` — once the outputs workers wrote before it have
+        been moved on. A worker writes its outputs, then reports its failure; the supervisor reads
+        the two from different rings, in either order, so without this wait an output the node
+        produced before failing could be lost behind the error. Bounded (a client that does not
+        read holds the pumps up): after :data:`_OUTPUTS_FIRST_SECS` the error goes out anyway."""
+        if self._transport is None or self._nursery is None:
+            self._events.close(error)
+            return
+        watch, snapshot = self._transport.pumps, self._transport.pumps.snapshot()
+
+        async def publish() -> None:
+            with trio.move_on_after(_OUTPUTS_FIRST_SECS):
+                await watch.wait_emptied_since(snapshot)
+            self._events.close(error)
+
+        self._nursery.start_soon(publish, name=f"session {self.id}: publish failure")
 
     def _stop_senders(self) -> None:
         """No frame will be taken any more: wake every send() still waiting for room."""
@@ -508,6 +539,10 @@ class Session:
                 await port.end()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # a node stopped meanwhile: the session is failing or ending anyway
+
+
+_OUTPUTS_FIRST_SECS = 0.5
+"""How long a failing session waits for outputs already written to reach the client."""
 
 
 def _restart(kind: RestartType) -> RestartType:

@@ -18,6 +18,7 @@ from ..executors import MemoryPort, Message, NodePorts, OutPort, ShmPorts, ShmTr
 from ..frames import Frame
 from ._events import EventQueue, Output
 from ._plan import CLIENT, SessionPlan
+from ._policy import RestartType
 
 __all__ = ["EventPort", "Wiring", "wire"]
 
@@ -59,7 +60,10 @@ def wire(plan: SessionPlan, events: EventQueue, capacity: float, transport: ShmT
             ports[nid] = SupervisorPorts(expected_eos=len(node.inputs), inbox=recv)
         else:
             assert transport is not None, "shared-memory nodes need a shared-memory transport"
-            ports[nid] = transport.node_ports()
+            shm = transport.node_ports()
+            if plan.survives_failures:
+                shm.stop_mode = "keep"  # never abort rings a restarted node will use
+            ports[nid] = shm
     wiring = Wiring(ports=ports, ingress={})
     for edge in plan.edges:
         if edge.transport == "memory":
@@ -95,6 +99,10 @@ def _shm_ports(wiring: Wiring, node_id: str) -> ShmPorts:
     return ports
 
 
+def _temporary(plan: SessionPlan, node_id: str) -> bool:
+    return plan.nodes[node_id].restart is RestartType.TEMPORARY
+
+
 def _shm_edge(
     wiring: Wiring,
     plan: SessionPlan,
@@ -111,6 +119,10 @@ def _shm_edge(
         producer_in_supervisor=src_in_supervisor,
         consumer_in_supervisor=dst_in_supervisor,
         consumer_fan_in=fan_in,
+        # A temporary node that fails is taken over by the supervisor for good (its outputs
+        # end, its inputs are drained): its worker ends of the edge need doorbells for that.
+        takeover_producer=not src_in_supervisor and _temporary(plan, src),
+        takeover_consumer=not dst_in_supervisor and _temporary(plan, dst),
     )
     # producing end
     if src_in_supervisor:

@@ -213,11 +213,16 @@ class _Runner:
                 # and every output are done. If they raise, or the process dies, it stays taken,
                 # and the supervisor's repair of the ring reports this frame as dropped
                 # (ipc/_repair.py). Copied or not, the frame is held until then.
-                self._process(node, received)
+                began = time.perf_counter()
+                writing = self._process(node, received)
+                # Return the slot the moment the outputs are written: a kill between the two
+                # would report this frame as lost though its outputs got out (ipc/_repair.py).
                 received.release()
+                self.stats["processing_s"] += time.perf_counter() - began - writing
             self._maybe_stats()
 
-    def _process(self, node: Node[Any], received: Received) -> None:
+    def _process(self, node: Node[Any], received: Received) -> float:
+        """Process one input frame and write its outputs; returns the time spent writing."""
         frame = decode_frame(received.header, received.meta, received.payload, copy=self.job.copy_inputs)
         if frame.kind not in self.accepts:
             accepted = ", ".join(sorted(k.label for k in self.accepts))
@@ -227,31 +232,35 @@ class _Runner:
         self.stats["frames_in"] += 1
         self.stats["bytes_in"] += frame.nbytes
         self.last_seq = received.header.seq
-        self._emit_all(node.process, "process", frame)
+        return self._write_outputs(node.process, "process", frame)
 
     def _emit_all(self, hook: Any, phase: str, *args: Any) -> None:
         """Call a hook and write each output as it comes; time the node's work, not the writes."""
-        where = f"{self.job.node_type}.{phase}"
         began = time.perf_counter()
+        writing = self._write_outputs(hook, phase, *args)
+        self.stats["processing_s"] += time.perf_counter() - began - writing
+
+    def _write_outputs(self, hook: Any, phase: str, *args: Any) -> float:
+        where = f"{self.job.node_type}.{phase}"
         writing = 0.0
         for frame in iter_outputs(hook(*args), where):
             paused = time.perf_counter()
             self._write(frame)
             writing += time.perf_counter() - paused
-        self.stats["processing_s"] += time.perf_counter() - began - writing
+        return writing
 
     def _write(self, frame: Frame) -> None:
         encoded = encode_frame(frame)
         header = encoded.header(self.last_seq)
+        self.stats["frames_out"] += 1  # counted first: nothing but the commits before the release
+        self.stats["bytes_out"] += encoded.payload.nbytes
+        kinds = self.stats["kinds_out"]
+        kinds[frame.kind.label] = kinds.get(frame.kind.label, 0) + 1
         for out in self.outputs:
             with out.loan(encoded.payload.nbytes, len(encoded.meta)) as loan:
                 loan.meta[:] = encoded.meta
                 loan.payload[:] = encoded.payload
                 loan.commit(header)
-        self.stats["frames_out"] += 1
-        self.stats["bytes_out"] += encoded.payload.nbytes
-        kinds = self.stats["kinds_out"]
-        kinds[frame.kind.label] = kinds.get(frame.kind.label, 0) + 1
 
     def _maybe_stats(self) -> None:
         now = time.monotonic()
