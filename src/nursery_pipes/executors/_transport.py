@@ -434,7 +434,8 @@ class PumpWatch:
 
     async def wait_emptied_since(self, snapshot: list[int]) -> None:
         while any(
-            not ended and empty <= then for empty, then, ended in zip(self._empty, snapshot, self._ended)
+            not ended and empty <= then
+            for empty, then, ended in zip(self._empty, snapshot, self._ended, strict=True)
         ):
             await self._lot.park()
 
