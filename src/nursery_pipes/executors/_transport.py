@@ -321,7 +321,8 @@ class ShmTransport:
         """A task body that moves the ring's frames into ``target``: ``await pump(on_error)``."""
         consumer = TrioConsumer(ring.consumer())
         self._closers.append(consumer.close)
-        return functools.partial(pump, consumer, target, watch=self.pumps, index=self.pumps.add())
+        index = self.pumps.add(consumer.consumer.ready)
+        return functools.partial(pump, consumer, target, watch=self.pumps, index=index)
 
     def recover(self, ports: ShmPorts) -> Recovery:
         """Repair, in place, every ring end a dead worker held — its inputs, outputs and events
@@ -413,17 +414,27 @@ class PumpWatch:
 
     def __init__(self) -> None:
         self._empty: list[int] = []
+        self._waiting: list[bool] = []
         self._ended: list[bool] = []
+        self._pending: list[Callable[[], bool]] = []
         self._lot = trio.lowlevel.ParkingLot()
 
-    def add(self) -> int:
+    def add(self, pending: Callable[[], bool]) -> int:
+        """A pump; ``pending()`` says whether its ring holds something it has not taken."""
         self._empty.append(0)
+        self._waiting.append(False)
         self._ended.append(False)
+        self._pending.append(pending)
         return len(self._empty) - 1
 
     def mark_empty(self, index: int) -> None:
+        """The pump found its ring empty and is about to wait."""
         self._empty[index] += 1
+        self._waiting[index] = True
         self._lot.unpark_all()
+
+    def mark_busy(self, index: int) -> None:
+        self._waiting[index] = False
 
     def mark_ended(self, index: int) -> None:
         self._ended[index] = True
@@ -432,11 +443,16 @@ class PumpWatch:
     def snapshot(self) -> list[int]:
         return list(self._empty)
 
+    def _caught_up(self, index: int, then: int) -> bool:
+        if self._ended[index] or self._empty[index] > then:
+            return True
+        try:  # waiting since before the snapshot, and nothing arrived since: nothing to move
+            return self._waiting[index] and not self._pending[index]()
+        except RingClosedError:
+            return True
+
     async def wait_emptied_since(self, snapshot: list[int]) -> None:
-        while any(
-            not ended and empty <= then
-            for empty, then, ended in zip(self._empty, snapshot, self._ended, strict=True)
-        ):
+        while not all(self._caught_up(i, then) for i, then in enumerate(snapshot)):
             await self._lot.park()
 
 
@@ -457,6 +473,8 @@ async def pump(
                     if watch is not None:
                         watch.mark_empty(index)
                     received = await consumer.receive()
+                    if watch is not None:
+                        watch.mark_busy(index)
             except EndOfStream:
                 await port.end()
                 return

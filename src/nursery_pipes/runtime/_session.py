@@ -439,11 +439,12 @@ class Session:
                 f"{'s' * (failed.restarts != 1)} within {policy.within_secs:g} s "
                 f"(max_restarts={policy.max_restarts})"
             )
-        self._fail(error)
+        self._fail(error, outputs_first=True)
 
-    def _fail(self, error: BaseException) -> None:
+    def _fail(self, error: BaseException, *, outputs_first: bool = False) -> None:
         """Record the session's failure and publish it now: the event stream ends with it and
-        waiting senders wake up, though nodes may still be stopping (the nursery waits for them)."""
+        waiting senders wake up, though nodes may still be stopping (the nursery waits for them).
+        ``outputs_first``: a node's failure — what workers wrote before it goes out first."""
         if self._error is not None:
             return  # the first failure explains the session; the rest followed from it
         if isinstance(error, SessionError):
@@ -457,7 +458,10 @@ class Session:
         if self._sm.can(SessionEvent.FAIL):
             self._sm.fire(SessionEvent.FAIL)
         self._ending()
-        self._publish_failure(self._error)
+        if outputs_first:
+            self._publish_failure(self._error)
+        else:
+            self._events.close(self._error)
         self._stop_senders()
         self._ready.set()
 
