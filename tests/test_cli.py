@@ -517,3 +517,46 @@ def test_script_exit_codes_and_no_traceback(tmp_path: Path) -> None:
         assert proc.returncode == code, (args, output)
         assert message in output, (args, output)
         assert "Traceback" not in output, (args, output)
+
+
+def test_run_prints_what_the_supervision_policy_did(tmp_path: Path) -> None:
+    """A node fails once; the manifest's policy restarts it. run says so as it happens, the
+    JSON lists it, the node table counts the restart, and the run succeeds."""
+    config = tmp_path / "runtime.toml"
+    config.write_text("[nodes]\ntesting = true\n")
+    doc = {
+        "version": "v1",
+        "metadata": {
+            "name": "flaky",
+            "supervision": {"strategy": "one_for_one", "max_restarts": 2},
+            "multiprocess": {"executor_overrides": {"flaky": "inprocess"}},
+        },
+        "nodes": [
+            {
+                "id": "flaky",
+                "node_type": "RaiseNode",
+                "params": {"phase": "process", "after_frames": 1, "once": str(tmp_path / "fired")},
+            }
+        ],
+        "connections": [],
+    }
+    inputs: list[str] = []
+    for word in ("one", "two", "three"):  # a text file is one frame: three files, three frames
+        (tmp_path / f"{word}.txt").write_text(word, encoding="utf-8")
+        inputs += ["-i", f"flaky={tmp_path / f'{word}.txt'}"]
+    path = write_json(tmp_path / "m.json", doc)
+    done = invoke("run", path, *inputs, "--config", config, "--json")
+    assert done.exit_code == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert [(r["kind"], r["node_id"]) for r in summary["supervision"]] == [
+        ("failed", "flaky"),
+        ("dropped", "flaky"),
+        ("restarted", "flaky"),
+    ]
+    assert summary["supervision"][1]["dropped_sequences"] == [2]
+    assert summary["metrics"]["nodes"]["flaky"]["restarts"] == 1
+    (tmp_path / "fired").unlink()
+    shown = invoke("run", path, *inputs, "--config", config)
+    assert shown.exit_code == 0, shown.stderr
+    assert "restarted: flaky (restart 1; flaky failed)" in shown.stderr
+    assert "dropped: flaky: input 2" in shown.stderr

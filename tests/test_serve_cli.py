@@ -456,3 +456,27 @@ async def test_run_against_server_reports_a_rejected_chunk_and_carries_on(tmp_pa
     assert human.returncode == 0, human.stderr.decode()
     assert "warning:" in human.stderr.decode()
     assert "STILL HERE" in human.stdout.decode()
+
+
+async def test_run_against_server_shows_what_its_supervision_did(tmp_path: Path) -> None:
+    """A worker node fails once on the server; the manifest's policy restarts it. run
+    --server prints it and lists it in --json, and every other input's output comes back."""
+    doc = tmp_path / "m.json"
+    flaky = {"phase": "process", "after_frames": 1, "once": str(tmp_path / "fired")}
+    document = manifest([("flaky", "RaiseNode", flaky)], executors={"flaky": "multiprocess"})
+    document["metadata"]["supervision"] = {"strategy": "one_for_one", "max_restarts": 2}
+    doc.write_text(json.dumps(document), encoding="utf-8")
+    inputs: list[str] = []
+    for word in ("one", "two", "three"):
+        (tmp_path / f"{word}.txt").write_text(word, encoding="utf-8")
+        inputs += ["-i", f"flaky={tmp_path / f'{word}.txt'}"]
+    async with serve_process("--testing-nodes") as server:
+        as_json = await nursery_pipes("run", str(doc), *inputs, "--json", "--server", server.address)
+        server.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            assert await server.process.wait() == 0
+    assert as_json.returncode == 0, as_json.stderr.decode()
+    summary = json.loads(as_json.stdout)
+    assert [f["text"] for f in summary["outputs"]["flaky"]] == ["one", "three"]
+    kinds = [(r["kind"], r["node_id"], r["dropped_sequences"]) for r in summary["supervision"]]
+    assert kinds == [("failed", "flaky", []), ("dropped", "flaky", [2]), ("restarted", "flaky", [])]

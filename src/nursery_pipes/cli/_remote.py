@@ -18,6 +18,7 @@ from rich.table import Table
 
 from .._errors import ManifestError, NurseryPipesError, SessionError
 from ..frames import Frame
+from . import _supervision
 from ._files import describe_frames, frame_summary, parse_input_spec, read_input, write_outputs
 
 __all__ = ["RemoteRun", "run_remote"]
@@ -37,6 +38,8 @@ class RemoteRun:
     """time.monotonic() of each output's arrival, per sink."""
     rejected: list[str] = field(default_factory=list)
     """What the server refused while the session went on (an input chunk, an oversized output)."""
+    supervision: list[dict[str, Any]] = field(default_factory=list)
+    """What the server's supervision did (node failures it survived, restarts, dropped inputs)."""
 
 
 async def stream_job(
@@ -88,6 +91,11 @@ async def stream_job(
                             run.outputs.setdefault(event.node_id, []).append(event.frame)
                             run.arrivals.setdefault(event.node_id, []).append(time.monotonic())
                             run.latencies_ms.append(event.processing_time_ms)
+                        elif isinstance(event, StreamEvent) and event.kind == "supervision":
+                            record = _supervision.from_message(event.message)
+                            run.supervision.append(record)
+                            if show_progress:
+                                _supervision.show(record, console)
                         elif isinstance(event, StreamEvent) and event.kind == "rejected":
                             run.rejected.append(event.message.message)
                             console.print(
@@ -179,6 +187,7 @@ def _summary(run: RemoteRun, written: list[Path]) -> dict[str, Any]:
         },
         "latency_ms": _latency(run.latencies_ms),
         "rejected": run.rejected,
+        "supervision": run.supervision,
         "metrics": json.loads(run.final_metrics.to_json()) if run.final_metrics is not None else None,
     }
 

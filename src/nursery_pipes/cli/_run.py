@@ -14,7 +14,19 @@ from rich.table import Table
 
 from .._errors import NurseryPipesError, SessionError
 from ..frames import Frame
-from ..runtime import NodeProgress, Output, Runtime, Session, SessionMetrics, SessionState, StateChanged
+from ..runtime import (
+    FramesDropped,
+    NodeFailed,
+    NodeProgress,
+    NodeRestarted,
+    Output,
+    Runtime,
+    Session,
+    SessionMetrics,
+    SessionState,
+    StateChanged,
+)
+from . import _supervision
 from ._files import describe_frames, frame_summary, parse_input_spec, read_input, write_outputs
 from ._serve import sole_leaf
 
@@ -121,6 +133,8 @@ async def _consume(
                     progress.stop()
                 elif isinstance(event, Output):
                     collected[event.node_id].append(event.frame)
+                elif isinstance(event, (NodeFailed, NodeRestarted, FramesDropped)) and show_progress:
+                    _supervision.show(_supervision.from_event(event), console)
         finally:
             progress.stop()
 
@@ -163,6 +177,7 @@ def _summary(
         "assignments": {
             nid: {"executor": a.executor, "reason": a.reason} for nid, a in session.assignments.items()
         },
+        "supervision": [_supervision.from_event(e) for e in session.supervision_log],
         "metrics": {
             "wall_time_ms": round(metrics.wall_time_s * 1000, 3),
             "cpu_time_ms": round(metrics.cpu_time_s * 1000, 3),
@@ -178,6 +193,7 @@ def _summary(
                     "init_ms": round(m.init_s * 1000, 3),
                     "executor": m.executor,
                     "pid": m.pid,
+                    "restarts": m.restarts,
                 }
                 for nid, m in metrics.nodes.items()
             },
@@ -199,7 +215,15 @@ def _print_summary(
         table.add_row(nid, describe_frames(frames))
     out.print(table)
     nodes = Table(title=f"Nodes — wall time {metrics.wall_time_s * 1000:.1f} ms")
-    for column in ("node", "executor", "frames in/out", "processing ms", "init ms"):
+    restarted = any(m.restarts for m in metrics.nodes.values())
+    for column in (
+        "node",
+        "executor",
+        "frames in/out",
+        "processing ms",
+        "init ms",
+        *(["restarts"] * restarted),
+    ):
         nodes.add_column(column)
     for nid, m in metrics.nodes.items():
         assignment = session.assignments[nid]
@@ -209,6 +233,7 @@ def _print_summary(
             f"{m.frames_in}/{m.frames_out}",
             f"{m.processing_s * 1000:.2f}",
             f"{m.init_s * 1000:.1f}",
+            *([str(m.restarts)] * restarted),
         )
     out.print(nodes)
     for path in written:
