@@ -25,7 +25,7 @@ from nursery_pipes import (
     SessionError,
     TextFrame,
 )
-from nursery_pipes._config import MultiprocessDefaults
+from nursery_pipes._config import MultiprocessDefaults, NodesConfig
 from nursery_pipes.runtime import FramesDropped, NodeFailed, NodeProgress, NodeRestarted
 
 pytestmark = pytest.mark.timeout(30)
@@ -228,3 +228,56 @@ async def test_restarts_show_in_metrics_and_the_pipeline_result() -> None:
     assert [type(e).__name__ for e in result.supervision] == list(
         itertools.chain.from_iterable(["NodeFailed", "FramesDropped", "NodeRestarted"] for _ in range(2))
     )
+
+
+async def test_one_sessions_crashes_and_restarts_never_touch_another() -> None:
+    """Session A's worker crashes on every frame and is restarted until its policy gives up;
+    session B, in the same runtime and with workers of its own, runs through untouched."""
+    rt = Runtime(
+        RuntimeConfig(
+            multiprocess=MultiprocessDefaults(grace_period_secs=0.2), nodes=NodesConfig(testing=True)
+        )
+    )
+    crashing = {
+        "version": "v1",
+        "metadata": {
+            "name": "a",
+            "supervision": {"strategy": "one_for_one", "max_restarts": 2, "within_secs": 60},
+            "multiprocess": {"executor_overrides": {"k": "multiprocess"}},
+        },
+        "nodes": [
+            {"id": "k", "node_type": "SignalNode", "params": {"phase": "process", "signal": "SIGKILL"}}
+        ],
+        "connections": [],
+    }
+    steady = {
+        "version": "v1",
+        "metadata": {"name": "b", "multiprocess": {"executor_overrides": {"p": "multiprocess"}}},
+        "nodes": [{"id": "p", "node_type": "PassThrough"}],
+        "connections": [],
+    }
+    a_error: list[BaseException] = []
+    b_result: list[Any] = []
+
+    async def session_a() -> None:
+        try:
+            await rt.run_pipeline(crashing, {"k": [TextFrame(text=str(i)) for i in range(5)]})
+        except NodeError as exc:
+            a_error.append(exc)
+
+    async def session_b() -> None:
+        frames = []
+        for i in range(40):
+            frames.append(TextFrame(text=str(i)))
+        b_result.append(await rt.run_pipeline(steady, {"p": frames}))
+
+    async with rt, trio.open_nursery() as nursery:
+        nursery.start_soon(session_a)
+        nursery.start_soon(session_b)
+    (error,) = a_error
+    assert (error.node_id, error.restarts) == ("k", 2)
+    assert "killed by SIGKILL" in str(error)
+    (result,) = b_result
+    assert [f.text for f in result.outputs["p"] if isinstance(f, TextFrame)] == [str(i) for i in range(40)]
+    assert result.supervision == []
+    assert result.metrics.nodes["p"].restarts == 0
