@@ -61,43 +61,124 @@ def _set(doc: dict[str, Any], section: str, key: str, value: Any, origin: str) -
     doc[section][key] = value
 
 
+SERVICE_RESTARTS = 3
+"""How often ``serve`` brings its service (runtime + gRPC server) back after a crash ..."""
+SERVICE_WINDOW_SECS = 60.0
+"""... within this many seconds, before it gives up and exits 1 for the service manager."""
+
+
 def serve(config_path: Path | None, flags: Mapping[str, Any], announce: Any) -> int:
-    """Run the server until SIGTERM/SIGINT (drain) — a second signal stops at once."""
+    """Run the server until SIGTERM/SIGINT (drain) — a second signal stops at once.
+
+    Exit code 0 after a drain or a stop; 1 when the service crashed more than
+    :data:`SERVICE_RESTARTS` times within :data:`SERVICE_WINDOW_SECS`.
+    """
     config = apply_overrides(load_config(config_path), flags=flags)
     config.auth_token_value()  # fails closed, before anything starts: a named but unset variable
-    trio.run(_serve, config, announce)
+    return trio.run(_serve, config, announce)
+
+
+class _Serving:
+    """What the signal watcher and the service's lives share (docs/design.md §4, the tree)."""
+
+    def __init__(self) -> None:
+        self.server: Any = None
+        """The running life's Server (None between lives)."""
+        self.draining = False
+        """A signal asked to drain: a life ending now (or about to start) is the last."""
+        self.startup_error: BaseException | None = None
+
+
+async def _serve(config: RuntimeConfig, announce: Any) -> int:
+    """The top of the server's supervision tree: a supervisor restarts the service — a fresh
+    runtime and gRPC server on the same address — when it crashes after it was listening
+    (one_for_one, at most SERVICE_RESTARTS within SERVICE_WINDOW_SECS); beside it, the
+    signal watcher, which outlives the service's lives."""
+    from ..runtime import ChildFailed, ChildSpec, Strategy, SupervisionPolicy, Supervisor
+    from ..service import parse_listen
+
+    parse_listen(config.server.listen)  # a bad address is reported before anything starts
+    serving = _Serving()
+    supervisor = Supervisor(
+        SupervisionPolicy(
+            Strategy.ONE_FOR_ONE, max_restarts=SERVICE_RESTARTS, within_secs=SERVICE_WINDOW_SECS
+        ),
+        on_failure=lambda record: announce(f"{record.reason}; it failed with {record.error!r}"),
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_signals, serving, nursery.cancel_scope, announce)
+            await supervisor.run([ChildSpec.task("service", _service_life, config, serving, announce)])
+            nursery.cancel_scope.cancel()  # the service is done: stop watching signals
+    except (ChildFailed, BaseExceptionGroup) as exc:
+        error = sole_leaf(exc) if isinstance(exc, BaseExceptionGroup) else exc
+        if not isinstance(error, ChildFailed):
+            raise
+        announce(f"giving up: {error}")
+        return 1
+    if serving.startup_error is not None:
+        raise serving.startup_error
+    announce("stopped")
     return 0
 
 
-async def _serve(config: RuntimeConfig, announce: Any) -> None:
+async def _service_life(config: RuntimeConfig, serving: _Serving, announce: Any) -> None:
+    """One life of the service: a runtime, its gRPC server, until drained or stopped.
+
+    A configuration error before it listens, or the server failing to take its address (a bad
+    TLS file, an address that cannot be bound), is not restarted: it ends ``serve`` with a one-line error (exit 2). Any other failure —
+    the runtime's shared tasks, the server once listening — is raised to the supervisor,
+    which starts the next life."""
     from ..runtime import Runtime
     from ..service import Server, parse_listen
 
+    if serving.draining:
+        return  # a signal came between two lives: nothing runs, nothing to drain
     host, _ = parse_listen(config.server.listen)
-    listening = False
+    phase = "starting"  # → "binding" (the server takes its address) → "listening"
 
     def started(port: int) -> None:
-        nonlocal listening
-        listening = True
+        nonlocal phase
+        phase = "listening"
         announce(f"listening on {host}:{port}")
 
     try:
         async with Runtime(config) as runtime:
             server = Server(runtime)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_watch_signals, server, nursery.cancel_scope, announce)
+            serving.server = server
+            try:
+                phase = "binding"
                 await server.serve(task_status=_Started(started))
-                nursery.cancel_scope.cancel()  # drained: stop watching signals
-    except BaseExceptionGroup as group:
-        # The nursery wraps what serve() raised: a bad TLS file or an address that cannot be
-        # bound is a user mistake to report in one line (exit 2), not a traceback.
-        error = sole_leaf(group)
-        if isinstance(error, NurseryPipesError):
-            raise error from None
-        if isinstance(error, OSError) and not listening:
-            raise ConfigError(f"cannot listen on {config.server.listen}: {error.strerror or error}") from None
+            finally:
+                serving.server = None
+    except BaseException as exc:
+        if _is_a_stop(exc):
+            raise
+        leaf = sole_leaf(exc) if isinstance(exc, BaseExceptionGroup) else exc
+        if (phase != "listening" and isinstance(leaf, NurseryPipesError)) or (
+            phase == "binding" and isinstance(leaf, OSError)
+        ):
+            serving.startup_error = _startup_error(leaf, config)
+            return
+        # A crash: the supervisor decides, and is told what failed, unwrapped.
+        if isinstance(leaf, Exception) and leaf is not exc:
+            raise leaf from None
         raise
-    announce("stopped")
+
+
+def _is_a_stop(exc: BaseException) -> bool:
+    """Cancelled (a second signal), KeyboardInterrupt and the like: not a failure to report."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(Exception)[1] is not None
+    return not isinstance(exc, Exception)
+
+
+def _startup_error(error: NurseryPipesError | OSError, config: RuntimeConfig) -> NurseryPipesError:
+    """What a failure to take the address means to the user: a bad TLS file or an address
+    that cannot be bound is a mistake to report in one line (exit 2), not a traceback."""
+    if isinstance(error, NurseryPipesError):
+        return error
+    return ConfigError(f"cannot listen on {config.server.listen}: {error.strerror or error}")
 
 
 def sole_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
@@ -121,16 +202,22 @@ class _Started:
         self._callback(value)
 
 
-async def _watch_signals(server: Any, scope: trio.CancelScope, announce: Any) -> None:
+async def _watch_signals(serving: _Serving, scope: trio.CancelScope, announce: Any) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
-            if server.accepting:
+            name = signal.Signals(signum).name
+            if not serving.draining:
+                serving.draining = True
+                server = serving.server
+                if server is None:
+                    announce(f"{name}: stopping (the service is between restarts)")
+                    continue
                 announce(
-                    f"{signal.Signals(signum).name}: draining — no new sessions, running ones get "
+                    f"{name}: draining — no new sessions, running ones get "
                     f"{server.config.server.drain_timeout_secs:g} s"
                 )
                 server.drain()
             else:
-                announce(f"{signal.Signals(signum).name} again: stopping now")
+                announce(f"{name} again: stopping now")
                 scope.cancel()
                 return
