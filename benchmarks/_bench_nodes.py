@@ -205,7 +205,20 @@ class BlockingSleepNode(Node[BlockParams]):
         return frame
 
 
+class StampedFailNode(Node):
+    """Audio in, the same audio out; an audio frame whose first sample is negative makes it
+    raise, with the moment of failure (``perf_counter_ns``) in the message, so the time from
+    failure to a replacement being ready can be measured wherever the node runs."""
+
+    def process(self, frame: Frame) -> Frame:
+        assert isinstance(frame, AudioFrame)
+        if float(frame.samples.reshape(-1)[0]) < 0:
+            raise RuntimeError(f"injected failure t_ns={now()}")
+        return frame
+
+
 BENCH_NODES = (
+    StampedFailNode,
     HopStampNode,
     ArrivalNode,
     ArrivalCopyNode,
