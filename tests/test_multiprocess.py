@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import signal
 import subprocess
@@ -708,6 +709,34 @@ async def test_warm_pool_refills_after_sessions_take_workers() -> None:
             used += [m.pid for m in result.metrics.nodes.values()]
         assert set(used) <= pool.warmed_pids  # every node got a pre-started worker
         assert len(set(used)) == len(used) == 6  # and none served twice
+
+
+async def test_a_worker_dying_while_it_warms_up_costs_warmth_not_the_runtime(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Warm-up workers that die (here: they exit at once, as an OOM-killed one would vanish)
+    are logged and retried; the runtime and its sessions carry on, and the pool fills once
+    workers live again."""
+    from nursery_pipes.executors import _pool
+
+    healthy = _pool.warm_up
+    monkeypatch.setattr(_pool, "warm_up", functools.partial(os._exit, 3))  # runs in the worker
+    rt = runtime(warm_pool=1)
+    m = manifest([("w", "PassThrough", {}, "multiprocess")], [])
+    async with rt:
+        pool = shared_pool(rt)
+        with trio.fail_after(20):
+            while pool.warm_failures < 2:  # noqa: ASYNC110  # retried after the first death
+                await trio.sleep(0.01)
+        cold = await rt.run_pipeline(m, {"w": TextFrame(text="cold")})  # sessions still run
+        monkeypatch.setattr(_pool, "warm_up", healthy)
+        with trio.fail_after(20):
+            await pool.wait_warm()
+        warm = await rt.run_pipeline(m, {"w": TextFrame(text="warm")})
+    assert [frame.text for frame in cold.outputs["w"]] == ["cold"]
+    assert warm.metrics.nodes["w"].pid in pool.warmed_pids
+    assert "warm pool: worker pid " in caplog.text
+    assert "exited with code 3 while warming up" in caplog.text
 
 
 # -- the supervisor itself dies ----------------------------------------------------------------------

@@ -23,13 +23,19 @@
 - **Warm pool.** With ``warm_pool = N``, N workers are started ahead of time
   by running a no-op job in each; they wait in trio-parallel's cache and a
   session's nodes take them instead of starting fresh ones. The pool is
-  refilled in the background after sessions take workers.
+  refilled in the background after sessions take workers. A worker that dies
+  while it warms up (OOM killer, a signal, a fork that fails) costs only
+  warmth: the keeper logs it and tries again after a growing pause (0.1 s
+  doubling to 5 s), and sessions meanwhile start their workers cold. It never
+  takes the runtime, and with it every session, down.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import multiprocessing
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from multiprocessing import spawn
@@ -41,6 +47,11 @@ import trio_parallel
 from ..worker import WorkerJob, retire_after_node, run_node, warm_up
 
 __all__ = ["WorkerPool"]
+
+log = logging.getLogger(__name__)
+
+WARM_RETRY_FIRST_SECS = 0.1
+WARM_RETRY_MAX_SECS = 5.0
 
 PRELOAD = ["nursery_pipes.worker", "nursery_pipes.nodes.builtin", "numpy"]
 # trio-parallel's name for its worker processes (not public API: pyproject.toml bounds
@@ -88,6 +99,8 @@ class WorkerPool:
         self._warm = trio.Event()
         self.warmed_pids: set[int] = set()
         """Workers started ahead of time (for tests and statistics)."""
+        self.warm_failures = 0
+        """Workers that died (or could not start) while warming up."""
 
     @property
     def parent_is_forkserver(self) -> bool:
@@ -156,15 +169,50 @@ class WorkerPool:
         # include workers that retired after running a node. Running warm_target warm-up jobs
         # *at once* leaves exactly warm_target live idle workers: each job takes a cached worker
         # if one is alive, else starts a new one.
+        failed_passes = 0
         while True:
             self._refill = trio.Event()  # reset first: a request arriving mid-pass is not lost
+            warmed: list[bool] = []
             async with trio.open_nursery() as nursery:
                 for _ in range(self.warm_target):
-                    nursery.start_soon(self._warm_one)
+                    nursery.start_soon(self._warm_one, warmed)
+            if not all(warmed):  # try again soon, however long nobody asks for a refill
+                failed_passes += 1
+                await trio.sleep(min(WARM_RETRY_MAX_SECS, WARM_RETRY_FIRST_SECS * 2 ** (failed_passes - 1)))
+                continue
+            failed_passes = 0
             if not self._refill.is_set():
                 self._warm.set()
             await self._refill.wait()
 
-    async def _warm_one(self) -> None:
-        pid = await self._ctx.run_sync(warm_up, kill_on_cancel=True, limiter=self.limiter)
+    async def _warm_one(self, warmed: list[bool]) -> None:
+        try:
+            pid = await self._ctx.run_sync(warm_up, kill_on_cancel=True, limiter=self.limiter)
+        except (trio_parallel.BrokenWorkerError, OSError) as exc:
+            self.warm_failures += 1
+            warmed.append(False)
+            log.warning(
+                "warm pool: %s while warming up; sessions start their workers cold until the pool "
+                "is refilled",
+                _describe_death(exc),
+            )
+            return
         self.warmed_pids.add(pid)
+        warmed.append(True)
+
+
+def _describe_death(exc: BaseException) -> str:
+    """``worker pid 123 exited with code 3`` / ``... was killed by SIGKILL`` when trio-parallel
+    says which process died (its BrokenWorkerError carries it), else the error itself."""
+    process = exc.args[1] if len(exc.args) > 1 else None
+    pid, code = getattr(process, "pid", None), getattr(process, "exitcode", None)
+    if pid is None or code is None:
+        return f"a worker could not start ({exc!r})"
+    if code < 0:
+        try:
+            how = f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"was killed by signal {-code}"
+    else:
+        how = f"exited with code {code}"
+    return f"worker pid {pid} {how}"
