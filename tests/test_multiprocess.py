@@ -274,17 +274,22 @@ async def test_a_ring_holds_at_most_min_of_channel_capacity_and_slot_count(
     assert accepted == bound
 
 
-async def test_close_delivers_a_send_blocked_on_a_full_ring() -> None:
-    """close() while a send waits for a slot: the end of stream must queue behind that frame
-    (both wait for the same ring), not race it for the slot or cut it off."""
-    m = manifest([("w", "SleepNode", {"process_seconds": 0.1}, "multiprocess")], [], channel_capacity=2)
+@pytest.mark.parametrize("executor", ["multiprocess", "inprocess", "thread"])
+async def test_close_delivers_a_send_blocked_on_a_full_edge(executor: str) -> None:
+    """close() while a send waits for room (a full ring, or a full in-memory edge): the end of
+    stream must queue behind that frame, not race it for the slot or cut it off."""
+    m = manifest([("w", "SleepNode", {"process_seconds": 0.1}, executor)], [], channel_capacity=2)
+    # A ring's slots include the frame the worker is processing; an in-memory edge holds two
+    # frames besides the one the node has taken.
+    room = 2 if executor == "multiprocess" else 3
     async with runtime().open_session(m) as session:
-        await session.send("w", TextFrame(text="0"))
-        await session.send("w", TextFrame(text="1"))  # the ring's two slots are taken
+        for i in range(room):
+            await session.send("w", TextFrame(text=str(i)))
+            await trio.testing.wait_all_tasks_blocked()
         delivered = trio.Event()
 
         async def send_blocked() -> None:
-            await session.send("w", TextFrame(text="2"))
+            await session.send("w", TextFrame(text=str(room)))
             delivered.set()
 
         async with trio.open_nursery() as nursery:
@@ -293,7 +298,7 @@ async def test_close_delivers_a_send_blocked_on_a_full_ring() -> None:
             assert not delivered.is_set(), "the third send should wait for a slot"
             await session.close()
             outputs = [o.frame.text async for o in session.outputs()]
-    assert outputs == ["0", "1", "2"]
+    assert outputs == [str(i) for i in range(room + 1)]
     assert session.state is SessionState.TERMINATED
 
 
