@@ -1484,3 +1484,32 @@ def test_old_client_ignores_extensions(
     assert parsed["unknown"] == expect_unknown
     # Unknown fields survive a pass through the old client (no data is mangled).
     assert _bp_class(type_name)().parse(parsed["data"]) == factory()
+
+
+def _design_extension_table() -> set[tuple[str, int]]:
+    """(message, field number) of every row of design.md's "Wire extensions" table."""
+    text = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+    section = text.split("### Wire extensions", 1)[1].split("\n## ", 1)[0]
+    rows: set[tuple[str, int]] = set()
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 4 or not cells[0].startswith("`"):
+            continue
+        message = cells[0].strip("`")
+        for part in cells[2].split(","):
+            first, _, last = part.strip().partition("–")
+            rows |= {(message, n) for n in range(int(first), int(last or first) + 1)}
+    return rows
+
+
+def test_design_documents_every_wire_extension() -> None:
+    """docs/design.md §7's table lists exactly the extension fields the protos declare."""
+    declared = {
+        (message.split()[1], int(line.split(":", 1)[0]))
+        for messages in EXTENSIONS.values()
+        for message, lines in messages.items()
+        for line in lines
+    }
+    documented = _design_extension_table()
+    assert sorted(declared - documented) == [], "extension fields missing from design.md's table"
+    assert sorted(documented - declared) == [], "design.md's table lists fields the protos do not have"
