@@ -280,6 +280,7 @@ def test_nodes_testing_lists_the_fault_injection_nodes(tmp_path: Path) -> None:
         "SignalNode",
         "ProgressNode",
         "CpuBurnNode",
+        "KeepInputNode",
     }
     result = invoke("nodes", "--testing", "--json")
     assert result.exit_code == 0

@@ -399,6 +399,39 @@ async def test_exception_in_process_fails_the_session() -> None:
         await runtime().run_pipeline(m, {"src": [TextFrame(text=str(i)) for i in range(10)]})
 
 
+@pytest.mark.parametrize(
+    "frame",
+    [
+        AudioFrame.from_array(np.arange(160, dtype=np.float32), sample_rate=16000),
+        TensorFrame(data=np.arange(24, dtype=np.int32).reshape(2, 3, 4)),
+    ],
+    ids=["audio", "tensor"],
+)
+async def test_a_zero_copy_node_that_keeps_its_input_is_stopped_before_the_memory_is_reused(
+    frame: Any,
+) -> None:
+    """A zero_copy node reads its input in a shared-memory slot; keeping a view of it past
+    process() would let the next frames overwrite what it holds. The worker refuses to return
+    that slot and fails the node with an error that names it; what it sent is delivered."""
+    m = manifest([("keep", "KeepInputNode", {"after_frames": 2}, "multiprocess")], [])
+    delivered: list[int] = []
+
+    async def run() -> None:
+        async with runtime().open_session(m) as session:
+            for _ in range(5):
+                await session.send("keep", frame)
+            await session.close()
+            async for out in session.outputs():
+                delivered.append(out.seq)
+
+    with pytest.raises(NodeError) as info:
+        await run()
+    assert info.value.node_id == "keep"
+    assert info.value.phase == "process"
+    assert "KeepInputNode declares zero_copy = True but kept its input frame" in str(info.value)
+    assert delivered == [1, 2, 3]  # the third went out; then the worker saw what was kept
+
+
 async def test_a_sender_blocked_on_a_full_ring_gets_the_error() -> None:
     m = manifest(
         [("boom", "RaiseNode", {"phase": "process", "after_frames": 2}, "multiprocess")],

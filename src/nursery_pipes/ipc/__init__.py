@@ -10,7 +10,7 @@ dead process in place in ``_repair.py``; naming and sweeping in
 
 from __future__ import annotations
 
-from ._codec import EncodedFrame, decode_frame, encode_frame, shm_refusal
+from ._codec import EncodedFrame, decode_frame, encode_frame, shm_refusal, slot_array
 from ._consumer import Consumer, Received
 from ._errors import (
     ChecksumError,
@@ -74,6 +74,7 @@ __all__ = [
     "encode_frame",
     "encode_into",
     "shm_refusal",
+    "slot_array",
     "sweep_stale",
     "unlink_namespace",
     "wait_any",

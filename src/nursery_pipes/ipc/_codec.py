@@ -49,7 +49,7 @@ from ..frames import (
 )
 from ._header import MAX_NDIM, SlotHeader
 
-__all__ = ["EncodedFrame", "decode_frame", "encode_frame", "shm_refusal"]
+__all__ = ["EncodedFrame", "decode_frame", "encode_frame", "shm_refusal", "slot_array"]
 
 _meta_encoder = msgspec.json.Encoder()
 _meta_decoder = msgspec.json.Decoder(dict[str, Any])
@@ -211,6 +211,24 @@ def decode_frame(header: SlotHeader, meta: memoryview | bytes, payload: memoryvi
     return BinaryFrame(
         data=bytes(payload), mime_type=doc.get("mime_type", "application/octet-stream"), metadata=metadata
     )
+
+
+def slot_array(frame: Frame) -> np.ndarray[Any, Any] | None:
+    """The array that wraps slot memory in a frame from ``decode_frame(..., copy=False)``, or
+    None if the frame holds no view of the slot (text, JSON, binary and empty payloads are
+    copies). Every view derived from the frame's data — slices, reshapes, transposes,
+    ``memoryview``s — keeps this array alive, so a weak reference to it tells whether anyone
+    still holds the slot's memory."""
+    data = getattr(frame, "samples", None)
+    if data is None:
+        data = getattr(frame, "pixels", None)
+    if data is None:
+        data = getattr(frame, "data", None)
+    if not isinstance(data, np.ndarray):
+        return None
+    while isinstance(data.base, np.ndarray):
+        data = data.base
+    return data if data.base is not None else None  # an array owning its memory is a copy
 
 
 def _array(

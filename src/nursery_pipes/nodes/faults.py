@@ -51,6 +51,7 @@ __all__ = [
     "CpuBurnNode",
     "ExitNode",
     "HangNode",
+    "KeepInputNode",
     "ProgressNode",
     "RaiseNode",
     "SignalNode",
@@ -325,11 +326,40 @@ class CpuBurnNode(Node[CpuBurnParams]):
         self._data = data
 
 
+class KeepInputParams(Params, kw_only=True):
+    after_frames: Count = 0
+    """Pass this many frames through (keeping nothing), then keep a view of the next input."""
+
+
+class KeepInputNode(Node[KeepInputParams]):
+    """Test node: declares ``zero_copy = True`` (it reads its inputs in place in a worker) and
+    then breaks that promise, keeping a slice of an input frame's array after ``process()``
+    returns — the mistake a zero-copy node can make. Passes frames through."""
+
+    zero_copy = True
+
+    def __init__(self, params: KeepInputParams, context: NodeContext) -> None:
+        super().__init__(params, context)
+        self.frames = 0
+        self.kept: list[Any] = []
+
+    def process(self, frame: Frame) -> Frame:
+        self.frames += 1
+        if self.frames > self.params.after_frames:
+            data = getattr(frame, "samples", None)
+            if data is None:
+                data = getattr(frame, "data", None)
+            if isinstance(data, np.ndarray):
+                self.kept.append(data[:1])
+        return frame
+
+
 TESTING_NODES: tuple[type[Node[Any]], ...] = (
     SleepNode,
     RaiseNode,
     HangNode,
     ExitNode,
+    KeepInputNode,
     SignalNode,
     ProgressNode,
     CpuBurnNode,

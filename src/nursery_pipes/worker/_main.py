@@ -35,9 +35,11 @@ process's exit code or signal.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +56,7 @@ from ..ipc import (
     RingSpec,
     decode_frame,
     encode_frame,
+    slot_array,
     wait_any,
 )
 from ..nodes._base import Node, NodeContext
@@ -115,6 +118,27 @@ def run_node(job: WorkerJob) -> dict[str, Any]:
     finally:
         for ring in rings:
             ring.close()
+
+
+def _still_held(view: weakref.ref[Any]) -> bool:
+    """Is the array over an input slot still referenced? (Only asked when it looked so: a
+    reference cycle that is garbage already is collected first, so it is not blamed.)"""
+    gc.collect()
+    return view() is not None
+
+
+class KeptInputError(RuntimeError):
+    """A ``zero_copy`` node kept its input frame, or a view of its data, past ``process()``.
+
+    That memory is a shared-memory slot the next frames are written to: the worker stops
+    rather than return the slot, so the node never sees it change under it."""
+
+    def __init__(self, node_type: str) -> None:
+        super().__init__(
+            f"{node_type} declares zero_copy = True but kept its input frame (or a view of its "
+            "data) after process() returned; the shared memory behind it would be reused for the "
+            "next frame. Keep a copy (np.array(frame.samples)), or remove zero_copy = True"
+        )
 
 
 class _Runner:
@@ -214,16 +238,24 @@ class _Runner:
                 # and the supervisor's repair of the ring reports this frame as dropped
                 # (ipc/_repair.py). Copied or not, the frame is held until then.
                 began = time.perf_counter()
-                writing = self._process(node, received)
+                writing, view = self._process(node, received)
+                if view is not None and view() is not None and _still_held(view):
+                    raise KeptInputError(self.job.node_type)  # the slot stays taken: never reused
                 # Return the slot the moment the outputs are written: a kill between the two
                 # would report this frame as lost though its outputs got out (ipc/_repair.py).
                 received.release()
                 self.stats["processing_s"] += time.perf_counter() - began - writing
             self._maybe_stats()
 
-    def _process(self, node: Node[Any], received: Received) -> float:
-        """Process one input frame and write its outputs; returns the time spent writing."""
+    def _process(self, node: Node[Any], received: Received) -> tuple[float, weakref.ref[Any] | None]:
+        """Process one input frame and write its outputs. Returns the time spent writing and,
+        for a zero-copy node, a weak reference to the array over the input slot: alive after
+        this returns only if the node kept (a view of) its input."""
         frame = decode_frame(received.header, received.meta, received.payload, copy=self.job.copy_inputs)
+        view = None
+        if not self.job.copy_inputs and (array := slot_array(frame)) is not None:
+            view = weakref.ref(array)
+            del array
         if frame.kind not in self.accepts:
             accepted = ", ".join(sorted(k.label for k in self.accepts))
             raise TypeError(
@@ -232,7 +264,7 @@ class _Runner:
         self.stats["frames_in"] += 1
         self.stats["bytes_in"] += frame.nbytes
         self.last_seq = received.header.seq
-        return self._write_outputs(node.process, "process", frame)
+        return self._write_outputs(node.process, "process", frame), view
 
     def _emit_all(self, hook: Any, phase: str, *args: Any) -> None:
         """Call a hook and write each output as it comes; time the node's work, not the writes."""
