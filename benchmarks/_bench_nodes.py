@@ -217,7 +217,25 @@ class StampedFailNode(Node):
         return frame
 
 
+class ProduceParams(Params, kw_only=True):
+    nbytes: Annotated[int, msgspec.Meta(ge=1)] = 1 << 20
+    loaned: bool = True
+
+
+class ProduceNode(Node[ProduceParams]):
+    """Per input, a new uint8 tensor of ``nbytes``, every byte written (a decoder or a model
+    filling its output): built in ``NodeContext.output_array`` (``loaned``), or in a new array
+    the worker then copies into shared memory."""
+
+    def process(self, frame: Frame) -> Frame:
+        n = self.params.nbytes
+        out = self.context.output_array(n, np.uint8) if self.params.loaned else np.empty(n, np.uint8)
+        out.fill(len(frame.metadata))
+        return TensorFrame(data=out)
+
+
 BENCH_NODES = (
+    ProduceNode,
     StampedFailNode,
     HopStampNode,
     ArrivalNode,

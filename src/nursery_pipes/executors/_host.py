@@ -65,6 +65,9 @@ class NodeMetrics:
     """Where the node is in its lifecycle (kept current by its state machine)."""
     restarts: int = 0
     """How many times a fresh instance replaced it in this session (its supervision policy)."""
+    frames_in_place: int = 0
+    """Outputs sent from the memory the node built them in (``NodeContext.output_array`` in a
+    worker process): no copy."""
 
     def count_in(self, frame: Frame) -> None:
         self.frames_in += 1

@@ -272,6 +272,7 @@ def _update_metrics(host: NodeHost, stats: dict[str, Any]) -> None:
     m.bytes_out = stats.get("bytes_out", m.bytes_out)
     m.processing_s = stats.get("processing_s", m.processing_s)
     m.kinds_out = dict(stats.get("kinds_out", m.kinds_out))
+    m.frames_in_place = stats.get("frames_in_place", m.frames_in_place)
 
 
 async def _next_event(consumer: TrioConsumer) -> dict[str, Any]:

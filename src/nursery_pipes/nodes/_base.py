@@ -24,11 +24,13 @@ from __future__ import annotations
 import inspect
 import logging
 import types
-from collections.abc import AsyncIterator, Awaitable, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar, Union, get_args, get_origin
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 
 from ..frames import Frame, FrameKind
 
@@ -87,6 +89,40 @@ class NodeContext:
     logger: logging.Logger
     in_worker_process: bool = False
     """It runs in a worker process of its own (not in the supervisor's process)."""
+    allocate_output: Callable[[tuple[int, ...], np.dtype[Any]], npt.NDArray[Any]] | None = field(
+        default=None, repr=False, compare=False
+    )
+    """Set by the executor that runs the node (see :meth:`output_array`); None: plain arrays."""
+
+    def output_array(self, shape: int | tuple[int, ...], dtype: npt.DTypeLike) -> npt.NDArray[Any]:
+        """A new writable array to build one output frame in, for nodes that produce big frames.
+
+        In a worker process the array *is* the shared memory the frame is sent through, so
+        emitting a frame over the whole array (``AudioFrame.from_array(out, ...)``,
+        ``TensorFrame(data=out)``) costs no copy; anywhere else it is ``np.empty``. Rules, in
+        a worker: emit that frame as the call's next output (emitting another output first
+        gives the array back; emitting its frame after that is an error naming the node);
+        one such array at a time; do not keep it after the call returns — like an input of a
+        ``zero_copy`` node, its memory is reused, and the worker fails a node that keeps it.
+        A frame over part of the array, or with more than 256 bytes of metadata, is copied.
+        (The contents start undefined.)
+
+        >>> import numpy as np
+        >>> from nursery_pipes import AudioFrame, Node
+        >>> from nursery_pipes.testing import run_node_sync
+        >>> class Tone(Node):
+        ...     def process(self, frame):
+        ...         out = self.context.output_array(16000, np.float32)  # 1 s at 16 kHz
+        ...         np.sin(np.arange(16000, dtype=np.float32) * 0.2, out=out)
+        ...         return AudioFrame.from_array(out, sample_rate=16000)
+        >>> run_node_sync(Tone, [AudioFrame.from_array(np.zeros(1, np.float32), 16000)])[0].duration
+        1.0
+        """
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        dt = np.dtype(dtype)
+        if self.allocate_output is not None:
+            return self.allocate_output(shape, dt)
+        return np.empty(shape, dt)
 
 
 class Node(Generic[P]):

@@ -35,8 +35,10 @@ process's exit code or signal.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
+import math
 import os
 import time
 import weakref
@@ -44,16 +46,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 
 from ..frames import Frame
 from ..ipc import (
     Consumer,
+    EncodedFrame,
     EndOfStream,
+    Loan,
     Producer,
     Received,
     Ring,
     RingAbortedError,
     RingSpec,
+    SlotHeader,
     decode_frame,
     encode_frame,
     slot_array,
@@ -120,6 +127,25 @@ def run_node(job: WorkerJob) -> dict[str, Any]:
             ring.close()
 
 
+LOAN_META_BYTES = 256
+"""Room for a frame's metadata blob in front of an output_array() payload (the payload's place
+in the slot depends on it, so it is fixed when the array is lent). A frame with more metadata
+is copied instead."""
+
+
+def _padded_meta(meta: bytes) -> bytes:
+    """The metadata blob padded to LOAN_META_BYTES with JSON whitespace (``{}`` if empty)."""
+    meta = meta or b"{}"
+    return meta + b" " * (LOAN_META_BYTES - len(meta))
+
+
+class OutputArrayError(RuntimeError):
+    """A node broke a rule of ``NodeContext.output_array`` in a worker process."""
+
+    def __init__(self, node_type: str, what: str) -> None:
+        super().__init__(f"{node_type} {what} (see NodeContext.output_array)")
+
+
 def _still_held(view: weakref.ref[Any]) -> bool:
     """Is the array over an input slot still referenced? (Only asked when it looked so: a
     reference cycle that is garbage already is collected first, so it is not blamed.)"""
@@ -157,9 +183,17 @@ class _Runner:
             "processing_s": 0.0,
             "init_s": 0.0,
             "kinds_out": {},
+            "frames_in_place": 0,
         }
         self.last_seq = 0
         self._next_stats = 0.0
+        self._loaned: tuple[Loan, npt.NDArray[Any]] | None = None
+        """The output_array() loan on the first output ring, and the array over it."""
+        self._lent: list[weakref.ref[npt.NDArray[Any]]] = []
+        """Arrays output_array() lent during the current call (checked when it returns)."""
+        self._given_back: list[weakref.ref[npt.NDArray[Any]]] = []
+        """Of those, the ones given back because another frame came first: emitting one now
+        would send memory another frame has been written to."""
 
     def attach(self, rings: list[Ring]) -> None:
         for spec in self.job.inputs:
@@ -204,6 +238,7 @@ class _Runner:
             executor="multiprocess",
             logger=logging.getLogger(f"nursery_pipes.node.{self.job.node_id}"),
             in_worker_process=True,
+            allocate_output=self._loan_output,
         )
         return cls(params, context)
 
@@ -241,6 +276,8 @@ class _Runner:
                 writing, view = self._process(node, received)
                 if view is not None and view() is not None and _still_held(view):
                     raise KeptInputError(self.job.node_type)  # the slot stays taken: never reused
+                if self._lent:
+                    self._check_lent()
                 # Return the slot the moment the outputs are written: a kill between the two
                 # would report this frame as lost though its outputs got out (ipc/_repair.py).
                 received.release()
@@ -271,6 +308,8 @@ class _Runner:
         began = time.perf_counter()
         writing = self._write_outputs(hook, phase, *args)
         self.stats["processing_s"] += time.perf_counter() - began - writing
+        if self._lent:
+            self._check_lent()
 
     def _write_outputs(self, hook: Any, phase: str, *args: Any) -> float:
         where = f"{self.job.node_type}.{phase}"
@@ -279,7 +318,39 @@ class _Runner:
             paused = time.perf_counter()
             self._write(frame)
             writing += time.perf_counter() - paused
+        if self._loaned is not None:  # output_array() whose frame was never emitted: give it back
+            loan, base = self._loaned
+            self._loaned = None
+            self._lent.append(weakref.ref(base))
+            loan.discard()
+        self._given_back.clear()
         return writing
+
+    def _loan_output(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
+        """``NodeContext.output_array`` in a worker: the payload of a slot of the first output
+        ring, lent until the frame built on it is written (see :meth:`_write_loaned`)."""
+        if self._loaned is not None:
+            raise OutputArrayError(
+                self.job.node_type,
+                "asked output_array() again before emitting the frame built on the previous one",
+            )
+        nbytes = math.prod(shape) * dtype.itemsize
+        if not self.outputs or nbytes == 0:
+            return np.empty(shape, dtype)
+        loan = self.outputs[0].loan(nbytes, LOAN_META_BYTES)
+        base = np.frombuffer(loan.payload, dtype=dtype)
+        self._loaned = (loan, base)
+        return base.reshape(shape)
+
+    def _check_lent(self) -> None:
+        """After a call: a node may not keep an array from output_array() (its memory is a
+        slot, published or reused). Like a kept input, it fails the node, naming it."""
+        lent, self._lent = self._lent, []
+        for ref in lent:
+            if ref() is not None and _still_held(ref):
+                raise OutputArrayError(
+                    self.job.node_type, "kept an array from output_array() after the call returned"
+                )
 
     def _write(self, frame: Frame) -> None:
         encoded = encode_frame(frame)
@@ -288,11 +359,49 @@ class _Runner:
         self.stats["bytes_out"] += encoded.payload.nbytes
         kinds = self.stats["kinds_out"]
         kinds[frame.kind.label] = kinds.get(frame.kind.label, 0) + 1
+        if self._given_back and any(ref() is slot_array(frame) for ref in self._given_back):
+            raise OutputArrayError(
+                self.job.node_type,
+                "emitted the frame built on output_array() after another output; emit it first",
+            )
+        if self._loaned is not None:
+            rest = self._write_loaned(frame, encoded, header)
+            if rest is None:
+                return
+            encoded = rest
         for out in self.outputs:
             with out.loan(encoded.payload.nbytes, len(encoded.meta)) as loan:
                 loan.meta[:] = encoded.meta
                 loan.payload[:] = encoded.payload
                 loan.commit(header)
+
+    def _write_loaned(self, frame: Frame, encoded: EncodedFrame, header: SlotHeader) -> EncodedFrame | None:
+        """Write a frame while an output_array() loan is out. A frame over exactly the lent
+        memory is committed in place (copied only to the other outputs): returns None. A frame
+        over part of it (a slice, a strided view) or with more metadata than the loan has room
+        for is copied out and the loan given back; another frame gives the loan back unused
+        (the node may not emit the array's frame later): both return what to write instead."""
+        assert self._loaned is not None
+        loan, base = self._loaned
+        self._loaned = None
+        self._lent.append(weakref.ref(base))
+        if slot_array(frame) is not base:  # another frame: the array goes unused, or comes late
+            self._given_back.append(self._lent[-1])
+            loan.discard()
+            return encoded
+        if encoded.payload.nbytes == loan.nbytes and len(encoded.meta) <= LOAN_META_BYTES:
+            for out in self.outputs[1:]:
+                with out.loan(encoded.payload.nbytes, len(encoded.meta)) as other:
+                    other.meta[:] = encoded.meta
+                    other.payload[:] = encoded.payload
+                    other.commit(header)
+            loan.meta[:] = _padded_meta(encoded.meta)
+            loan.commit(header)
+            self.stats["frames_in_place"] += 1
+            return None
+        copied = dataclasses.replace(encoded, payload=memoryview(bytes(encoded.payload)))
+        loan.discard()  # the copy goes to the same slot next
+        return copied
 
     def _maybe_stats(self) -> None:
         now = time.monotonic()
