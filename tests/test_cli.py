@@ -281,6 +281,7 @@ def test_nodes_testing_lists_the_fault_injection_nodes(tmp_path: Path) -> None:
         "ProgressNode",
         "CpuBurnNode",
         "KeepInputNode",
+        "LogNode",
     }
     result = invoke("nodes", "--testing", "--json")
     assert result.exit_code == 0

@@ -25,6 +25,7 @@ from ._errors import (
     SessionClosedError,
     SessionError,
 )
+from ._logging import ContextFilter as LogContextFilter
 from ._version import __version__
 from .frames import (
     AudioFormat,
@@ -127,6 +128,7 @@ __all__ = [
     "Graph",
     "InputError",
     "JsonFrame",
+    "LogContextFilter",
     "Manifest",
     "ManifestError",
     "ManifestIssue",

@@ -180,6 +180,14 @@ class NodesConfig(_Section, frozen=True):
     """Register the fault-injection nodes of ``nursery_pipes.testing`` (never in production)."""
 
 
+class LoggingConfig(_Section, frozen=True):
+    """``[logging]``: how ``nursery-pipes serve`` logs (a library user configures their own)."""
+
+    format: Literal["text", "json"] = "text"
+    """``text``: ``time LEVEL logger [session=… node=…] message``; ``json``: one object per line."""
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+
 class RuntimeConfig(_Section, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
@@ -187,6 +195,7 @@ class RuntimeConfig(_Section, frozen=True):
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     supervision: SupervisionDefaults = msgspec.field(default_factory=SupervisionDefaults)
     nodes: NodesConfig = msgspec.field(default_factory=NodesConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
         refusal = self.limits.session_processes_refusal(self.multiprocess.max_processes_per_session)

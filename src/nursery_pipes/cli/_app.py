@@ -278,6 +278,13 @@ def serve(
             "--testing-nodes", help="Register the fault-injection test nodes (never in production)."
         ),
     ] = False,
+    log_format: Annotated[
+        str | None,
+        typer.Option(help="Log lines as 'text' or 'json' (one object per line, with session and node ids)."),
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="DEBUG, INFO (default), WARNING, ERROR or CRITICAL.")
+    ] = None,
 ) -> None:
     """Serve the remotemedia.v1 gRPC API (plus health and reflection) until SIGTERM/SIGINT.
 
@@ -293,6 +300,8 @@ def serve(
         "server.tls_key": str(tls_key) if tls_key else None,
         "multiprocess.warm_pool": warm_pool,
         "nodes.testing": True if testing_nodes else None,
+        "logging.format": log_format,
+        "logging.level": log_level.upper() if log_level else None,
     }
     raise typer.Exit(_guard(lambda: run_server(config, flags, _announce)))
 

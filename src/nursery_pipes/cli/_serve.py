@@ -8,6 +8,7 @@ values are read as TOML values when they parse as one (numbers, booleans), else 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import tomllib
@@ -20,10 +21,13 @@ import trio
 
 from .._config import RuntimeConfig, load_config
 from .._errors import ConfigError, NurseryPipesError
+from .._logging import configure as configure_logging
+from .._logging import unconfigure as unconfigure_logging
 
 __all__ = ["ENV_PREFIX", "apply_overrides", "serve", "sole_leaf"]
 
 ENV_PREFIX = "NURSERY_PIPES_"
+_FLAG_NAMES = {"logging.format": "--log-format", "logging.level": "--log-level"}
 
 
 def _env_value(text: str) -> Any:
@@ -46,7 +50,8 @@ def apply_overrides(
     for dotted, value in (flags or {}).items():
         if value is not None:
             section, _, key = dotted.partition(".")
-            _set(doc, section, key, value, f"--{key.replace('_', '-')}")
+            flag = _FLAG_NAMES.get(dotted, f"--{key.replace('_', '-')}")
+            _set(doc, section, key, value, flag)
     try:
         return msgspec.convert(doc, RuntimeConfig)
     except msgspec.ValidationError as exc:
@@ -75,7 +80,13 @@ def serve(config_path: Path | None, flags: Mapping[str, Any], announce: Any) -> 
     """
     config = apply_overrides(load_config(config_path), flags=flags)
     config.auth_token_value()  # fails closed, before anything starts: a named but unset variable
-    return trio.run(_serve, config, announce)
+    configure_logging(config.logging.format, config.logging.level)
+    if config.logging.format == "json":  # stderr carries JSON lines only: announcements too
+        announce = logging.getLogger("nursery_pipes.serve").info
+    try:
+        return trio.run(_serve, config, announce)
+    finally:
+        unconfigure_logging()
 
 
 class _Serving:

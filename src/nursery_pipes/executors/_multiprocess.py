@@ -30,6 +30,7 @@ nursery.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -144,6 +145,7 @@ class _Workers:
             supervisor_pid=os.getpid(),
             parent_is_forkserver=self.pool.parent_is_forkserver,
             copy_inputs=not getattr(cls, "zero_copy", False),
+            log_level=max(logging.DEBUG, logging.getLogger().getEffectiveLevel()),
         )
 
 
@@ -210,8 +212,9 @@ class _NodeRun:
             self._failed(
                 NodeError(host.node_id, event["phase"], event["message"], remote_traceback=event["traceback"])
             )
-        elif kind == "log":
-            host.logger.warning("node %s (worker): %s", host.node_id, event["message"])
+        elif kind == "log":  # in the node's task: tagged with its session and node ids
+            logger = logging.getLogger(event.get("logger") or host.logger.name)
+            logger.log(event.get("level", logging.WARNING), "%s", event["message"])
 
     def pool_taken(self) -> None:
         self.pool.refill_soon()

@@ -28,6 +28,7 @@ cannot be killed, so:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import queue
 import threading
 import time
@@ -100,7 +101,10 @@ class NodeThread:
         self._idle = trio.Event()
         self._idle.set()
         self._exited = trio.Event()
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        # The thread runs in a copy of this task's context: the node's log lines carry its
+        # session and node ids (nursery_pipes._logging) like an in-process node's.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._main,), name=name, daemon=True)
         self._thread.start()
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:

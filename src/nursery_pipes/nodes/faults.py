@@ -29,6 +29,7 @@ import trio at import time (only inside the in-process coroutines).
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal as _signal
 import sys
@@ -52,6 +53,7 @@ __all__ = [
     "ExitNode",
     "HangNode",
     "KeepInputNode",
+    "LogNode",
     "ProgressNode",
     "RaiseNode",
     "SignalNode",
@@ -354,12 +356,33 @@ class KeepInputNode(Node[KeepInputParams]):
         return frame
 
 
+class LogParams(Params, kw_only=True):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    message: str = "frame {n}"
+    """Logged once per frame; ``{n}`` is the frame's number (1, 2, ...) at this node."""
+
+
+class LogNode(Node[LogParams]):
+    """Test node: log ``message`` at ``level`` through its logger for every frame, passing
+    frames through — to see where a node's log lines go and what they carry."""
+
+    def __init__(self, params: LogParams, context: NodeContext) -> None:
+        super().__init__(params, context)
+        self.frames = 0
+
+    def process(self, frame: Frame) -> Frame:
+        self.frames += 1
+        self.log.log(getattr(logging, self.params.level), self.params.message.format(n=self.frames))
+        return frame
+
+
 TESTING_NODES: tuple[type[Node[Any]], ...] = (
     SleepNode,
     RaiseNode,
     HangNode,
     ExitNode,
     KeepInputNode,
+    LogNode,
     SignalNode,
     ProgressNode,
     CpuBurnNode,

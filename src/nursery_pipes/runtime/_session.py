@@ -44,6 +44,7 @@ import trio
 
 from .._config import RuntimeConfig
 from .._errors import InputError, NodeCloseTimeout, NodeError, SessionClosedError, SessionError
+from .._logging import NODE_ID, SESSION_ID
 from .._states import SESSION_TRANSITIONS, SessionEvent, SessionState, StateMachine
 from ..executors import (
     Executor,
@@ -344,6 +345,7 @@ class Session:
             self._end_input_soon()
 
     async def _main(self) -> None:
+        SESSION_ID.set(self.id)  # this task's context: every task of the session inherits it
         self._t0 = trio.current_time()
         self._cpu0 = time.process_time()
         try:
@@ -404,6 +406,7 @@ class Session:
             self._fail(exc.error)
 
     async def _run_node(self, node_id: str, ports: NodePorts, task_status: trio.TaskStatus[None]) -> None:
+        NODE_ID.set(node_id)  # log lines of this node's task (and what it starts) name the node
         plan = self.plan.nodes[node_id]
         host = NodeHost(
             node_id=node_id,

@@ -8,6 +8,7 @@ finds the ring full is simply skipped.
 
 from __future__ import annotations
 
+import logging
 import traceback
 from typing import Any
 
@@ -30,13 +31,14 @@ class EventSender:
     def __init__(self, producer: Producer) -> None:
         self._producer = producer
 
-    def _send(self, event: dict[str, Any], *, required: bool = True) -> None:
+    def _send(self, event: dict[str, Any], *, required: bool = True) -> bool:
+        """Send ``event``; a non-required one is dropped (False) when the ring is full."""
         meta = _encoder.encode(event)
         header = SlotHeader(kind=EVENT_KIND, meta_len=len(meta))
         if required:
             self._producer.send(header, meta)
-        else:
-            self._producer.try_send(header, meta)
+            return True
+        return self._producer.try_send(header, meta)
 
     def progress(self, state: str, fraction: float, message: str = "") -> None:
         self._send({"type": "progress", "state": state, "progress": float(fraction), "message": str(message)})
@@ -47,8 +49,11 @@ class EventSender:
     def stats(self, stats: dict[str, Any]) -> None:
         self._send({"type": "stats", **stats}, required=False)
 
-    def log(self, message: str) -> None:
-        self._send({"type": "log", "message": message}, required=False)
+    def log(self, message: str, *, level: int = logging.WARNING, logger: str = "") -> bool:
+        """A log record for the supervisor's log; False if dropped (the events ring is full)."""
+        return self._send(
+            {"type": "log", "message": message, "level": level, "logger": logger}, required=False
+        )
 
     def failed(self, phase: str, exc: BaseException) -> None:
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

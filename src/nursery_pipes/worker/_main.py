@@ -93,6 +93,8 @@ class WorkerJob:
     parent_is_forkserver: bool
     stats_interval_s: float = 0.5
     copy_inputs: bool = True
+    log_level: int = logging.WARNING
+    """Records at this level and above, from any logger in the worker, go to the supervisor."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -118,13 +120,42 @@ def run_node(job: WorkerJob) -> dict[str, Any]:
     events_ring = Ring.attach(job.events)
     rings.append(events_ring)
     events = EventSender(events_ring.producer())
+    forward = _ForwardLogs(events)
+    root = logging.getLogger()
+    root.addHandler(forward)
+    root.setLevel(job.log_level)
     runner = _Runner(job, events)
     try:
         runner.attach(rings)
         return runner.run()
     finally:
+        root.removeHandler(forward)
         for ring in rings:
             ring.close()
+
+
+class _ForwardLogs(logging.Handler):
+    """Sends the worker's log records to the supervisor (the events ring), which logs them
+    tagged with the node's session and node ids. Never blocks the node: when the events ring
+    is full a record is dropped (and the next one that gets through says how many)."""
+
+    def __init__(self, events: EventSender) -> None:
+        super().__init__()
+        self._events = events
+        self.dropped = 0
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+            if self.dropped:
+                message = f"{message} [{self.dropped} earlier log record(s) of this worker dropped]"
+            if self._events.log(message, level=record.levelno, logger=record.name):
+                self.dropped = 0
+            else:
+                self.dropped += 1
+        except Exception:  # logging must never break the node
+            self.handleError(record)
 
 
 LOAN_META_BYTES = 256
