@@ -887,8 +887,9 @@ def render_peers(outcomes: dict[str, Outcome]) -> str:
         lines += [
             "",
             "Pipecat needs protobuf < 7 while uv.lock has 7, so it is not an extra: install it in a venv of "
-            "its own (see `benchmarks/requirements-peers.txt`) and run the report with that venv's Python "
-            "for side-by-side rows.",
+            "its own (see `benchmarks/requirements-peers.txt`; add `matplotlib` there for the plots), then "
+            "`.venv-peers/bin/python scripts/bench_report.py --only blocking,chain`: the benchmarks run with "
+            "the Python that runs the report.",
         ]
     return "\n".join(lines) + "\n"
 
