@@ -18,7 +18,7 @@ EXTRAS     := --extra dev --extra speech
 # Never let uv download an interpreter: use the one PYTHON names.
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test test-latest lint typecheck bench protos lock clean setup
+.PHONY: demo test test-latest lint typecheck bench bench-report protos lock clean setup
 
 setup: $(STAMP)
 
@@ -64,6 +64,14 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
+
+# docs/benchmarks.md and its plots (docs/benchmarks/*.png): runs the benchmarks in quick mode
+# (BENCH_REPORT_ARGS=--full for full mode, --only chain,scale to select, --from-results to render
+# the last benchmarks/results/*.json without running). matplotlib (the `bench` extra) is
+# installed here only: `make test` and `make demo` never need it.
+bench-report: $(STAMP)
+	$(UV) sync --locked --python $(PYTHON) $(EXTRAS) --extra bench
+	$(BIN)/python scripts/bench_report.py $(BENCH_REPORT_ARGS)
 
 protos: $(STAMP)
 	$(BIN)/python scripts/generate_protos.py
