@@ -180,6 +180,13 @@ class NodesConfig(_Section, frozen=True):
     """Register the fault-injection nodes of ``nursery_pipes.testing`` (never in production)."""
 
 
+class MetricsConfig(_Section, frozen=True):
+    """``[metrics]``: the Prometheus endpoint of ``nursery-pipes serve``."""
+
+    listen: str = ""
+    """``HOST:PORT`` to serve ``/metrics`` on (port 0: any free port); empty: no endpoint."""
+
+
 class LoggingConfig(_Section, frozen=True):
     """``[logging]``: how ``nursery-pipes serve`` logs (a library user configures their own)."""
 
@@ -196,6 +203,7 @@ class RuntimeConfig(_Section, frozen=True):
     supervision: SupervisionDefaults = msgspec.field(default_factory=SupervisionDefaults)
     nodes: NodesConfig = msgspec.field(default_factory=NodesConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
         refusal = self.limits.session_processes_refusal(self.multiprocess.max_processes_per_session)

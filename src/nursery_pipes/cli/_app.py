@@ -285,6 +285,9 @@ def serve(
     log_level: Annotated[
         str | None, typer.Option(help="DEBUG, INFO (default), WARNING, ERROR or CRITICAL.")
     ] = None,
+    metrics_listen: Annotated[
+        str | None, typer.Option(help="HOST:PORT to serve Prometheus /metrics on (off by default).")
+    ] = None,
 ) -> None:
     """Serve the remotemedia.v1 gRPC API (plus health and reflection) until SIGTERM/SIGINT.
 
@@ -302,6 +305,7 @@ def serve(
         "nodes.testing": True if testing_nodes else None,
         "logging.format": log_format,
         "logging.level": log_level.upper() if log_level else None,
+        "metrics.listen": metrics_listen,
     }
     raise typer.Exit(_guard(lambda: run_server(config, flags, _announce)))
 

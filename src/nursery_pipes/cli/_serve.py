@@ -14,7 +14,7 @@ import signal
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
@@ -24,10 +24,17 @@ from .._errors import ConfigError, NurseryPipesError
 from .._logging import configure as configure_logging
 from .._logging import unconfigure as unconfigure_logging
 
+if TYPE_CHECKING:
+    from ..service._prometheus import MetricsExporter
+
 __all__ = ["ENV_PREFIX", "apply_overrides", "serve", "sole_leaf"]
 
 ENV_PREFIX = "NURSERY_PIPES_"
-_FLAG_NAMES = {"logging.format": "--log-format", "logging.level": "--log-level"}
+_FLAG_NAMES = {
+    "logging.format": "--log-format",
+    "logging.level": "--log-level",
+    "metrics.listen": "--metrics-listen",
+}
 
 
 def _env_value(text: str) -> Any:
@@ -98,6 +105,8 @@ class _Serving:
         self.draining = False
         """A signal asked to drain: a life ending now (or about to start) is the last."""
         self.startup_error: BaseException | None = None
+        self.exporter: MetricsExporter | None = None
+        """The /metrics endpoint (``[metrics] listen``): it outlives the service's lives."""
 
 
 async def _serve(config: RuntimeConfig, announce: Any) -> int:
@@ -110,6 +119,8 @@ async def _serve(config: RuntimeConfig, announce: Any) -> int:
 
     parse_listen(config.server.listen)  # a bad address is reported before anything starts
     serving = _Serving()
+    if config.metrics.listen:
+        serving.exporter = _start_metrics(config.metrics.listen, announce)
     supervisor = Supervisor(
         SupervisionPolicy(
             Strategy.ONE_FOR_ONE, max_restarts=SERVICE_RESTARTS, within_secs=SERVICE_WINDOW_SECS
@@ -127,6 +138,9 @@ async def _serve(config: RuntimeConfig, announce: Any) -> int:
             raise
         announce(f"giving up: {error}")
         return 1
+    finally:
+        if serving.exporter is not None:
+            serving.exporter.stop()
     if serving.startup_error is not None:
         raise serving.startup_error
     announce("stopped")
@@ -155,13 +169,18 @@ async def _service_life(config: RuntimeConfig, serving: _Serving, announce: Any)
 
     try:
         async with Runtime(config) as runtime:
-            server = Server(runtime)
+            exporter = serving.exporter
+            server = Server(runtime, metrics=exporter.grpc if exporter is not None else None)
             serving.server = server
+            if exporter is not None:
+                exporter.follow(runtime)
             try:
                 phase = "binding"
                 await server.serve(task_status=_Started(started))
             finally:
                 serving.server = None
+                if exporter is not None:
+                    exporter.follow(None)
     except BaseException as exc:
         if _is_a_stop(exc):
             raise
@@ -182,6 +201,20 @@ def _is_a_stop(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return exc.split(Exception)[1] is not None
     return not isinstance(exc, Exception)
+
+
+def _start_metrics(listen: str, announce: Any) -> MetricsExporter:
+    from ..service import parse_listen
+    from ..service._prometheus import MetricsExporter
+
+    host, port = parse_listen(listen)
+    exporter = MetricsExporter()
+    try:
+        bound = exporter.start(host, port)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {listen}: {exc.strerror or exc}") from None
+    announce(f"metrics on http://{host}:{bound}/metrics")
+    return exporter
 
 
 def _startup_error(error: NurseryPipesError | OSError, config: RuntimeConfig) -> NurseryPipesError:

@@ -27,6 +27,7 @@ from ..nodes._routing import Assignment
 from ._events import FramesDropped, NodeFailed, NodeProgress, NodeRestarted
 from ._plan import SessionPlan, check_input_target, plan_session
 from ._session import Session, SessionMetrics, run_session
+from ._stats import RuntimeStats
 
 __all__ = ["PipelineInputs", "PipelineResult", "Runtime", "registry_from_config"]
 
@@ -79,6 +80,8 @@ class Runtime:
         self.executors: dict[str, Executor] = create_executors(self.config)
         _check_routing(self.config, self.executors)
         self._sessions: dict[str, Session] = {}
+        self.stats = RuntimeStats()
+        """Counters over every session this runtime ran (for monitoring: ``serve --metrics-listen``)."""
         self._stack: AsyncExitStack | None = None
 
     async def __aenter__(self) -> Runtime:
@@ -142,11 +145,13 @@ class Runtime:
         self._check_limits(plan)
         session = Session(plan, self.executors, config=self.config, session_id=session_id)
         self._sessions[session.id] = session
+        self.stats.session_started()
         try:
             async with run_session(session, wait_ready=wait_ready):
                 yield session
         finally:
             self._sessions.pop(session.id, None)
+            self.stats.session_ended(session)
 
     async def run_pipeline(
         self, manifest: ManifestSource | SessionPlan, inputs: PipelineInputs

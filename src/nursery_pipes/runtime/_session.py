@@ -138,6 +138,8 @@ class Session:
         self._metrics = {nid: NodeMetrics(nid, n.executor) for nid, n in plan.nodes.items()}
         self._ingress: dict[str, OutPort] = {}
         self._ports: dict[str, NodePorts] = {}
+        self.cancelled = False
+        """Ended by :meth:`cancel` (a client's CANCEL, a stream that went away), not by close."""
         self._scope = trio.CancelScope()
         self._ready = trio.Event()
         self._finished = trio.Event()
@@ -255,6 +257,7 @@ class Session:
         """Stop everything now; in-flight frames are dropped. Idempotent."""
         if self._sm.can(SessionEvent.CANCEL) and not self._finished.is_set():
             self._sm.fire(SessionEvent.CANCEL)
+            self.cancelled = True
         self._closing = True
         self._stop_senders()
         self._ending()
@@ -282,6 +285,10 @@ class Session:
     def outputs(self) -> AsyncIterator[Output]:
         """Only the outputs of sink nodes (see :meth:`events`)."""
         return _EventIterator(self._events, outputs_only=True)  # type: ignore[return-value]
+
+    def queued_inputs(self) -> dict[str, int]:
+        """Frames waiting on each running node's inputs right now (racy: workers run on)."""
+        return {node_id: ports.flow().queued_in for node_id, ports in self._ports.items()}
 
     def statistics(self) -> SessionStatistics:
         queue = self._events.statistics()

@@ -45,6 +45,7 @@ from ..wire._messages import UPB as M
 from ..wire._messages import new_pool
 from ._bridge import LimitedStream, PumpedStream, recv_limited
 from ._execution import execute, version
+from ._prometheus import GrpcMetrics
 from ._streaming import StreamSettings, handle_stream
 
 __all__ = ["Server", "parse_listen"]
@@ -84,8 +85,9 @@ class Server:
     >>> #     port = await nursery.start(Server(runtime).serve)
     """
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, *, metrics: GrpcMetrics | None = None) -> None:
         self.runtime = runtime
+        self._metrics = metrics
         self.config: RuntimeConfig = runtime.config
         self._accepting = True
         self._drain = trio.Event()
@@ -95,7 +97,7 @@ class Server:
         self._cancel_scopes: set[trio.CancelScope] = set()
         self._status = ServiceStatus()
         self._token = self.config.auth_token_value()  # fails closed: a named but unset variable raises
-        self._codec = _WireCodec()
+        self._codec = _WireCodec(metrics)
         self.port: int | None = None
 
     @property
@@ -179,7 +181,10 @@ class Server:
         # grpclib's own services (health, reflection) get the same receive rules as ours: the
         # size limit before the body is read, INVALID_ARGUMENT for a body that doesn't decode.
         limit = self.config.server.max_message_bytes
-        return [s if s in (execution, streaming) else _Limited(s, limit, self._codec) for s in services]
+        limited = [s if s in (execution, streaming) else _Limited(s, limit, self._codec) for s in services]
+        if self._metrics is None:
+            return limited
+        return [_Counted(s, self._metrics) for s in limited]
 
     # -- handlers (asyncio shims → trio) ------------------------------------------------------
 
@@ -227,6 +232,7 @@ class Server:
                 settings = StreamSettings(
                     metrics_interval_secs=self.config.server.metrics_interval_secs,
                     stall_timeout_secs=self.config.server.stall_timeout_secs,
+                    observe_chunk_latency=self._metrics.chunk_latency.observe if self._metrics else None,
                 )
                 await handle_stream(stream, self.runtime, settings, lambda: self._accepting)
         except BaseExceptionGroup as group:
@@ -353,11 +359,55 @@ def _bare_grpc_error(group: BaseExceptionGroup[Any]) -> BaseException:
 
 class _WireCodec(ProtoCodec):
     """grpclib's protobuf codec without its exact-type check on replies: our handlers answer with
-    upb messages (see wire/_messages.py), health and reflection with their own; all serialise."""
+    upb messages (see wire/_messages.py), health and reflection with their own; all serialise.
+    With metrics, it counts the bytes of every message each way."""
+
+    def __init__(self, metrics: GrpcMetrics | None = None) -> None:
+        self._metrics = metrics
 
     def encode(self, message: Any, message_type: Any) -> bytes:
         data: bytes = message.SerializeToString()
+        if self._metrics is not None:
+            self._metrics.sent_bytes.inc(len(data))
         return data
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        if self._metrics is not None:
+            self._metrics.received_bytes.inc(len(data))
+        return super().decode(data, message_type)
+
+
+class _Counted:
+    """A service whose calls are counted by method and final status code."""
+
+    def __init__(self, service: Any, metrics: GrpcMetrics) -> None:
+        self._mapping = {
+            path: handler._replace(func=_counted(handler.func, path.rsplit("/", 1)[1], metrics))
+            for path, handler in service.__mapping__().items()
+        }
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return self._mapping
+
+
+def _counted(func: Callable[[Any], Any], method: str, metrics: GrpcMetrics) -> Any:
+    async def handler(stream: Any) -> None:
+        code = "OK"
+        try:
+            await func(stream)
+        except GRPCError as exc:
+            code = exc.status.name
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception:
+            code = "UNKNOWN"
+            raise
+        finally:
+            metrics.calls.labels(method=method, code=code).inc()
+
+    return handler
 
 
 class _Service:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +89,8 @@ class StreamSettings:
     max_message_bytes: int | None = None
     """Largest response (a ChunkResult) to send; None: the runtime's ``server.max_message_bytes``,
     the server's limit on requests."""
+    observe_chunk_latency: Callable[[float], None] | None = None
+    """Called with each ChunkResult's seconds from its chunk's arrival (metrics), if set."""
 
 
 @dataclass
@@ -103,6 +106,7 @@ class _State:
     max_message_bytes: int = 0
     ready: trio.Event = field(default_factory=trio.Event)
     """Set once StreamReady is in the sender's queue: no answer to a request goes before it."""
+    observe_latency: Callable[[float], None] | None = None
 
 
 async def handle_stream(
@@ -139,7 +143,9 @@ async def handle_stream(
     limits: Any = init.resource_limits
     timeout = limits.max_timeout_ms / 1000 if limits.max_timeout_ms else math.inf
     state = _State(
-        limits=limits, max_message_bytes=settings.max_message_bytes or runtime.config.server.max_message_bytes
+        limits=limits,
+        max_message_bytes=settings.max_message_bytes or runtime.config.server.max_message_bytes,
+        observe_latency=settings.observe_chunk_latency,
     )
     with trio.move_on_after(timeout) as deadline:
         await _run(stream, runtime, plan, initial, settings, state)
@@ -249,6 +255,8 @@ def _result(event: Output, state: _State) -> Any:
         if size <= state.max_message_bytes:
             state.outputs += 1
             state.latency_sum_ms += elapsed_ms
+            if state.observe_latency is not None and received is not None:
+                state.observe_latency(elapsed_ms / 1000)
             return response
         nbytes, exceeded = size, output_limit(size, state.limits, state.max_message_bytes)
     error = M.ErrorResponse(
