@@ -781,7 +781,10 @@ async def test_a_worker_dying_while_it_warms_up_costs_warmth_not_the_runtime(
 
 SUPERVISOR = textwrap.dedent(
     """
-    import sys, trio
+    import multiprocessing.process, os, sys, trio
+    # where multiprocessing puts its forkserver's socket (its private default: a pymp-* dir in
+    # /tmp, removed at exit — which a SIGKILLed process never reaches)
+    multiprocessing.process.current_process()._config["tempdir"] = os.environ["NP_TEST_FORKSERVER_DIR"]
     from nursery_pipes import Runtime, RuntimeConfig, TextFrame
     from nursery_pipes._config import NodesConfig
 
@@ -806,7 +809,10 @@ SUPERVISOR = textwrap.dedent(
 def test_sigkill_of_the_supervisor_takes_its_workers_and_the_next_start_sweeps(tmp_path: Path) -> None:
     script = tmp_path / "supervisor.py"
     script.write_text(SUPERVISOR)
-    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True) as proc:
+    # The killed supervisor cannot remove the directory multiprocessing made for its forkserver;
+    # it gets one of its own in tmp_path (its FIFO directories stay in /tmp, for the sweep).
+    env = {**os.environ, "NP_TEST_FORKSERVER_DIR": str(tmp_path)}
+    with subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env) as proc:
         try:
             _check_orphans_die(proc)
         finally:

@@ -111,6 +111,12 @@ async def serve_process(*args: str, env: dict[str, str] | None = None) -> AsyncI
         yield server
     finally:
         if process.returncode is None:
+            # Stopped as an operator would (a killed server leaves multiprocessing's forkserver
+            # directory behind in /tmp); killed only if it does not drain in time.
+            process.send_signal(signal.SIGTERM)
+            with trio.move_on_after(20):
+                await process.wait()
+        if process.returncode is None:
             process.kill()
             await process.wait()
         if process.stderr is not None:
