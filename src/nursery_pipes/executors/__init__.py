@@ -10,7 +10,7 @@ from .._states import NodeEvent, NodeState
 from ..nodes._calls import aiter_outputs, check_frame, iter_outputs
 from ._abc import Executor, NodePorts, NodeRunner, Placement, async_hooks
 from ._host import NodeHost, NodeMetrics, NodeProgress, ProgressState, SessionSettings
-from ._inprocess import HookRunner, InProcessExecutor, Pump, cleanup_failed, node_failure
+from ._inprocess import HookRunner, InProcessExecutor, Pump, cleanup_failed, initializing, node_failure
 from ._multiprocess import MultiprocessExecutor
 from ._pool import WorkerPool
 from ._ports import EndOfStream, Envelope, Flow, MemoryPort, Message, OutPort, SupervisorPorts
@@ -60,6 +60,7 @@ __all__ = [
     "check_frame",
     "cleanup_failed",
     "create_executors",
+    "initializing",
     "iter_outputs",
     "node_failure",
 ]

@@ -17,8 +17,8 @@ from __future__ import annotations
 import inspect
 import time
 import traceback
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager, contextmanager
 from typing import Any
 
 import trio
@@ -40,6 +40,23 @@ def node_failure(node_id: str, phase: str, exc: BaseException) -> NodeError:
     message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     tb = "".join(traceback.format_exception(exc))
     return NodeError(node_id, phase, message, remote_traceback=tb)
+
+
+@contextmanager
+def initializing(host: NodeHost) -> Iterator[float]:
+    """Around a node's ``initialize``, wherever it runs: a ``trio.TooSlowError`` from inside
+    is the init timeout (:class:`NodeInitTimeout`), any other exception the node's failure in
+    phase ``initialize``; ``metrics.init_s`` is recorded either way. Yields the start time
+    (``time.perf_counter``)."""
+    started = time.perf_counter()
+    try:
+        yield started
+    except trio.TooSlowError:
+        raise NodeInitTimeout(host.node_id, host.settings.init_timeout_secs) from None
+    except Exception as exc:
+        raise node_failure(host.node_id, "initialize", exc) from exc
+    finally:
+        host.metrics.init_s = time.perf_counter() - started
 
 
 class InProcessExecutor(Executor):
@@ -91,12 +108,11 @@ class HookRunner:
         host = self.host
         timeout = host.settings.init_timeout_secs
         deadline = trio.current_time() + timeout  # trio's clock: tests may run it virtually
-        started = time.perf_counter()
 
         def report(fraction: float, message: str = "") -> None:
             host.progress("loading", fraction, message)
 
-        try:
+        with initializing(host) as started:
             # A synchronous initialize cannot be interrupted anyway: only an awaitable needs
             # the deadline (and its cancel scope) around it.
             result = node.initialize(report)
@@ -105,12 +121,6 @@ class HookRunner:
                     await result
             elif time.perf_counter() - started > timeout:
                 raise trio.TooSlowError  # a blocking initialize that overran: same verdict
-        except trio.TooSlowError:
-            raise NodeInitTimeout(host.node_id, timeout) from None
-        except Exception as exc:
-            raise node_failure(host.node_id, "initialize", exc) from exc
-        finally:
-            host.metrics.init_s = time.perf_counter() - started
 
     def pump(self, node: Node[Any], ports: SupervisorPorts) -> Pump:
         return Pump(node, self.host, ports)

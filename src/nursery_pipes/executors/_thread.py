@@ -40,13 +40,13 @@ from typing import Any
 import outcome
 import trio
 
-from .._errors import NodeError, NodeInitTimeout
+from .._errors import NodeError
 from ..frames import Frame
 from ..nodes._base import Node
 from ..nodes._calls import check_frame
 from ._abc import Placement
 from ._host import NodeHost
-from ._inprocess import HookRunner, InProcessExecutor, Pump, cleanup_failed, node_failure
+from ._inprocess import HookRunner, InProcessExecutor, Pump, cleanup_failed, initializing, node_failure
 from ._ports import SupervisorPorts
 
 __all__ = ["NodeThread", "ThreadExecutor"]
@@ -168,21 +168,12 @@ class _ThreadHooks(HookRunner):
 
     async def initialize(self, node: Node[Any]) -> None:
         host, thread = self.host, self.thread
-        timeout = host.settings.init_timeout_secs
-        started = time.perf_counter()
 
         def report(fraction: float, message: str = "") -> None:  # called in the node's thread
             thread.call_soon(host.progress, "loading", fraction, message)
 
-        try:
-            with trio.fail_after(timeout):
-                await thread.run(node.initialize, report)
-        except trio.TooSlowError:
-            raise NodeInitTimeout(host.node_id, timeout) from None
-        except Exception as exc:
-            raise node_failure(host.node_id, "initialize", exc) from exc
-        finally:
-            host.metrics.init_s = time.perf_counter() - started
+        with initializing(host), trio.fail_after(host.settings.init_timeout_secs):
+            await thread.run(node.initialize, report)
 
     def pump(self, node: Node[Any], ports: SupervisorPorts) -> Pump:
         return _ThreadPump(node, self.host, ports, self.thread)

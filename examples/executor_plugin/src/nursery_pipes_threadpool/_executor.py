@@ -50,7 +50,7 @@ from typing import Any
 
 import trio
 
-from nursery_pipes import ConfigError, Frame, Node, NodeError, NodeInitTimeout, RuntimeConfig
+from nursery_pipes import ConfigError, Frame, Node, NodeError, RuntimeConfig
 from nursery_pipes.executors import (
     HookRunner,
     InProcessExecutor,
@@ -60,6 +60,7 @@ from nursery_pipes.executors import (
     SupervisorPorts,
     check_frame,
     cleanup_failed,
+    initializing,
     node_failure,
 )
 
@@ -234,21 +235,13 @@ class _PoolHooks(HookRunner):
 
     async def initialize(self, node: Node[Any]) -> None:
         host, calls = self.host, self.calls
-        timeout = host.settings.init_timeout_secs
-        started = time.perf_counter()
 
         def report(fraction: float, message: str = "") -> None:  # called in a pool thread
             calls.call_soon(host.progress, "loading", fraction, message)
 
-        try:
-            with trio.fail_after(timeout):  # the wait for a free thread counts too
-                await calls.run(node.initialize, report)
-        except trio.TooSlowError:
-            raise NodeInitTimeout(host.node_id, timeout) from None
-        except Exception as exc:
-            raise node_failure(host.node_id, "initialize", exc) from exc
-        finally:
-            host.metrics.init_s = time.perf_counter() - started
+        # the wait for a free thread counts against the init timeout too
+        with initializing(host), trio.fail_after(host.settings.init_timeout_secs):
+            await calls.run(node.initialize, report)
 
     def pump(self, node: Node[Any], ports: SupervisorPorts) -> Pump:
         return _PoolPump(node, self.host, ports, self.calls)
