@@ -457,3 +457,23 @@ def client_tls_context(cert: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(cert))
     context.set_alpn_protocols(["h2"])
     return context
+
+
+class Announcements:
+    """What an in-process ``cli._serve._serve`` announces (its ``announce`` callback), awaitable."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._changed = trio.Event()
+
+    def __call__(self, message: str) -> None:
+        self.lines.append(message)
+        self._changed.set()
+
+    async def wait_for(self, text: str, count: int = 1) -> str:
+        """The ``count``-th announcement containing ``text`` (waits up to 30 s for it)."""
+        with trio.fail_after(30):
+            while len(matches := [line for line in self.lines if text in line]) < count:
+                self._changed = trio.Event()
+                await self._changed.wait()
+        return matches[count - 1]

@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio_asyncio
 from prometheus_client.parser import text_string_to_metric_families
-from service_fixtures import manifest
+from service_fixtures import Announcements, manifest
 
 from nursery_pipes import RuntimeConfig, TextFrame
 from nursery_pipes._config import MetricsConfig, ServerConfig
@@ -29,23 +29,6 @@ DOC = manifest(
     [("in", "shout")],
     executors={"in": "inprocess", "shout": "multiprocess"},
 )
-
-
-class Lines:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self._changed = trio.Event()
-
-    def __call__(self, message: str) -> None:
-        self.lines.append(message)
-        self._changed.set()
-
-    async def wait_for(self, text: str) -> str:
-        with trio.fail_after(30):
-            while not (found := [line for line in self.lines if text in line]):
-                self._changed = trio.Event()
-                await self._changed.wait()
-        return found[0]
 
 
 async def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -67,7 +50,7 @@ async def test_a_scrape_shows_sessions_nodes_workers_and_grpc_calls() -> None:
         server=ServerConfig(listen="127.0.0.1:0", drain_timeout_secs=2),
         metrics=MetricsConfig(listen="127.0.0.1:0"),
     )
-    announced = Lines()
+    announced = Announcements()
     code: list[int] = []
 
     async def serve() -> None:

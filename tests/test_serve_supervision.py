@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import trio
 import trio_asyncio
-from service_fixtures import UPPER
+from service_fixtures import UPPER, Announcements
 
 from nursery_pipes import RuntimeConfig, TextFrame
 from nursery_pipes._config import MultiprocessDefaults, ServerConfig
@@ -28,25 +28,6 @@ from nursery_pipes.client import Client
 from nursery_pipes.executors._pool import WorkerPool
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class Lines:
-    """What ``serve`` announces, awaitable."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self._changed = trio.Event()
-
-    def __call__(self, message: str) -> None:
-        self.lines.append(message)
-        self._changed.set()
-
-    async def wait_for(self, text: str, count: int = 1) -> str:
-        with trio.fail_after(30):
-            while len(matches := [line for line in self.lines if text in line]) < count:
-                self._changed = trio.Event()
-                await self._changed.wait()
-        return matches[count - 1]
 
 
 def config() -> RuntimeConfig:
@@ -96,7 +77,7 @@ async def test_a_crashed_service_comes_back_and_still_drains_on_sigterm(
 ) -> None:
     crash_first = trio.Event()
     lives = crashing_keeper(monkeypatch, lambda life: crash_first if life == 0 else None)
-    announced = Lines()
+    announced = Announcements()
     code: list[int] = []
 
     async with trio.open_nursery() as nursery:
@@ -124,7 +105,7 @@ async def test_a_service_that_keeps_crashing_gives_up_with_exit_1(monkeypatch: p
     at_once = trio.Event()
     at_once.set()
     lives = crashing_keeper(monkeypatch, lambda life: at_once)  # even before it listens
-    announced = Lines()
+    announced = Announcements()
 
     code = await _serve._serve(config(), announced)
 
@@ -142,7 +123,7 @@ async def test_a_startup_failure_is_not_retried(monkeypatch: pytest.MonkeyPatch)
     await taken.bind(("127.0.0.1", 0))
     taken.listen()
     port = taken.getsockname()[1]
-    announced = Lines()
+    announced = Announcements()
     bad = RuntimeConfig(server=ServerConfig(listen=f"127.0.0.1:{port}"))
     try:
         with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
@@ -153,5 +134,5 @@ async def test_a_startup_failure_is_not_retried(monkeypatch: pytest.MonkeyPatch)
     assert not any("service failed" in line for line in announced.lines)
 
 
-async def _serve_into(code: list[int], announce: Lines) -> None:
+async def _serve_into(code: list[int], announce: Announcements) -> None:
     code.append(await _serve._serve(config(), announce))
