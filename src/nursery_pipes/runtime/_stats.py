@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from .._errors import NodeError
+from ._events import NodeFailed
 
 __all__ = ["INIT_BUCKETS", "NodeTotals", "RuntimeStats", "StatsSnapshot"]
 
@@ -126,7 +127,7 @@ def _node_rows(session: Any) -> dict[tuple[str, str, str], tuple[Any, int]]:
     """(node id, node type, executor) → (its NodeMetrics, failures seen) for one session."""
     failures: dict[str, int] = {}
     for event in session.supervision_log:
-        if type(event).__name__ == "NodeFailed":
+        if isinstance(event, NodeFailed):
             failures[event.node_id] = failures.get(event.node_id, 0) + 1
     error = session.error
     cause = error.__cause__ if error is not None and not isinstance(error, NodeError) else error

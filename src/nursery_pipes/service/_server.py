@@ -25,7 +25,7 @@ import ssl
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 import trio_asyncio
@@ -45,8 +45,10 @@ from ..wire._messages import UPB as M
 from ..wire._messages import new_pool
 from ._bridge import LimitedStream, PumpedStream, recv_limited
 from ._execution import execute, version
-from ._prometheus import GrpcMetrics
 from ._streaming import StreamSettings, handle_stream
+
+if TYPE_CHECKING:
+    from ._prometheus import GrpcMetrics  # prometheus-client is imported only with --metrics-listen
 
 __all__ = ["Server", "parse_listen"]
 
