@@ -17,8 +17,9 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,17 @@ async def stream_through(session: Any, node_id: str, frame: Any, n: int) -> floa
     elapsed = time.perf_counter() - start
     assert count == n
     return elapsed
+
+
+def leftovers(worker_pids: Iterable[int]) -> dict[str, list[Any]]:
+    """What this process left behind: live worker pids among ``worker_pids``, and the /dev/shm
+    entries and FIFO directories of its namespaces (``np.<pid>.*``)."""
+    mine = f"np.{os.getpid()}."
+    return {
+        "workers_alive": sorted(p for p in worker_pids if os.path.exists(f"/proc/{p}")),
+        "shm_entries": [e for e in os.listdir("/dev/shm") if mine in e],
+        "fifo_dirs": [e for e in os.listdir(tempfile.gettempdir()) if e.startswith(mine)],
+    }
 
 
 def environment() -> dict[str, Any]:

@@ -50,7 +50,6 @@ import multiprocessing
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -63,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, _peer_pipec
 
 import numpy as np
 import trio
-from _common import RESULTS, finish, parse_args, percentile, print_table
+from _common import RESULTS, finish, leftovers, parse_args, percentile, print_table
 
 from nursery_pipes import Runtime, RuntimeConfig, TensorFrame
 from nursery_pipes._config import MultiprocessDefaults
@@ -423,17 +422,14 @@ def plot(res: dict[str, Any], derived: dict[str, dict[str, float]], have_peer: b
     return str(path.relative_to(RESULTS.parent.parent))
 
 
-def leftovers(worker_pids: list[int]) -> dict[str, Any]:
-    """What this process left behind: shm names of its namespaces, live workers, children."""
-    mine = f"np.{os.getpid()}."
-    shm = [n for n in os.listdir("/dev/shm") if mine in n] if os.path.isdir("/dev/shm") else []
-    fifo_dirs = [n for n in os.listdir(tempfile.gettempdir()) if n.startswith(mine)]
-    live = [pid for pid in worker_pids if os.path.exists(f"/proc/{pid}")]
+def chain_leftovers(worker_pids: list[int]) -> dict[str, Any]:
+    """What this process left behind (``_common.leftovers``), and its live child processes."""
+    left = leftovers(worker_pids)
     return {
-        "shm_entries": shm,
-        "fifo_dirs": fifo_dirs,
+        "shm_entries": left["shm_entries"],
+        "fifo_dirs": left["fifo_dirs"],
         "worker_pids_checked": len(worker_pids),
-        "live_worker_pids": live,
+        "live_worker_pids": left["workers_alive"],
         "live_children": [p.pid for p in multiprocessing.active_children()],
     }
 
@@ -460,7 +456,7 @@ def main() -> None:
     derived = derive(res, have_peer)
     report_goals = goals(res, derived)
     plot_note = plot(res, derived, have_peer)
-    left = leftovers(raw["worker_pids"])
+    left = chain_leftovers(raw["worker_pids"])
 
     paths = [p for p in PATHS if p != "pipecat" or have_peer]
     rows = []

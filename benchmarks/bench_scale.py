@@ -29,7 +29,6 @@ import gc
 import itertools
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import trio
-from _common import finish, parse_args, print_table
+from _common import finish, leftovers, parse_args, print_table
 
 from nursery_pipes import AudioFrame, Runtime, RuntimeConfig
 from nursery_pipes._config import LimitsConfig, MultiprocessDefaults, NodesConfig
@@ -121,15 +120,6 @@ def snapshot(worker_pids: list[int]) -> dict[str, Any]:
         "workers_ctx": sum(ctx_switches(p) for p in worker_pids),
         "machine_busy": busy,
         "machine_total": total,
-    }
-
-
-def leftovers(worker_pids: list[int]) -> dict[str, list[Any]]:
-    mine = f"np.{os.getpid()}."
-    return {
-        "workers_alive": [p for p in worker_pids if os.path.exists(f"/proc/{p}")],
-        "shm_entries": [e for e in os.listdir("/dev/shm") if mine in e],
-        "fifo_dirs": [e for e in os.listdir(tempfile.gettempdir()) if e.startswith(mine)],
     }
 
 

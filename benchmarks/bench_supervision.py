@@ -42,7 +42,6 @@ import re
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, _bench_node
 import _bench_nodes
 import numpy as np
 import trio
-from _common import finish, parse_args, print_table
+from _common import finish, leftovers, parse_args, print_table
 
 from nursery_pipes import AudioFrame, Runtime, RuntimeConfig
 from nursery_pipes._config import LimitsConfig, MultiprocessDefaults, NodesConfig
@@ -256,15 +255,6 @@ def stream_manifest() -> dict[str, Any]:
         },
         "nodes": [{"id": n, "node_type": t, "params": p, "restart": "permanent"} for n, t, p in nodes],
         "connections": [{"from": a, "to": b} for a, b in itertools.pairwise(ids)],
-    }
-
-
-def leftovers(pids: set[int]) -> dict[str, list[Any]]:
-    mine = f"np.{os.getpid()}."
-    return {
-        "workers_alive": sorted(p for p in pids if os.path.exists(f"/proc/{p}")),
-        "shm_entries": [e for e in os.listdir("/dev/shm") if mine in e],
-        "fifo_dirs": [e for e in os.listdir(tempfile.gettempdir()) if e.startswith(mine)],
     }
 
 
