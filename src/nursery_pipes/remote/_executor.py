@@ -183,6 +183,7 @@ async def _forward(host: NodeHost, ports: SupervisorPorts, link: Link, seqs: Seq
     async for event in link.events:
         if isinstance(event, Output):
             metrics.count_out(event.frame)
+            metrics.processing_s += event.processing_s
             seq = seqs.incoming(event.sequence)
             for port in ports.outputs:
                 await port.send(seq, event.frame)

@@ -45,6 +45,8 @@ class Output:
     sequence: int
     """The remote sequence number of the input that caused it."""
     frame: Frame
+    processing_s: float
+    """What the remote server says processing that input took."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +170,7 @@ class Link:
     async def _read(self, stream: Any) -> None:
         async for event in stream:
             if isinstance(event, ChunkOutput):
-                await self._deliver(Output(event.sequence, event.frame))
+                await self._deliver(Output(event.sequence, event.frame, event.processing_time_ms / 1000))
             elif isinstance(event, StreamEvent) and event.kind == "rejected":
                 error = event.message
                 raise _Broken(f"refused sequence {error.failing_sequence}: {error.message}")
