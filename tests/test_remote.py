@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 import pytest
 import trio
 from service_fixtures import audio, make_config, manifest, serving
 
-from nursery_pipes import ManifestError, NodeError, Runtime, TextFrame
+from nursery_pipes import ManifestError, NodeError, Runtime, TensorFrame, TextFrame
 from nursery_pipes._config import RemoteConfig, RuntimeConfig, load_config
 from nursery_pipes.client import ChunkOutput
 from nursery_pipes.remote import RemoteExecutor, SequenceMap
@@ -150,6 +151,12 @@ async def test_a_middle_node_on_another_server_gives_what_it_gives_locally() -> 
         local = await stream_words(near, chain(None))
         remote = await stream_words(near, chain(far.address))
         assert remote == local == [("out", i + 1, w.upper()) for i, w in enumerate(WORDS)]
+        async with near.open_session(chain(far.address)) as session:
+            await session.send("in", TextFrame(text="counted"))
+            await session.close()
+            await drain(session)
+            mid = session.metrics().nodes["mid"]
+        assert (mid.executor, mid.frames_in, mid.frames_out, mid.bytes_out) == ("remote", 1, 1, 7)
         one_shot = await near.run_pipeline(chain(far.address), {"in": TextFrame(text="solo")})
         assert [f.text for f in one_shot.outputs["out"]] == ["SOLO"]
         assert not far.runtime.sessions  # each remote session ended with its local one
@@ -212,6 +219,24 @@ async def test_the_remote_servers_init_progress_is_the_nodes_progress() -> None:
     assert mid[0] == ("starting", f"connecting to {far.address}")
     assert ("loading", f"{far.address}: step 3/3") in mid
     assert mid[-1][0] == "ready"
+
+
+async def test_a_slow_remote_node_holds_the_sender_back() -> None:
+    """Backpressure crosses the connection: with the far node taking 0.2 s a frame, the near
+    session stops taking 64 KiB frames once the buffers on the way (queues on both sides and
+    gRPC's 4 MiB flow-control window) are full, instead of buffering without bound."""
+    doc = manifest([("mid", "SleepNode", {"process_seconds": 0.2})], channel_capacity=4)
+    frame = TensorFrame(data=np.zeros(64 * 1024, dtype=np.uint8))
+    sent = 0
+    async with serving() as far, Runtime(near_config(far.address)) as near:
+        doc["nodes"][0]["host"] = far.address
+        async with near.open_session(doc) as session:
+            with trio.move_on_after(3):
+                for _ in range(1000):
+                    await session.send("mid", frame)
+                    sent += 1
+            session.cancel()
+    assert 40 < sent < 200  # ~64 in the window, a few in each queue, ~15 done; never all 1000
 
 
 # -- failures --------------------------------------------------------------------------------------
