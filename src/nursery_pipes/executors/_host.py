@@ -9,6 +9,7 @@ callback into the session: an executor never reaches into the session.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from .._states import NODE_TRANSITIONS, NodeEvent, NodeState, StateMachine
 from ..frames import Frame
 from ..manifest import NodeSpec
 from ..nodes._base import Node, NodeContext, Params
+from ..nodes._signals import Signal
 
 __all__ = ["NodeHost", "NodeMetrics", "NodeProgress", "ProgressState", "SessionSettings"]
 
@@ -85,6 +87,14 @@ def _ignore_failure(error: NodeError) -> None:
     pass
 
 
+def _ignore_handled(signal: Signal, dropped: tuple[int, ...], aborted: int | None) -> None:
+    pass
+
+
+SignalSender = Callable[[str, str, "tuple[str, ...] | None", dict[str, Any]], None]
+"""``(origin node id, name, targets or None for all, payload)``: a node sends a signal."""
+
+
 @dataclass
 class NodeHost:
     """Everything about one node that its executor needs, apart from the frames."""
@@ -102,6 +112,11 @@ class NodeHost:
     """Where :meth:`report_failure` goes (the session's supervisor)."""
     spec: NodeSpec | None = None
     """The node's manifest entry as written (``host``, raw ``params``…), when it came from one."""
+    on_signal_handled: Callable[[Signal, tuple[int, ...], int | None], None] = _ignore_handled
+    """Report that the node took a signal: the sequence numbers of the queued frames it
+    dropped, and of the frame in flight it aborted (None if none). Call on the trio thread."""
+    send_signal: SignalSender | None = None
+    """Where a signal the node sends goes (the session's router; any thread may call it)."""
     state: StateMachine[NodeState, NodeEvent] = field(init=False)
     logger: logging.Logger = field(init=False)
     in_flight: int | None = field(init=False, default=None)
@@ -150,4 +165,7 @@ class NodeHost:
             session_id=self.session_id,
             executor=self.executor,
             logger=self.logger,
+            send_signal=None
+            if self.send_signal is None
+            else functools.partial(self.send_signal, self.node_id),
         )

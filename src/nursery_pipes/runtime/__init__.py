@@ -2,7 +2,16 @@
 
 from .._states import NodeState, SessionState
 from ._children import WorkerCrashed, WorkerProcess
-from ._events import Event, FramesDropped, NodeFailed, NodeProgress, NodeRestarted, Output, StateChanged
+from ._events import (
+    Event,
+    FramesDropped,
+    NodeFailed,
+    NodeProgress,
+    NodeRestarted,
+    Output,
+    SignalHandled,
+    StateChanged,
+)
 from ._plan import SessionPlan
 from ._policy import FAIL_FAST, RestartType, Strategy, SupervisionPolicy
 from ._runtime import PipelineResult, Runtime
@@ -29,6 +38,7 @@ __all__ = [
     "SessionPlan",
     "SessionState",
     "SessionStatistics",
+    "SignalHandled",
     "StateChanged",
     "Strategy",
     "SupervisionPolicy",

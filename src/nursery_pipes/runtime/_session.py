@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -73,6 +73,7 @@ from ._holdup import holdups
 from ._plan import CLIENT, SessionPlan, check_input_kind, check_input_target
 from ._policy import RestartType
 from ._recovery import NodeRecovery
+from ._signaling import SignalRouter
 from ._supervisor import ChildFailed, ChildSpec, Supervisor
 from ._wiring import wire
 
@@ -144,6 +145,7 @@ class Session:
         self._ready = trio.Event()
         self._finished = trio.Event()
         self._error: SessionError | None = None
+        self._signals = SignalRouter(plan.order, self._events)
         self._recovery = NodeRecovery(
             self._events, self._metrics, lambda: self._supervisor.restart_counts, self._start_task
         )
@@ -252,6 +254,36 @@ class Session:
             self._close_pending = True  # see started()
         else:
             self._end_input_soon()
+
+    def signal(
+        self, name: str, *, to: Iterable[str] | None = None, payload: Mapping[str, Any] | None = None
+    ) -> int:
+        """Send control signal ``name`` to the nodes ``to`` (None: every node), ahead of the
+        frames queued for them; returns its number. Never blocks.
+
+        Each target's ``on_signal`` hook decides what it means (``interrupt`` and
+        ``cancel_turn`` drop the target's queued frames and abort the one in flight unless
+        the node says otherwise); :meth:`events` then yields a ``SignalHandled`` per target,
+        and ``FramesDropped`` for what it dropped. An unknown target or a bad name is an
+        :class:`InputError` naming it.
+
+        >>> import trio
+        >>> from nursery_pipes import Runtime, TextFrame
+        >>> from nursery_pipes.runtime import SignalHandled
+        >>> manifest = {"version": "v1", "metadata": {"name": "hush"}, "connections": [],
+        ...             "nodes": [{"id": "up", "node_type": "TextTransformNode"}]}
+        >>> async def main():
+        ...     async with Runtime() as runtime, runtime.open_session(manifest) as session:
+        ...         session.signal("interrupt", to=["up"])
+        ...         async for event in session.events():
+        ...             if isinstance(event, SignalHandled):
+        ...                 return event.node_id, event.name, event.dropped
+        >>> trio.run(main)
+        ('up', 'interrupt', ())
+        """
+        if self._error is not None:
+            raise self._error
+        return self._signals.send(name, to, payload).id
 
     def cancel(self) -> None:
         """Stop everything now; in-flight frames are dropped. Idempotent."""
@@ -365,6 +397,7 @@ class Session:
                     self._recovery.ports = wiring.ports
                     self._recovery.transport = transport
                     self._transport = transport
+                    self._signals.attach(wiring.ports, transport)
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
                         pumps = _Countdown(len(wiring.pumps))
@@ -427,6 +460,8 @@ class Session:
             emit_progress=self._on_progress,
             on_failure=partial(self._supervisor.report_failure, node_id),
             spec=plan.spec,
+            on_signal_handled=partial(self._signals.handled, node_id),
+            send_signal=self._signals.from_node,
         )
         self._recovery.hosts[node_id] = host
         ended = self._recovery.ended[node_id] = trio.Event()

@@ -60,5 +60,15 @@ class EventSender:
         tb = "".join(traceback.format_exception(exc))
         self._send({"type": "failed", "phase": phase, "message": message, "traceback": tb})
 
+    def signal_handled(self, signal: dict[str, Any], dropped: list[int], aborted: int | None) -> None:
+        """The node ran ``on_signal`` for ``signal`` (as decoded from the control ring)."""
+        self._send({"type": "signal", "signal": signal, "dropped": dropped, "aborted": aborted})
+
+    def send_signal(self, name: str, to: tuple[str, ...] | None, payload: dict[str, Any]) -> None:
+        """The node sends a signal (``NodeContext.signal``): the supervisor routes it."""
+        self._send(
+            {"type": "send_signal", "name": name, "to": None if to is None else list(to), "payload": payload}
+        )
+
     def done(self, stats: dict[str, Any]) -> None:
         self._send({"type": "done", **stats})
