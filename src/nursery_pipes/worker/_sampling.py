@@ -8,9 +8,10 @@ imported by the worker side and by the supervisor's executors alike.
 
 The rule is a multiplicative hash (Knuth's, with the 64-bit golden ratio) of the sequence,
 compared with a threshold: ``sampled(seq, threshold_for(r))`` holds for a share ``r`` of any
-long run of sequence numbers, spread over the run rather than every ``1/r``-th one, so
-sampling does not beat with a pipeline's own period (a source that alternates two kinds of
-frame, say).
+long run of sequence numbers — and, since ``seq × φ`` is equidistributed modulo 1 along any
+arithmetic progression, for the same share of every residue class modulo a period: sampling
+does not beat with a pipeline's own rhythm (a source that alternates two kinds of frame has
+both kinds sampled), as "every ``1/r``-th sequence" would.
 """
 
 from __future__ import annotations
