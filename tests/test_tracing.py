@@ -190,7 +190,7 @@ async def test_execute_pipeline_joins_the_callers_trace_and_without_one_starts_a
 # -- failures and supervision --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("executor", ["inprocess", "multiprocess"])
+@pytest.mark.parametrize("executor", ["inprocess", "thread", "multiprocess"])
 async def test_a_node_that_fails_on_a_frame_gives_error_spans_naming_it(executor: str) -> None:
     spans = Spans(1.0)
     doc = manifest(
