@@ -14,7 +14,7 @@ VENV       := .venv
 BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.installed
 LATEST     := .venv-latest
-EXTRAS     := --extra dev --extra speech
+EXTRAS     := --extra dev --extra speech --extra otel
 # Never let uv download an interpreter: use the one PYTHON names.
 export UV_PYTHON_DOWNLOADS := never
 
@@ -44,7 +44,7 @@ test: $(STAMP)
 # The newest versions pyproject.toml allows, resolved now (uv.lock is not touched).
 test-latest: $(UV)
 	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(LATEST)
-	$(UV) pip install --quiet --python $(LATEST)/bin/python --upgrade --refresh -e '.[dev,speech]'
+	$(UV) pip install --quiet --python $(LATEST)/bin/python --upgrade --refresh -e '.[dev,speech,otel]'
 	$(UV) pip list --python $(LATEST)/bin/python --format freeze > $(LATEST)/versions.txt
 	$(LATEST)/bin/mypy
 	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider

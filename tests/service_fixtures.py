@@ -51,6 +51,7 @@ from nursery_pipes._config import (
 )
 from nursery_pipes._proto.remotemedia import v1 as pb
 from nursery_pipes.client import Client
+from nursery_pipes.runtime import Tracer
 from nursery_pipes.service import Server
 from nursery_pipes.wire import manifest_to_proto
 
@@ -129,14 +130,17 @@ class Served:
 
 
 @asynccontextmanager
-async def serving(config: RuntimeConfig | None = None, **sections: Any) -> AsyncIterator[Served]:
-    """Run a server (``make_config(**sections)`` unless ``config`` is given) for the block.
+async def serving(
+    config: RuntimeConfig | None = None, *, tracer: Tracer | None = None, **sections: Any
+) -> AsyncIterator[Served]:
+    """Run a server (``make_config(**sections)`` unless ``config`` is given) for the block;
+    its runtime traces sessions with ``tracer`` if one is given.
 
     On exit the server is drained (running streams get ``drain_timeout_secs``) and the
     runtime stopped: no worker process or shared-memory segment outlives the block.
     """
     config = config or make_config(**sections)
-    async with Runtime(config) as runtime, trio.open_nursery() as nursery:
+    async with Runtime(config, tracer=tracer) as runtime, trio.open_nursery() as nursery:
         server = Server(runtime)
         port = await nursery.start(server.serve)
         try:

@@ -288,6 +288,21 @@ def serve(
     metrics_listen: Annotated[
         str | None, typer.Option(help="HOST:PORT to serve Prometheus /metrics on (off by default).")
     ] = None,
+    tracing: Annotated[
+        bool,
+        typer.Option(
+            "--tracing",
+            help="Export OpenTelemetry traces by OTLP/HTTP (needs the otel extra; off by default).",
+        ),
+    ] = False,
+    otlp_endpoint: Annotated[
+        str | None,
+        typer.Option(help="OTLP/HTTP collector base URL, e.g. http://127.0.0.1:4318 (turns --tracing on)."),
+    ] = None,
+    frame_sample_ratio: Annotated[
+        float | None,
+        typer.Option(help="Share of inputs whose frames get a span in every node (0..1, default 0.01)."),
+    ] = None,
 ) -> None:
     """Serve the remotemedia.v1 gRPC API (plus health and reflection) until SIGTERM/SIGINT.
 
@@ -306,6 +321,9 @@ def serve(
         "logging.format": log_format,
         "logging.level": log_level.upper() if log_level else None,
         "metrics.listen": metrics_listen,
+        "tracing.enabled": True if tracing or otlp_endpoint else None,
+        "tracing.otlp_endpoint": otlp_endpoint,
+        "tracing.frame_sample_ratio": frame_sample_ratio,
     }
     raise typer.Exit(_guard(lambda: run_server(config, flags, _announce)))
 

@@ -202,13 +202,20 @@ class Client:
         token: str | None = None,
         tls: ssl.SSLContext | bool | None = None,
         timeout: float | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
+        """``metadata``: sent with every call, e.g. the W3C ``traceparent`` / ``tracestate`` of
+        the caller's trace (a server with tracing on continues it; ``token`` adds
+        ``authorization``)."""
         host, _, port = address.rpartition(":")
         if not port.isdigit():
             raise InputError(f"server address must be host:port, got {address!r}")
         self._host, self._port = host.strip("[]") or "127.0.0.1", int(port)
         self._ssl = tls
-        self._metadata = {"authorization": f"Bearer {token}"} if token else None
+        headers = dict(metadata or {})
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        self._metadata = headers or None
         self._timeout = timeout
         self._channel: Channel | None = None
 

@@ -22,7 +22,15 @@ from ..manifest import NodeSpec
 from ..nodes._base import Node, NodeContext, Params
 from ..nodes._signals import Signal
 
-__all__ = ["NodeHost", "NodeMetrics", "NodeProgress", "ProgressState", "SessionSettings"]
+__all__ = [
+    "NO_NODE_TRACE",
+    "NodeHost",
+    "NodeMetrics",
+    "NodeProgress",
+    "NodeTrace",
+    "ProgressState",
+    "SessionSettings",
+]
 
 ProgressState = Literal["starting", "loading", "ready", "failed"]
 
@@ -83,6 +91,29 @@ class NodeMetrics:
         self.kinds_out[label] = self.kinds_out.get(label, 0) + 1
 
 
+class NodeTrace:
+    """Where an executor reports the sampled frames of one node, for tracing (the session's
+    tracer gives each node one; docs/design.md §4, "Traces"). This base is tracing off: it
+    samples nothing (``threshold`` 0), so an executor that tests ``threshold`` first pays
+    nothing else per frame.
+
+    An executor times a frame whose input sequence passes ``worker.sampled(seq, threshold)``
+    from taking it to its last output handed on, and calls :meth:`frame`, on the trio thread.
+    """
+
+    threshold: int = 0
+    """Sample threshold (``worker.threshold_for(ratio)``); 0: no frame is sampled."""
+
+    def frame(
+        self, seq: int, start_ns: int, end_ns: int, bytes_in: int, bytes_out: int, error: str = ""
+    ) -> None:
+        """One sampled frame: wall-clock ns (``time.time_ns``), its bytes, and if it failed the
+        node's error as the session reports it (naming the node)."""
+
+
+NO_NODE_TRACE = NodeTrace()
+
+
 def _ignore_failure(error: NodeError) -> None:
     pass
 
@@ -117,6 +148,8 @@ class NodeHost:
     dropped, and of the frame in flight it aborted (None if none). Call on the trio thread."""
     send_signal: SignalSender | None = None
     """Where a signal the node sends goes (the session's router; any thread may call it)."""
+    trace: NodeTrace = NO_NODE_TRACE
+    """Where sampled frames are reported (tracing; the default samples none)."""
     state: StateMachine[NodeState, NodeEvent] = field(init=False)
     logger: logging.Logger = field(init=False)
     in_flight: int | None = field(init=False, default=None)

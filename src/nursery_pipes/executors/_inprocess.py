@@ -30,6 +30,7 @@ from ..frames import Frame
 from ..nodes._base import Node
 from ..nodes._calls import aiter_outputs, check_frame
 from ..nodes._signals import FLUSH, Signal
+from ..worker import sampled
 from ._abc import Executor, NodePorts, Placement
 from ._host import NodeHost
 from ._ports import EndOfStream, SupervisorPorts
@@ -168,6 +169,7 @@ class Pump:
         self.inbox = ports.inbox
         self.last_seq = 0
         self.accepts = type(node).accepts
+        self.trace = host.trace
 
     async def run(self) -> None:
         ports, host = self.ports, self.host
@@ -219,7 +221,11 @@ class Pump:
             host.in_flight = message.seq  # taken: if the node fails now, this frame is lost
             host.state.fire(NodeEvent.FRAME)
             with contextlib.suppress(SignalAbort):  # a signal dropped it: reported as such
-                await self.call_hook("process", self.node.process, frame)
+                threshold = self.trace.threshold
+                if threshold and sampled(message.seq, threshold):
+                    await self._process_traced(frame, message.seq)
+                else:
+                    await self.call_hook("process", self.node.process, frame)
             host.state.fire(NodeEvent.FRAME_DONE)
             host.in_flight = None
 
@@ -257,6 +263,20 @@ class Pump:
                 self.ports.open_inputs -= 1
             else:
                 dropped.append(message.seq)
+
+    async def _process_traced(self, frame: Frame, seq: int) -> None:
+        """``process`` of a sampled frame, timed for tracing: from the call to its last output
+        handed on (waits for room downstream included), or to the error that fails the node."""
+        metrics, started = self.host.metrics, time.time_ns()
+        bytes_out = metrics.bytes_out
+        try:
+            await self.call_hook("process", self.node.process, frame)
+        except NodeError as exc:
+            self.trace.frame(
+                seq, started, time.time_ns(), frame.nbytes, metrics.bytes_out - bytes_out, str(exc)
+            )
+            raise
+        self.trace.frame(seq, started, time.time_ns(), frame.nbytes, metrics.bytes_out - bytes_out)
 
     async def call_hook(self, phase: str, hook: Any, *args: Any) -> None:
         """Run a hook, forwarding each output as soon as it exists; time only the node's own work."""

@@ -148,6 +148,7 @@ class _Workers:
             parent_is_forkserver=self.pool.parent_is_forkserver,
             copy_inputs=not getattr(cls, "zero_copy", False),
             log_level=max(logging.DEBUG, logging.getLogger().getEffectiveLevel()),
+            trace_threshold=host.trace.threshold,
         )
 
 
@@ -208,6 +209,11 @@ class _NodeRun:
             host.progress("ready", 1.0)
             self.ready = True
             task_status.started()
+        elif kind == "frame":  # a sampled frame's timing, measured in the worker
+            error = event["error"] and str(NodeError(host.node_id, "process", event["error"]))
+            host.trace.frame(
+                event["seq"], event["start_ns"], event["end_ns"], event["bytes_in"], event["bytes_out"], error
+            )
         elif kind in ("stats", "done"):
             _update_metrics(host, event)
         elif kind == "failed":

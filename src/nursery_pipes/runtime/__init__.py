@@ -17,14 +17,17 @@ from ._policy import FAIL_FAST, RestartType, Strategy, SupervisionPolicy
 from ._runtime import PipelineResult, Runtime
 from ._session import Session, SessionMetrics, SessionStatistics
 from ._supervisor import ChildFailed, ChildSpec, FailureRecord, Supervisor
+from ._trace import NO_TRACER, InitTrace, SessionTrace, Tracer
 
 __all__ = [
     "FAIL_FAST",
+    "NO_TRACER",
     "ChildFailed",
     "ChildSpec",
     "Event",
     "FailureRecord",
     "FramesDropped",
+    "InitTrace",
     "NodeFailed",
     "NodeProgress",
     "NodeRestarted",
@@ -38,11 +41,13 @@ __all__ = [
     "SessionPlan",
     "SessionState",
     "SessionStatistics",
+    "SessionTrace",
     "SignalHandled",
     "StateChanged",
     "Strategy",
     "SupervisionPolicy",
     "Supervisor",
+    "Tracer",
     "WorkerCrashed",
     "WorkerProcess",
 ]

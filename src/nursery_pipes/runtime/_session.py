@@ -74,7 +74,9 @@ from ._plan import CLIENT, SessionPlan, check_input_kind, check_input_target
 from ._policy import RestartType
 from ._recovery import NodeRecovery
 from ._signaling import SignalRouter
+from ._stats import session_outcome
 from ._supervisor import ChildFailed, ChildSpec, Supervisor
+from ._trace import NO_TRACER, InitTrace, Tracer
 from ._wiring import wire
 
 __all__ = ["Session", "SessionMetrics", "SessionStatistics", "run_session"]
@@ -122,9 +124,12 @@ class Session:
         *,
         config: RuntimeConfig | None = None,
         session_id: str | None = None,
+        tracer: Tracer = NO_TRACER,
+        trace_context: Mapping[str, str] | None = None,
     ) -> None:
         self.id = session_id or secrets.token_hex(8)
         self.plan = plan
+        self._trace = tracer.session(self.id, plan.manifest.name, len(plan.nodes), trace_context or {})
         self._executors = executors
         self._config = config or RuntimeConfig()
         self._runners: dict[str, NodeRunner] = {}
@@ -147,7 +152,11 @@ class Session:
         self._error: SessionError | None = None
         self._signals = SignalRouter(plan.order, self._events)
         self._recovery = NodeRecovery(
-            self._events, self._metrics, lambda: self._supervisor.restart_counts, self._start_task
+            self._events,
+            self._metrics,
+            lambda: self._supervisor.restart_counts,
+            self._start_task,
+            observe=self._trace.event,
         )
         self._supervisor = Supervisor(
             plan.supervision,
@@ -448,6 +457,13 @@ class Session:
     async def _run_node(self, node_id: str, ports: NodePorts, task_status: trio.TaskStatus[None]) -> None:
         NODE_ID.set(node_id)  # log lines of this node's task (and what it starts) name the node
         plan = self.plan.nodes[node_id]
+        metrics = self._metrics[node_id]
+        init = self._trace.node_init(node_id, plan.node_type, plan.executor, metrics.restarts)
+
+        def failed(error: NodeError) -> None:  # the moment it is known (before any grace period)
+            init.failed(error)
+            self._supervisor.report_failure(node_id, error)
+
         host = NodeHost(
             node_id=node_id,
             node_type=plan.node_type,
@@ -456,17 +472,23 @@ class Session:
             executor=plan.executor,
             session_id=self.id,
             settings=self.plan.settings,
-            metrics=self._metrics[node_id],
+            metrics=metrics,
             emit_progress=self._on_progress,
-            on_failure=partial(self._supervisor.report_failure, node_id),
+            on_failure=failed,
             spec=plan.spec,
             on_signal_handled=partial(self._signals.handled, node_id),
             send_signal=self._signals.from_node,
+            trace=self._trace.frames(node_id),
         )
         self._recovery.hosts[node_id] = host
         ended = self._recovery.ended[node_id] = trio.Event()
         try:
-            await self._runners[plan.executor].run_node(host, ports, task_status=task_status)
+            await self._runners[plan.executor].run_node(
+                host, ports, task_status=_InitDone(task_status, init, metrics)
+            )
+        except BaseException as exc:
+            init.failed(exc)  # (ignored once the node was ready)
+            raise
         finally:
             ended.set()
 
@@ -547,6 +569,7 @@ class Session:
         self._events.close(self._error)
         self._ready.set()
         self._finished.set()
+        self._trace.end(session_outcome(self), self._error)
 
     def _end_input_soon(self) -> None:
         # The supervisor only reports READY from inside the session's nursery, and close() can
@@ -635,6 +658,19 @@ async def run_session(session: Session, *, wait_ready: bool = True) -> AsyncIter
         raise body_error
     if session.error is not None:
         raise session.error
+
+
+class _InitDone:
+    """A node's ``task_status``: its ``started()`` (the node is ready) also ends its init trace."""
+
+    def __init__(self, task_status: trio.TaskStatus[None], init: InitTrace, metrics: NodeMetrics) -> None:
+        self._task_status = task_status
+        self._init = init
+        self._metrics = metrics
+
+    def started(self, value: None = None) -> None:
+        self._init.ready(self._metrics.pid)
+        self._task_status.started()
 
 
 class _Countdown:

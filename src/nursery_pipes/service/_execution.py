@@ -14,6 +14,7 @@ import functools
 import importlib.metadata
 import os
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -105,10 +106,16 @@ def refusal(client_version: str, accepting: bool) -> Any | None:
 
 
 async def execute(
-    runtime: Runtime, request: Any, accepting: bool, *, max_message_bytes: int | None = None
+    runtime: Runtime,
+    request: Any,
+    accepting: bool,
+    *,
+    max_message_bytes: int | None = None,
+    trace_context: Mapping[str, str] | None = None,
 ) -> Any:
     """Serve one ExecutePipeline call. ``max_message_bytes`` bounds the reply (default: the
-    runtime's ``server.max_message_bytes``, the server's limit on requests)."""
+    runtime's ``server.max_message_bytes``, the server's limit on requests); ``trace_context``:
+    the call's W3C trace headers, which the session's trace continues."""
     denied = refusal(request.client_version, accepting)
     if denied is not None:
         return M.ExecuteResponse(error=denied)
@@ -125,7 +132,9 @@ async def execute(
         decode_ms = (time.perf_counter() - started) * 1000
         timeout = limits.max_timeout_ms / 1000 if limits.max_timeout_ms else None
         with trio.fail_after(timeout) if timeout else contextlib.nullcontext():
-            outputs, session = await _run_bounded(runtime, plan, inputs, _Budget(limits, reply_limit))
+            outputs, session = await _run_bounded(
+                runtime, plan, inputs, _Budget(limits, reply_limit), trace_context
+            )
         buffers = {sink: frames_to_buffer(sink, frames, M) for sink, frames in outputs.items()}
     except trio.TooSlowError:
         return M.ExecuteResponse(
@@ -193,12 +202,16 @@ def output_limit(nbytes: int, limits: Any, max_message_bytes: int) -> str | None
 
 
 async def _run_bounded(
-    runtime: Runtime, plan: SessionPlan, inputs: dict[str, Frame], budget: _Budget
+    runtime: Runtime,
+    plan: SessionPlan,
+    inputs: dict[str, Frame],
+    budget: _Budget,
+    trace_context: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, list[Frame]], Session]:
     """Run the session on ``inputs``, collecting each sink's frames until ``budget`` says stop."""
     outputs: dict[str, list[Frame]] = {sink: [] for sink in plan.sinks}
     stopped: NurseryPipesError | None = None
-    async with runtime.open_session(plan) as session:
+    async with runtime.open_session(plan, trace_context=trace_context) as session:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_feed, session, inputs)
             try:

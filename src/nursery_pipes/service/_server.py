@@ -208,12 +208,12 @@ class Server:
             )
             if request is None:
                 return
-            response = await trio_asyncio.trio_as_aio(self._execute_trio)(request)
+            response = await trio_asyncio.trio_as_aio(self._execute_trio)(request, trace_context(raw))
             await raw.send_message(response)
 
-    async def _execute_trio(self, request: Any) -> Any:
+    async def _execute_trio(self, request: Any, context: dict[str, str]) -> Any:
         async with self._tracked():
-            return await execute(self.runtime, request, self._accepting)
+            return await execute(self.runtime, request, self._accepting, trace_context=context)
 
     async def _stream(self, raw: Any) -> None:
         with self._counted():
@@ -224,11 +224,11 @@ class Server:
             stream = PumpedStream(raw, M.StreamRequest, self.config.server.max_message_bytes, self._codec)
             await _pumped(
                 stream,
-                trio_asyncio.trio_as_aio(self._stream_trio)(stream),
+                trio_asyncio.trio_as_aio(self._stream_trio)(stream, trace_context(raw)),
                 drain_timeout=self.config.server.stall_timeout_secs,
             )
 
-    async def _stream_trio(self, stream: PumpedStream) -> None:
+    async def _stream_trio(self, stream: PumpedStream, context: dict[str, str]) -> None:
         try:
             async with self._tracked():
                 settings = StreamSettings(
@@ -236,7 +236,9 @@ class Server:
                     stall_timeout_secs=self.config.server.stall_timeout_secs,
                     observe_chunk_latency=self._metrics.chunk_latency.observe if self._metrics else None,
                 )
-                await handle_stream(stream, self.runtime, settings, lambda: self._accepting)
+                await handle_stream(
+                    stream, self.runtime, settings, lambda: self._accepting, trace_context=context
+                )
         except BaseExceptionGroup as group:
             # A GRPCError raised by a task of the stream's nurseries (undecodable or oversized
             # message, a client that stopped reading) arrives wrapped; grpclib only turns a bare
@@ -311,6 +313,16 @@ async def _pumped(stream: PumpedStream, body: Any, *, drain_timeout: float) -> N
             if not task.done():
                 task.cancel()
         await asyncio.gather(work, writer, reader, return_exceptions=True)
+
+
+TRACE_HEADERS = ("traceparent", "tracestate")
+"""The W3C trace context headers a call's session trace continues (docs/design.md §4, "Traces")."""
+
+
+def trace_context(raw: Any) -> dict[str, str]:
+    """The call's trace context from its metadata, as carrier headers (empty: none sent)."""
+    metadata = raw.metadata
+    return {name: str(metadata[name]) for name in TRACE_HEADERS if name in metadata}
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,9 +110,15 @@ class _State:
 
 
 async def handle_stream(
-    stream: PumpedStream, runtime: Runtime, settings: StreamSettings, accepting: Any
+    stream: PumpedStream,
+    runtime: Runtime,
+    settings: StreamSettings,
+    accepting: Any,
+    *,
+    trace_context: Mapping[str, str] | None = None,
 ) -> None:
-    """Serve one StreamPipeline call (runs as a trio task)."""
+    """Serve one StreamPipeline call (runs as a trio task). ``trace_context``: the call's W3C
+    trace headers, which the session's trace continues."""
     first = await stream.recv()
     if first is None:
         return
@@ -148,7 +154,7 @@ async def handle_stream(
         observe_latency=settings.observe_chunk_latency,
     )
     with trio.move_on_after(timeout) as deadline:
-        await _run(stream, runtime, plan, initial, settings, state)
+        await _run(stream, runtime, plan, initial, settings, state, trace_context)
     if deadline.cancelled_caught:
         await stream.send(
             M.StreamResponse(
@@ -168,13 +174,14 @@ async def _run(
     initial: dict[str, Any],
     settings: StreamSettings,
     state: _State,
+    trace_context: Mapping[str, str] | None,
 ) -> None:
     # Small: with the session's own bounded queues this bounds what a client that stops
     # reading can make the server hold.
     send_channel, receive_channel = trio.open_memory_channel[Any](8)
     try:
         async with (
-            runtime.open_session(plan, wait_ready=False) as session,
+            runtime.open_session(plan, wait_ready=False, trace_context=trace_context) as session,
             trio.open_nursery() as nursery,
         ):
             # The sender outlives the other two: it ends once every response is written.

@@ -3,7 +3,8 @@
 Each event is one slot whose metadata blob is a small JSON object with a
 ``type`` field; the payload is empty. Progress, ready, failed and done are
 sent blocking (they must arrive); stats are cumulative, so a stats event that
-finds the ring full is simply skipped.
+finds the ring full is simply skipped. So are log records and the timings of
+sampled frames (``frame``, for tracing): they must never hold a node up.
 """
 
 from __future__ import annotations
@@ -53,6 +54,23 @@ class EventSender:
         """A log record for the supervisor's log; False if dropped (the events ring is full)."""
         return self._send(
             {"type": "log", "message": message, "level": level, "logger": logger}, required=False
+        )
+
+    def frame(
+        self, seq: int, start_ns: int, end_ns: int, bytes_in: int, bytes_out: int, error: str = ""
+    ) -> bool:
+        """A sampled frame's processing (wall-clock ns, for a tracing span); False if dropped."""
+        return self._send(
+            {
+                "type": "frame",
+                "seq": seq,
+                "start_ns": start_ns,
+                "end_ns": end_ns,
+                "bytes_in": bytes_in,
+                "bytes_out": bytes_out,
+                "error": error,
+            },
+            required=False,
         )
 
     def failed(self, phase: str, exc: BaseException) -> None:

@@ -72,6 +72,7 @@ from ..nodes._calls import iter_outputs
 from ..nodes._registry import load_ref
 from ..nodes._signals import FLUSH, Signal
 from ._events import EventSender
+from ._sampling import sampled
 from ._watchdog import arm_watchdog
 
 __all__ = ["WorkerJob", "retire_after_node", "run_node", "warm_up"]
@@ -107,6 +108,9 @@ class WorkerJob:
     """Records at this level and above, from any logger in the worker, go to the supervisor."""
     control: RingSpec | None = None
     """Control signals from the supervisor, taken ahead of the inputs (see :meth:`_Runner._signals`)."""
+    trace_threshold: int = 0
+    """Frames whose input sequence passes ``sampled(seq, trace_threshold)`` are timed and sent
+    to the supervisor as ``frame`` events (its tracing makes the spans); 0: none."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -307,6 +311,7 @@ class _Runner:
 
     def _loop(self, node: Node[Any]) -> None:
         self.accepts = type(node).accepts
+        threshold = self.job.trace_threshold
         active = self.active = list(self.inputs)  # an input a predecessor read to its end is ended
         single = len(active) == 1
         control = self.control
@@ -329,7 +334,10 @@ class _Runner:
                 # and the supervisor's repair of the ring reports this frame as dropped
                 # (ipc/_repair.py). Copied or not, the frame is held until then.
                 began = time.perf_counter()
-                writing, view = self._process(node, received)
+                if threshold and sampled(received.header.seq, threshold):
+                    writing, view = self._process_traced(node, received)
+                else:
+                    writing, view = self._process(node, received)
                 if view is not None and view() is not None and _still_held(view):
                     raise KeptInputError(self.job.node_type)  # the slot stays taken: never reused
                 if self._lent:
@@ -406,6 +414,41 @@ class _Runner:
         except _SignalAbort:  # dropped by a signal (reported): the frame is done with
             self._abandon_loan()
             return 0.0, view
+
+    def _process_traced(self, node: Node[Any], received: Received) -> tuple[float, weakref.ref[Any] | None]:
+        """:meth:`_process` of a sampled frame, timed for the supervisor's tracing: from taking
+        the frame to its last output written, or to the error that fails the node."""
+        stats, started = self.stats, time.time_ns()
+        counted = stats["bytes_in"], stats["bytes_out"]
+        try:
+            result = self._process(node, received)
+        except RingAbortedError:
+            raise  # stopped on request: the frame never finished, and nothing failed
+        except BaseException as exc:
+            self._frame_event(received.header.seq, started, counted, exc)
+            raise
+        self._frame_event(received.header.seq, started, counted, None)
+        return result
+
+    def _frame_event(
+        self, seq: int, started: int, counted: tuple[int, int], error: BaseException | None
+    ) -> None:
+        message = (
+            ""
+            if error is None
+            else f"{type(error).__name__}: {error}"
+            if str(error)
+            else type(error).__name__
+        )
+        stats = self.stats
+        self.events.frame(
+            seq,
+            started,
+            time.time_ns(),
+            stats["bytes_in"] - counted[0],
+            stats["bytes_out"] - counted[1],
+            message,
+        )
 
     def _emit_all(self, hook: Any, phase: str, *args: Any) -> None:
         """Call a hook and write each output as it comes; time the node's work, not the writes."""
