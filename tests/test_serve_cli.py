@@ -77,6 +77,11 @@ async def test_serve_announces_serves_and_drains_on_sigterm() -> None:
             compatible, shouted = await trio_asyncio.aio_as_trio(use)()
         assert compatible
         assert shouted == "HELLO!"
+        healthy = await nursery_pipes("health", "--server", server.address)
+        assert (healthy.returncode, healthy.stdout.decode().strip()) == (0, f"{server.address}: SERVING")
+        unknown = await nursery_pipes("health", "--server", server.address, "--service", "no.Such")
+        assert unknown.returncode == 1
+        assert "NOT_FOUND" in unknown.stderr.decode()
 
         server.process.send_signal(signal.SIGTERM)
         with trio.fail_after(20):
@@ -131,6 +136,9 @@ async def test_second_signal_stops_at_once() -> None:
             await server.read_until("SIGTERM: draining")
             with pytest.raises(ConnectionRefusedError):  # draining: new connections must go elsewhere
                 await trio_asyncio.aio_as_trio(health_status)(server.port)
+            unhealthy = await nursery_pipes("health", "--server", server.address)
+            assert unhealthy.returncode == 1
+            assert "unreachable" in unhealthy.stderr.decode()
             assert server.process.returncode is None  # still draining: the stream runs
 
             began = trio.current_time()
