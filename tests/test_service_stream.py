@@ -431,6 +431,31 @@ async def test_cancel_drops_the_session_and_its_workers(served: Served) -> None:
     await still_streaming(served)
 
 
+async def test_client_cancel_after_close_resets_the_call_and_drops_the_session(served: Served) -> None:
+    """The library's Client ends its request stream on close(): a cancel() after that cannot send
+    CANCEL, so it resets the call — the session ends the same way, workers and all."""
+    doc = manifest(
+        [("src", "PassThrough", {}), ("slow", "SleepNode", {"process_seconds": 30})],
+        [("src", "slow")],
+        executors={"src": "inprocess", "slow": "multiprocess"},
+    )
+
+    async def scenario() -> str:
+        async with served.client() as client:
+            with contextlib.suppress(StreamTerminatedError, GRPCError):
+                async with client.stream(doc) as stream:
+                    await stream.send("src", TextFrame(text="x"))
+                    await stream.close()  # the flush waits for the node's 30 s ...
+                    await stream.cancel()  # ... unless the client gives up
+            return stream.session_id
+
+    began = trio.current_time()
+    session_id = await served.aio(scenario)
+    await wait_no_session_processes(session_id, within=5.0)
+    assert trio.current_time() - began < 10  # not the node's 30 s
+    await still_streaming(served)
+
+
 async def test_half_close_flushes_and_cancel_drops(served: Served) -> None:
     """The chunker holds every sample until flush. A client that half-closes has sent everything:
     the flushed chunk must reach it before StreamClosed. After CANCEL it must not."""
