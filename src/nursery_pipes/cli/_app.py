@@ -328,6 +328,25 @@ def serve(
     raise typer.Exit(_guard(lambda: run_server(config, flags, _announce)))
 
 
+@app.command()
+def health(
+    server: Annotated[
+        str, typer.Option("--server", "-s", help="HOST:PORT of the server to ask.")
+    ] = "127.0.0.1:50051",
+    service: Annotated[str, typer.Option(help="Service to ask about ('' = the server as a whole).")] = "",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.", min=0.1)] = 3.0,
+) -> None:
+    """gRPC health check (grpc.health.v1): exit 0 if the server is SERVING, else 1.
+
+    A draining server answers NOT_SERVING on connections it already had, and refuses new ones:
+    either way this exits 1. For container HEALTHCHECKs and scripts."""
+    from ._health import check_health
+
+    serving, text = _guard(lambda: check_health(server, service, timeout))
+    (out if serving else console).print(escape(text), highlight=False)
+    raise typer.Exit(0 if serving else 1)
+
+
 def _announce(message: str) -> None:
     console.print(f"[bold]nursery-pipes:[/] {escape(message)}", highlight=False)
     console.file.flush()

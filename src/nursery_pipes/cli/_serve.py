@@ -279,11 +279,11 @@ async def _watch_signals(serving: _Serving, scope: trio.CancelScope, announce: A
                 if server is None:
                     announce(f"{name}: stopping (the service is between restarts)")
                     continue
+                server.drain()  # first: once the line below is out, new connections are refused
                 announce(
                     f"{name}: draining — no new sessions, running ones get "
                     f"{server.config.server.drain_timeout_secs:g} s"
                 )
-                server.drain()
             else:
                 announce(f"{name} again: stopping now")
                 scope.cancel()

@@ -373,12 +373,23 @@ class RemoteStream:
         return self._seq
 
     async def close(self) -> None:
-        """End of input: the server flushes the pipeline, then sends StreamClosed."""
+        """End of input: the server flushes the pipeline, then sends StreamClosed.
+
+        The request stream ends here too (HTTP/2 half-close): a proxy such as nginx that sees
+        the response end before the request resets the stream, which grpclib reports as
+        StreamTerminatedError even when every response has arrived."""
         await self._stream.send_message(
-            pb.StreamRequest(control=pb.StreamControl(command=pb.StreamControlCommand.COMMAND_CLOSE))
+            pb.StreamRequest(control=pb.StreamControl(command=pb.StreamControlCommand.COMMAND_CLOSE)),
+            end=True,
         )
+        self._ended = True
 
     async def cancel(self) -> None:
+        """Drop the session: CANCEL, or — once :meth:`close` ended the request stream — a reset
+        of the call, which ends the session the same way."""
+        if self._ended:
+            await self._stream.cancel()
+            return
         await self._stream.send_message(
             pb.StreamRequest(control=pb.StreamControl(command=pb.StreamControlCommand.COMMAND_CANCEL))
         )

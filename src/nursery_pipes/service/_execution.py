@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import trio
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 
 from .._errors import InputError, NurseryPipesError, ResourceLimitError, SessionError
 from .._proto.remotemedia import v1 as pb
@@ -32,6 +34,7 @@ from ._events import supervision_to_proto
 from ._metrics import metrics_to_proto
 
 __all__ = [
+    "DRAINING",
     "PROTOCOL_VERSION",
     "build_timestamp",
     "check_request_limits",
@@ -39,6 +42,7 @@ __all__ = [
     "execute",
     "output_limit",
     "refusal",
+    "refuse_if_draining",
     "version",
 ]
 
@@ -92,16 +96,22 @@ def version(runtime: Runtime, request: Any) -> Any:
     )
 
 
-def refusal(client_version: str, accepting: bool) -> Any | None:
-    """The ErrorResponse that turns a new session away (an incompatible client, a draining
-    server), or None."""
+DRAINING = "server is draining: it takes no new sessions (running ones finish); retry on another replica"
+
+
+def refuse_if_draining(accepting: bool) -> None:
+    """End a new call on a draining server with UNAVAILABLE: the status gRPC clients, their retry
+    policies and proxies read as "not processed, try another server" (an ErrorResponse would read
+    as the request's own fault, and no client retries it)."""
+    if not accepting:
+        raise GRPCError(Status.UNAVAILABLE, DRAINING)
+
+
+def refusal(client_version: str) -> Any | None:
+    """The ErrorResponse that turns a new session away (an incompatible client), or None."""
     ok, why = compatible(client_version)
     if not ok:
         return M.ErrorResponse(error_type=pb.ErrorType.VERSION_MISMATCH, message=why)
-    if not accepting:
-        return M.ErrorResponse(
-            error_type=pb.ErrorType.RESOURCE_LIMIT, message="server is shutting down; no new sessions"
-        )
     return None
 
 
@@ -116,7 +126,8 @@ async def execute(
     """Serve one ExecutePipeline call. ``max_message_bytes`` bounds the reply (default: the
     runtime's ``server.max_message_bytes``, the server's limit on requests); ``trace_context``:
     the call's W3C trace headers, which the session's trace continues."""
-    denied = refusal(request.client_version, accepting)
+    refuse_if_draining(accepting)
+    denied = refusal(request.client_version)
     if denied is not None:
         return M.ExecuteResponse(error=denied)
     started = time.perf_counter()

@@ -72,7 +72,7 @@ from ..wire._messages import UPB as M
 from ..wire._messages import has, which
 from ._bridge import PumpedStream
 from ._events import supervision_to_proto
-from ._execution import check_request_limits, output_limit, refusal
+from ._execution import check_request_limits, output_limit, refusal, refuse_if_draining
 from ._metrics import metrics_to_proto, rss_bytes
 
 __all__ = ["StreamSettings", "handle_stream"]
@@ -132,7 +132,8 @@ async def handle_stream(
         )
         await stream.send(M.StreamResponse(error=error))
         return
-    denied = refusal(init.client_version, accepting())  # as ExecutePipeline does
+    refuse_if_draining(accepting())  # as ExecutePipeline does
+    denied = refusal(init.client_version)
     if denied is not None:
         await stream.send(M.StreamResponse(error=denied))
         return
