@@ -151,3 +151,42 @@ async def test_bad_signals_are_input_errors_naming_what() -> None:
         with pytest.raises(InputError, match="signal name 'Loud!' must be a lower-case word"):
             session.signal("Loud!")
         session.cancel()
+
+
+async def test_a_grpc_client_interrupts_and_sees_what_each_node_dropped() -> None:
+    from service_fixtures import serving
+
+    from nursery_pipes.client import ChunkOutput, StreamEvent
+
+    doc = manifest("multiprocess")
+
+    async def run(stream_events: list[Any], address: str) -> None:
+        from nursery_pipes.client import Client
+
+        async with Client(address) as client, client.stream(doc) as stream:
+            for n in range(1, 6):
+                await stream.send("slow", TextFrame(text=f"f{n}"))
+            await stream.signal("interrupt", to=["slow"], payload={"why": "barge-in"})
+            await stream.signal("interrupt", to=["nobody"])  # refused, the stream goes on
+            async for event in stream:
+                stream_events.append(event)
+                if isinstance(event, StreamEvent) and event.kind == "signal_handled":
+                    break
+            await stream.send("slow", TextFrame(text="after"))
+            await stream.close()
+            stream_events.extend([e async for e in stream])
+
+    events: list[Any] = []
+    async with serving() as served:
+        await served.aio(run, events, served.address)
+    handled = [e.message for e in events if isinstance(e, StreamEvent) and e.kind == "signal_handled"]
+    assert [(h.node_id, h.name, h.origin) for h in handled] == [("slow", "interrupt", "client")]
+    rejected = [e.message for e in events if isinstance(e, StreamEvent) and e.kind == "rejected"]
+    assert any("signal 'interrupt' not sent" in r.message and "'nobody'" in r.message for r in rejected)
+    outputs = [(e.sequence, e.frame.text) for e in events if isinstance(e, ChunkOutput)]
+    given_up = set(handled[0].dropped_sequences) | (
+        {handled[0].aborted_sequence} if handled[0].aborted_sequence is not None else set()
+    )
+    assert handled[0].dropped_sequences
+    assert given_up | {s for s, _ in outputs if s != 6} == {1, 2, 3, 4, 5}
+    assert (6, "after") in outputs

@@ -20,6 +20,7 @@ Example (asyncio)::
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import ssl
 import sys
@@ -383,6 +384,18 @@ class RemoteStream:
             end=True,
         )
         self._ended = True
+
+    async def signal(
+        self, name: str, *, to: Sequence[str] | None = None, payload: Mapping[str, Any] | None = None
+    ) -> None:
+        """Send control signal ``name`` to the nodes ``to`` (None: every node), ahead of the
+        frames queued for them (a nursery_pipes extension). Each target answers with a
+        ``StreamEvent("signal_handled", SignalHandled)`` naming what it dropped; a bad name or
+        node comes back as a ``rejected`` event."""
+        request = pb.SignalRequest(
+            name=name, node_ids=list(to or ()), payload_json=json.dumps(dict(payload)) if payload else ""
+        )
+        await self._stream.send_message(pb.StreamRequest(signal=request))
 
     async def cancel(self) -> None:
         """Drop the session: CANCEL, or — once :meth:`close` ended the request stream — a reset

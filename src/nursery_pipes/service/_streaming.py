@@ -37,6 +37,7 @@ session is ready: it then flushes and closes as usual. CANCEL acts at once.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import OrderedDict
@@ -64,6 +65,7 @@ from ..runtime import (
     Runtime,
     Session,
     SessionState,
+    SignalHandled,
     StateChanged,
 )
 from ..runtime._plan import check_input_kind, check_input_target
@@ -221,6 +223,17 @@ async def _outbound(
 def _response_for(event: Any, session: Session, state: _State, settings: StreamSettings) -> Any | None:
     if isinstance(event, (NodeFailed, NodeRestarted, FramesDropped)):
         return M.StreamResponse(supervision=supervision_to_proto(event, M))
+    if isinstance(event, SignalHandled):
+        handled = M.SignalHandled(
+            node_id=event.node_id,
+            name=event.name,
+            signal_id=event.signal_id,
+            origin=event.origin,
+            dropped_sequences=list(event.dropped),
+        )
+        if event.aborted is not None:
+            handled.aborted_sequence = event.aborted
+        return M.StreamResponse(signal_handled=handled)
     if isinstance(event, NodeProgress):
         return M.StreamResponse(
             progress=M.InitProgress(
@@ -394,6 +407,11 @@ async def _inbound(
             if kind == "control":
                 await out.send(_unknown_command(value.command))
                 continue
+            if kind == "signal":
+                error = _signal(value, session)
+                if error is not None:
+                    await out.send(error)
+                continue
             error = await _data(kind, value, session, state, closed)
             if error is not None:
                 await out.send(error)
@@ -405,6 +423,24 @@ async def _close_when_ready(session: Session, state: _State) -> None:
     Cancelled with the inbound side if the session fails first."""
     await state.ready.wait()
     await session.close()
+
+
+def _signal(request: Any, session: Session) -> Any | None:
+    """Hand a SignalRequest to the session; the rejection to send for a bad one."""
+    what = f"signal {request.name!r} not sent"
+    try:
+        payload = json.loads(request.payload_json) if request.payload_json else {}
+        if not isinstance(payload, dict):
+            raise InputError(f"payload_json must be a JSON object, not {type(payload).__name__}")
+        session.signal(request.name, to=list(request.node_ids) or None, payload=payload)
+    except ValueError as exc:  # (json.JSONDecodeError included)
+        error = M.ErrorResponse(error_type=pb.ErrorType.VALIDATION, message=f"payload_json: {exc}")
+        return _rejected(what, error)
+    except InputError as exc:
+        return _rejected(what, error_response(exc, M))
+    except SessionError:
+        return None  # the session is ending; outbound reports why
+    return None
 
 
 def _unknown_command(command: int) -> Any:
