@@ -190,3 +190,17 @@ async def test_a_grpc_client_interrupts_and_sees_what_each_node_dropped() -> Non
     assert handled[0].dropped_sequences
     assert given_up | {s for s, _ in outputs if s != 6} == {1, 2, 3, 4, 5}
     assert (6, "after") in outputs
+
+
+async def test_the_readme_example_runs() -> None:
+    """README "Control signals": the interrupt overtakes the queued reply."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Control signals: interrupt what is queued", 1)[1]
+    code = section.split("```python", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    [handled] = await namespace["main"]()
+    assert (handled.node_id, handled.name) == ("tts", "interrupt")
+    assert handled.dropped or handled.aborted is not None  # the second reply never got out
