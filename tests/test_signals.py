@@ -204,3 +204,54 @@ async def test_the_readme_example_runs() -> None:
     [handled] = await namespace["main"]()
     assert (handled.node_id, handled.name) == ("tts", "interrupt")
     assert handled.dropped or handled.aborted is not None  # the second reply never got out
+
+
+async def test_the_cli_sends_signals_locally_and_through_a_server(tmp_path: Any) -> None:
+    """``nursery-pipes run --signal 5:interrupt@slow``: after the 5th input the slow node is
+    interrupted; the JSON summary says what it dropped — run here and through ``serve``."""
+    import json
+    import sys
+
+    from service_fixtures import serve_process
+
+    doc = tmp_path / "slow.json"
+    doc.write_text(json.dumps(manifest("multiprocess")), encoding="utf-8")
+    lines = tmp_path / "in.jsonl"
+    lines.write_text("".join(f'{{"n": {n}}}\n' for n in range(1, 7)), encoding="utf-8")
+    config = tmp_path / "runtime.toml"
+    config.write_text("[nodes]\ntesting = true\n", encoding="utf-8")
+
+    async def cli(*args: str) -> Any:
+        with trio.fail_after(60):
+            return await trio.run_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "nursery_pipes",
+                    "run",
+                    str(doc),
+                    "-i",
+                    f"slow={lines}",
+                    "--json",
+                    *args,
+                ],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+
+    bad = await cli("--config", str(config), "--signal", "9:interrupt@slow")
+    assert bad.returncode == 2
+    assert "--signal: after 9 input frames, but there are only 6" in bad.stderr.decode()
+    runs = [await cli("--config", str(config), "--signal", "6:interrupt@slow")]
+    async with serve_process() as server:
+        runs.append(await cli("--server", server.address, "--signal", "6:interrupt@slow"))
+    for done in runs:
+        assert done.returncode == 0, done.stderr.decode()
+        summary = json.loads(done.stdout)
+        [handled] = summary["signals"]
+        assert (handled["node"], handled["signal"]) == ("slow", "interrupt")
+        assert handled["dropped"], summary  # 0.3 s a frame: frames were still queued
+        delivered = len(summary["outputs"].get("slow", []))
+        lost = len(handled["dropped"]) + (handled["aborted"] is not None)
+        assert delivered + lost == 6

@@ -216,6 +216,15 @@ def run(
         str | None,
         typer.Option(help="Environment variable holding the server's bearer token (with --server)."),
     ] = None,
+    signals: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--signal",
+            help="AFTER:NAME[@NODE,...]: once AFTER input frames are sent, send control signal NAME "
+            "(interrupt, cancel_turn, flush, ...) to those nodes (all if none), ahead of their queued "
+            "frames. Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Run a manifest on input files (locally, or on a server with --server) and print the sink outputs."""
     if server is not None:
@@ -235,6 +244,7 @@ def run(
                     console=console,
                     out=out,
                     guard=_guard,
+                    signal_specs=signals or [],
                 ),
                 as_json=as_json,
             )
@@ -252,6 +262,7 @@ def run(
         console=console,
         out=out,
         guard=_guard,
+        signal_specs=signals or [],
     )
     raise typer.Exit(code)
 

@@ -25,6 +25,33 @@ class InputSpec:
     path: Path
 
 
+@dataclass(frozen=True)
+class SignalSpec:
+    """``--signal AFTER:NAME[@NODE,...]``: send NAME to those nodes (all: none given) once
+    AFTER input frames have been sent (0: before the first)."""
+
+    after: int
+    name: str
+    to: tuple[str, ...] | None
+
+
+def parse_signal_spec(text: str) -> SignalSpec:
+    after, colon, rest = text.partition(":")
+    name, at, nodes = rest.partition("@")
+    to = tuple(n for n in nodes.split(",") if n) if at else None
+    if not colon or not after.isdigit() or not name or (at and not to):
+        raise InputError(
+            f"--signal {text!r}: expected AFTER:NAME[@NODE,...], e.g. 3:interrupt@tts "
+            "(after the 3rd input frame, send interrupt to node tts)"
+        )
+    return SignalSpec(int(after), name, to)
+
+
+def signals_due(specs: Sequence[SignalSpec], sent: int) -> list[SignalSpec]:
+    """The signals to send once ``sent`` input frames are out."""
+    return [spec for spec in specs if spec.after == sent]
+
+
 def parse_input_spec(text: str) -> InputSpec:
     """``NODE=FILE`` → InputSpec; a clear error otherwise."""
     node, sep, path = text.partition("=")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,16 @@ from rich.table import Table
 from .._errors import ManifestError, NurseryPipesError, SessionError
 from ..frames import Frame
 from . import _supervision
-from ._files import describe_frames, frame_summary, parse_input_spec, read_input, write_outputs
+from ._files import (
+    SignalSpec,
+    describe_frames,
+    frame_summary,
+    parse_input_spec,
+    read_input,
+    signals_due,
+    write_outputs,
+)
+from ._run import check_signal_specs
 
 __all__ = ["RemoteRun", "run_remote"]
 
@@ -40,6 +49,8 @@ class RemoteRun:
     """What the server refused while the session went on (an input chunk, an oversized output)."""
     supervision: list[dict[str, Any]] = field(default_factory=list)
     """What the server's supervision did (node failures it survived, restarts, dropped inputs)."""
+    signals: list[dict[str, Any]] = field(default_factory=list)
+    """What each node did with the control signals sent (``--signal``)."""
 
 
 async def stream_job(
@@ -51,6 +62,7 @@ async def stream_job(
     console: Console,
     show_progress: bool,
     pace_s: float = 0.0,
+    signals: Sequence[SignalSpec] = (),
 ) -> RemoteRun:
     """Stream inputs through a server session; collect outputs, latencies and final metrics.
 
@@ -77,10 +89,14 @@ async def stream_job(
 
                 async def feed() -> None:
                     run.started = time.monotonic()
+                    for spec in signals_due(signals, 0):
+                        await stream.signal(spec.name, to=spec.to)
                     for i, (node_id, frame) in enumerate(inputs):
                         if pace_s:
                             await asyncio.sleep(max(0.0, run.started + i * pace_s - time.monotonic()))
                         await stream.send(node_id, frame)
+                        for spec in signals_due(signals, i + 1):
+                            await stream.signal(spec.name, to=spec.to)
                     await stream.close()
 
                 began = time.monotonic()
@@ -96,6 +112,20 @@ async def stream_job(
                             run.supervision.append(record)
                             if show_progress:
                                 _supervision.show(record, console)
+                        elif isinstance(event, StreamEvent) and event.kind == "signal_handled":
+                            h = event.message
+                            aborted = h.aborted_sequence  # (None when unset: a proto3 optional)
+                            run.signals.append(
+                                _supervision.signal_record(
+                                    h.node_id, h.name, list(h.dropped_sequences), aborted
+                                )
+                            )
+                            if show_progress:
+                                console.print(
+                                    _supervision.signal_line(
+                                        h.node_id, h.name, list(h.dropped_sequences), aborted
+                                    )
+                                )
                         elif isinstance(event, StreamEvent) and event.kind == "rejected":
                             run.rejected.append(event.message.message)
                             console.print(
@@ -127,21 +157,25 @@ def run_remote(
     console: Console,
     out: Console,
     guard: Callable[..., Any],
+    signal_specs: Sequence[str] = (),
 ) -> int:
     from ..client._client import load_manifest
 
-    def prepare() -> tuple[dict[str, Any], list[tuple[str, Frame]]]:
+    def prepare() -> tuple[dict[str, Any], list[tuple[str, Frame]], list[SignalSpec]]:
         doc = load_manifest(manifest)
         inputs: list[tuple[str, Frame]] = []
         for text in input_specs:
             spec = parse_input_spec(text)
             inputs.extend((spec.node_id, frame) for frame in read_input(spec, chunk_ms=chunk_ms))
-        return doc, inputs
+        nodes = [str(n.get("id")) for n in doc.get("nodes", []) if isinstance(n, dict)]
+        return doc, inputs, check_signal_specs(signal_specs, nodes, len(inputs))
 
-    doc, inputs = guard(prepare, as_json=as_json)
+    doc, inputs, signals = guard(prepare, as_json=as_json)
     try:
         run = asyncio.run(
-            stream_job(address, doc, inputs, token=token, console=console, show_progress=not as_json)
+            stream_job(
+                address, doc, inputs, token=token, console=console, show_progress=not as_json, signals=signals
+            )
         )
     except ManifestError:
         raise
@@ -188,6 +222,7 @@ def _summary(run: RemoteRun, written: list[Path]) -> dict[str, Any]:
         "latency_ms": _latency(run.latencies_ms),
         "rejected": run.rejected,
         "supervision": run.supervision,
+        "signals": run.signals,
         "metrics": json.loads(run.final_metrics.to_json()) if run.final_metrics is not None else None,
     }
 

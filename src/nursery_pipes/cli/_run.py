@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +12,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from .._errors import NurseryPipesError, SessionError
+from .._errors import InputError, NurseryPipesError, SessionError
 from ..frames import Frame
+from ..nodes._signals import signal_name_problem
 from ..runtime import (
     FramesDropped,
     NodeFailed,
@@ -24,10 +25,20 @@ from ..runtime import (
     Session,
     SessionMetrics,
     SessionState,
+    SignalHandled,
     StateChanged,
 )
 from . import _supervision
-from ._files import describe_frames, frame_summary, parse_input_spec, read_input, write_outputs
+from ._files import (
+    SignalSpec,
+    describe_frames,
+    frame_summary,
+    parse_input_spec,
+    parse_signal_spec,
+    read_input,
+    signals_due,
+    write_outputs,
+)
 from ._serve import sole_leaf
 
 __all__ = ["run_local"]
@@ -45,8 +56,9 @@ def run_local(
     console: Console,
     out: Console,
     guard: Callable[..., Any],
+    signal_specs: Sequence[str] = (),
 ) -> int:
-    def prepare() -> tuple[Runtime, Any, dict[str, list[Frame]]]:
+    def prepare() -> tuple[Runtime, Any, dict[str, list[Frame]], list[SignalSpec]]:
         runtime = runtime_factory()
         plan = runtime.plan(manifest)
         inputs: dict[str, list[Frame]] = {}
@@ -56,10 +68,13 @@ def run_local(
 
             check_input_target(plan, spec.node_id)
             inputs.setdefault(spec.node_id, []).extend(read_input(spec, chunk_ms=chunk_ms))
-        return runtime, plan, inputs
+        total = sum(len(frames) for frames in inputs.values())
+        signals = check_signal_specs(signal_specs, list(plan.nodes), total)
+        return runtime, plan, inputs, signals
 
-    runtime, plan, inputs = guard(prepare, as_json=as_json)
+    runtime, plan, inputs, signals = guard(prepare, as_json=as_json)
     collected: dict[str, list[Frame]] = {sink: [] for sink in plan.sinks}
+    handled: list[SignalHandled] = []
     state: dict[str, Any] = {}
 
     async def main() -> None:
@@ -68,8 +83,8 @@ def run_local(
             error: BaseException | None = None
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_feed, session, inputs)
-                    await _consume(session, collected, console, show_progress=not as_json)
+                    nursery.start_soon(_feed, session, inputs, signals)
+                    await _consume(session, collected, console, show_progress=not as_json, handled=handled)
             except BaseExceptionGroup as group:
                 # The nursery wraps the session's error: report that error, not a group traceback.
                 leaf = sole_leaf(group)
@@ -90,24 +105,54 @@ def run_local(
     metrics = session.metrics()
     written = write_outputs(collected, output_dir) if output_dir else []
     if as_json:
-        out.print_json(data=_summary(session, collected, metrics, written))
+        summary = _summary(session, collected, metrics, written)
+        summary["signals"] = [
+            _supervision.signal_record(h.node_id, h.name, h.dropped, h.aborted) for h in handled
+        ]
+        out.print_json(data=summary)
     else:
         _print_summary(session, collected, metrics, written, out)
     return 0
 
 
-async def _feed(session: Session, inputs: dict[str, list[Frame]]) -> None:
+async def _feed(session: Session, inputs: dict[str, list[Frame]], signals: Sequence[SignalSpec] = ()) -> None:
     try:
+        sent = 0
+        for spec in signals_due(signals, sent):
+            session.signal(spec.name, to=spec.to)
         for node_id, frames in inputs.items():
             for frame in frames:
                 await session.send(node_id, frame)
+                sent += 1
+                for spec in signals_due(signals, sent):
+                    session.signal(spec.name, to=spec.to)
         await session.close()
     except SessionError:
         pass  # reported by the consumer
 
 
+def check_signal_specs(texts: Sequence[str], nodes: Sequence[str], inputs: int) -> list[SignalSpec]:
+    """Parse ``--signal`` options; an InputError names a bad one (before anything runs)."""
+    specs = [parse_signal_spec(text) for text in texts]
+    for spec in specs:
+        problem = signal_name_problem(spec.name)
+        if problem:
+            raise InputError(f"--signal: {problem}")
+        unknown = [n for n in spec.to or () if n not in nodes]
+        if unknown:
+            raise InputError(f"--signal: no node {unknown[0]!r} in this pipeline (nodes: {', '.join(nodes)})")
+        if spec.after > inputs:
+            raise InputError(f"--signal: after {spec.after} input frames, but there are only {inputs}")
+    return specs
+
+
 async def _consume(
-    session: Session, collected: dict[str, list[Frame]], console: Console, *, show_progress: bool
+    session: Session,
+    collected: dict[str, list[Frame]],
+    console: Console,
+    *,
+    show_progress: bool,
+    handled: list[SignalHandled],
 ) -> None:
     progress = Progress(
         TextColumn("{task.description}"),
@@ -135,6 +180,12 @@ async def _consume(
                     collected[event.node_id].append(event.frame)
                 elif isinstance(event, (NodeFailed, NodeRestarted, FramesDropped)) and show_progress:
                     _supervision.show(_supervision.from_event(event), console)
+                elif isinstance(event, SignalHandled):
+                    handled.append(event)
+                    if show_progress:
+                        console.print(
+                            _supervision.signal_line(event.node_id, event.name, event.dropped, event.aborted)
+                        )
         finally:
             progress.stop()
 

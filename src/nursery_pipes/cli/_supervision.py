@@ -66,3 +66,15 @@ def show(record: Record, console: Console) -> None:
     else:
         line = f"[yellow]{kind}:[/] {escape(record['message'])}"
     console.print(line, highlight=False)
+
+
+def signal_record(node_id: str, name: str, dropped: Sequence[int], aborted: int | None) -> Record:
+    """What one node did with a control signal, as the JSON summary shows it."""
+    return {"node": node_id, "signal": name, "dropped": list(dropped), "aborted": aborted}
+
+
+def signal_line(node_id: str, name: str, dropped: Sequence[int], aborted: int | None) -> str:
+    """What one node did with a control signal, for people."""
+    lost = [*([aborted] if aborted is not None else []), *dropped]
+    what = f"gave up inputs {', '.join(map(str, lost))}" if lost else "dropped nothing"
+    return f"[cyan]signal[/] {escape(name)} → node {escape(node_id)}: {what}"
