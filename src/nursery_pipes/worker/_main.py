@@ -463,19 +463,19 @@ class _Runner:
         writing = 0.0
         control, node = self.control, self.node
         outputs = iter_outputs(hook(*args), where)
-        with contextlib.closing(outputs):  # on abort: the node's generator stops at its yield
-            for frame in outputs:
-                in_flight = self.last_seq if phase == "process" else None
-                if (
-                    control is not None
-                    and node is not None
-                    and control.ready()
-                    and self._signals(node, in_flight)
-                ):
-                    raise _SignalAbort
-                paused = time.perf_counter()
-                self._write(frame)
-                writing += time.perf_counter() - paused
+        for frame in outputs:
+            in_flight = self.last_seq if phase == "process" else None
+            if (
+                control is not None
+                and node is not None
+                and control.ready()
+                and self._signals(node, in_flight)
+            ):
+                outputs.close()  # the node's generator stops at its yield
+                raise _SignalAbort
+            paused = time.perf_counter()
+            self._write(frame)
+            writing += time.perf_counter() - paused
         self._abandon_loan()
         return writing
 

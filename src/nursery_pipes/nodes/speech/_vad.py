@@ -67,6 +67,11 @@ class SileroVADParams(Params, kw_only=True):
     """Emit speech_start / speech_end JSON events."""
     emit_audio: bool = True
     """Emit the speech audio (16 kHz mono f32, pre-roll first) as it is classified."""
+    interrupt: list[str] = msgspec.field(default_factory=list)
+    """Barge-in: at every speech_start, send the control signal ``interrupt`` to these nodes
+    (e.g. the reply and speech-synthesis nodes): whatever they still have queued or in hand
+    for the previous turn is dropped, and a client sees ``SignalHandled`` for each and stops
+    playing the answer. Empty: no signal."""
 
     def __post_init__(self) -> None:
         if self.neg_threshold >= self.threshold:
@@ -180,6 +185,7 @@ class SileroVADNode(Node[SileroVADParams]):
     classified: first the pre-roll, then every window up to the one that ends the
     segment, so a recogniser can decode while the speaker talks. Every output carries the input's metadata plus
     ``{"segment": "<n>"}`` (n counts from 0). ``flush`` closes an open segment.
+    With ``interrupt``, every speech_start also interrupts those nodes (barge-in).
     """
 
     accepts = frozenset({FrameKind.AUDIO})
@@ -253,6 +259,16 @@ class SileroVADNode(Node[SileroVADParams]):
         decision = self._tracker.step(a, b, prob)
         if decision is not None and decision.kind == "start":
             self._segment += 1
+            if self.params.interrupt:  # ahead of anything queued for them: the user has the floor
+                self.context.signal(
+                    "interrupt",
+                    to=self.params.interrupt,
+                    payload={
+                        "reason": "speech_start",
+                        "time": _seconds(decision.start),
+                        "segment": self._segment,
+                    },
+                )
             out.event(self._event({"event": "speech_start", "time": _seconds(decision.start)}))
             out.audio(self._recent(max(decision.start - self._pre_roll, self._emitted_until)))
             self._emitted_until = b
