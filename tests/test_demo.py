@@ -52,6 +52,8 @@ def test_demo_runs_end_to_end(tmp_path: Path, speech: bool) -> None:
         reply = AudioFrame.from_wav(out / "reply.wav")
         assert reply.duration > 2.0
         assert "tts→multiprocess" in text
+        # barge-in: the third question starts while the second answer plays, and cuts it off
+        assert "barge-in: the user spoke over answer 2" in " ".join(text.split())
     else:
         assert "speech segments found" in text
         assert (out / "speech.wav").is_file()

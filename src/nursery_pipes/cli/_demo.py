@@ -10,7 +10,10 @@
    resampler → voice-activity detector — showing each node's init progress;
 4. print what came back — the transcripts and replies, or the speech
    segments found — the latency, which process ran which node, and write the
-   reply (or the gated speech) to a WAV file;
+   reply (or the gated speech) to a WAV file; the third question starts while
+   the second answer is still playing (the client plays answers in real time):
+   the VAD's ``interrupt`` cuts that answer off — barge-in — and the demo shows
+   when the client was told;
 5. stop the server with SIGTERM (graceful drain) and check it exited cleanly.
 """
 
@@ -41,7 +44,10 @@ __all__ = ["QUESTIONS", "SPEECH_MANIFEST", "VAD_MANIFEST", "make_vad_audio", "ru
 
 QUESTIONS = ["Hello, how are you?", "What is your name?", "What time is it?"]
 SILENT = 0.01  # -40 dBFS: quieter samples count as silence when finding where speech ends
-GAP_S = 1.2  # silence after each question: the VAD needs 300 ms of it to call the end
+GAP_S = (3.5, 1.0, 1.2)
+"""Silence after each question: the VAD needs 300 ms of it to call the end. After the first,
+long enough for its answer to play out; after the second, short: the third question starts
+while the second answer is playing (barge-in)."""
 
 SPEECH_MANIFEST: dict[str, Any] = {
     "version": "v1",
@@ -51,7 +57,11 @@ SPEECH_MANIFEST: dict[str, Any] = {
         "multiprocess": {"init_timeout_secs": 120},
     },
     "nodes": [
-        {"id": "vad", "node_type": "SileroVADNode", "params": {"hangover_ms": 300, "pre_roll_ms": 300}},
+        {
+            "id": "vad",
+            "node_type": "SileroVADNode",
+            "params": {"hangover_ms": 300, "pre_roll_ms": 300, "interrupt": ["reply", "tts"]},
+        },
         {"id": "asr", "node_type": "SpeechRecognitionNode"},
         {"id": "transcript", "node_type": "PassThrough"},
         {"id": "reply", "node_type": "ReplyNode", "params": {"mode": "assistant"}},
@@ -108,12 +118,12 @@ def run_demo(directory: Path, *, console: Console, out: Console) -> int:
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     if speech:
         out.print("[bold]1.[/] synthesising the questions with the TTS node (a local session)…")
-        audio, ends = make_speech_audio()
+        audio, starts, ends = make_speech_audio()
         source = "vad"
         what = "; ".join(f"“{q}”" for q in QUESTIONS)
     else:
         out.print("[bold]1.[/] the speech extra is not installed: using the voice-activity demo")
-        audio, ends = make_vad_audio(), [end for _, end in UTTERANCES]
+        audio, starts, ends = make_vad_audio(), [a for a, _ in UTTERANCES], [b for _, b in UTTERANCES]
         source = "mono"
         what = ", ".join(f"{a:.2f}–{b:.2f} s" for a, b in UTTERANCES)
     wav = directory / "input.wav"
@@ -126,7 +136,7 @@ def run_demo(directory: Path, *, console: Console, out: Console) -> int:
     finally:
         code = _stop_server(server)
     if speech:
-        _report_speech(run, ends, directory, out)
+        _report_speech(run, starts, ends, directory, out)
     else:
         _report_vad(run, directory, out)
     out.print(f"[bold]5.[/] server drained and exited with code {code}")
@@ -136,8 +146,9 @@ def run_demo(directory: Path, *, console: Console, out: Console) -> int:
 # -- inputs ----------------------------------------------------------------------------------------
 
 
-def make_speech_audio() -> tuple[AudioFrame, list[float]]:
-    """The questions spoken by the TTS node, each followed by silence; and where each one ends."""
+def make_speech_audio() -> tuple[AudioFrame, list[float], list[float]]:
+    """The questions spoken by the TTS node, each followed by silence; where each one starts
+    and ends (its first and last sample above -40 dBFS, in seconds)."""
     from ..runtime import Runtime
 
     say = {
@@ -149,18 +160,19 @@ def make_speech_audio() -> tuple[AudioFrame, list[float]]:
     result = trio.run(Runtime().run_pipeline, say, {"tts": [TextFrame(text=q) for q in QUESTIONS]})
     frames = [f for f in result.outputs["tts"] if isinstance(f, AudioFrame)]
     rate = frames[0].sample_rate
-    pieces, ends, t = [np.zeros((int(0.5 * rate), 1), np.float32)], [], 0.5
-    for frame in frames:  # one frame per question (each is one sentence)
+    pieces, starts, ends, t = [np.zeros((int(0.5 * rate), 1), np.float32)], [], [], 0.5
+    for frame, gap in zip(frames, GAP_S, strict=True):  # one frame per question (one sentence each)
         samples = convert_format(frame.samples, AudioFormat.F32)
         pieces.append(samples[:, :1])
         # the end of the question is its last speech sample (above -40 dBFS, as the speech
         # benchmark measures it), not the end of the clip with the voice's trailing silence
         loud = np.flatnonzero(np.abs(samples[:, 0]) > SILENT)
+        starts.append(t + (int(loud[0]) if loud.size else 0) / rate)
         ends.append(t + ((int(loud[-1]) + 1) if loud.size else len(samples)) / rate)
         t += frame.duration
-        pieces.append(np.zeros((int(GAP_S * rate), 1), np.float32))
-        t += GAP_S
-    return AudioFrame(samples=np.concatenate(pieces), sample_rate=rate), ends
+        pieces.append(np.zeros((int(gap * rate), 1), np.float32))
+        t += gap
+    return AudioFrame(samples=np.concatenate(pieces), sample_rate=rate), starts, ends
 
 
 def make_vad_audio(rate: int = 44100, seconds: float = 4.0) -> AudioFrame:
@@ -236,7 +248,7 @@ def _stream(
 # -- reports ---------------------------------------------------------------------------------------
 
 
-def _report_speech(run: Any, ends: list[float], directory: Path, out: Console) -> None:
+def _report_speech(run: Any, starts: list[float], ends: list[float], directory: Path, out: Console) -> None:
     heard = [f.text for f in run.outputs.get("transcript", []) if isinstance(f, TextFrame)]
     said = [f.text for f in run.outputs.get("answer", []) if isinstance(f, TextFrame)]
     table = Table(title="4. the conversation")
@@ -262,7 +274,37 @@ def _report_speech(run: Any, ends: list[float], directory: Path, out: Console) -
             f"end of each question → first reply audio at the client: {text} "
             "(the VAD waits for 300 ms of silence before it calls the end of an utterance)"
         )
+    for line in _barge_in(run, [run.started + start for start in starts]):
+        out.print(line)
     _nodes(run, out)
+
+
+def _barge_in(run: Any, starts: list[float]) -> list[str]:
+    """The answers as a client playing them in real time hears them, one after the other, and
+    which one the TTS node's interrupt (the VAD heard the user start talking) cut off."""
+    answers: dict[int, list[tuple[float, float]]] = {}  # by the input sequence that caused them
+    for frame, at, seq in zip(
+        run.outputs.get("tts", []), run.arrivals.get("tts", []), run.sequences.get("tts", []), strict=True
+    ):
+        if isinstance(frame, AudioFrame):
+            answers.setdefault(seq, []).append((at, frame.duration))
+    stops = [at for at, node in run.signal_arrivals if node == "tts"]
+    lines, free = [], 0.0
+    for number, pieces in enumerate(answers.values(), start=1):
+        begin = max(pieces[0][0], free)
+        length = sum(duration for _, duration in pieces)
+        cut = next((t for t in stops if begin < t < begin + length), None)
+        free = begin + length if cut is None else cut
+        if cut is None:
+            continue
+        spoke = max((s for s in starts if s <= cut), default=None)
+        since = f", {(cut - spoke) * 1000:.0f} ms after the user's first word" if spoke is not None else ""
+        lines.append(
+            f"barge-in: the user spoke over answer {number} — the VAD interrupted the reply path and "
+            f"the client stopped playing it after {cut - begin:.2f} s of {length:.2f} s{since} "
+            "(the VAD confirms speech after 100 ms of it)"
+        )
+    return lines
 
 
 def _first_reply_after(arrivals: list[float], ends: list[float]) -> list[float]:

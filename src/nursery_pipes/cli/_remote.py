@@ -51,6 +51,10 @@ class RemoteRun:
     """What the server's supervision did (node failures it survived, restarts, dropped inputs)."""
     signals: list[dict[str, Any]] = field(default_factory=list)
     """What each node did with the control signals sent (``--signal``)."""
+    signal_arrivals: list[tuple[float, str]] = field(default_factory=list)
+    """time.monotonic() at which each node's SignalHandled arrived, and the node."""
+    sequences: dict[str, list[int]] = field(default_factory=dict)
+    """The input sequence of each output, per sink (parallel to ``outputs``)."""
 
 
 async def stream_job(
@@ -106,6 +110,7 @@ async def stream_job(
                         if isinstance(event, ChunkOutput):
                             run.outputs.setdefault(event.node_id, []).append(event.frame)
                             run.arrivals.setdefault(event.node_id, []).append(time.monotonic())
+                            run.sequences.setdefault(event.node_id, []).append(event.sequence)
                             run.latencies_ms.append(event.processing_time_ms)
                         elif isinstance(event, StreamEvent) and event.kind == "supervision":
                             record = _supervision.from_message(event.message)
@@ -115,12 +120,16 @@ async def stream_job(
                         elif isinstance(event, StreamEvent) and event.kind == "signal_handled":
                             h = event.message
                             aborted = h.aborted_sequence  # (None when unset: a proto3 optional)
+                            run.signal_arrivals.append((time.monotonic(), h.node_id))
                             run.signals.append(
                                 _supervision.signal_record(
                                     h.node_id, h.name, list(h.dropped_sequences), aborted
                                 )
                             )
-                            if show_progress:
+                            # the user's own signals always; a node's (barge-in) when it cost something
+                            if show_progress and (
+                                h.origin == "client" or h.dropped_sequences or aborted is not None
+                            ):
                                 console.print(
                                     _supervision.signal_line(
                                         h.node_id, h.name, list(h.dropped_sequences), aborted

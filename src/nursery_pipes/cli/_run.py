@@ -182,7 +182,10 @@ async def _consume(
                     _supervision.show(_supervision.from_event(event), console)
                 elif isinstance(event, SignalHandled):
                     handled.append(event)
-                    if show_progress:
+                    # the user's own signals always; a node's (barge-in) when it cost something
+                    if show_progress and (
+                        event.origin == "client" or event.dropped or event.aborted is not None
+                    ):
                         console.print(
                             _supervision.signal_line(event.node_id, event.name, event.dropped, event.aborted)
                         )
