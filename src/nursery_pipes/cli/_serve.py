@@ -34,6 +34,7 @@ _FLAG_NAMES = {
     "logging.format": "--log-format",
     "logging.level": "--log-level",
     "metrics.listen": "--metrics-listen",
+    "monitor.enabled": "--monitor/--no-monitor",
 }
 
 
