@@ -46,11 +46,11 @@ class _Silent(Exception):
 
 def _why(exc: BaseException, address: str) -> str:
     if isinstance(exc, GRPCError):
-        if exc.status is Status.UNIMPLEMENTED:
-            return (
-                f"{address} does not serve {MONITOR}: its monitor is off ([monitor] enabled = false, "
-                "or serve --no-monitor), or it is not a nursery_pipes server"
-            )
+        if exc.status is Status.UNIMPLEMENTED and "[monitor]" in (exc.message or ""):
+            return f"{address}: {exc.message}"  # a nursery_pipes server with its monitor off
+        # Other servers: UNIMPLEMENTED, or from grpclib's the UNKNOWN its client makes of that.
+        if exc.status is Status.UNIMPLEMENTED or exc.message == "Missing content-type header":
+            return f"{address} does not serve {MONITOR} (not a nursery_pipes server, or an older one)"
         if exc.status is Status.UNAUTHENTICATED:
             return f"{address} refused the call: {exc.message} — pass --token-env VAR"
         return f"{address} ended the call with {exc.status.name}: {exc.message or ''}".rstrip(": ")
@@ -125,7 +125,9 @@ async def _top(
             second = await anext(watch)
         except _LOST as exc:
             await watch.aclose()
-            console.print(f"[bold red]error:[/] {escape(_why(exc, address))}", highlight=False, soft_wrap=True)
+            console.print(
+                f"[bold red]error:[/] {escape(_why(exc, address))}", highlight=False, soft_wrap=True
+            )
             return 1
         await watch.aclose()
         _show(out, second, rates(first, second), address, as_json)
@@ -135,6 +137,9 @@ async def _top(
         view.show(first, NO_RATES)
         previous = first
         pause = 0
+        task = asyncio.current_task()
+        assert task is not None
+        baseline = task.cancelling()
         while True:
             why = "the server ended the watch"  # (_snapshots raises instead: never seen)
             try:
@@ -143,6 +148,11 @@ async def _top(
                     previous, pause = snapshot, 0
             except _LOST as exc:
                 why = _why(exc, address)
+                # grpclib raises "Connection lost" in the waiting task by cancelling it
+                # (grpclib.utils.Wrapper) and never uncancels it: asyncio.run would then take
+                # Ctrl-C for a plain cancellation and end with a CancelledError traceback.
+                while task.cancelling() > baseline:
+                    task.uncancel()
             finally:
                 await watch.aclose()
             delay = BACKOFF_SECS[min(pause, len(BACKOFF_SECS) - 1)]

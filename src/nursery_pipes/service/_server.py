@@ -217,6 +217,28 @@ class Server:
         # size limit before the body is read, INVALID_ARGUMENT for a body that doesn't decode.
         limit = self.config.server.max_message_bytes
         limited = [s if s in ours else _Limited(s, limit, self._codec) for s in services]
+        if not self.config.monitor.enabled:
+            # Answered, not unknown: grpclib's answer to an unknown method lacks a content-type,
+            # which its own client reports as UNKNOWN "Missing content-type header". This says why.
+            limited.append(
+                _Service(
+                    MONITOR,
+                    {
+                        "Snapshot": (
+                            _monitor_off,
+                            Cardinality.UNARY_UNARY,
+                            MON.SnapshotRequest,
+                            MON.ServerSnapshot,
+                        ),
+                        "Watch": (
+                            _monitor_off,
+                            Cardinality.UNARY_STREAM,
+                            MON.WatchRequest,
+                            MON.ServerSnapshot,
+                        ),
+                    },
+                )
+            )
         if self._metrics is None:
             return limited
         return [_Counted(s, self._metrics) for s in limited]
@@ -361,6 +383,13 @@ class Server:
                 "server is shutting down: the call did not finish within "
                 f"server.drain_timeout_secs ({self.config.server.drain_timeout_secs:g} s) and was cancelled",
             )
+
+
+async def _monitor_off(stream: Any) -> None:
+    raise GRPCError(
+        Status.UNIMPLEMENTED,
+        f"{MONITOR} is off on this server ([monitor] enabled = false, or serve --no-monitor)",
+    )
 
 
 async def _pumped(stream: PumpedStream, body: Any, *, drain_timeout: float) -> None:
