@@ -148,7 +148,7 @@ def render(snapshot: Any, rates_: Rates, *, address: str, status: str = "") -> R
 
 
 def _sessions_table(snapshot: Any, rates_: Rates) -> Table:
-    table = Table(title="sessions", title_justify="left", expand=False, pad_edge=False)
+    table = Table(title="sessions", title_justify="left", expand=False)
     for name, justify in (
         ("session", "left"),
         ("pipeline", "left"),
@@ -183,7 +183,7 @@ def _sessions_table(snapshot: Any, rates_: Rates) -> Table:
 
 
 def _nodes_table(snapshot: Any, rates_: Rates) -> Table:
-    table = Table(title="nodes", title_justify="left", expand=False, pad_edge=False)
+    table = Table(title="nodes", title_justify="left", expand=False)
     for name, justify in (
         ("session", "left"),
         ("node", "left"),
