@@ -26,7 +26,6 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from rich.console import Console
 from service_fixtures import (
-    MONITOR,
     Served,
     audio,
     make_config,
@@ -257,37 +256,6 @@ async def test_watch_calls_are_capped() -> None:
         assert outcome["second"] == "served"
 
 
-async def test_reflection_lists_the_monitor_and_describes_it(served: Served) -> None:
-    from google.protobuf import descriptor_pb2
-    from grpclib.client import Channel
-    from grpclib.reflection.v1.reflection_grpc import ServerReflectionStub
-    from grpclib.reflection.v1.reflection_pb2 import ServerReflectionRequest
-
-    async def ask() -> list[Any]:
-        channel = Channel("127.0.0.1", served.port)
-        try:
-            async with ServerReflectionStub(channel).ServerReflectionInfo.open() as stream:
-                replies = []
-                for request in (
-                    ServerReflectionRequest(list_services=""),
-                    ServerReflectionRequest(file_containing_symbol=MONITOR),
-                ):
-                    await stream.send_message(request)
-                    replies.append(await stream.recv_message())
-                await stream.end()
-        finally:
-            channel.close()
-        return replies
-
-    listing, by_symbol = await served.aio(ask)
-    assert MONITOR in {s.name for s in listing.list_services_response.service}
-    (blob,) = by_symbol.file_descriptor_response.file_descriptor_proto
-    monitor = descriptor_pb2.FileDescriptorProto.FromString(blob)
-    assert (monitor.name, monitor.package) == ("nursery_pipes/v1/monitor.proto", "nursery_pipes.v1")
-    assert list(monitor.dependency) == []  # nothing of remotemedia.v1: upstream's protos are untouched
-    assert [m.name for m in monitor.service[0].method] == ["Snapshot", "Watch"]
-
-
 # -- top, as the user runs it ---------------------------------------------------------------------------
 
 
@@ -401,6 +369,23 @@ async def test_top_shows_a_lost_server_and_watches_it_again_until_ctrl_c() -> No
     assert b"Traceback" not in (errors or b"")
     text = output.decode()
     assert "lost the connection to" in text or "cannot reach server" in text
+
+
+def test_serve_no_monitor_turns_the_service_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nursery_pipes import RuntimeConfig
+    from nursery_pipes.cli import _serve
+
+    seen: list[dict[str, Any]] = []
+    monkeypatch.setattr(_serve, "serve", lambda config, flags, announce: seen.append(dict(flags)) or 0)
+    for args, expected in (([], None), (["--no-monitor"], False), (["--monitor"], True)):
+        assert CliRunner().invoke(app, ["serve", *args]).exit_code == 0
+        assert seen.pop()["monitor.enabled"] is expected
+    assert RuntimeConfig().monitor.enabled  # on by default
+    off = _serve.apply_overrides(RuntimeConfig(), env={}, flags={"monitor.enabled": False})
+    assert not off.monitor.enabled
+    env = {"NURSERY_PIPES_MONITOR__ENABLED": "false", "NURSERY_PIPES_MONITOR__MAX_WATCHERS": "2"}
+    from_env = _serve.apply_overrides(RuntimeConfig(), env=env)
+    assert (from_env.monitor.enabled, from_env.monitor.max_watchers) == (False, 2)
 
 
 # -- rates and rendering: pure functions ----------------------------------------------------------------
