@@ -309,6 +309,24 @@ def test_top_says_when_the_server_cannot_be_reached() -> None:
     assert "Traceback" not in result.output
 
 
+def test_top_says_when_the_address_is_not_host_port() -> None:
+    result = CliRunner().invoke(app, ["top", "--server", "localhost", "--once"])
+    assert result.exit_code == 2, result.output
+    assert "server address must be host:port, got 'localhost'" in result.output
+
+
+async def test_top_gives_up_on_a_server_that_never_answers() -> None:
+    """A socket that takes connections (the kernel completes them) but never speaks: one line
+    after a few intervals (at least 5 s), exit 2 — never a hang."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        done = await run_top("-s", f"127.0.0.1:{silent.getsockname()[1]}", "--once", "--interval", "0.25")
+    assert done.returncode == 2
+    assert b"no answer from 127.0.0.1:" in done.stderr
+    assert b"within 5 s" in done.stderr
+
+
 async def test_top_shows_a_lost_server_and_watches_it_again_until_ctrl_c() -> None:
     """Piped (not a terminal), top prints one rendering after another: the server's, then that
     it was lost and when it tries again, then the new server's; Ctrl-C (SIGINT) exits 0."""

@@ -26,6 +26,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.rule import Rule
 
+from .._errors import NurseryPipesError
 from ..client import Client
 from ._topview import NO_RATES, Rates, rates, render, to_json
 
@@ -95,6 +96,11 @@ def run_top(
 ) -> int:
     """Exit code: 0 (Ctrl-C, or --once done), 1 (--once: lost the server between its two
     snapshots), 2 (the server cannot be watched)."""
+    try:
+        Client(address)  # checks the address (host:port); connects nowhere
+    except NurseryPipesError as exc:
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return 2
     if not out.is_terminal and "COLUMNS" not in os.environ:
         out = Console(file=out.file, width=max(out.width, 160))  # a pipe or file: don't cut columns
     try:
@@ -163,10 +169,8 @@ async def _top(
 
 
 def _show(out: Console, snapshot: Any, rates_: Rates, address: str, as_json: bool, status: str = "") -> None:
-    if as_json:
-        doc = to_json(snapshot, rates_)
-        if status:
-            doc["status"] = status
+    if as_json:  # a lost server is a line of its own, without the stale snapshot
+        doc = {"status": status} if status else to_json(snapshot, rates_)
         out.print(json.dumps(doc), soft_wrap=True, highlight=False, markup=False)
     else:
         out.print(render(snapshot, rates_, address=address, status=status))
