@@ -286,7 +286,7 @@ def test_routing_to_an_executor_the_runtime_lacks_is_a_config_error(text: str, m
     with pytest.raises(ConfigError) as info:
         Runtime(load_config(text=text))
     assert str(info.value).startswith(message)
-    assert "available: inprocess, multiprocess, thread" in str(info.value)
+    assert "available: inprocess, multiprocess, remote, thread" in str(info.value)
 
 
 def test_auth_token_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -276,7 +276,7 @@ def report(ran: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_installed_executor_is_discovered(ran: dict[str, Any], plugin_site: Path) -> None:
-    assert ran["executors"] == ["inprocess", "multiprocess", "thread", "threadpool"]
+    assert ran["executors"] == ["inprocess", "multiprocess", "remote", "thread", "threadpool"]
     assert ran["class"] == "nursery_pipes_threadpool._executor.ThreadPoolExecutor"
     assert Path(ran["module_file"]).is_relative_to(plugin_site)  # the installed copy, not examples/
 
@@ -342,7 +342,7 @@ def test_the_cli_finds_the_executor_only_where_it_is_installed(plugin_site: Path
             "path": "metadata.multiprocess.executor_overrides.up",
             "message": "node 'up' routes to the threadpool executor (manifest override "
             "(metadata.multiprocess.executor_overrides)), which this runtime does not have "
-            "(available: inprocess, multiprocess, thread)",
+            "(available: inprocess, multiprocess, remote, thread)",
         }
     ]
 

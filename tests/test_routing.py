@@ -250,7 +250,7 @@ def test_an_executor_the_runtime_lacks_is_an_error_at_its_path() -> None:
     assert issue.path == "metadata.multiprocess.executor_overrides.a"
     assert issue.message == (
         "node 'a' routes to the gpu executor (manifest override (metadata.multiprocess.executor_overrides)), "
-        "which this runtime does not have (available: inprocess, multiprocess, thread)"
+        "which this runtime does not have (available: inprocess, multiprocess, remote, thread)"
     )
 
 

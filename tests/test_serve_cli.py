@@ -486,3 +486,53 @@ async def test_run_against_server_shows_what_its_supervision_did(tmp_path: Path)
     assert [f["text"] for f in summary["outputs"]["flaky"]] == ["one", "three"]
     kinds = [(r["kind"], r["node_id"], r["dropped_sequences"]) for r in summary["supervision"]]
     assert kinds == [("failed", "flaky", []), ("dropped", "flaky", [2]), ("restarted", "flaky", [])]
+
+
+# -- remote nodes: examples/remote.json ----------------------------------------------------------------
+
+REMOTE_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "remote.json"
+
+
+async def test_the_remote_example_runs_its_middle_node_on_a_second_server(tmp_path: Path) -> None:
+    """examples/remote.json, its "shout" node on a second server: from the CLI, and through a
+    server over gRPC, the outputs are the ones of running it all locally."""
+    lines = tmp_path / "lines.txt"
+    lines.write_text("hello remote\nsecond line\n", encoding="utf-8")
+    doc = json.loads(REMOTE_EXAMPLE.read_text(encoding="utf-8"))
+    local = json.loads(json.dumps(doc))
+    del local["nodes"][1]["host"]
+    (tmp_path / "local.json").write_text(json.dumps(local), encoding="utf-8")
+    done: dict[str, subprocess.CompletedProcess[bytes]] = {}
+
+    async def run(key: str, *args: str) -> None:
+        done[key] = await nursery_pipes(
+            "run", *args, "-i", f"in={lines}", "-o", str(tmp_path / key), "--json"
+        )
+
+    async with (
+        serve_process() as far
+    ):  # the example names 127.0.0.1:50052; the test's far server is elsewhere
+        doc["nodes"][1]["host"] = far.address
+        (tmp_path / "remote.json").write_text(json.dumps(doc), encoding="utf-8")
+        config = tmp_path / "remote.toml"
+        example_config = (REMOTE_EXAMPLE.parent / "remote.toml").read_text(encoding="utf-8")
+        config.write_text(example_config.replace("127.0.0.1:50052", far.address), encoding="utf-8")
+        async with serve_process("--config", str(config)) as near, trio.open_nursery() as nursery:
+            nursery.start_soon(run, "local", str(tmp_path / "local.json"))
+            nursery.start_soon(run, "cli", str(tmp_path / "remote.json"), "--config", str(config))
+            nursery.start_soon(run, "grpc", str(tmp_path / "remote.json"), "--server", near.address)
+            nursery.start_soon(run, "refused", str(tmp_path / "remote.json"))  # no allow-list here
+
+    expected = _outputs_and_files(done["local"], tmp_path / "local")
+    assert expected[0]["out"][0]["text"] == "HELLO REMOTE\nSECOND LINE!"
+    for key in ("cli", "grpc"):
+        assert _outputs_and_files(done[key], tmp_path / key) == expected
+        assigned = json.loads(done[key].stdout)["assignments"]["shout"]
+        assert assigned["executor"] == "remote"
+    refused = done["refused"]
+    assert refused.returncode == 2
+    [error] = json.loads(refused.stdout)["errors"]
+    assert error["path"] == "nodes[1].host"
+    assert error["message"].startswith(
+        f"node 'shout': host {far.address} is not in this server's [remote] allowed_hosts"
+    )

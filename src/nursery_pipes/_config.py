@@ -43,6 +43,11 @@ Example ``runtime.toml`` (every key optional)::
 
     [nodes]
     modules = ["my_company.pipeline_nodes"]
+
+    [remote]                           # nodes with a "host" run on another nursery_pipes server
+    allowed_hosts = ["gpu-1.internal:50051"]   # the only hosts a manifest may name (default: none)
+    tls = true
+    token_env = "NURSERY_PIPES_REMOTE_TOKEN"
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ __all__ = [
     "LimitsConfig",
     "MultiprocessDefaults",
     "NodesConfig",
+    "RemoteConfig",
     "RoutingConfig",
     "RoutingRuleConfig",
     "RuntimeConfig",
@@ -207,6 +213,42 @@ class LoggingConfig(_Section, frozen=True):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
 
+HostPort = Annotated[str, msgspec.Meta(pattern=r"^[^\s:]+:[0-9]{1,5}$(?!\n)")]
+"""``name:port``, as a manifest's node ``host`` is written (manifest/_model.py HOST_PATTERN)."""
+
+
+class RemoteConfig(_Section, frozen=True):
+    """``[remote]``: the remote executor, which runs a node whose manifest entry has a ``host``
+    on that other nursery_pipes server.
+
+    A manifest comes from a client, so it must never choose where this server connects:
+    ``allowed_hosts`` lists the only ``HOST:PORT`` values a manifest may name, exactly as
+    written there. Empty (the default): no remote node is allowed at all.
+    """
+
+    allowed_hosts: list[HostPort] = msgspec.field(default_factory=list)
+    tls: bool = False
+    """Connect with TLS (verified against the system's CAs, or ``ca_file``)."""
+    ca_file: str = ""
+    """PEM file of the CAs that sign the remote servers' certificates (implies ``tls``)."""
+    token_env: str = ""
+    """Name of an environment variable holding the bearer token sent to remote servers."""
+    connect_timeout_secs: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    """How long to wait for a remote server to answer before its node fails to start."""
+
+    def token_value(self) -> str:
+        """The bearer token for remote servers ("" = none). Fails closed like the server's own:
+        ``token_env`` naming an unset or empty variable is a ConfigError."""
+        name = self.token_env
+        if not name:
+            return ""
+        token = os.environ.get(name, "").strip()
+        if not token:
+            state = "is empty" if name in os.environ else "is not set"
+            raise ConfigError(f"remote.token_env names the environment variable {name}, which {state}")
+        return token
+
+
 class RuntimeConfig(_Section, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
@@ -217,6 +259,7 @@ class RuntimeConfig(_Section, frozen=True):
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     monitor: MonitorConfig = msgspec.field(default_factory=MonitorConfig)
+    remote: RemoteConfig = msgspec.field(default_factory=RemoteConfig)
 
     def __post_init__(self) -> None:
         refusal = self.limits.session_processes_refusal(self.multiprocess.max_processes_per_session)

@@ -14,6 +14,9 @@ The session and the planner only ever ask an executor these questions:
   :class:`~._ports.SupervisorPorts`) or in shared memory (rings: the node gets
   :class:`~._transport.ShmPorts`). The planner gives each edge its transport
   from the placements of its two ends; nothing compares executor names.
+- **Will you run a node on that host?** :meth:`Executor.refuses_host` is asked
+  for a node whose manifest entry names a ``host`` (the remote executor checks
+  its allow-list; every other executor runs nodes on this machine only).
 - **What do you cost?** :attr:`Executor.processes_per_node` and
   :attr:`Executor.threads_per_node` count against the runtime's limits.
 - **Run this node.** :meth:`Executor.session` yields what runs one session's
@@ -102,6 +105,9 @@ class Executor(abc.ABC):
     """Worker processes one node takes (checked against the process limits before it starts)."""
     threads_per_node: ClassVar[int] = 0
     """Threads one node takes (checked against ``limits.max_threads``)."""
+    needs_host: ClassVar[bool] = False
+    """It runs a node only where the node's manifest entry says (its ``host``): a node routed
+    here without one is a validation error."""
 
     def __init__(self, config: RuntimeConfig) -> None:
         self.config = config
@@ -115,6 +121,11 @@ class Executor(abc.ABC):
                 f"{where} has async hooks ({', '.join(hooks)}), which run only in the supervisor's trio loop"
             )
         return None
+
+    def refuses_host(self, host: str) -> str | None:
+        """Why this executor will not run a node on ``host`` (``HOST:PORT`` from the node's
+        manifest entry), or None if it will. Asked while planning, before anything connects."""
+        return f"the {self.name} executor runs nodes on this machine only, not on {host}"
 
     def lifespan(self) -> AbstractAsyncContextManager[None]:
         """What outlives sessions (entered by ``async with Runtime(...)``). Default: nothing."""

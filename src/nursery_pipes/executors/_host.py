@@ -17,6 +17,7 @@ from typing import Any, Literal
 from .._errors import NodeError
 from .._states import NODE_TRANSITIONS, NodeEvent, NodeState, StateMachine
 from ..frames import Frame
+from ..manifest import NodeSpec
 from ..nodes._base import Node, NodeContext, Params
 
 __all__ = ["NodeHost", "NodeMetrics", "NodeProgress", "ProgressState", "SessionSettings"]
@@ -99,11 +100,17 @@ class NodeHost:
     emit_progress: Callable[[NodeProgress], None]
     on_failure: Callable[[NodeError], None] = _ignore_failure
     """Where :meth:`report_failure` goes (the session's supervisor)."""
+    spec: NodeSpec | None = None
+    """The node's manifest entry as written (``host``, raw ``params``…), when it came from one."""
     state: StateMachine[NodeState, NodeEvent] = field(init=False)
     logger: logging.Logger = field(init=False)
     in_flight: int | None = field(init=False, default=None)
     """The sequence number of the input frame the node is processing right now, if any: what
     is lost if it fails or is stopped now (executors that take frames themselves set it)."""
+    unanswered: Callable[[], tuple[int, ...]] | None = field(init=False, default=None)
+    """For an executor that hands frames on before the earlier ones are finished (the remote
+    executor pipelines them to its server): the sequence numbers of every frame handed on and
+    not finished yet — lost too, like ``in_flight``, if the node fails now."""
 
     def __post_init__(self) -> None:
         metrics = self.metrics
@@ -117,6 +124,16 @@ class NodeHost:
     def progress(self, state: ProgressState, fraction: float, message: str = "") -> None:
         fraction = min(1.0, max(0.0, float(fraction)))
         self.emit_progress(NodeProgress(self.node_id, state, fraction, message))
+
+    def take_frames_in_hand(self) -> tuple[int, ...]:
+        """The sequence numbers of the frames lost if the node stops now (``in_flight`` and
+        ``unanswered``), forgotten as they are taken: each loss is reported once."""
+        seqs = [] if self.in_flight is None else [self.in_flight]
+        if self.unanswered is not None:
+            seqs += [seq for seq in self.unanswered() if seq not in seqs]
+            self.unanswered = None
+        self.in_flight = None
+        return tuple(seqs)
 
     def report_failure(self, error: NodeError) -> None:
         """The node has failed: say so now, then stop it (which may take the grace period)."""

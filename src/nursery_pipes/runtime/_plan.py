@@ -67,6 +67,8 @@ class NodePlan:
     """Worker processes it takes."""
     threads: int = 0
     """Threads it takes."""
+    spec: NodeSpec | None = None
+    """Its manifest entry as written (what a remote executor sends on)."""
     restart: RestartType = RestartType.TRANSIENT
     """What its failure means: restarted (permanent, transient — alike in a pipeline, where a
     node only ends normally when its inputs have) or not (temporary: its outputs end)."""
@@ -233,6 +235,7 @@ def plan_session(
         )
         path = _assignment_path(index, assignment, spec.id in overrides)
         issues += _placement_issues(path, spec.id, cls, assignment, executors)
+        issues += _host_issues(index, spec, assignment, executors)
         issues += _capability_issues(index, spec.capabilities)
         executor = executors.get(assignment.executor)
         nodes[spec.id] = NodePlan(
@@ -246,6 +249,7 @@ def plan_session(
             placement=executor.placement if executor is not None else Placement.SUPERVISOR,
             processes=executor.processes_per_node if executor is not None else 0,
             threads=executor.threads_per_node if executor is not None else 0,
+            spec=spec,
             restart=resolve_restart(spec, config),
         )
     if any(node.processes for node in nodes.values()):
@@ -366,6 +370,26 @@ def _placement_issues(
             )
         ]
     return []
+
+
+def _host_issues(
+    index: int, spec: NodeSpec, assignment: Assignment, executors: Mapping[str, Executor]
+) -> list[ManifestIssue]:
+    executor = executors.get(assignment.executor)
+    if executor is None:
+        return []
+    if spec.host is None:
+        if not executor.needs_host:
+            return []
+        return [
+            ManifestIssue(
+                f"nodes[{index}]",
+                f"node {spec.id!r} routes to {assignment.executor} ({assignment.reason}), which runs a "
+                'node on another server: give the node a host ("host": "HOST:PORT")',
+            )
+        ]
+    refusal = executor.refuses_host(spec.host)
+    return [] if refusal is None else [ManifestIssue(f"nodes[{index}].host", f"node {spec.id!r}: {refusal}")]
 
 
 def _executable_issues(requested: str) -> list[ManifestIssue]:

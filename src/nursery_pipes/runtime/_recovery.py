@@ -166,9 +166,9 @@ class NodeRecovery:
 
     def _drop_in_flight(self, node_id: str, reason: str) -> None:
         host = self.hosts.get(node_id)
-        if host is not None and host.in_flight is not None:
-            seq, host.in_flight = host.in_flight, None
-            self._emit(FramesDropped(node_id, (seq,), reason))
+        seqs = () if host is None else host.take_frames_in_hand()
+        if seqs:
+            self._emit(FramesDropped(node_id, seqs, reason))
 
     def _emit(self, event: NodeFailed | NodeRestarted | FramesDropped) -> None:
         self.log.append(event)

@@ -426,6 +426,7 @@ class Session:
             metrics=self._metrics[node_id],
             emit_progress=self._on_progress,
             on_failure=partial(self._supervisor.report_failure, node_id),
+            spec=plan.spec,
         )
         self._recovery.hosts[node_id] = host
         ended = self._recovery.ended[node_id] = trio.Event()

@@ -1,0 +1,197 @@
+"""The remote executor: a node whose manifest entry names a ``host`` runs on that server.
+
+The node becomes a one-node session on the other nursery_pipes (or any remotemedia.v1)
+server, over one StreamPipeline call (:class:`~._link.Link`). Here it is a node like any
+other placed in the supervisor: it takes frames from its inbox and sends its outputs on,
+so routing, supervision and metrics treat it as they treat a local node.
+
+- **Init**: the call is made and the remote node initialised within ``init_timeout_secs``;
+  the remote server's init progress is this node's progress. A refusal (unknown node type,
+  bad params, limits, authentication) fails the node in ``initialize``, naming the host.
+- **Frames** are pipelined: each input goes out as soon as it arrives, outputs are sent on
+  as they come back, with their sequence numbers mapped back (:mod:`._sequence`).
+  Backpressure crosses the connection (see :mod:`._link`).
+- **End**: when every input has ended, the remote session is closed; the server flushes the
+  node and closes, and then this node ends its outputs.
+- **Failure**: the remote node's failure, a refused frame or a lost connection fails this
+  node (``NodeError`` naming it and the host), which the session's supervision policy
+  restarts — a new call, a fresh remote node — or not, like any crash.
+- **Cancellation** cancels the call: the server sees the stream reset and cancels the
+  remote session. Nothing here outlives :meth:`RemoteExecutor.run_node`.
+
+Security: a manifest comes from a client and must not choose where this server connects.
+Only the hosts listed in runtime.toml ``[remote] allowed_hosts`` are accepted, checked while
+planning (:meth:`RemoteExecutor.refuses_host`), before anything connects; the list is empty
+by default.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any, ClassVar
+
+import trio
+import trio_asyncio
+
+from .._config import RemoteConfig, RuntimeConfig
+from .._errors import NodeError
+from ..executors import (
+    EndOfStream,
+    Executor,
+    NodeEvent,
+    NodeHost,
+    NodePorts,
+    Placement,
+    SupervisorPorts,
+    initializing,
+)
+from ..nodes._base import Node
+from ._link import Closed, Failed, Link, Output, Ready
+from ._sequence import SequenceMap
+
+__all__ = ["RemoteExecutor"]
+
+
+class RemoteExecutor(Executor):
+    """Runs a node on the nursery_pipes server its manifest entry names (``"host"``)."""
+
+    name: ClassVar[str] = "remote"
+    placement: ClassVar[Placement] = Placement.SUPERVISOR
+    runs_async: ClassVar[bool] = True  # no hook of the node runs here at all
+    needs_host: ClassVar[bool] = True
+
+    def __init__(self, config: RuntimeConfig) -> None:
+        super().__init__(config)
+        self.remote: RemoteConfig = config.remote
+        self._tls: ssl.SSLContext | None = None
+        if self.remote.tls or self.remote.ca_file:
+            self._tls = ssl.create_default_context(cafile=self.remote.ca_file or None)
+            self._tls.set_alpn_protocols(["h2"])
+
+    def unsupported(self, node_class: type[Node[Any]]) -> str | None:
+        return None  # the remote server decides what it can run (and says so at init)
+
+    def refuses_host(self, host: str) -> str | None:
+        allowed = self.remote.allowed_hosts
+        if host in allowed:
+            return None
+        listed = f"it lists {', '.join(allowed)}" if allowed else "it lists no host"
+        return (
+            f"host {host} is not in this server's [remote] allowed_hosts ({listed}); "
+            "a manifest may only name a host the server's operator allowed"
+        )
+
+    async def run_node(self, host: NodeHost, ports: NodePorts, *, task_status: trio.TaskStatus[None]) -> None:
+        assert isinstance(ports, SupervisorPorts), "the planner gives supervisor-placed nodes SupervisorPorts"
+        spec = host.spec
+        assert spec is not None, "nodes planned from a manifest carry their entry"
+        assert spec.host is not None, "the planner refuses a remote node without a host"
+        address = spec.host
+        host.progress("starting", 0.0, f"connecting to {address}")
+        host.state.fire(NodeEvent.START)
+        link = Link(
+            host.node_id,
+            address,
+            _manifest_for(host),
+            token=self.remote.token_value(),
+            tls=self._tls,
+            depth=host.settings.channel_capacity,
+            on_progress=lambda state, fraction, message: host.progress(
+                "loading", fraction, f"{address}: {message or state}"
+            ),
+        )
+        failure: NodeError | None = None
+        # (Errors are caught inside the nursery, not around it: out of it they would come
+        # wrapped in an ExceptionGroup, and the failure must be reported before the call is
+        # torn down.)
+        async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+            nursery.start_soon(link.run)
+            try:
+                await _initialised(host, link)
+                host.state.fire(NodeEvent.INIT_DONE)
+                host.progress("ready", 1.0)
+                task_status.started()
+                await _exchange(host, ports, link)
+            except NodeError as exc:
+                failure = exc
+                host.state.fire(NodeEvent.FAIL)
+                if exc.phase == "initialize":
+                    host.progress("failed", 0.0, str(exc))
+                host.report_failure(exc)
+                nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        host.state.fire(NodeEvent.FINISHED)
+
+
+def _manifest_for(host: NodeHost) -> dict[str, Any]:
+    """The one-node manifest the remote server runs: the entry as written, without ``host``."""
+    spec = host.spec
+    assert spec is not None
+    return {
+        "version": "v1",
+        "metadata": {"name": f"{host.session_id}/{host.node_id}"},
+        "nodes": [{"id": spec.id, "node_type": spec.node_type, "params": dict(spec.params)}],
+        "connections": [],
+    }
+
+
+async def _initialised(host: NodeHost, link: Link) -> None:
+    with initializing(host), trio.fail_after(host.settings.init_timeout_secs):
+        event = await link.events.receive()
+    if isinstance(event, Failed):
+        raise event.error
+    assert isinstance(event, Ready), f"a link's first event is Ready or Failed, not {event!r}"
+    host.logger.debug("node %s runs in session %s on %s", host.node_id, event.session_id, link.address)
+
+
+async def _exchange(host: NodeHost, ports: SupervisorPorts, link: Link) -> None:
+    """Inputs out, outputs back, until the remote session closes or fails."""
+    seqs = SequenceMap()
+    host.unanswered = seqs.unanswered  # what a failure now loses (reported by the session)
+    failure: NodeError | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_feed, host, ports, link, seqs)
+        try:
+            await _forward(host, ports, link, seqs)
+        except NodeError as exc:
+            failure = exc
+            nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+
+
+async def _feed(host: NodeHost, ports: SupervisorPorts, link: Link, seqs: SequenceMap) -> None:
+    metrics = host.metrics
+    if ports.open_inputs:  # (a node restarted after its inputs ended has nothing to read)
+        async for message in ports.inbox:
+            if isinstance(message, EndOfStream):
+                ports.open_inputs -= 1
+                if ports.open_inputs == 0:
+                    break
+                continue
+            metrics.count_in(message.frame)
+            host.state.fire(NodeEvent.FRAME)
+            await link.send(seqs.outgoing(message.seq), message.frame)
+            host.state.fire(NodeEvent.FRAME_DONE)
+    host.state.fire(NodeEvent.STOP)
+    await link.close()
+
+
+async def _forward(host: NodeHost, ports: SupervisorPorts, link: Link, seqs: SequenceMap) -> None:
+    metrics = host.metrics
+    async for event in link.events:
+        if isinstance(event, Output):
+            metrics.count_out(event.frame)
+            metrics.processing_s += event.processing_s
+            seq = seqs.incoming(event.sequence)
+            for port in ports.outputs:
+                await port.send(seq, event.frame)
+        elif isinstance(event, Failed):
+            raise event.error
+        elif isinstance(event, Closed):
+            break
+    if not ports.outputs_ended:
+        for port in ports.outputs:
+            await port.end()
+        ports.outputs_ended = True
