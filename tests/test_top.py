@@ -523,6 +523,13 @@ def test_render_shows_what_an_operator_needs() -> None:
         "50.0",
     ):
         assert cell in row, (cell, row)
+    now.sessions[0].nodes.append(npb.NodeSnapshot(node_id="far", executor="remote", host="gpu-box:50051"))
+    console = Console(width=200, record=True, color_system=None)
+    console.print(render(now, NO_RATES, address="host:1"))
+    far = next(line for line in console.export_text().splitlines() if " far " in line)
+    assert "remote" in far
+    assert "gpu-box:50051" in far
+    assert "server" not in far
     empty = Console(width=120, record=True, color_system=None)
     empty.print(render(snap(1.0), NO_RATES, address="h:2"))
     assert "no sessions running" in empty.export_text()

@@ -150,6 +150,8 @@ class NodeView:
     failures: int
     processing_s: float
     init_s: float
+    host: str
+    """The server it runs on (a remote node: ``HOST:PORT``), or empty: this one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +196,7 @@ def session_view(session: Any) -> SessionView:
             failures=failures,
             processing_s=m.processing_s,
             init_s=m.init_s,
+            host=_host(session, node_id),
         )
         for (node_id, node_type, executor), (m, failures) in _node_rows(session).items()
     )
@@ -211,6 +214,11 @@ def session_view(session: Any) -> SessionView:
         error=str(error) if error is not None else "",
         nodes=nodes,
     )
+
+
+def _host(session: Any, node_id: str) -> str:
+    spec = session.plan.nodes[node_id].spec
+    return (spec.host or "") if spec is not None else ""
 
 
 def session_outcome(session: Any) -> Outcome:

@@ -102,6 +102,7 @@ def _session(view: SessionView, usage: dict[int, ProcessUsage | None]) -> object
                 init_secs=n.init_s,
                 rss_bytes=proc.rss_bytes if proc else 0,
                 cpu_secs=proc.cpu_secs if proc else 0.0,
+                host=n.host,
             )
         )
     return MON.SessionSnapshot(

@@ -102,6 +102,7 @@ class NodeSnapshot(betterproto.Message):
     init_secs: float = betterproto.double_field(14)
     rss_bytes: int = betterproto.uint64_field(15)
     cpu_secs: float = betterproto.double_field(16)
+    host: str = betterproto.string_field(17)
 
 
 class MonitorStub(betterproto.ServiceStub):
