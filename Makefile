@@ -14,13 +14,23 @@ VENV       := .venv
 BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.installed
 LATEST     := .venv-latest
-EXTRAS     := --extra dev --extra speech
+EXTRAS     := --extra dev --extra speech --extra otel
 # Never let uv download an interpreter: use the one PYTHON names.
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test test-latest lint typecheck bench bench-report protos lock clean setup
+.PHONY: demo test test-latest lint typecheck bench bench-report protos lock clean setup nginx
 
-setup: $(STAMP)
+setup: $(STAMP) nginx
+
+# nginx, for tests/test_nginx_drain.py and benchmarks/bench_nginx.py (the real balancer of
+# deploy/nginx/): from the OS package manager, once. Debian puts it in /usr/sbin.
+NGINX := $(shell command -v nginx 2>/dev/null || ls /usr/sbin/nginx 2>/dev/null)
+SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+nginx:
+ifeq ($(NGINX),)
+	@command -v apt-get >/dev/null || { echo "nginx is missing: install it with your OS package manager (tests/test_nginx_drain.py needs it)"; exit 1; }
+	$(SUDO) apt-get install -y --no-install-recommends nginx || $(SUDO) sh -c 'apt-get update && apt-get install -y --no-install-recommends nginx'
+endif
 
 $(UV):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "nursery_pipes needs Python >= 3.11; run with PYTHON=python3.11 (or newer)")'
@@ -34,7 +44,7 @@ $(STAMP): $(UV) pyproject.toml uv.lock
 demo: $(STAMP)
 	$(BIN)/nursery-pipes demo
 
-test: $(STAMP)
+test: $(STAMP) nginx
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check src tests benchmarks scripts examples
 	$(BIN)/mypy
@@ -44,7 +54,7 @@ test: $(STAMP)
 # The newest versions pyproject.toml allows, resolved now (uv.lock is not touched).
 test-latest: $(UV)
 	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(LATEST)
-	$(UV) pip install --quiet --python $(LATEST)/bin/python --upgrade --refresh -e '.[dev,speech]'
+	$(UV) pip install --quiet --python $(LATEST)/bin/python --upgrade --refresh -e '.[dev,speech,otel]'
 	$(UV) pip list --python $(LATEST)/bin/python --format freeze > $(LATEST)/versions.txt
 	$(LATEST)/bin/mypy
 	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider

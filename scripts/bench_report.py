@@ -57,6 +57,7 @@ TOPICS = (
     "lifecycle",
     "supervision",
     "manifest",
+    "nginx",
 )
 TIMEOUT_QUICK_S = 600.0
 TIMEOUT_FULL_S = 3600.0
@@ -782,6 +783,35 @@ def section_manifest(d: Json) -> list[str]:
     ]
 
 
+def section_nginx(d: Json) -> list[str]:
+    lat, adds, setup = d["latency_ms"], d["nginx_adds_ms"], d["setup_ms"]
+    rate = d["throughput_chunks_per_s"]["mean"]
+    memory = d["memory"]
+    mem_rows = [("idle replica", 0, 0, memory["idle"]["pss_mib"], None, None)]
+    for label, m in memory["loaded"].items():
+        mem_rows.append(
+            (label, m["sessions"], m["nodes"], m["pss_mib"], m["per_session_mib"], m["per_worker_node_mib"])
+        )
+    return [
+        "A replica (`nursery-pipes serve`) through the real nginx of `deploy/nginx/nursery-pipes.conf` "
+        "against the same replica direct, same run. Per chunk, one at a time (ms):",
+        md_table(
+            ["path", "p50", "p95", "p99", "setup p50 (init → ready)"],
+            [
+                (name, lat[name]["p50"], lat[name]["p95"], lat[name]["p99"], setup[name]["p50"])
+                for name in ("direct", "nginx")
+            ]
+            + [("nginx adds", adds["p50"], adds["p95"], adds["p99"], None)],
+        ),
+        f"20 concurrent streams: {fmt(rate['direct'])} chunks/s direct, {fmt(rate['nginx'])} through nginx "
+        f"({times(d['throughput_ratio_nginx_vs_direct'])} direct).",
+        "Replica memory, server + all workers (PSS, MiB):",
+        md_table(
+            ["state", "sessions", "worker nodes each", "PSS", "per session", "per worker node"], mem_rows
+        ),
+    ]
+
+
 SECTIONS: dict[str, Callable[[Json], list[str]]] = {
     "chain": section_chain,
     "hop": section_hop,
@@ -796,6 +826,7 @@ SECTIONS: dict[str, Callable[[Json], list[str]]] = {
     "lifecycle": section_lifecycle,
     "supervision": section_supervision,
     "manifest": section_manifest,
+    "nginx": section_nginx,
 }
 
 TITLES = {
@@ -812,6 +843,7 @@ TITLES = {
     "lifecycle": "Worker lifecycle",
     "supervision": "Supervision and restarts",
     "manifest": "Manifest parse + validate",
+    "nginx": "Behind nginx, and a replica's memory (issue 12)",
 }
 
 

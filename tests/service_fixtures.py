@@ -5,7 +5,8 @@ trio-asyncio loop); grpclib clients run on a second trio-asyncio loop opened by
 :func:`serving`, and are driven with :meth:`Served.aio` (an asyncio coroutine
 function, run to completion from trio). grpcio clients run in subprocesses
 (tests/test_interop_grpcio.py). :func:`open_stream` is a raw StreamPipeline call
-that sends exactly what a test asks for, bytes included.
+that sends exactly what a test asks for, bytes included. :func:`serve_process` runs
+``nursery-pipes serve`` as a real process, in a process session of its own.
 
 Usage::
 
@@ -23,12 +24,14 @@ overridden by indirect parametrisation: ``@pytest.mark.parametrize("served", [{"
 
 from __future__ import annotations
 
+import os
+import signal
 import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,6 +55,7 @@ from nursery_pipes._config import (
 )
 from nursery_pipes._proto.remotemedia import v1 as pb
 from nursery_pipes.client import Client
+from nursery_pipes.runtime import Tracer
 from nursery_pipes.service import Server
 from nursery_pipes.wire import manifest_to_proto
 
@@ -137,14 +141,17 @@ class Served:
 
 
 @asynccontextmanager
-async def serving(config: RuntimeConfig | None = None, **sections: Any) -> AsyncIterator[Served]:
-    """Run a server (``make_config(**sections)`` unless ``config`` is given) for the block.
+async def serving(
+    config: RuntimeConfig | None = None, *, tracer: Tracer | None = None, **sections: Any
+) -> AsyncIterator[Served]:
+    """Run a server (``make_config(**sections)`` unless ``config`` is given) for the block;
+    its runtime traces sessions with ``tracer`` if one is given.
 
     On exit the server is drained (running streams get ``drain_timeout_secs``) and the
     runtime stopped: no worker process or shared-memory segment outlives the block.
     """
     config = config or make_config(**sections)
-    async with Runtime(config) as runtime, trio.open_nursery() as nursery:
+    async with Runtime(config, tracer=tracer) as runtime, trio.open_nursery() as nursery:
         server = Server(runtime)
         port = await nursery.start(server.serve)
         try:
@@ -485,3 +492,97 @@ class Announcements:
                 self._changed = trio.Event()
                 await self._changed.wait()
         return matches[count - 1]
+
+
+# -- `nursery-pipes serve` as a real process ---------------------------------------------------------
+
+ENV = {**os.environ, "COLUMNS": "240", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@dataclass
+class ServeProcess:
+    process: trio.Process
+    address: str
+    lines: list[str] = field(default_factory=list)
+    _buffer: bytes = b""
+
+    @property
+    def port(self) -> int:
+        return int(self.address.rsplit(":", 1)[1])
+
+    async def read_until(self, text: str, within: float = 30) -> str:
+        """Read stderr lines until one contains ``text``; return it."""
+        stream = self.process.stderr
+        assert stream is not None
+        with trio.fail_after(within):
+            while True:
+                while b"\n" in self._buffer:
+                    raw, self._buffer = self._buffer.split(b"\n", 1)
+                    line = raw.decode(errors="replace")
+                    self.lines.append(line)
+                    if text in line:
+                        return line
+                data = await stream.receive_some(4096)
+                if not data:
+                    raise AssertionError(f"server stderr ended before {text!r}: {self.lines}")
+                self._buffer += data
+
+    async def rest_of_stderr(self) -> str:
+        stream = self.process.stderr
+        assert stream is not None
+        with trio.fail_after(30):
+            while data := await stream.receive_some(4096):
+                self._buffer += data
+        self.lines += self._buffer.decode(errors="replace").splitlines()
+        self._buffer = b""
+        return "\n".join(self.lines)
+
+
+async def session_processes(sid: int) -> list[str]:
+    """Processes of the process session ``sid`` (the server and everything it started)."""
+    done = await trio.run_process(["ps", "-eo", "pid=,sid=,args="], capture_stdout=True)
+    rows = [line.split(None, 2) for line in done.stdout.decode().splitlines()]
+    return [" ".join(row) for row in rows if len(row) >= 2 and row[1] == str(sid)]
+
+
+async def assert_tree_gone(sid: int, within: float = 10.0) -> None:
+    # Generous: under load an exited worker can sit <defunct> until init reaps it, which
+    # took over 2 s when the suite shared the 2 cores with other runs. Returns as soon as
+    # the tree is gone, so a passing run never waits for the deadline.
+    deadline = trio.current_time() + within
+    while True:
+        left = await session_processes(sid)
+        if not left:
+            return
+        assert trio.current_time() < deadline, f"left behind by the server: {left}"
+        await trio.sleep(0.05)
+
+
+@asynccontextmanager
+async def serve_process(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[ServeProcess]:
+    """``nursery-pipes serve`` on a free loopback port; killed (by pid) if still running at exit."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "nursery_pipes", "serve", "--listen", "127.0.0.1:0", "--testing-nodes", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        env={**ENV, **(env or {})},
+        start_new_session=True,
+    )
+    try:
+        server = ServeProcess(process, "")
+        line = await server.read_until("listening on", within=45)
+        server.address = line.rsplit("listening on", 1)[1].strip()
+        yield server
+    finally:
+        if process.returncode is None:
+            # Stopped as an operator would (a killed server leaves multiprocessing's forkserver
+            # directory behind in /tmp); killed only if it does not drain in time.
+            process.send_signal(signal.SIGTERM)
+            with trio.move_on_after(20):
+                await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        if process.stderr is not None:
+            await process.stderr.aclose()
+        await assert_tree_gone(process.pid)

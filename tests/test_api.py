@@ -66,7 +66,8 @@ def test_documented_examples_run(name: str) -> None:
 def test_worker_side_imports_no_trio_grpc_or_cli() -> None:
     code = (
         "import sys, nursery_pipes.worker, nursery_pipes.nodes.builtin, nursery_pipes.nodes.faults\n"
-        "heavy = [m for m in ('trio', 'grpclib', 'betterproto', 'typer', 'rich', 'jsonschema', 'trio_parallel')"
+        "heavy = [m for m in ('trio', 'grpclib', 'betterproto', 'typer', 'rich', 'jsonschema', 'trio_parallel',"
+        " 'opentelemetry')"
         " if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )

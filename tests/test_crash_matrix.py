@@ -81,6 +81,8 @@ CELLS = [
 class Seen:
     delivered: list[int] = dataclasses.field(default_factory=list)
     dropped: list[int] = dataclasses.field(default_factory=list)
+    dropped_at: dict[int, str] = dataclasses.field(default_factory=dict)
+    """Which node reported each dropped frame."""
     restarted: list[str] = dataclasses.field(default_factory=list)
     failed: list[NodeFailed] = dataclasses.field(default_factory=list)
 
@@ -139,6 +141,7 @@ async def run_cell(fault: str, strategy: str, executor: str, marker: Path) -> Se
             async for event in session.events():
                 if isinstance(event, FramesDropped):
                     seen.dropped.extend(event.sequences)
+                    seen.dropped_at.update(dict.fromkeys(event.sequences, event.node_id))
                 elif isinstance(event, NodeRestarted):
                     seen.restarted.append(event.node_id)
                 elif isinstance(event, NodeFailed):
@@ -172,8 +175,14 @@ async def test_crash_matrix(fault: str, strategy: str, executor: str, loop: int,
     sent = list(range(1, FRAMES + 1))
     assert seen.delivered == sorted(seen.delivered), "out of order"
     assert len(set(seen.delivered)) == len(seen.delivered), "delivered twice"
-    assert not set(seen.delivered) & set(seen.dropped), f"delivered and dropped: {seen}"
-    assert sorted([*seen.delivered, *seen.dropped]) == sent, f"lost without a report: {seen}"
+    # A frame is never both delivered and lost — with one exception, documented (design §6): a
+    # worker restarted for *another* node's failure is killed at once, and killed between
+    # writing a frame's outputs and returning its input slot it reports that frame as giving
+    # "no further output" although its outputs are out. On a loaded machine the window is hit.
+    both = set(seen.delivered) & set(seen.dropped)
+    assert all(seen.dropped_at[seq] not in ("f", "src") for seq in both), f"delivered and dropped: {seen}"
+    reported = [seq for seq in seen.dropped if seq not in both]
+    assert sorted([*seen.delivered, *reported]) == sent, f"lost without a report: {seen}"
     loses_a_frame = FAULTS[fault][3]
     if loses_a_frame:
         assert seen.dropped, f"the frame in flight must be reported: {seen}"

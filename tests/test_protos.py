@@ -425,9 +425,26 @@ EXTENSIONS: dict[str, dict[str, list[str]]] = {
             "6: InitProgress progress  (oneof response)",
             "7: StreamErrorResponse stream_error  (oneof response) [deprecated]",
             "8: SupervisionEvent supervision  (oneof response)",
+            "9: SignalHandled signal_handled  (oneof response)",
         ],
         "message StreamReady": [
             "4: repeated NodeAssignment assignments",
+        ],
+        "message StreamRequest": [
+            "5: SignalRequest signal  (oneof request)",
+        ],
+        "message SignalRequest": [
+            "1: string name",
+            "2: repeated string node_ids",
+            "3: string payload_json",
+        ],
+        "message SignalHandled": [
+            "1: string node_id",
+            "2: string name",
+            "3: uint64 signal_id",
+            "4: string origin",
+            "5: repeated uint64 dropped_sequences",
+            "6: optional uint64 aborted_sequence",
         ],
     },
 }

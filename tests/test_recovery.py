@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import trio
 
-from nursery_pipes.executors import Recovery, RingGeometry, ShmPort, ShmTransport
+from nursery_pipes.executors import Recovery, RingGeometry, ShmPort, ShmPorts, ShmTransport
 from nursery_pipes.frames import Frame, TensorFrame
 from nursery_pipes.ipc import RingError
 from nursery_pipes.nodes._base import Node
@@ -125,6 +125,11 @@ class Supervisor:
         return self.transport.recover(self.ports[index])
 
 
+def ring_of(ports: ShmPorts, spec: Any) -> Any:
+    """The ring of ``ports`` with that spec (its events and control rings come first)."""
+    return next(ring for ring in ports.rings if ring.spec == spec)
+
+
 async def until(condition: Callable[[], bool]) -> None:
     """Wait for a condition on a worker's shared state: another process, nothing to wait on."""
     while not condition():  # noqa: ASYNC110
@@ -213,7 +218,7 @@ async def test_worker_killed_after_its_input_ended_is_replaced_and_ends_its_outp
             nursery.start_soon(sup.pump, pytest.fail)
             hanging = sup.start(0, HangNode, phase="flush")
             await send_all(sup, range(3))
-            input_ring = sup.ports[0].rings[1]
+            input_ring = ring_of(sup.ports[0], sup.ports[0].inputs[0])
             await until(lambda: input_ring.statistics().eos_taken)  # in flush() for good
             hanging.kill()  # hangs in flush() for good: its input has ended
             await exited(hanging)
@@ -238,7 +243,7 @@ async def test_both_workers_of_an_edge_killed_and_replaced_lose_only_what_they_h
             b = sup.start(1, HangNode, phase="process", after_frames=2)  # holds its 3rd frame
             nursery.start_soon(send_all, sup, sent)
             assert await exited(a) == -signal.SIGKILL
-            a_to_b = sup.ports[1].rings[1].statistics
+            a_to_b = ring_of(sup.ports[1], sup.ports[1].inputs[0]).statistics
             await until(lambda: (a_to_b().taken, a_to_b().consumed) == (3, 2))  # b stuck in frame 2
             b.kill()  # one_for_all: the stuck neighbour goes too
             await exited(b)

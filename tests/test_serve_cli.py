@@ -8,13 +8,9 @@ its session (workers, forkserver, anything).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +18,15 @@ import pytest
 import soundfile
 import trio
 import trio_asyncio
-from grpclib.health.v1.health_pb2 import HealthCheckResponse
-from service_fixtures import health_status, manifest, open_stream, pids_of_session, text_buffer
+from service_fixtures import (
+    ENV,
+    health_status,
+    manifest,
+    open_stream,
+    pids_of_session,
+    serve_process,
+    text_buffer,
+)
 
 from nursery_pipes import TextFrame
 from nursery_pipes.cli._demo import make_vad_audio
@@ -32,96 +35,6 @@ from nursery_pipes.client import Client
 pytestmark = pytest.mark.timeout(60)
 
 VAD_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "voice_activity.json"
-ENV = {**os.environ, "COLUMNS": "240", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
-
-
-@dataclass
-class ServeProcess:
-    process: trio.Process
-    address: str
-    lines: list[str] = field(default_factory=list)
-    _buffer: bytes = b""
-
-    @property
-    def port(self) -> int:
-        return int(self.address.rsplit(":", 1)[1])
-
-    async def read_until(self, text: str, within: float = 30) -> str:
-        """Read stderr lines until one contains ``text``; return it."""
-        stream = self.process.stderr
-        assert stream is not None
-        with trio.fail_after(within):
-            while True:
-                while b"\n" in self._buffer:
-                    raw, self._buffer = self._buffer.split(b"\n", 1)
-                    line = raw.decode(errors="replace")
-                    self.lines.append(line)
-                    if text in line:
-                        return line
-                data = await stream.receive_some(4096)
-                if not data:
-                    raise AssertionError(f"server stderr ended before {text!r}: {self.lines}")
-                self._buffer += data
-
-    async def rest_of_stderr(self) -> str:
-        stream = self.process.stderr
-        assert stream is not None
-        with trio.fail_after(30):
-            while data := await stream.receive_some(4096):
-                self._buffer += data
-        self.lines += self._buffer.decode(errors="replace").splitlines()
-        self._buffer = b""
-        return "\n".join(self.lines)
-
-
-async def session_processes(sid: int) -> list[str]:
-    """Processes of the process session ``sid`` (the server and everything it started)."""
-    done = await trio.run_process(["ps", "-eo", "pid=,sid=,args="], capture_stdout=True)
-    rows = [line.split(None, 2) for line in done.stdout.decode().splitlines()]
-    return [" ".join(row) for row in rows if len(row) >= 2 and row[1] == str(sid)]
-
-
-async def assert_tree_gone(sid: int, within: float = 10.0) -> None:
-    # Generous: under load an exited worker can sit <defunct> until init reaps it, which
-    # took over 2 s when the suite shared the 2 cores with other runs. Returns as soon as
-    # the tree is gone, so a passing run never waits for the deadline.
-    deadline = trio.current_time() + within
-    while True:
-        left = await session_processes(sid)
-        if not left:
-            return
-        assert trio.current_time() < deadline, f"left behind by the server: {left}"
-        await trio.sleep(0.05)
-
-
-@asynccontextmanager
-async def serve_process(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[ServeProcess]:
-    """``nursery-pipes serve`` on a free loopback port; killed (by pid) if still running at exit."""
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "nursery_pipes", "serve", "--listen", "127.0.0.1:0", "--testing-nodes", *args],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        env={**ENV, **(env or {})},
-        start_new_session=True,
-    )
-    try:
-        server = ServeProcess(process, "")
-        line = await server.read_until("listening on", within=45)
-        server.address = line.rsplit("listening on", 1)[1].strip()
-        yield server
-    finally:
-        if process.returncode is None:
-            # Stopped as an operator would (a killed server leaves multiprocessing's forkserver
-            # directory behind in /tmp); killed only if it does not drain in time.
-            process.send_signal(signal.SIGTERM)
-            with trio.move_on_after(20):
-                await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        if process.stderr is not None:
-            await process.stderr.aclose()
-        await assert_tree_gone(process.pid)
 
 
 async def nursery_pipes(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -164,6 +77,11 @@ async def test_serve_announces_serves_and_drains_on_sigterm() -> None:
             compatible, shouted = await trio_asyncio.aio_as_trio(use)()
         assert compatible
         assert shouted == "HELLO!"
+        healthy = await nursery_pipes("health", "--server", server.address)
+        assert (healthy.returncode, healthy.stdout.decode().strip()) == (0, f"{server.address}: SERVING")
+        unknown = await nursery_pipes("health", "--server", server.address, "--service", "no.Such")
+        assert unknown.returncode == 1
+        assert "NOT_FOUND" in unknown.stderr.decode()
 
         server.process.send_signal(signal.SIGTERM)
         with trio.fail_after(20):
@@ -216,9 +134,11 @@ async def test_second_signal_stops_at_once() -> None:
 
             server.process.send_signal(signal.SIGTERM)
             await server.read_until("SIGTERM: draining")
-            assert (
-                await trio_asyncio.aio_as_trio(health_status)(server.port) == HealthCheckResponse.NOT_SERVING
-            )
+            with pytest.raises(ConnectionRefusedError):  # draining: new connections must go elsewhere
+                await trio_asyncio.aio_as_trio(health_status)(server.port)
+            unhealthy = await nursery_pipes("health", "--server", server.address)
+            assert unhealthy.returncode == 1
+            assert "unreachable" in unhealthy.stderr.decode()
             assert server.process.returncode is None  # still draining: the stream runs
 
             began = trio.current_time()

@@ -23,7 +23,8 @@ import trio_asyncio
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
-from grpclib.health.v1.health_pb2 import HealthCheckResponse
+from grpclib.health.v1.health_grpc import HealthStub
+from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from grpclib.reflection.v1.reflection_grpc import ServerReflectionStub
 from grpclib.reflection.v1.reflection_pb2 import ServerReflectionRequest
 from grpclib.reflection.v1alpha.reflection_grpc import ServerReflectionStub as V1AlphaReflectionStub
@@ -651,17 +652,33 @@ async def test_health_reports_serving_then_not_serving_on_drain(served: Served) 
         await served.aio(health_status, served.port, "no.such.Service")
     assert caught.value.status == Status.NOT_FOUND
 
-    # Drain with a stream still running, so the listener stays up while we look.
-    async def during_drain() -> list[int]:
-        async with served.client() as client, client.stream(UPPER) as stream:
-            served.server.drain()
-            statuses = [await health_status(served.port, s) for s in ("", EXECUTION, STREAMING)]
-            await stream.close()
-            async for _ in stream:
-                pass
-        return statuses
+    # Drain with a stream still running, so the server stays up while we look: a balancer's
+    # health checker holding a connection sees NOT_SERVING; a new connection is refused.
+    async def during_drain() -> tuple[list[int], BaseException | None]:
+        checker = Channel("127.0.0.1", served.port)
+        try:
+            await HealthStub(checker).Check(HealthCheckRequest())  # the checker's connection is up
+            async with served.client() as client, client.stream(UPPER) as stream:
+                served.server.drain()
+                statuses = [
+                    (await HealthStub(checker).Check(HealthCheckRequest(service=s))).status
+                    for s in ("", EXECUTION, STREAMING)
+                ]
+                try:
+                    await health_status(served.port)
+                    refused = None
+                except ConnectionRefusedError as exc:
+                    refused = exc
+                await stream.close()
+                async for _ in stream:
+                    pass
+        finally:
+            checker.close()
+        return statuses, refused
 
-    assert await served.aio(during_drain) == [HealthCheckResponse.NOT_SERVING] * 3
+    statuses, refused = await served.aio(during_drain)
+    assert statuses == [HealthCheckResponse.NOT_SERVING] * 3
+    assert isinstance(refused, ConnectionRefusedError)
 
 
 async def test_reflection_lists_services_and_resolves_descriptors(served: Served) -> None:

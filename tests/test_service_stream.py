@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 import trio
 import trio_asyncio
-from grpclib.const import Status
+from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from service_fixtures import (
     ECHO,
     GRACE,
+    STREAM_PATH,
     UPPER,
     Served,
     audio,
@@ -44,6 +45,7 @@ from nursery_pipes import Runtime, TextFrame
 from nursery_pipes._proto.remotemedia import v1 as pb
 from nursery_pipes.client import ChunkOutput, StreamEvent, collect
 from nursery_pipes.service import Server
+from nursery_pipes.wire import manifest_to_proto
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -426,6 +428,31 @@ async def test_cancel_drops_the_session_and_its_workers(served: Served) -> None:
     assert items[-1][1].reason == "cancelled by client"
     assert "result" not in kinds(items)
     await wait_no_session_processes(session_id, within=1.0)
+    await still_streaming(served)
+
+
+async def test_client_cancel_after_close_resets_the_call_and_drops_the_session(served: Served) -> None:
+    """The library's Client ends its request stream on close(): a cancel() after that cannot send
+    CANCEL, so it resets the call — the session ends the same way, workers and all."""
+    doc = manifest(
+        [("src", "PassThrough", {}), ("slow", "SleepNode", {"process_seconds": 30})],
+        [("src", "slow")],
+        executors={"src": "inprocess", "slow": "multiprocess"},
+    )
+
+    async def scenario() -> str:
+        async with served.client() as client:
+            with contextlib.suppress(StreamTerminatedError, GRPCError):
+                async with client.stream(doc) as stream:
+                    await stream.send("src", TextFrame(text="x"))
+                    await stream.close()  # the flush waits for the node's 30 s ...
+                    await stream.cancel()  # ... unless the client gives up
+            return stream.session_id
+
+    began = trio.current_time()
+    session_id = await served.aio(scenario)
+    await wait_no_session_processes(session_id, within=5.0)
+    assert trio.current_time() - began < 10  # not the node's 30 s
     await still_streaming(served)
 
 
@@ -1027,35 +1054,54 @@ async def test_drain_lets_a_running_stream_finish_and_refuses_new_sessions() -> 
     )
     async with serving(server={"drain_timeout_secs": 20}) as served:
 
-        async def stream_through_drain() -> tuple[str, list[tuple[str, Any]], list[tuple[str, Any]], Any]:
+        async def stream_through_drain() -> tuple[
+            str, list[tuple[GRPCError, list[Any]]], list[tuple[str, Any]]
+        ]:
             async with open_stream(served.port) as s:
                 await s.init(doc)
                 (*_, (_, ready)) = await s.until("ready")
                 await s.chunk("src", text_buffer("before"), 1)
                 await s.until("result")
+                # New calls on the same connection — what a client that reuses its connection,
+                # or a balancer that keeps connections, sends a draining server — end with
+                # UNAVAILABLE, no ErrorResponse before it: not processed, retry elsewhere.
                 served.server.drain()
-                # new sessions are refused while this one runs
-                async with open_stream(served.port) as late:
-                    await late.init(UPPER)
-                    refused = await late.rest()
-                async with served.client() as client:
-                    channel = client._channel
-                    unary = await pb.PipelineExecutionServiceStub(channel).execute_pipeline(
-                        pb.ExecuteRequest()
-                    )
+                refused: list[tuple[GRPCError, list[Any]]] = []
+                for call in (_execute_on, _stream_on):
+                    received: list[Any] = []
+                    with pytest.raises(GRPCError) as caught:
+                        await call(s.channel, received)
+                    refused.append((caught.value, received))
                 await s.chunk("src", text_buffer("during"), 2)
                 await s.close()
-                return ready.session_id, refused, await s.rest(), unary
+                return ready.session_id, refused, await s.rest()
 
-        session_id, refused, rest, unary = await served.aio(stream_through_drain)
-        assert kinds(refused) == ["error"]
-        assert refused[0][1].error_type == pb.ErrorType.RESOURCE_LIMIT
-        assert "shutting down" in refused[0][1].message
-        assert unary.error.error_type == pb.ErrorType.RESOURCE_LIMIT
+        session_id, refused, rest = await served.aio(stream_through_drain)
+        for error, received in refused:
+            assert error.status == Status.UNAVAILABLE
+            assert "draining" in str(error.message)
+            assert "retry on another replica" in str(error.message)
+            assert received == []
         assert [q for q, _ in results_by_sink(rest)["w"]] == [2]
         assert rest[-1][0] == "closed"
         assert rest[-1][1].reason == "closed"
     await wait_no_session_processes(session_id, within=1.0)
+
+
+async def _execute_on(channel: Any, received: list[Any]) -> None:
+    received.append(await pb.PipelineExecutionServiceStub(channel).execute_pipeline(pb.ExecuteRequest()))
+
+
+async def _stream_on(channel: Any, received: list[Any]) -> None:
+    async with channel.request(
+        STREAM_PATH, Cardinality.STREAM_STREAM, pb.StreamRequest, pb.StreamResponse
+    ) as call:
+        await call.send_message(
+            pb.StreamRequest(init=pb.StreamInit(manifest=manifest_to_proto(UPPER))), end=True
+        )
+        while (response := await call.recv_message()) is not None:
+            received.append(response)
+        await call.recv_trailing_metadata()
 
 
 async def test_drain_cancels_a_stream_that_outlives_the_deadline() -> None:

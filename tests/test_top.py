@@ -191,12 +191,29 @@ def test_watch_interval_is_clamped() -> None:
     assert watch_interval(1e9) == 60.0
 
 
-async def test_a_draining_server_keeps_reporting_its_sessions(served: Served) -> None:
-    async with live_stream(served) as info:
-        served.server.drain()
-        snap = await snapshot(served)
-        assert snap.server.draining
-        assert [s.session_id for s in snap.sessions] == [info["session_id"]]
+async def test_a_draining_server_keeps_reporting_its_sessions_to_its_watchers(served: Served) -> None:
+    """The drain closes the listener at once (new connections are refused), but a Watch already
+    running goes on: its watcher sees ``draining`` and the sessions still finishing."""
+    seen: list[Any] = []
+    watching = trio.Event()
+
+    async def watch() -> None:
+        async with served.client() as client:
+            async for snap in client.watch(0.25):
+                seen.append(snap)
+                watching.set()
+                if snap.server.draining:
+                    return
+
+    with trio.fail_after(20):
+        async with live_stream(served) as info, trio.open_nursery() as nursery:
+            nursery.start_soon(served.aio, watch)
+            await watching.wait()
+            served.server.drain()
+    draining = seen[-1]
+    assert not seen[0].server.draining
+    assert draining.server.draining
+    assert [s.session_id for s in draining.sessions] == [info["session_id"]]
 
 
 @pytest.mark.parametrize("served", [{"server": {"auth_token": "s3cret"}}], indirect=True)

@@ -70,6 +70,7 @@ __all__ = [
     "RuntimeConfig",
     "ServerConfig",
     "SupervisionDefaults",
+    "TracingConfig",
     "load_config",
 ]
 
@@ -249,6 +250,24 @@ class RemoteConfig(_Section, frozen=True):
         return token
 
 
+class TracingConfig(_Section, frozen=True):
+    """``[tracing]``: OpenTelemetry spans of ``nursery-pipes serve`` (the ``otel`` extra).
+
+    Off by default. The standard ``OTEL_*`` variables apply where the OpenTelemetry SDK reads
+    them (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``OTEL_EXPORTER_OTLP_HEADERS``, ``OTEL_SERVICE_NAME``,
+    ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER``, ``OTEL_BSP_*``); a key set here wins.
+    """
+
+    enabled: bool = False
+    otlp_endpoint: str = ""
+    """Base URL of an OTLP/HTTP collector (``http://127.0.0.1:4318``; ``/v1/traces`` is added);
+    empty: the SDK's ``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT``, else ``http://localhost:4318``."""
+    service_name: str = ""
+    """``service.name`` of the spans; empty: ``OTEL_SERVICE_NAME``, else ``nursery-pipes``."""
+    frame_sample_ratio: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.01
+    """The share of input sequences whose processing gets a span in every node (0: none)."""
+
+
 class RuntimeConfig(_Section, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
@@ -260,6 +279,7 @@ class RuntimeConfig(_Section, frozen=True):
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     monitor: MonitorConfig = msgspec.field(default_factory=MonitorConfig)
     remote: RemoteConfig = msgspec.field(default_factory=RemoteConfig)
+    tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
 
     def __post_init__(self) -> None:
         refusal = self.limits.session_processes_refusal(self.multiprocess.max_processes_per_session)

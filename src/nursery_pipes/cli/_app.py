@@ -295,6 +295,21 @@ def serve(
             help="Serve the Monitor service that `nursery-pipes top` reads (on by default).",
         ),
     ] = None,
+    tracing: Annotated[
+        bool,
+        typer.Option(
+            "--tracing",
+            help="Export OpenTelemetry traces by OTLP/HTTP (needs the otel extra; off by default).",
+        ),
+    ] = False,
+    otlp_endpoint: Annotated[
+        str | None,
+        typer.Option(help="OTLP/HTTP collector base URL, e.g. http://127.0.0.1:4318 (turns --tracing on)."),
+    ] = None,
+    frame_sample_ratio: Annotated[
+        float | None,
+        typer.Option(help="Share of inputs whose frames get a span in every node (0..1, default 0.01)."),
+    ] = None,
 ) -> None:
     """Serve the remotemedia.v1 gRPC API (plus health and reflection) until SIGTERM/SIGINT.
 
@@ -314,8 +329,30 @@ def serve(
         "logging.level": log_level.upper() if log_level else None,
         "metrics.listen": metrics_listen,
         "monitor.enabled": monitor,
+        "tracing.enabled": True if tracing or otlp_endpoint else None,
+        "tracing.otlp_endpoint": otlp_endpoint,
+        "tracing.frame_sample_ratio": frame_sample_ratio,
     }
     raise typer.Exit(_guard(lambda: run_server(config, flags, _announce)))
+
+
+@app.command()
+def health(
+    server: Annotated[
+        str, typer.Option("--server", "-s", help="HOST:PORT of the server to ask.")
+    ] = "127.0.0.1:50051",
+    service: Annotated[str, typer.Option(help="Service to ask about ('' = the server as a whole).")] = "",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.", min=0.1)] = 3.0,
+) -> None:
+    """gRPC health check (grpc.health.v1): exit 0 if the server is SERVING, else 1.
+
+    A draining server answers NOT_SERVING on connections it already had, and refuses new ones:
+    either way this exits 1. For container HEALTHCHECKs and scripts."""
+    from ._health import check_health
+
+    serving, text = _guard(lambda: check_health(server, service, timeout))
+    (out if serving else console).print(escape(text), highlight=False)
+    raise typer.Exit(0 if serving else 1)
 
 
 def _announce(message: str) -> None:

@@ -25,6 +25,7 @@ from .._logging import configure as configure_logging
 from .._logging import unconfigure as unconfigure_logging
 
 if TYPE_CHECKING:
+    from ..runtime import Tracer
     from ..service._prometheus import MetricsExporter
 
 __all__ = ["ENV_PREFIX", "apply_overrides", "serve", "sole_leaf"]
@@ -35,6 +36,7 @@ _FLAG_NAMES = {
     "logging.level": "--log-level",
     "metrics.listen": "--metrics-listen",
     "monitor.enabled": "--monitor/--no-monitor",
+    "tracing.enabled": "--tracing",
 }
 
 
@@ -86,15 +88,20 @@ def serve(config_path: Path | None, flags: Mapping[str, Any], announce: Any) -> 
     Exit code 0 after a drain or a stop; 1 when the service crashed more than
     :data:`SERVICE_RESTARTS` times within :data:`SERVICE_WINDOW_SECS`.
     """
+    from ..tracing import tracer_from_config
+
     config = apply_overrides(load_config(config_path), flags=flags)
     config.auth_token_value()  # fails closed, before anything starts: a named but unset variable
+    tracer = tracer_from_config(config.tracing)  # a missing otel extra: one line, exit 2
     configure_logging(config.logging.format, config.logging.level)
     if config.logging.format == "json":  # stderr carries JSON lines only: announcements too
         announce = logging.getLogger("nursery_pipes.serve").info
     try:
-        return trio.run(_serve, config, announce)
+        return trio.run(_serve, config, announce, tracer)
     finally:
         unconfigure_logging()
+        if tracer is not None:
+            tracer.shutdown()  # sends the spans still batched
 
 
 class _Serving:
@@ -110,7 +117,7 @@ class _Serving:
         """The /metrics endpoint (``[metrics] listen``): it outlives the service's lives."""
 
 
-async def _serve(config: RuntimeConfig, announce: Any) -> int:
+async def _serve(config: RuntimeConfig, announce: Any, tracer: Tracer | None = None) -> int:
     """The top of the server's supervision tree: a supervisor restarts the service — a fresh
     runtime and gRPC server on the same address — when it crashes after it was listening
     (one_for_one, at most SERVICE_RESTARTS within SERVICE_WINDOW_SECS); beside it, the
@@ -122,6 +129,8 @@ async def _serve(config: RuntimeConfig, announce: Any) -> int:
     serving = _Serving()
     if config.metrics.listen:
         serving.exporter = _start_metrics(config.metrics.listen, announce)
+    if tracer is not None:
+        announce(f"tracing: {_tracing_summary(config)}")
     supervisor = Supervisor(
         SupervisionPolicy(
             Strategy.ONE_FOR_ONE, max_restarts=SERVICE_RESTARTS, within_secs=SERVICE_WINDOW_SECS
@@ -131,7 +140,9 @@ async def _serve(config: RuntimeConfig, announce: Any) -> int:
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, serving, nursery.cancel_scope, announce)
-            await supervisor.run([ChildSpec.task("service", _service_life, config, serving, announce)])
+            await supervisor.run(
+                [ChildSpec.task("service", _service_life, config, serving, announce, tracer)]
+            )
             nursery.cancel_scope.cancel()  # the service is done: stop watching signals
     except (ChildFailed, BaseExceptionGroup) as exc:
         error = sole_leaf(exc) if isinstance(exc, BaseExceptionGroup) else exc
@@ -148,7 +159,9 @@ async def _serve(config: RuntimeConfig, announce: Any) -> int:
     return 0
 
 
-async def _service_life(config: RuntimeConfig, serving: _Serving, announce: Any) -> None:
+async def _service_life(
+    config: RuntimeConfig, serving: _Serving, announce: Any, tracer: Tracer | None = None
+) -> None:
     """One life of the service: a runtime, its gRPC server, until drained or stopped.
 
     A configuration error before it listens, or the server failing to take its address (a bad
@@ -169,7 +182,7 @@ async def _service_life(config: RuntimeConfig, serving: _Serving, announce: Any)
         announce(f"listening on {host}:{port}")
 
     try:
-        async with Runtime(config) as runtime:
+        async with Runtime(config, tracer=tracer) as runtime:
             exporter = serving.exporter
             server = Server(runtime, metrics=exporter.grpc if exporter is not None else None)
             serving.server = server
@@ -218,6 +231,16 @@ def _start_metrics(listen: str, announce: Any) -> MetricsExporter:
     return exporter
 
 
+def _tracing_summary(config: RuntimeConfig) -> str:
+    from ..tracing import traces_url
+
+    tracing = config.tracing
+    where = (
+        traces_url(tracing.otlp_endpoint) if tracing.otlp_endpoint else "the OTEL_EXPORTER_OTLP_* endpoint"
+    )
+    return f"spans by OTLP/HTTP to {where}, frames of {tracing.frame_sample_ratio:.2%} of inputs sampled"
+
+
 def _startup_error(error: NurseryPipesError | OSError, config: RuntimeConfig) -> NurseryPipesError:
     """What a failure to take the address means to the user: a bad TLS file or an address
     that cannot be bound is a mistake to report in one line (exit 2), not a traceback."""
@@ -257,11 +280,11 @@ async def _watch_signals(serving: _Serving, scope: trio.CancelScope, announce: A
                 if server is None:
                     announce(f"{name}: stopping (the service is between restarts)")
                     continue
+                server.drain()  # first: once the line below is out, new connections are refused
                 announce(
                     f"{name}: draining — no new sessions, running ones get "
                     f"{server.config.server.drain_timeout_secs:g} s"
                 )
-                server.drain()
             else:
                 announce(f"{name} again: stopping now")
                 scope.cancel()

@@ -21,6 +21,7 @@ Example (asyncio)::
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import ssl
 import sys
@@ -204,13 +205,20 @@ class Client:
         token: str | None = None,
         tls: ssl.SSLContext | bool | None = None,
         timeout: float | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
+        """``metadata``: sent with every call, e.g. the W3C ``traceparent`` / ``tracestate`` of
+        the caller's trace (a server with tracing on continues it; ``token`` adds
+        ``authorization``)."""
         host, _, port = address.rpartition(":")
         if not port.isdigit():
             raise InputError(f"server address must be host:port, got {address!r}")
         self._host, self._port = host.strip("[]") or "127.0.0.1", int(port)
         self._ssl = tls
-        self._metadata = {"authorization": f"Bearer {token}"} if token else None
+        headers = dict(metadata or {})
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        self._metadata = headers or None
         self._timeout = timeout
         self._channel: Channel | None = None
 
@@ -384,12 +392,35 @@ class RemoteStream:
         return self._seq
 
     async def close(self) -> None:
-        """End of input: the server flushes the pipeline, then sends StreamClosed."""
+        """End of input: the server flushes the pipeline, then sends StreamClosed.
+
+        The request stream ends here too (HTTP/2 half-close): a proxy such as nginx that sees
+        the response end before the request resets the stream, which grpclib reports as
+        StreamTerminatedError even when every response has arrived."""
         await self._stream.send_message(
-            pb.StreamRequest(control=pb.StreamControl(command=pb.StreamControlCommand.COMMAND_CLOSE))
+            pb.StreamRequest(control=pb.StreamControl(command=pb.StreamControlCommand.COMMAND_CLOSE)),
+            end=True,
         )
+        self._ended = True
+
+    async def signal(
+        self, name: str, *, to: Sequence[str] | None = None, payload: Mapping[str, Any] | None = None
+    ) -> None:
+        """Send control signal ``name`` to the nodes ``to`` (None: every node), ahead of the
+        frames queued for them (a nursery_pipes extension). Each target answers with a
+        ``StreamEvent("signal_handled", SignalHandled)`` naming what it dropped; a bad name or
+        node comes back as a ``rejected`` event."""
+        request = pb.SignalRequest(
+            name=name, node_ids=list(to or ()), payload_json=json.dumps(dict(payload)) if payload else ""
+        )
+        await self._stream.send_message(pb.StreamRequest(signal=request))
 
     async def cancel(self) -> None:
+        """Drop the session: CANCEL, or — once :meth:`close` ended the request stream — a reset
+        of the call, which ends the session the same way."""
+        if self._ended:
+            await self._stream.cancel()
+            return
         await self._stream.send_message(
             pb.StreamRequest(control=pb.StreamControl(command=pb.StreamControlCommand.COMMAND_CANCEL))
         )

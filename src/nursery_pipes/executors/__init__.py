@@ -9,7 +9,15 @@ entry-point group (:mod:`._registry`).
 from .._states import NodeEvent, NodeState
 from ..nodes._calls import aiter_outputs, check_frame, iter_outputs
 from ._abc import Executor, NodePorts, NodeRunner, Placement, async_hooks
-from ._host import NodeHost, NodeMetrics, NodeProgress, ProgressState, SessionSettings
+from ._host import (
+    NO_NODE_TRACE,
+    NodeHost,
+    NodeMetrics,
+    NodeProgress,
+    NodeTrace,
+    ProgressState,
+    SessionSettings,
+)
 from ._inprocess import HookRunner, InProcessExecutor, Pump, cleanup_failed, initializing, node_failure
 from ._multiprocess import MultiprocessExecutor
 from ._pool import WorkerPool
@@ -21,6 +29,7 @@ from ._transport import Recovery, RingGeometry, ShmPort, ShmPorts, ShmTransport,
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "NO_NODE_TRACE",
     "EndOfStream",
     "Envelope",
     "Executor",
@@ -38,6 +47,7 @@ __all__ = [
     "NodeRunner",
     "NodeState",
     "NodeThread",
+    "NodeTrace",
     "OutPort",
     "Placement",
     "ProgressState",

@@ -9,6 +9,7 @@ callback into the session: an executor never reaches into the session.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,8 +20,17 @@ from .._states import NODE_TRANSITIONS, NodeEvent, NodeState, StateMachine
 from ..frames import Frame
 from ..manifest import NodeSpec
 from ..nodes._base import Node, NodeContext, Params
+from ..nodes._signals import Signal
 
-__all__ = ["NodeHost", "NodeMetrics", "NodeProgress", "ProgressState", "SessionSettings"]
+__all__ = [
+    "NO_NODE_TRACE",
+    "NodeHost",
+    "NodeMetrics",
+    "NodeProgress",
+    "NodeTrace",
+    "ProgressState",
+    "SessionSettings",
+]
 
 ProgressState = Literal["starting", "loading", "ready", "failed"]
 
@@ -81,8 +91,39 @@ class NodeMetrics:
         self.kinds_out[label] = self.kinds_out.get(label, 0) + 1
 
 
+class NodeTrace:
+    """Where an executor reports the sampled frames of one node, for tracing (the session's
+    tracer gives each node one; docs/design.md §4, "Traces"). This base is tracing off: it
+    samples nothing (``threshold`` 0), so an executor that tests ``threshold`` first pays
+    nothing else per frame.
+
+    An executor times a frame whose input sequence passes ``worker.sampled(seq, threshold)``
+    from taking it to its last output handed on, and calls :meth:`frame`, on the trio thread.
+    """
+
+    threshold: int = 0
+    """Sample threshold (``worker.threshold_for(ratio)``); 0: no frame is sampled."""
+
+    def frame(
+        self, seq: int, start_ns: int, end_ns: int, bytes_in: int, bytes_out: int, error: str = ""
+    ) -> None:
+        """One sampled frame: wall-clock ns (``time.time_ns``), its bytes, and if it failed the
+        node's error as the session reports it (naming the node)."""
+
+
+NO_NODE_TRACE = NodeTrace()
+
+
 def _ignore_failure(error: NodeError) -> None:
     pass
+
+
+def _ignore_handled(signal: Signal, dropped: tuple[int, ...], aborted: int | None) -> None:
+    pass
+
+
+SignalSender = Callable[[str, str, "tuple[str, ...] | None", dict[str, Any]], None]
+"""``(origin node id, name, targets or None for all, payload)``: a node sends a signal."""
 
 
 @dataclass
@@ -102,6 +143,13 @@ class NodeHost:
     """Where :meth:`report_failure` goes (the session's supervisor)."""
     spec: NodeSpec | None = None
     """The node's manifest entry as written (``host``, raw ``params``…), when it came from one."""
+    on_signal_handled: Callable[[Signal, tuple[int, ...], int | None], None] = _ignore_handled
+    """Report that the node took a signal: the sequence numbers of the queued frames it
+    dropped, and of the frame in flight it aborted (None if none). Call on the trio thread."""
+    send_signal: SignalSender | None = None
+    """Where a signal the node sends goes (the session's router; any thread may call it)."""
+    trace: NodeTrace = NO_NODE_TRACE
+    """Where sampled frames are reported (tracing; the default samples none)."""
     state: StateMachine[NodeState, NodeEvent] = field(init=False)
     logger: logging.Logger = field(init=False)
     in_flight: int | None = field(init=False, default=None)
@@ -150,4 +198,7 @@ class NodeHost:
             session_id=self.session_id,
             executor=self.executor,
             logger=self.logger,
+            send_signal=None
+            if self.send_signal is None
+            else functools.partial(self.send_signal, self.node_id),
         )

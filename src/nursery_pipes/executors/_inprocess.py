@@ -14,6 +14,7 @@ thread, the thread executor's in the node's own thread.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 import traceback
@@ -28,11 +29,13 @@ from .._states import NodeEvent
 from ..frames import Frame
 from ..nodes._base import Node
 from ..nodes._calls import aiter_outputs, check_frame
+from ..nodes._signals import FLUSH, Signal
+from ..worker import sampled
 from ._abc import Executor, NodePorts, Placement
 from ._host import NodeHost
 from ._ports import EndOfStream, SupervisorPorts
 
-__all__ = ["HookRunner", "InProcessExecutor", "Pump", "node_failure"]
+__all__ = ["HookRunner", "InProcessExecutor", "Pump", "SignalAbort", "node_failure"]
 
 
 def node_failure(node_id: str, phase: str, exc: BaseException) -> NodeError:
@@ -149,8 +152,15 @@ class HookRunner:
             )
 
 
+class SignalAbort(Exception):
+    """A control signal dropped the frame in flight (raised out of emit, caught by the pump)."""
+
+
 class Pump:
-    """Moves frames: inbox → node.process → output ports, then flush and end of stream."""
+    """Moves frames: inbox → node.process → output ports, then flush and end of stream.
+
+    Control signals (``ports.signals``) are looked at before each frame is taken and before
+    each output is sent, so they overtake the frames queued in the inbox."""
 
     def __init__(self, node: Node[Any], host: NodeHost, ports: SupervisorPorts) -> None:
         self.node = node
@@ -159,6 +169,7 @@ class Pump:
         self.inbox = ports.inbox
         self.last_seq = 0
         self.accepts = type(node).accepts
+        self.trace = host.trace
 
     async def run(self) -> None:
         ports, host = self.ports, self.host
@@ -167,14 +178,31 @@ class Pump:
         host.state.fire(NodeEvent.STOP)
         if ports.outputs_ended:  # restarted after its predecessor had ended every output
             return
-        await self.call_hook("flush", self.node.flush)
+        with contextlib.suppress(SignalAbort):  # an interrupt during the final flush drops the rest
+            await self.call_hook("flush", self.node.flush)
         for port in ports.outputs:
             await port.end()
         ports.outputs_ended = True
 
     async def _take_all(self, ports: SupervisorPorts, host: NodeHost) -> None:
-        metrics = host.metrics
-        async for message in self.inbox:
+        metrics, inbox, signals = host.metrics, self.inbox, ports.signals
+        while True:
+            if signals:  # ahead of every frame still queued
+                await self.handle_signals(None)
+                if not ports.open_inputs:
+                    return
+            try:
+                message = inbox.receive_nowait()
+            except trio.WouldBlock:
+                with signals.waiting() as woken:  # a signal put now wakes this wait
+                    try:
+                        message = await inbox.receive()
+                    except trio.EndOfChannel:
+                        return
+                if woken.cancelled_caught:
+                    continue
+            except trio.EndOfChannel:
+                return
             if isinstance(message, EndOfStream):
                 ports.open_inputs -= 1
                 if ports.open_inputs == 0:
@@ -192,9 +220,63 @@ class Pump:
             self.last_seq = message.seq
             host.in_flight = message.seq  # taken: if the node fails now, this frame is lost
             host.state.fire(NodeEvent.FRAME)
-            await self.call_hook("process", self.node.process, frame)
+            with contextlib.suppress(SignalAbort):  # a signal dropped it: reported as such
+                threshold = self.trace.threshold
+                if threshold and sampled(message.seq, threshold):
+                    await self._process_traced(frame, message.seq)
+                else:
+                    await self.call_hook("process", self.node.process, frame)
             host.state.fire(NodeEvent.FRAME_DONE)
             host.in_flight = None
+
+    async def handle_signals(self, in_flight: int | None) -> bool:
+        """Give the node each pending signal (ahead of its queued frames); True if one asked
+        to drop: the queued frames are then gone, and the caller aborts the frame in flight."""
+        dropping = False
+        for signal in self.ports.signals.take():
+            drop = await self.signal_hook(signal)
+            dropped = self._drop_queued() if drop else ()
+            aborted = in_flight if drop and not dropping else None
+            self.host.on_signal_handled(signal, dropped, aborted)
+            dropping = dropping or drop
+            if signal.name == FLUSH and not drop:
+                with contextlib.suppress(SignalAbort):
+                    await self.call_hook("flush", self.node.flush)
+        return dropping
+
+    async def signal_hook(self, signal: Signal) -> bool:
+        """``node.on_signal(signal)`` where this executor runs hooks."""
+        try:
+            return bool(self.node.on_signal(signal))
+        except Exception as exc:
+            raise node_failure(self.host.node_id, "on_signal", exc) from exc
+
+    def _drop_queued(self) -> tuple[int, ...]:
+        """Take every frame queued in the inbox now, keeping count of ends of stream."""
+        dropped: list[int] = []
+        while True:
+            try:
+                message = self.inbox.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return tuple(dropped)
+            if isinstance(message, EndOfStream):
+                self.ports.open_inputs -= 1
+            else:
+                dropped.append(message.seq)
+
+    async def _process_traced(self, frame: Frame, seq: int) -> None:
+        """``process`` of a sampled frame, timed for tracing: from the call to its last output
+        handed on (waits for room downstream included), or to the error that fails the node."""
+        metrics, started = self.host.metrics, time.time_ns()
+        bytes_out = metrics.bytes_out
+        try:
+            await self.call_hook("process", self.node.process, frame)
+        except NodeError as exc:
+            self.trace.frame(
+                seq, started, time.time_ns(), frame.nbytes, metrics.bytes_out - bytes_out, str(exc)
+            )
+            raise
+        self.trace.frame(seq, started, time.time_ns(), frame.nbytes, metrics.bytes_out - bytes_out)
 
     async def call_hook(self, phase: str, hook: Any, *args: Any) -> None:
         """Run a hook, forwarding each output as soon as it exists; time only the node's own work."""
@@ -216,7 +298,7 @@ class Pump:
                     paused = time.perf_counter()
                     await self.emit(out)
                     waiting += time.perf_counter() - paused
-        except (NodeError, trio.Cancelled):
+        except (NodeError, trio.Cancelled, SignalAbort):
             raise
         except Exception as exc:
             raise node_failure(self.host.node_id, phase, exc) from exc
@@ -228,6 +310,8 @@ class Pump:
             await self.emit(check_frame(out, where))
 
     async def emit(self, frame: Frame) -> None:
+        if self.ports.signals and await self.handle_signals(self.host.in_flight):
+            raise SignalAbort  # the frame in flight is dropped: this output and the rest go nowhere
         self.host.metrics.count_out(frame)
         for port in self.ports.outputs:
             await port.send(self.last_seq, frame)

@@ -45,6 +45,7 @@ from .._states import NodeEvent
 from ..ipc import EndOfStream, RingAbortedError
 from ..nodes._base import Node
 from ..nodes._registry import import_ref
+from ..nodes._signals import Signal
 from ..worker import WorkerJob
 from ..worker._events import decode_event
 from ._abc import Executor, NodePorts, NodeRunner, Placement
@@ -142,10 +143,12 @@ class _Workers:
             inputs=tuple(wiring.inputs),
             outputs=tuple(wiring.outputs),
             events=wiring.events,
+            control=wiring.control,
             supervisor_pid=os.getpid(),
             parent_is_forkserver=self.pool.parent_is_forkserver,
             copy_inputs=not getattr(cls, "zero_copy", False),
             log_level=max(logging.DEBUG, logging.getLogger().getEffectiveLevel()),
+            trace_threshold=host.trace.threshold,
         )
 
 
@@ -206,6 +209,11 @@ class _NodeRun:
             host.progress("ready", 1.0)
             self.ready = True
             task_status.started()
+        elif kind == "frame":  # a sampled frame's timing, measured in the worker
+            error = event["error"] and str(NodeError(host.node_id, "process", event["error"]))
+            host.trace.frame(
+                event["seq"], event["start_ns"], event["end_ns"], event["bytes_in"], event["bytes_out"], error
+            )
         elif kind in ("stats", "done"):
             _update_metrics(host, event)
         elif kind == "failed":
@@ -215,6 +223,13 @@ class _NodeRun:
         elif kind == "log":  # in the node's task: tagged with its session and node ids
             logger = logging.getLogger(event.get("logger") or host.logger.name)
             logger.log(event.get("level", logging.WARNING), "%s", event["message"])
+        elif kind == "signal":
+            sent = event["signal"]
+            signal = Signal(sent["name"], sent.get("payload", {}), sent["origin"], sent["id"])
+            host.on_signal_handled(signal, tuple(event["dropped"]), event["aborted"])
+        elif kind == "send_signal" and host.send_signal is not None:
+            to = event["to"]
+            host.send_signal(host.node_id, event["name"], None if to is None else tuple(to), event["payload"])
 
     def pool_taken(self) -> None:
         self.pool.refill_soon()

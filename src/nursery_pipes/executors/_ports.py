@@ -13,14 +13,27 @@ ends of an edge live is the executor's :class:`~._abc.Placement`:
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
 
 from ..frames import Frame
+from ..nodes._signals import Signal
 
-__all__ = ["EndOfStream", "Envelope", "Flow", "MemoryPort", "Message", "OutPort", "SupervisorPorts"]
+__all__ = [
+    "EndOfStream",
+    "Envelope",
+    "Flow",
+    "Mailbox",
+    "MemoryPort",
+    "Message",
+    "OutPort",
+    "SupervisorPorts",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +92,45 @@ class MemoryPort:
         return bool(stats.current_buffer_used >= stats.max_buffer_size)
 
 
+class Mailbox:
+    """Control signals for one supervisor-placed node, beside (not in) its inbox of frames.
+
+    The node's pump looks here before it takes each frame and between the outputs of the
+    frame in flight (a cheap truth test), so a signal overtakes every frame queued in the
+    inbox. A pump waiting for a frame is woken: :meth:`waiting` gives it a cancel scope
+    that :meth:`put` cancels. Used on the trio thread only.
+    """
+
+    __slots__ = ("_queue", "_waiting")
+
+    def __init__(self) -> None:
+        self._queue: deque[Signal] = deque()
+        self._waiting: trio.CancelScope | None = None
+
+    def put(self, signal: Signal) -> None:
+        self._queue.append(signal)
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    def take(self) -> list[Signal]:
+        taken = list(self._queue)
+        self._queue.clear()
+        return taken
+
+    def __bool__(self) -> bool:
+        return bool(self._queue)
+
+    @contextmanager
+    def waiting(self) -> Iterator[trio.CancelScope]:
+        """Around a wait for the next frame: a signal put meanwhile cancels the wait."""
+        with trio.CancelScope() as scope:
+            self._waiting = scope
+            try:
+                yield scope
+            finally:
+                self._waiting = None
+
+
 @dataclass(frozen=True, slots=True)
 class Flow:
     """What the supervisor sees of one node's edges (for deciding who holds a session up)."""
@@ -110,6 +162,8 @@ class SupervisorPorts:
     node: a node restarted inside the session carries on where its predecessor stopped."""
     outputs_ended: bool = False
     """Every output has had its end of stream (a restarted node then has nothing to send)."""
+    signals: Mailbox = field(default_factory=Mailbox)
+    """Control signals for the node, ahead of the frames in ``inbox``."""
 
     def __post_init__(self) -> None:
         self.open_inputs = self.expected_eos

@@ -44,9 +44,18 @@ from .._errors import NodeError
 from ..frames import Frame
 from ..nodes._base import Node
 from ..nodes._calls import check_frame
+from ..nodes._signals import Signal
 from ._abc import Placement
 from ._host import NodeHost
-from ._inprocess import HookRunner, InProcessExecutor, Pump, cleanup_failed, initializing, node_failure
+from ._inprocess import (
+    HookRunner,
+    InProcessExecutor,
+    Pump,
+    SignalAbort,
+    cleanup_failed,
+    initializing,
+    node_failure,
+)
 from ._ports import SupervisorPorts
 
 __all__ = ["NodeThread", "ThreadExecutor"]
@@ -201,6 +210,12 @@ class _ThreadPump(Pump):
         super().__init__(node, host, ports)
         self.thread = thread
 
+    async def signal_hook(self, signal: Signal) -> bool:
+        try:
+            return bool(await self.thread.run(self.node.on_signal, signal))
+        except Exception as exc:
+            raise node_failure(self.host.node_id, "on_signal", exc) from exc
+
     async def call_hook(self, phase: str, hook: Any, *args: Any) -> None:
         metrics = self.host.metrics
         where = f"{self.host.node_type}.{phase}"
@@ -223,8 +238,13 @@ class _ThreadPump(Pump):
                 metrics.processing_s += time.perf_counter() - began
                 if item is _DONE:
                     return
-                await self.emit(check_frame(item, where))
-        except (NodeError, trio.Cancelled):
+                try:
+                    await self.emit(check_frame(item, where))
+                except SignalAbort:
+                    if hasattr(iterator, "close"):  # a generator: stop it at its yield
+                        await self.thread.run(iterator.close)
+                    raise
+        except (NodeError, trio.Cancelled, SignalAbort):
             raise
         except Exception as exc:
             raise node_failure(self.host.node_id, phase, exc) from exc

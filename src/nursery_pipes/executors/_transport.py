@@ -37,9 +37,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+import msgspec
 import trio
 
-from .._errors import SessionError
+from .._errors import InputError, SessionError
 from ..frames import Frame
 from ..ipc import (
     ConsumerRepair,
@@ -47,12 +48,14 @@ from ..ipc import (
     EndOfStream,
     Loan,
     Namespace,
+    Producer,
     ProducerRepair,
     Ring,
     RingAbortedError,
     RingClosedError,
     RingError,
     RingSpec,
+    SlotHeader,
     decode_frame,
     encode_frame,
     sweep_stale,
@@ -60,10 +63,14 @@ from ..ipc import (
 )
 from ..ipc._segment import round_up
 from ..ipc._spec import SLOT_ALIGN
+from ..nodes._signals import Signal
 from ._ports import Flow, OutPort
 from ._rings import TrioConsumer, TrioProducer, discard_all, end_stream
 
-__all__ = ["Recovery", "RingGeometry", "ShmPort", "ShmPorts", "ShmTransport"]
+__all__ = ["CONTROL_SLOTS", "Recovery", "RingGeometry", "ShmPort", "ShmPorts", "ShmTransport"]
+
+CONTROL_SLOTS = 16
+"""Signals a worker may have pending (sent, not yet taken); one more is refused."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,9 @@ class ShmPorts:
     outputs: list[RingSpec] = field(default_factory=list)
     events: RingSpec | None = None
     events_consumer: TrioConsumer | None = None
+    control: RingSpec | None = None
+    """Control signals to the worker (supervisor → worker), read ahead of its inputs."""
+    control_producer: Producer | None = None
     rings: list[Ring] = field(default_factory=list)
     stop_mode: StopMode = "ask"
     """How the executor stops this node's worker (see :data:`StopMode`); the session sets it."""
@@ -308,7 +318,35 @@ class ShmTransport:
         )
         consumer = TrioConsumer(ring.consumer())
         self._closers.append(consumer.close)
-        return ShmPorts(events=ring.spec, events_consumer=consumer, rings=[ring])
+        # Signals are sent without waiting (try_send) and the worker polls for them: no doorbells.
+        control = self._ring(
+            async_producer=False, async_consumer=False, slot_count=CONTROL_SLOTS, slot_size=4096
+        )
+        producer = control.producer()
+        self._closers.append(producer.close)
+        return ShmPorts(
+            events=ring.spec,
+            events_consumer=consumer,
+            control=control.spec,
+            control_producer=producer,
+            rings=[ring, control],
+        )
+
+    def signal(self, ports: ShmPorts, signal: Signal) -> None:
+        """Put ``signal`` on the worker's control ring (never blocks). The worker reads it
+        before its next frame, between two outputs, or within ``SIGNAL_POLL_S`` when idle."""
+        assert ports.control_producer is not None, "node_ports() made the control ring"
+        meta = msgspec.json.encode(
+            {"name": signal.name, "payload": dict(signal.payload), "origin": signal.origin, "id": signal.id}
+        )
+        if len(meta) > 4000:
+            raise InputError(
+                f"signal {signal.name!r}: its payload is too big ({len(meta)} bytes of JSON, at most 4000)"
+            )
+        if not ports.control_producer.try_send(SlotHeader(kind=0, meta_len=len(meta)), meta):
+            raise InputError(
+                f"signal {signal.name!r}: the node already has {CONTROL_SLOTS} signals it has not taken yet"
+            )
 
     def port(self, ring: Ring) -> ShmPort:
         producer = TrioProducer(ring.producer())
@@ -336,6 +374,8 @@ class ShmTransport:
         inputs = tuple(self._ring_of(spec).repair_consumer() for spec in ports.inputs)
         outputs = tuple(self._ring_of(spec).repair_producer() for spec in ports.outputs)
         events = self._ring_of(ports.events).repair_producer() if ports.events is not None else None
+        if ports.control is not None:  # signals the dead worker had not taken go to the next one
+            self._ring_of(ports.control).repair_consumer()
         return Recovery(inputs, outputs, events)
 
     def take_over(self, ports: ShmPorts) -> Callable[[Callable[[int], None]], Awaitable[int]]:

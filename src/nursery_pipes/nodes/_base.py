@@ -13,6 +13,8 @@ A node is a class with typed params and four hooks, each sync or async::
   (sync or async) generator that yields frames as they are ready (streaming).
 - ``flush()``: end of stream; same return forms as ``process``.
 - ``cleanup()``: release resources; always called once ``initialize`` began.
+- ``on_signal(signal)``: a control signal overtook the queued frames (see
+  :mod:`._signals`); return True to drop them and abort the frame in flight.
 
 Params are a :class:`Params` struct (msgspec) given as the generic argument:
 ``Node[GainParams]`` makes ``GainNode.Params`` that struct and ``self.params``
@@ -33,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..frames import Frame, FrameKind
+from ._signals import DROPPING_SIGNALS, Signal
 
 __all__ = [
     "ALL_KINDS",
@@ -93,6 +96,21 @@ class NodeContext:
         default=None, repr=False, compare=False
     )
     """Set by the executor that runs the node (see :meth:`output_array`); None: plain arrays."""
+    send_signal: Callable[[str, tuple[str, ...] | None, dict[str, Any]], None] | None = field(
+        default=None, repr=False, compare=False
+    )
+    """Set by the executor that runs the node (see :meth:`signal`)."""
+
+    def signal(
+        self, name: str, *, to: Iterable[str] | None = None, payload: dict[str, Any] | None = None
+    ) -> None:
+        """Send a control signal to the nodes ``to`` (None: every other node of the session),
+        ahead of the frames queued for them — e.g. a voice-activity node interrupting the
+        speech synthesis downstream when the user starts talking. Returns at once; each
+        target's :meth:`Node.on_signal` runs before it takes its next frame."""
+        if self.send_signal is None:
+            raise RuntimeError(f"node {self.node_id!r}: this context cannot send signals (no session)")
+        self.send_signal(name, None if to is None else tuple(to), dict(payload or {}))
 
     def output_array(self, shape: int | tuple[int, ...], dtype: npt.DTypeLike) -> npt.NDArray[Any]:
         """A new writable array to build one output frame in, for nodes that produce big frames.
@@ -171,6 +189,17 @@ class Node(Generic[P]):
     def cleanup(self) -> Awaitable[None] | None:
         """Release resources. Called once initialize() has begun, whatever happened after."""
         return None
+
+    def on_signal(self, signal: Signal) -> bool:
+        """A control signal for this node, ahead of the frames queued for it.
+
+        Return True to drop those frames and abort the frame in flight (outputs it has not
+        sent yet are discarded; a generator is closed at its next ``yield``); both are
+        reported as dropped. Runs where the other hooks run, never at the same time as one
+        (between frames, or between two outputs of a generator). Default: True for
+        ``interrupt`` and ``cancel_turn``, False for anything else. Keep it short.
+        """
+        return signal.name in DROPPING_SIGNALS
 
     @classmethod
     def description(cls) -> str:

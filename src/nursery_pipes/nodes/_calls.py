@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Generator
 from typing import Any
 
 from .._errors import ManifestError, ManifestIssue
@@ -21,7 +21,7 @@ from ._params import check_params
 __all__ = ["aiter_outputs", "build_params", "check_frame", "iter_outputs", "make_node"]
 
 
-def iter_outputs(result: Any, where: str) -> Iterator[Frame]:
+def iter_outputs(result: Any, where: str) -> Generator[Frame, None, None]:
     """Flatten a synchronous hook result into frames (no awaitables allowed here)."""
     if result is None:
         return

@@ -376,6 +376,24 @@ class LogNode(Node[LogParams]):
         return frame
 
 
+class SendSignalParams(Params, kw_only=True):
+    when_text: str = "stop"
+    """Send the signal when a text frame with exactly this text comes by."""
+    name: str = "interrupt"
+    to: list[str] = msgspec.field(default_factory=list)
+    """The target node ids; empty: every other node of the session."""
+
+
+class SendSignalNode(Node[SendSignalParams]):
+    """Test node: pass frames through; send control signal ``name`` to ``to`` when the text
+    ``when_text`` comes by — from wherever it runs (a worker process included)."""
+
+    def process(self, frame: Frame) -> Frame:
+        if getattr(frame, "text", None) == self.params.when_text:
+            self.context.signal(self.params.name, to=self.params.to or None)
+        return frame
+
+
 TESTING_NODES: tuple[type[Node[Any]], ...] = (
     SleepNode,
     RaiseNode,
@@ -383,6 +401,7 @@ TESTING_NODES: tuple[type[Node[Any]], ...] = (
     ExitNode,
     KeepInputNode,
     LogNode,
+    SendSignalNode,
     SignalNode,
     ProgressNode,
     CpuBurnNode,

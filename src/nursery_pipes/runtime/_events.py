@@ -12,8 +12,10 @@ Events, in the order they happened:
 - :class:`NodeRestarted` — a node (a fresh instance of it) is starting again;
   its progress events follow;
 - :class:`FramesDropped` — frames that will never produce outputs: the one a
-  node was processing when it failed or was restarted, or what was still sent
-  to a node stopped for good.
+  node was processing when it failed or was restarted, what was still sent
+  to a node stopped for good, or what a control signal dropped;
+- :class:`SignalHandled` — a node took a control signal (ahead of its queued
+  frames) and what it dropped.
 
 The queue keeps one order for all of them. Outputs count against a bound (a
 client that stops reading slows the pipeline down — backpressure, never a
@@ -41,6 +43,7 @@ __all__ = [
     "NodeProgress",
     "NodeRestarted",
     "Output",
+    "SignalHandled",
     "StateChanged",
 ]
 
@@ -95,7 +98,21 @@ class FramesDropped:
     reason: str
 
 
-Event = NodeProgress | Output | StateChanged | NodeFailed | NodeRestarted | FramesDropped
+@dataclass(frozen=True, slots=True)
+class SignalHandled:
+    """Node ``node_id`` took signal number ``signal_id`` (``name``, from ``origin``), ahead
+    of its queued frames. ``dropped``: the sequence numbers of the queued frames it dropped;
+    ``aborted``: the frame it was processing and gave up, if any."""
+
+    node_id: str
+    name: str
+    signal_id: int
+    origin: str
+    dropped: tuple[int, ...] = ()
+    aborted: int | None = None
+
+
+Event = NodeProgress | Output | StateChanged | NodeFailed | NodeRestarted | FramesDropped | SignalHandled
 
 
 class EventQueue:
@@ -113,7 +130,7 @@ class EventQueue:
         self.discarded = 0
 
     def put_control(
-        self, event: NodeProgress | StateChanged | NodeFailed | NodeRestarted | FramesDropped
+        self, event: NodeProgress | StateChanged | NodeFailed | NodeRestarted | FramesDropped | SignalHandled
     ) -> None:
         if self._closed:
             return

@@ -46,11 +46,15 @@ class NodeRecovery:
         metrics: Mapping[str, NodeMetrics],
         restart_counts: Callable[[], Mapping[str, int]],
         start_task: Callable[[Callable[[], Awaitable[None]], str], None],
+        *,
+        observe: Callable[[NodeFailed | NodeRestarted | FramesDropped], None] = lambda event: None,
     ) -> None:
         self._events = events
         self._metrics = metrics
         self._restart_counts = restart_counts
         self._start_task = start_task
+        self._observe = observe
+        """Sees every event as it is emitted (the session's trace)."""
         self.ports: Mapping[str, NodePorts] = {}
         self.transport: ShmTransport | None = None
         self.hosts: dict[str, NodeHost] = {}
@@ -173,6 +177,7 @@ class NodeRecovery:
     def _emit(self, event: NodeFailed | NodeRestarted | FramesDropped) -> None:
         self.log.append(event)
         self._events.put_control(event)
+        self._observe(event)
 
 
 def _node_error(record: FailureRecord) -> NodeError:

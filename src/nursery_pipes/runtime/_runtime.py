@@ -28,6 +28,7 @@ from ._events import FramesDropped, NodeFailed, NodeProgress, NodeRestarted
 from ._plan import SessionPlan, check_input_target, plan_session
 from ._session import Session, SessionMetrics, run_session
 from ._stats import RuntimeStats
+from ._trace import NO_TRACER, Tracer
 
 __all__ = ["PipelineInputs", "PipelineResult", "Runtime", "registry_from_config"]
 
@@ -71,7 +72,13 @@ class Runtime:
     'HI'
     """
 
-    def __init__(self, config: RuntimeConfig | None = None, *, registry: NodeRegistry | None = None) -> None:
+    def __init__(
+        self,
+        config: RuntimeConfig | None = None,
+        *,
+        registry: NodeRegistry | None = None,
+        tracer: Tracer | None = None,
+    ) -> None:
         if registry is None:
             # Always a registry of its own: nothing registered in one runtime is seen by another.
             registry = registry_from_config(config or RuntimeConfig())
@@ -82,6 +89,8 @@ class Runtime:
         self._sessions: dict[str, Session] = {}
         self.stats = RuntimeStats()
         """Counters over every session this runtime ran (for monitoring: ``serve --metrics-listen``)."""
+        self.tracer: Tracer = tracer or NO_TRACER
+        """Traces each session (``nursery_pipes.tracing`` for OpenTelemetry); default: none."""
         self._stack: AsyncExitStack | None = None
 
     async def __aenter__(self) -> Runtime:
@@ -129,6 +138,7 @@ class Runtime:
         *,
         session_id: str | None = None,
         wait_ready: bool = True,
+        trace_context: Mapping[str, str] | None = None,
     ) -> AsyncIterator[Session]:
         """Start a session; yields it once every node is ready.
 
@@ -140,10 +150,20 @@ class Runtime:
         (unread outputs are discarded); leave it without closing, or with an
         exception, to cancel. Errors come out unwrapped (a NodeError, not an
         ExceptionGroup).
+
+        ``trace_context``: the caller's trace, as W3C carrier headers (``traceparent``,
+        ``tracestate``): the session's trace is part of it (with a :attr:`tracer` that traces).
         """
         plan = self.plan(manifest)
         self._check_limits(plan)
-        session = Session(plan, self.executors, config=self.config, session_id=session_id)
+        session = Session(
+            plan,
+            self.executors,
+            config=self.config,
+            session_id=session_id,
+            tracer=self.tracer,
+            trace_context=trace_context,
+        )
         self._sessions[session.id] = session
         self.stats.session_started()
         try:

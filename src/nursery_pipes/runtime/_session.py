@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -73,7 +73,10 @@ from ._holdup import holdups
 from ._plan import CLIENT, SessionPlan, check_input_kind, check_input_target
 from ._policy import RestartType
 from ._recovery import NodeRecovery
+from ._signaling import SignalRouter
+from ._stats import session_outcome
 from ._supervisor import ChildFailed, ChildSpec, Supervisor
+from ._trace import NO_TRACER, InitTrace, Tracer
 from ._wiring import wire
 
 __all__ = ["Session", "SessionMetrics", "SessionStatistics", "run_session"]
@@ -121,9 +124,12 @@ class Session:
         *,
         config: RuntimeConfig | None = None,
         session_id: str | None = None,
+        tracer: Tracer = NO_TRACER,
+        trace_context: Mapping[str, str] | None = None,
     ) -> None:
         self.id = session_id or secrets.token_hex(8)
         self.plan = plan
+        self._trace = tracer.session(self.id, plan.manifest.name, len(plan.nodes), trace_context or {})
         self._executors = executors
         self._config = config or RuntimeConfig()
         self._runners: dict[str, NodeRunner] = {}
@@ -144,8 +150,13 @@ class Session:
         self._ready = trio.Event()
         self._finished = trio.Event()
         self._error: SessionError | None = None
+        self._signals = SignalRouter(plan.order, self._events)
         self._recovery = NodeRecovery(
-            self._events, self._metrics, lambda: self._supervisor.restart_counts, self._start_task
+            self._events,
+            self._metrics,
+            lambda: self._supervisor.restart_counts,
+            self._start_task,
+            observe=self._trace.event,
         )
         self._supervisor = Supervisor(
             plan.supervision,
@@ -252,6 +263,36 @@ class Session:
             self._close_pending = True  # see started()
         else:
             self._end_input_soon()
+
+    def signal(
+        self, name: str, *, to: Iterable[str] | None = None, payload: Mapping[str, Any] | None = None
+    ) -> int:
+        """Send control signal ``name`` to the nodes ``to`` (None: every node), ahead of the
+        frames queued for them; returns its number. Never blocks.
+
+        Each target's ``on_signal`` hook decides what it means (``interrupt`` and
+        ``cancel_turn`` drop the target's queued frames and abort the one in flight unless
+        the node says otherwise); :meth:`events` then yields a ``SignalHandled`` per target,
+        and ``FramesDropped`` for what it dropped. An unknown target or a bad name is an
+        :class:`InputError` naming it.
+
+        >>> import trio
+        >>> from nursery_pipes import Runtime, TextFrame
+        >>> from nursery_pipes.runtime import SignalHandled
+        >>> manifest = {"version": "v1", "metadata": {"name": "hush"}, "connections": [],
+        ...             "nodes": [{"id": "up", "node_type": "TextTransformNode"}]}
+        >>> async def main():
+        ...     async with Runtime() as runtime, runtime.open_session(manifest) as session:
+        ...         session.signal("interrupt", to=["up"])
+        ...         async for event in session.events():
+        ...             if isinstance(event, SignalHandled):
+        ...                 return event.node_id, event.name, event.dropped
+        >>> trio.run(main)
+        ('up', 'interrupt', ())
+        """
+        if self._error is not None:
+            raise self._error
+        return self._signals.send(name, to, payload).id
 
     def cancel(self) -> None:
         """Stop everything now; in-flight frames are dropped. Idempotent."""
@@ -365,6 +406,7 @@ class Session:
                     self._recovery.ports = wiring.ports
                     self._recovery.transport = transport
                     self._transport = transport
+                    self._signals.attach(wiring.ports, transport)
                     async with trio.open_nursery() as nursery:
                         self._nursery = nursery
                         pumps = _Countdown(len(wiring.pumps))
@@ -415,6 +457,13 @@ class Session:
     async def _run_node(self, node_id: str, ports: NodePorts, task_status: trio.TaskStatus[None]) -> None:
         NODE_ID.set(node_id)  # log lines of this node's task (and what it starts) name the node
         plan = self.plan.nodes[node_id]
+        metrics = self._metrics[node_id]
+        init = self._trace.node_init(node_id, plan.node_type, plan.executor, metrics.restarts)
+
+        def failed(error: NodeError) -> None:  # the moment it is known (before any grace period)
+            init.failed(error)
+            self._supervisor.report_failure(node_id, error)
+
         host = NodeHost(
             node_id=node_id,
             node_type=plan.node_type,
@@ -423,15 +472,23 @@ class Session:
             executor=plan.executor,
             session_id=self.id,
             settings=self.plan.settings,
-            metrics=self._metrics[node_id],
+            metrics=metrics,
             emit_progress=self._on_progress,
-            on_failure=partial(self._supervisor.report_failure, node_id),
+            on_failure=failed,
             spec=plan.spec,
+            on_signal_handled=partial(self._signals.handled, node_id),
+            send_signal=self._signals.from_node,
+            trace=self._trace.frames(node_id),
         )
         self._recovery.hosts[node_id] = host
         ended = self._recovery.ended[node_id] = trio.Event()
         try:
-            await self._runners[plan.executor].run_node(host, ports, task_status=task_status)
+            await self._runners[plan.executor].run_node(
+                host, ports, task_status=_InitDone(task_status, init, metrics)
+            )
+        except BaseException as exc:
+            init.failed(exc)  # (ignored once the node was ready)
+            raise
         finally:
             ended.set()
 
@@ -512,6 +569,7 @@ class Session:
         self._events.close(self._error)
         self._ready.set()
         self._finished.set()
+        self._trace.end(session_outcome(self), self._error)
 
     def _end_input_soon(self) -> None:
         # The supervisor only reports READY from inside the session's nursery, and close() can
@@ -600,6 +658,19 @@ async def run_session(session: Session, *, wait_ready: bool = True) -> AsyncIter
         raise body_error
     if session.error is not None:
         raise session.error
+
+
+class _InitDone:
+    """A node's ``task_status``: its ``started()`` (the node is ready) also ends its init trace."""
+
+    def __init__(self, task_status: trio.TaskStatus[None], init: InitTrace, metrics: NodeMetrics) -> None:
+        self._task_status = task_status
+        self._init = init
+        self._metrics = metrics
+
+    def started(self, value: None = None) -> None:
+        self._init.ready(self._metrics.pid)
+        self._task_status.started()
 
 
 class _Countdown:

@@ -14,10 +14,13 @@ import functools
 import importlib.metadata
 import os
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import trio
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
 
 from .._errors import InputError, NurseryPipesError, ResourceLimitError, SessionError
 from .._proto.remotemedia import v1 as pb
@@ -31,6 +34,7 @@ from ._events import supervision_to_proto
 from ._metrics import metrics_to_proto
 
 __all__ = [
+    "DRAINING",
     "PROTOCOL_VERSION",
     "build_timestamp",
     "check_request_limits",
@@ -38,6 +42,7 @@ __all__ = [
     "execute",
     "output_limit",
     "refusal",
+    "refuse_if_draining",
     "version",
 ]
 
@@ -91,25 +96,38 @@ def version(runtime: Runtime, request: Any) -> Any:
     )
 
 
-def refusal(client_version: str, accepting: bool) -> Any | None:
-    """The ErrorResponse that turns a new session away (an incompatible client, a draining
-    server), or None."""
+DRAINING = "server is draining: it takes no new sessions (running ones finish); retry on another replica"
+
+
+def refuse_if_draining(accepting: bool) -> None:
+    """End a new call on a draining server with UNAVAILABLE: the status gRPC clients, their retry
+    policies and proxies read as "not processed, try another server" (an ErrorResponse would read
+    as the request's own fault, and no client retries it)."""
+    if not accepting:
+        raise GRPCError(Status.UNAVAILABLE, DRAINING)
+
+
+def refusal(client_version: str) -> Any | None:
+    """The ErrorResponse that turns a new session away (an incompatible client), or None."""
     ok, why = compatible(client_version)
     if not ok:
         return M.ErrorResponse(error_type=pb.ErrorType.VERSION_MISMATCH, message=why)
-    if not accepting:
-        return M.ErrorResponse(
-            error_type=pb.ErrorType.RESOURCE_LIMIT, message="server is shutting down; no new sessions"
-        )
     return None
 
 
 async def execute(
-    runtime: Runtime, request: Any, accepting: bool, *, max_message_bytes: int | None = None
+    runtime: Runtime,
+    request: Any,
+    accepting: bool,
+    *,
+    max_message_bytes: int | None = None,
+    trace_context: Mapping[str, str] | None = None,
 ) -> Any:
     """Serve one ExecutePipeline call. ``max_message_bytes`` bounds the reply (default: the
-    runtime's ``server.max_message_bytes``, the server's limit on requests)."""
-    denied = refusal(request.client_version, accepting)
+    runtime's ``server.max_message_bytes``, the server's limit on requests); ``trace_context``:
+    the call's W3C trace headers, which the session's trace continues."""
+    refuse_if_draining(accepting)
+    denied = refusal(request.client_version)
     if denied is not None:
         return M.ExecuteResponse(error=denied)
     started = time.perf_counter()
@@ -125,7 +143,9 @@ async def execute(
         decode_ms = (time.perf_counter() - started) * 1000
         timeout = limits.max_timeout_ms / 1000 if limits.max_timeout_ms else None
         with trio.fail_after(timeout) if timeout else contextlib.nullcontext():
-            outputs, session = await _run_bounded(runtime, plan, inputs, _Budget(limits, reply_limit))
+            outputs, session = await _run_bounded(
+                runtime, plan, inputs, _Budget(limits, reply_limit), trace_context
+            )
         buffers = {sink: frames_to_buffer(sink, frames, M) for sink, frames in outputs.items()}
     except trio.TooSlowError:
         return M.ExecuteResponse(
@@ -193,12 +213,16 @@ def output_limit(nbytes: int, limits: Any, max_message_bytes: int) -> str | None
 
 
 async def _run_bounded(
-    runtime: Runtime, plan: SessionPlan, inputs: dict[str, Frame], budget: _Budget
+    runtime: Runtime,
+    plan: SessionPlan,
+    inputs: dict[str, Frame],
+    budget: _Budget,
+    trace_context: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, list[Frame]], Session]:
     """Run the session on ``inputs``, collecting each sink's frames until ``budget`` says stop."""
     outputs: dict[str, list[Frame]] = {sink: [] for sink in plan.sinks}
     stopped: NurseryPipesError | None = None
-    async with runtime.open_session(plan) as session:
+    async with runtime.open_session(plan, trace_context=trace_context) as session:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_feed, session, inputs)
             try:

@@ -5,10 +5,20 @@ Life of a server (:meth:`Server.serve`)::
     open the runtime (shared worker pool, warm workers, sweep of stale shm)
       └─ open a trio-asyncio loop; start grpclib on the listen address (loopback by default; TLS optional)
            └─ serving ── drain() (SIGTERM/SIGINT) ──▶ draining:
-                 health → NOT_SERVING, new sessions refused (RESOURCE_LIMIT),
-                 running sessions get ``drain_timeout_secs`` to finish, then are cancelled
-                 (their calls end with UNAVAILABLE); the listener and every client
-                 connection close; the runtime stops every worker and unlinks its shm.
+                 the listener closes at once (new connections are refused), health →
+                 NOT_SERVING on the connections still open, new calls on them end with
+                 UNAVAILABLE; running sessions get ``drain_timeout_secs`` to finish, then
+                 are cancelled (their calls end with UNAVAILABLE too); every client
+                 connection closes; the runtime stops every worker and unlinks its shm.
+
+Why the listener closes when the drain starts, not when it ends: a load balancer must send
+new sessions elsewhere, and a refused connection is the one signal every balancer acts on
+without being told — nginx retries a gRPC request on the next upstream only when it failed
+before the request was sent (its request bodies are unbuffered), and marks the replica down;
+Kubernetes' gRPC probes fail the same way. Health NOT_SERVING is still there for whoever
+holds a connection (a balancer's health checker, ``Health/Watch``), and a new call on such a
+connection ends with UNAVAILABLE — the status gRPC clients and proxies retry elsewhere, as
+the request was not processed (docs/scaling.md).
 
 Authentication: when a bearer token is configured, ExecutePipeline and
 StreamPipeline require ``authorization: Bearer <token>`` and answer anything
@@ -108,6 +118,7 @@ class Server:
         self._status = ServiceStatus()
         self._token = self.config.auth_token_value()  # fails closed: a named but unset variable raises
         self._codec = _WireCodec(metrics)
+        self._listener: asyncio.AbstractServer | None = None
         self.port: int | None = None
         self._listening_since: float | None = None
         """trio.current_time() when the server started listening (the Monitor's uptime)."""
@@ -118,9 +129,14 @@ class Server:
         return self._accepting
 
     def drain(self) -> None:
-        """Stop taking new sessions; running ones get ``drain_timeout_secs`` to finish."""
+        """Stop taking new sessions; running ones get ``drain_timeout_secs`` to finish.
+
+        From the moment this returns, new connections are refused (the listener is closed) and
+        health reports NOT_SERVING: a balancer is told the truth before anything else happens."""
         self._accepting = False
         self._status.set(False)
+        if self._listener is not None:
+            self._listener.close()  # stops accepting; the connections it made stay open
         self._drain.set()
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -130,14 +146,17 @@ class Server:
         self._status.set(True)
         # Bound here, not by grpclib: we know the port without reaching into its server.
         sock = _bind(host, port)
-        async with trio_asyncio.open_loop():
-            server = GrpcServer(self._handlers(), codec=self._codec)
-            connections = _track_connections(server)
+        async with trio_asyncio.open_loop() as loop:
+            connections: weakref.WeakSet[Any] = weakref.WeakSet()
+            factory = _tracked_factory(GrpcServer(self._handlers(), codec=self._codec), connections)
+            # The listener is ours (asyncio's public create_server), not grpclib's Server.start:
+            # drain() closes it alone, leaving the running calls their connections.
             try:
-                await trio_asyncio.aio_as_trio(server.start)(sock=sock, ssl=context)
+                listener = await trio_asyncio.aio_as_trio(loop.create_server)(factory, sock=sock, ssl=context)
             except BaseException:
                 sock.close()
                 raise
+            self._listener = listener
             try:
                 self.port = int(sock.getsockname()[1])
                 self._listening_since = trio.current_time()
@@ -145,15 +164,21 @@ class Server:
                 await self._drain.wait()
                 await self._finish_sessions()
             finally:
-                server.close()  # stops listening, cancels the calls still running
-                # grpclib leaves client connections open: close them, or their clients wait
-                # forever and the sockets outlive the loop.
+                self._listener = None
+                listener.close()
+                # Close every client connection, which cancels the calls still running (their
+                # handlers end them with UNAVAILABLE), or their clients wait forever and the
+                # sockets outlive the loop.
+                handlers = []
                 for protocol in list(connections):
                     processor = getattr(protocol, "processor", None)
                     if processor is not None:
                         processor.close("server stopped")
+                        handlers.append(protocol.handler)
                 with trio.CancelScope(shield=True), trio.move_on_after(5):
-                    await trio_asyncio.aio_as_trio(server.wait_closed)()
+                    for handler in handlers:
+                        await trio_asyncio.aio_as_trio(handler.wait_closed)()
+                    await trio_asyncio.aio_as_trio(listener.wait_closed)()
                     await trio_asyncio.aio_as_trio(asyncio.sleep)(0)  # transports finish closing
 
     async def _finish_sessions(self) -> None:
@@ -263,12 +288,12 @@ class Server:
             )
             if request is None:
                 return
-            response = await trio_asyncio.trio_as_aio(self._execute_trio)(request)
+            response = await trio_asyncio.trio_as_aio(self._execute_trio)(request, trace_context(raw))
             await raw.send_message(response)
 
-    async def _execute_trio(self, request: Any) -> Any:
+    async def _execute_trio(self, request: Any, context: dict[str, str]) -> Any:
         async with self._tracked():
-            return await execute(self.runtime, request, self._accepting)
+            return await execute(self.runtime, request, self._accepting, trace_context=context)
 
     async def _stream(self, raw: Any) -> None:
         with self._counted():
@@ -279,11 +304,11 @@ class Server:
             stream = PumpedStream(raw, M.StreamRequest, self.config.server.max_message_bytes, self._codec)
             await _pumped(
                 stream,
-                trio_asyncio.trio_as_aio(self._stream_trio)(stream),
+                trio_asyncio.trio_as_aio(self._stream_trio)(stream, trace_context(raw)),
                 drain_timeout=self.config.server.stall_timeout_secs,
             )
 
-    async def _stream_trio(self, stream: PumpedStream) -> None:
+    async def _stream_trio(self, stream: PumpedStream, context: dict[str, str]) -> None:
         try:
             async with self._tracked():
                 settings = StreamSettings(
@@ -291,7 +316,9 @@ class Server:
                     stall_timeout_secs=self.config.server.stall_timeout_secs,
                     observe_chunk_latency=self._metrics.chunk_latency.observe if self._metrics else None,
                 )
-                await handle_stream(stream, self.runtime, settings, lambda: self._accepting)
+                await handle_stream(
+                    stream, self.runtime, settings, lambda: self._accepting, trace_context=context
+                )
         except BaseExceptionGroup as group:
             # A GRPCError raised by a task of the stream's nurseries (undecodable or oversized
             # message, a client that stopped reading) arrives wrapped; grpclib only turns a bare
@@ -415,6 +442,16 @@ async def _pumped(stream: PumpedStream, body: Any, *, drain_timeout: float) -> N
         await asyncio.gather(work, writer, reader, return_exceptions=True)
 
 
+TRACE_HEADERS = ("traceparent", "tracestate")
+"""The W3C trace context headers a call's session trace continues (docs/design.md §4, "Traces")."""
+
+
+def trace_context(raw: Any) -> dict[str, str]:
+    """The call's trace context from its metadata, as carrier headers (empty: none sent)."""
+    metadata = raw.metadata
+    return {name: str(metadata[name]) for name in TRACE_HEADERS if name in metadata}
+
+
 def _bind(host: str, port: int) -> socket.socket:
     """A bound TCP socket for the listen address (what asyncio would bind: the first address
     ``host`` resolves to, SO_REUSEADDR, IPv6 sockets IPv6-only). An OSError says why not."""
@@ -434,11 +471,11 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _track_connections(server: GrpcServer) -> weakref.WeakSet[Any]:
-    """The live client connections (H2Protocol) of a grpclib server."""
+def _tracked_factory(server: GrpcServer, connections: weakref.WeakSet[Any]) -> Callable[[], Any]:
+    """grpclib's protocol factory (one H2Protocol per client connection), each protocol it makes
+    added to ``connections``."""
     # grpclib has no public hook for its connections: Server._protocol_factory and
-    # H2Protocol.processor are why pyproject.toml bounds grpclib below 0.5.
-    connections: weakref.WeakSet[Any] = weakref.WeakSet()
+    # H2Protocol.processor / .handler are why pyproject.toml bounds grpclib below 0.5.
     factory = server._protocol_factory
 
     def tracked() -> Any:
@@ -446,8 +483,7 @@ def _track_connections(server: GrpcServer) -> weakref.WeakSet[Any]:
         connections.add(protocol)
         return protocol
 
-    server._protocol_factory = tracked  # type: ignore[method-assign]
-    return connections
+    return tracked
 
 
 def _bare_grpc_error(group: BaseExceptionGroup[Any]) -> BaseException:

@@ -37,10 +37,11 @@ session is ready: it then flushes and closes as usual. CANCEL acts at once.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,7 @@ from ..runtime import (
     Runtime,
     Session,
     SessionState,
+    SignalHandled,
     StateChanged,
 )
 from ..runtime._plan import check_input_kind, check_input_target
@@ -72,7 +74,7 @@ from ..wire._messages import UPB as M
 from ..wire._messages import has, which
 from ._bridge import PumpedStream
 from ._events import supervision_to_proto
-from ._execution import check_request_limits, output_limit, refusal
+from ._execution import check_request_limits, output_limit, refusal, refuse_if_draining
 from ._metrics import metrics_to_proto, rss_bytes
 
 __all__ = ["StreamSettings", "handle_stream"]
@@ -110,9 +112,15 @@ class _State:
 
 
 async def handle_stream(
-    stream: PumpedStream, runtime: Runtime, settings: StreamSettings, accepting: Any
+    stream: PumpedStream,
+    runtime: Runtime,
+    settings: StreamSettings,
+    accepting: Any,
+    *,
+    trace_context: Mapping[str, str] | None = None,
 ) -> None:
-    """Serve one StreamPipeline call (runs as a trio task)."""
+    """Serve one StreamPipeline call (runs as a trio task). ``trace_context``: the call's W3C
+    trace headers, which the session's trace continues."""
     first = await stream.recv()
     if first is None:
         return
@@ -126,7 +134,8 @@ async def handle_stream(
         )
         await stream.send(M.StreamResponse(error=error))
         return
-    denied = refusal(init.client_version, accepting())  # as ExecutePipeline does
+    refuse_if_draining(accepting())  # as ExecutePipeline does
+    denied = refusal(init.client_version)
     if denied is not None:
         await stream.send(M.StreamResponse(error=denied))
         return
@@ -148,7 +157,7 @@ async def handle_stream(
         observe_latency=settings.observe_chunk_latency,
     )
     with trio.move_on_after(timeout) as deadline:
-        await _run(stream, runtime, plan, initial, settings, state)
+        await _run(stream, runtime, plan, initial, settings, state, trace_context)
     if deadline.cancelled_caught:
         await stream.send(
             M.StreamResponse(
@@ -168,13 +177,14 @@ async def _run(
     initial: dict[str, Any],
     settings: StreamSettings,
     state: _State,
+    trace_context: Mapping[str, str] | None,
 ) -> None:
     # Small: with the session's own bounded queues this bounds what a client that stops
     # reading can make the server hold.
     send_channel, receive_channel = trio.open_memory_channel[Any](8)
     try:
         async with (
-            runtime.open_session(plan, wait_ready=False) as session,
+            runtime.open_session(plan, wait_ready=False, trace_context=trace_context) as session,
             trio.open_nursery() as nursery,
         ):
             # The sender outlives the other two: it ends once every response is written.
@@ -213,6 +223,17 @@ async def _outbound(
 def _response_for(event: Any, session: Session, state: _State, settings: StreamSettings) -> Any | None:
     if isinstance(event, (NodeFailed, NodeRestarted, FramesDropped)):
         return M.StreamResponse(supervision=supervision_to_proto(event, M))
+    if isinstance(event, SignalHandled):
+        handled = M.SignalHandled(
+            node_id=event.node_id,
+            name=event.name,
+            signal_id=event.signal_id,
+            origin=event.origin,
+            dropped_sequences=list(event.dropped),
+        )
+        if event.aborted is not None:
+            handled.aborted_sequence = event.aborted
+        return M.StreamResponse(signal_handled=handled)
     if isinstance(event, NodeProgress):
         return M.StreamResponse(
             progress=M.InitProgress(
@@ -386,6 +407,11 @@ async def _inbound(
             if kind == "control":
                 await out.send(_unknown_command(value.command))
                 continue
+            if kind == "signal":
+                error = _signal(value, session)
+                if error is not None:
+                    await out.send(error)
+                continue
             error = await _data(kind, value, session, state, closed)
             if error is not None:
                 await out.send(error)
@@ -397,6 +423,24 @@ async def _close_when_ready(session: Session, state: _State) -> None:
     Cancelled with the inbound side if the session fails first."""
     await state.ready.wait()
     await session.close()
+
+
+def _signal(request: Any, session: Session) -> Any | None:
+    """Hand a SignalRequest to the session; the rejection to send for a bad one."""
+    what = f"signal {request.name!r} not sent"
+    try:
+        payload = json.loads(request.payload_json) if request.payload_json else {}
+        if not isinstance(payload, dict):
+            raise InputError(f"payload_json must be a JSON object, not {type(payload).__name__}")
+        session.signal(request.name, to=list(request.node_ids) or None, payload=payload)
+    except ValueError as exc:  # (json.JSONDecodeError included)
+        error = M.ErrorResponse(error_type=pb.ErrorType.VALIDATION, message=f"payload_json: {exc}")
+        return _rejected(what, error)
+    except InputError as exc:
+        return _rejected(what, error_response(exc, M))
+    except SessionError:
+        return None  # the session is ending; outbound reports why
+    return None
 
 
 def _unknown_command(command: int) -> Any:

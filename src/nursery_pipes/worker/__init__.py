@@ -5,5 +5,16 @@ Light on purpose: imports no trio, grpclib or server code.
 
 from ._child import retire_child, run_child
 from ._main import WorkerJob, retire_after_node, run_node, warm_up
+from ._sampling import SAMPLE_ALL, sampled, threshold_for
 
-__all__ = ["WorkerJob", "retire_after_node", "retire_child", "run_child", "run_node", "warm_up"]
+__all__ = [
+    "SAMPLE_ALL",
+    "WorkerJob",
+    "retire_after_node",
+    "retire_child",
+    "run_child",
+    "run_node",
+    "sampled",
+    "threshold_for",
+    "warm_up",
+]

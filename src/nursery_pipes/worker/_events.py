@@ -3,7 +3,8 @@
 Each event is one slot whose metadata blob is a small JSON object with a
 ``type`` field; the payload is empty. Progress, ready, failed and done are
 sent blocking (they must arrive); stats are cumulative, so a stats event that
-finds the ring full is simply skipped.
+finds the ring full is simply skipped. So are log records and the timings of
+sampled frames (``frame``, for tracing): they must never hold a node up.
 """
 
 from __future__ import annotations
@@ -55,10 +56,37 @@ class EventSender:
             {"type": "log", "message": message, "level": level, "logger": logger}, required=False
         )
 
+    def frame(
+        self, seq: int, start_ns: int, end_ns: int, bytes_in: int, bytes_out: int, error: str = ""
+    ) -> bool:
+        """A sampled frame's processing (wall-clock ns, for a tracing span); False if dropped."""
+        return self._send(
+            {
+                "type": "frame",
+                "seq": seq,
+                "start_ns": start_ns,
+                "end_ns": end_ns,
+                "bytes_in": bytes_in,
+                "bytes_out": bytes_out,
+                "error": error,
+            },
+            required=False,
+        )
+
     def failed(self, phase: str, exc: BaseException) -> None:
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         tb = "".join(traceback.format_exception(exc))
         self._send({"type": "failed", "phase": phase, "message": message, "traceback": tb})
+
+    def signal_handled(self, signal: dict[str, Any], dropped: list[int], aborted: int | None) -> None:
+        """The node ran ``on_signal`` for ``signal`` (as decoded from the control ring)."""
+        self._send({"type": "signal", "signal": signal, "dropped": dropped, "aborted": aborted})
+
+    def send_signal(self, name: str, to: tuple[str, ...] | None, payload: dict[str, Any]) -> None:
+        """The node sends a signal (``NodeContext.signal``): the supervisor routes it."""
+        self._send(
+            {"type": "send_signal", "name": name, "to": None if to is None else list(to), "payload": payload}
+        )
 
     def done(self, stats: dict[str, Any]) -> None:
         self._send({"type": "done", **stats})

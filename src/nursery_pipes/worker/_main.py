@@ -35,6 +35,7 @@ process's exit code or signal.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -69,12 +70,22 @@ from ..ipc import (
 from ..nodes._base import Node, NodeContext
 from ..nodes._calls import iter_outputs
 from ..nodes._registry import load_ref
+from ..nodes._signals import FLUSH, Signal
 from ._events import EventSender
+from ._sampling import sampled
 from ._watchdog import arm_watchdog
 
 __all__ = ["WorkerJob", "retire_after_node", "run_node", "warm_up"]
 
 _ran_a_node = False
+
+SIGNAL_POLL_S = 0.02
+"""How long a worker with nothing to do waits on its inputs before it looks for signals again
+(a signal overtakes queued frames at once; an idle worker takes it within this time)."""
+
+
+class _SignalAbort(Exception):
+    """A signal dropped the frame in flight: its remaining outputs go nowhere."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,11 @@ class WorkerJob:
     copy_inputs: bool = True
     log_level: int = logging.WARNING
     """Records at this level and above, from any logger in the worker, go to the supervisor."""
+    control: RingSpec | None = None
+    """Control signals from the supervisor, taken ahead of the inputs (see :meth:`_Runner._signals`)."""
+    trace_threshold: int = 0
+    """Frames whose input sequence passes ``sampled(seq, trace_threshold)`` are timed and sent
+    to the supervisor as ``frame`` events (its tracing makes the spans); 0: none."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -204,6 +220,9 @@ class _Runner:
         self.events = events
         self.inputs: list[Consumer] = []
         self.outputs: list[Producer] = []
+        self.control: Consumer | None = None
+        self.active: list[Consumer] = []
+        """Inputs that have not ended (the frame loop's, and what a dropping signal drains)."""
         self.phase = "initialize"
         self.node: Node[Any] | None = None
         self.stats: dict[str, Any] = {
@@ -227,6 +246,10 @@ class _Runner:
         would send memory another frame has been written to."""
 
     def attach(self, rings: list[Ring]) -> None:
+        if self.job.control is not None:
+            ring = Ring.attach(self.job.control)
+            rings.append(ring)
+            self.control = ring.consumer()
         for spec in self.job.inputs:
             ring = Ring.attach(spec)
             rings.append(ring)
@@ -270,6 +293,7 @@ class _Runner:
             logger=logging.getLogger(f"nursery_pipes.node.{self.job.node_id}"),
             in_worker_process=True,
             allocate_output=self._loan_output,
+            send_signal=lambda name, to, payload: self.events.send_signal(name, to, payload),
         )
         return cls(params, context)
 
@@ -287,13 +311,19 @@ class _Runner:
 
     def _loop(self, node: Node[Any]) -> None:
         self.accepts = type(node).accepts
-        active = list(self.inputs)  # an input whose end of stream a predecessor took is ended
+        threshold = self.job.trace_threshold
+        active = self.active = list(self.inputs)  # an input a predecessor read to its end is ended
         single = len(active) == 1
+        control = self.control
+        poll = None if control is None else SIGNAL_POLL_S
         while active:
-            ready = active if single else wait_any(active)
+            if control is not None and control.ready():  # ahead of every frame still queued
+                self._signals(node, None)
+                continue
+            ready = active if single else wait_any(active, poll)
             for consumer in ready:
                 try:
-                    received = consumer.receive() if single else consumer.try_receive()
+                    received = self._receive(consumer, single, poll)
                 except EndOfStream:
                     active.remove(consumer)
                     continue
@@ -304,7 +334,10 @@ class _Runner:
                 # and the supervisor's repair of the ring reports this frame as dropped
                 # (ipc/_repair.py). Copied or not, the frame is held until then.
                 began = time.perf_counter()
-                writing, view = self._process(node, received)
+                if threshold and sampled(received.header.seq, threshold):
+                    writing, view = self._process_traced(node, received)
+                else:
+                    writing, view = self._process(node, received)
                 if view is not None and view() is not None and _still_held(view):
                     raise KeptInputError(self.job.node_type)  # the slot stays taken: never reused
                 if self._lent:
@@ -314,6 +347,50 @@ class _Runner:
                 received.release()
                 self.stats["processing_s"] += time.perf_counter() - began - writing
             self._maybe_stats()
+
+    @staticmethod
+    def _receive(consumer: Consumer, single: bool, poll: float | None) -> Received | None:
+        if not single:
+            return consumer.try_receive()
+        try:
+            return consumer.receive(poll)
+        except TimeoutError:  # nothing came: look for signals, then wait again
+            return None
+
+    def _signals(self, node: Node[Any], in_flight: int | None) -> bool:
+        """Give the node every signal on the control ring; True if one asked to drop: the
+        queued input frames are then dropped, and the caller aborts the frame in flight."""
+        assert self.control is not None
+        dropping = False
+        while (taken := self.control.try_receive()) is not None:
+            with taken:
+                sent = msgspec.json.decode(taken.meta)
+            self.phase, phase = "on_signal", self.phase
+            drop = bool(node.on_signal(Signal(sent["name"], sent["payload"], sent["origin"], sent["id"])))
+            self.phase = phase
+            dropped = self._drop_queued() if drop else []
+            self.events.signal_handled(sent, dropped, in_flight if drop and not dropping else None)
+            dropping = dropping or drop
+            if sent["name"] == FLUSH and not drop:
+                with contextlib.suppress(_SignalAbort):
+                    self._emit_all(node.flush, "flush")
+        return dropping
+
+    def _drop_queued(self) -> list[int]:
+        """Take and return every frame waiting on the inputs now (the ends of stream count)."""
+        dropped = []
+        for consumer in list(self.active):
+            while True:
+                try:
+                    received = consumer.try_receive()
+                except EndOfStream:
+                    self.active.remove(consumer)
+                    break
+                if received is None:
+                    break
+                dropped.append(received.header.seq)
+                received.release()
+        return dropped
 
     def _process(self, node: Node[Any], received: Received) -> tuple[float, weakref.ref[Any] | None]:
         """Process one input frame and write its outputs. Returns the time spent writing and,
@@ -332,7 +409,46 @@ class _Runner:
         self.stats["frames_in"] += 1
         self.stats["bytes_in"] += frame.nbytes
         self.last_seq = received.header.seq
-        return self._write_outputs(node.process, "process", frame), view
+        try:
+            return self._write_outputs(node.process, "process", frame), view
+        except _SignalAbort:  # dropped by a signal (reported): the frame is done with
+            self._abandon_loan()
+            return 0.0, view
+
+    def _process_traced(self, node: Node[Any], received: Received) -> tuple[float, weakref.ref[Any] | None]:
+        """:meth:`_process` of a sampled frame, timed for the supervisor's tracing: from taking
+        the frame to its last output written, or to the error that fails the node."""
+        stats, started = self.stats, time.time_ns()
+        counted = stats["bytes_in"], stats["bytes_out"]
+        try:
+            result = self._process(node, received)
+        except RingAbortedError:
+            raise  # stopped on request: the frame never finished, and nothing failed
+        except BaseException as exc:
+            self._frame_event(received.header.seq, started, counted, exc)
+            raise
+        self._frame_event(received.header.seq, started, counted, None)
+        return result
+
+    def _frame_event(
+        self, seq: int, started: int, counted: tuple[int, int], error: BaseException | None
+    ) -> None:
+        message = (
+            ""
+            if error is None
+            else f"{type(error).__name__}: {error}"
+            if str(error)
+            else type(error).__name__
+        )
+        stats = self.stats
+        self.events.frame(
+            seq,
+            started,
+            time.time_ns(),
+            stats["bytes_in"] - counted[0],
+            stats["bytes_out"] - counted[1],
+            message,
+        )
 
     def _emit_all(self, hook: Any, phase: str, *args: Any) -> None:
         """Call a hook and write each output as it comes; time the node's work, not the writes."""
@@ -345,17 +461,31 @@ class _Runner:
     def _write_outputs(self, hook: Any, phase: str, *args: Any) -> float:
         where = f"{self.job.node_type}.{phase}"
         writing = 0.0
-        for frame in iter_outputs(hook(*args), where):
-            paused = time.perf_counter()
-            self._write(frame)
-            writing += time.perf_counter() - paused
+        control, node = self.control, self.node
+        outputs = iter_outputs(hook(*args), where)
+        with contextlib.closing(outputs):  # on abort: the node's generator stops at its yield
+            for frame in outputs:
+                in_flight = self.last_seq if phase == "process" else None
+                if (
+                    control is not None
+                    and node is not None
+                    and control.ready()
+                    and self._signals(node, in_flight)
+                ):
+                    raise _SignalAbort
+                paused = time.perf_counter()
+                self._write(frame)
+                writing += time.perf_counter() - paused
+        self._abandon_loan()
+        return writing
+
+    def _abandon_loan(self) -> None:
         if self._loaned is not None:  # output_array() whose frame was never emitted: give it back
             loan, base = self._loaned
             self._loaned = None
             self._lent.append(weakref.ref(base))
             loan.discard()
         self._given_back.clear()
-        return writing
 
     def _loan_output(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
         """``NodeContext.output_array`` in a worker: the payload of a slot of the first output

@@ -511,11 +511,31 @@ class StreamRequest(betterproto.Message):
     data_chunk: "DataChunk" = betterproto.message_field(2, group="request")
     audio_chunk: "AudioChunk" = betterproto.message_field(3, group="request")
     control: "StreamControl" = betterproto.message_field(4, group="request")
+    signal: "SignalRequest" = betterproto.message_field(5, group="request")
+    """
+    nursery_pipes extension: a control signal for some nodes, delivered ahead of
+     the frames queued for them (see SignalRequest). Answered per target node by
+     StreamResponse.signal_handled.
+    """
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.is_set("audio_chunk"):
             warnings.warn("StreamRequest.audio_chunk is deprecated", DeprecationWarning)
+
+
+@dataclass(eq=False, repr=False)
+class SignalRequest(betterproto.Message):
+    """
+    nursery_pipes extension: send control signal `name` (interrupt, cancel_turn,
+     flush, or a user-defined lower-case word) to `node_ids` (empty: every node),
+     ahead of their queued frames. A bad name or unknown node is an `error` with
+     session_continues.
+    """
+
+    name: str = betterproto.string_field(1)
+    node_ids: List[str] = betterproto.string_field(2)
+    payload_json: str = betterproto.string_field(3)
 
 
 @dataclass(eq=False, repr=False)
@@ -586,12 +606,34 @@ class StreamResponse(betterproto.Message):
     nursery_pipes extension: a node failed, was restarted or stopped, or frames were dropped.
     """
 
+    signal_handled: "SignalHandled" = betterproto.message_field(9, group="response")
+    """
+    nursery_pipes extension: a node took a control signal, and what it dropped.
+    """
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.is_set("stream_error"):
             warnings.warn(
                 "StreamResponse.stream_error is deprecated", DeprecationWarning
             )
+
+
+@dataclass(eq=False, repr=False)
+class SignalHandled(betterproto.Message):
+    """
+    nursery_pipes extension: node `node_id` took signal number `signal_id` ahead of
+     its queued frames. The frames it gave up (each also in a SupervisionEvent
+     FRAMES_DROPPED, which names the signal) are `dropped_sequences` (queued) and
+     `aborted_sequence` (the one it was processing), by client input sequence.
+    """
+
+    node_id: str = betterproto.string_field(1)
+    name: str = betterproto.string_field(2)
+    signal_id: int = betterproto.uint64_field(3)
+    origin: str = betterproto.string_field(4)
+    dropped_sequences: List[int] = betterproto.uint64_field(5)
+    aborted_sequence: Optional[int] = betterproto.uint64_field(6, optional=True)
 
 
 @dataclass(eq=False, repr=False)

@@ -1,0 +1,206 @@
+"""Control signals overtake the frames queued for a node — in every executor.
+
+A slow node (0.3 s a frame) gets five frames; an ``interrupt`` sent right after them reaches
+it ahead of the four still queued: those are dropped and the one in flight aborted, all
+reported, and the node carries on with the next frame. Real worker processes for
+``multiprocess``; the leak fixture checks every test.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import pytest
+import trio
+
+from nursery_pipes import InputError, Node, TextFrame
+from nursery_pipes.nodes import Signal
+from nursery_pipes.runtime import FramesDropped, Output, SignalHandled
+from nursery_pipes.testing import make_runtime
+
+pytestmark = pytest.mark.slow
+
+EXECUTORS = ["inprocess", "thread", "multiprocess"]
+
+
+def manifest(executor: str, *, extra: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    nodes = [{"id": "slow", "node_type": "SleepNode", "params": {"process_seconds": 0.3}}, *(extra or [])]
+    return {
+        "version": "v1",
+        "metadata": {
+            "name": "signals",
+            "multiprocess": {
+                "executor_overrides": {n["id"]: executor for n in nodes},
+                "channel_capacity": 16,
+            },
+        },
+        "nodes": nodes,
+        "connections": [{"from": a["id"], "to": b["id"]} for a, b in itertools.pairwise(nodes)],
+    }
+
+
+async def collect_until(session: Any, done: Any) -> list[Any]:
+    events = []
+    with trio.fail_after(20):
+        async for event in session.events():
+            events.append(event)
+            if done(events):
+                return events
+    return events
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+async def test_an_interrupt_overtakes_the_queued_frames(executor: str) -> None:
+    async with make_runtime() as runtime, runtime.open_session(manifest(executor)) as session:
+        for n in range(1, 6):
+            await session.send("slow", TextFrame(text=f"f{n}"))
+        number = session.signal("interrupt", to=["slow"], payload={"why": "barge-in"})
+        events = await collect_until(session, lambda ev: any(isinstance(e, SignalHandled) for e in ev))
+        await session.send("slow", TextFrame(text="after"))
+        await session.close()
+        events += [e async for e in session.events()]
+    [handled] = [e for e in events if isinstance(e, SignalHandled)]
+    assert (handled.node_id, handled.name, handled.signal_id, handled.origin) == (
+        "slow",
+        "interrupt",
+        number,
+        "client",
+    )
+    given_up = {*handled.dropped, *([handled.aborted] if handled.aborted is not None else [])}
+    outputs = [(e.seq, e.frame.text) for e in events if isinstance(e, Output)]
+    delivered = {seq for seq, _ in outputs}
+    assert handled.dropped, "frames were queued behind the one in flight: the signal overtook them"
+    assert given_up | (delivered - {6}) == {1, 2, 3, 4, 5}
+    assert not given_up & delivered  # each frame either delivered or reported, never both
+    assert (6, "after") in outputs  # the node carries on
+    dropped = [e for e in events if isinstance(e, FramesDropped)]
+    assert sorted(s for e in dropped for s in e.sequences) == sorted(given_up)
+    assert "dropped by signal 'interrupt' (from client)" in dropped[0].reason
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+async def test_a_signal_the_node_does_not_drop_for_keeps_every_frame(executor: str) -> None:
+    async with make_runtime() as runtime, runtime.open_session(manifest(executor)) as session:
+        for n in range(1, 4):
+            await session.send("slow", TextFrame(text=f"f{n}"))
+        session.signal("mark", to=["slow"])  # user-defined: the default on_signal keeps frames
+        await session.close()
+        events = [e async for e in session.events()]
+    [handled] = [e for e in events if isinstance(e, SignalHandled)]
+    assert (handled.dropped, handled.aborted) == ((), None)
+    assert [e.seq for e in events if isinstance(e, Output)] == [1, 2, 3]
+    assert not [e for e in events if isinstance(e, FramesDropped)]
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+async def test_a_node_signals_against_the_data_direction(executor: str) -> None:
+    """A node downstream interrupts the slow node upstream of it, from wherever it runs."""
+    tail = {"id": "tail", "node_type": "SendSignalNode", "params": {"when_text": "f1", "to": ["slow"]}}
+    async with make_runtime() as runtime, runtime.open_session(manifest(executor, extra=[tail])) as session:
+        for n in range(1, 6):
+            await session.send("slow", TextFrame(text=f"f{n}"))
+        events = await collect_until(session, lambda ev: any(isinstance(e, SignalHandled) for e in ev))
+        await session.close()
+        events += [e async for e in session.events()]
+    [handled] = [e for e in events if isinstance(e, SignalHandled)]
+    assert (handled.node_id, handled.origin) == ("slow", "tail")
+    outputs = [e.seq for e in events if isinstance(e, Output)]
+    assert outputs[0] == 1  # f1 got through and set it off
+    assert handled.dropped  # f3… were still queued at the slow node
+    assert set(outputs) | set(handled.dropped) | {handled.aborted} - {None} == {1, 2, 3, 4, 5}
+
+
+class Shy(Node):
+    """Keeps its frames on interrupt, and counts the signals it saw."""
+
+    executor = "inprocess"
+
+    seen: ClassVar[list[str]] = []
+
+    def on_signal(self, signal: Signal) -> bool:
+        Shy.seen.append(f"{signal.name}:{signal.payload.get('n')}")
+        return False
+
+    def process(self, frame: Any) -> Iterator[Any]:
+        yield frame
+
+
+async def test_on_signal_can_refuse_to_drop_and_sees_the_payload() -> None:
+    doc = {
+        "version": "v1",
+        "metadata": {"name": "shy"},
+        "nodes": [{"id": "shy", "node_type": "Shy"}],
+        "connections": [],
+    }
+    Shy.seen = []
+    async with make_runtime(Shy) as runtime, runtime.open_session(doc) as session:
+        await session.send("shy", TextFrame(text="x"))
+        session.signal("interrupt", payload={"n": 7})
+        await session.close()
+        events = [e async for e in session.events()]
+    assert Shy.seen == ["interrupt:7"]
+    assert [e.seq for e in events if isinstance(e, Output)] == [1]
+
+
+async def test_bad_signals_are_input_errors_naming_what() -> None:
+    async with make_runtime() as runtime, runtime.open_session(manifest("inprocess")) as session:
+        with pytest.raises(InputError, match="signal for unknown node 'nope'"):
+            session.signal("interrupt", to=["nope"])
+        with pytest.raises(InputError, match="signal name 'Loud!' must be a lower-case word"):
+            session.signal("Loud!")
+        session.cancel()
+
+
+async def test_a_grpc_client_interrupts_and_sees_what_each_node_dropped() -> None:
+    from service_fixtures import serving
+
+    from nursery_pipes.client import ChunkOutput, StreamEvent
+
+    doc = manifest("multiprocess")
+
+    async def run(stream_events: list[Any], address: str) -> None:
+        from nursery_pipes.client import Client
+
+        async with Client(address) as client, client.stream(doc) as stream:
+            for n in range(1, 6):
+                await stream.send("slow", TextFrame(text=f"f{n}"))
+            await stream.signal("interrupt", to=["slow"], payload={"why": "barge-in"})
+            await stream.signal("interrupt", to=["nobody"])  # refused, the stream goes on
+            async for event in stream:
+                stream_events.append(event)
+                if isinstance(event, StreamEvent) and event.kind == "signal_handled":
+                    break
+            await stream.send("slow", TextFrame(text="after"))
+            await stream.close()
+            stream_events.extend([e async for e in stream])
+
+    events: list[Any] = []
+    async with serving() as served:
+        await served.aio(run, events, served.address)
+    handled = [e.message for e in events if isinstance(e, StreamEvent) and e.kind == "signal_handled"]
+    assert [(h.node_id, h.name, h.origin) for h in handled] == [("slow", "interrupt", "client")]
+    rejected = [e.message for e in events if isinstance(e, StreamEvent) and e.kind == "rejected"]
+    assert any("signal 'interrupt' not sent" in r.message and "'nobody'" in r.message for r in rejected)
+    outputs = [(e.sequence, e.frame.text) for e in events if isinstance(e, ChunkOutput)]
+    given_up = set(handled[0].dropped_sequences) | (
+        {handled[0].aborted_sequence} if handled[0].aborted_sequence is not None else set()
+    )
+    assert handled[0].dropped_sequences
+    assert given_up | {s for s, _ in outputs if s != 6} == {1, 2, 3, 4, 5}
+    assert (6, "after") in outputs
+
+
+async def test_the_readme_example_runs() -> None:
+    """README "Control signals": the interrupt overtakes the queued reply."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Control signals: interrupt what is queued", 1)[1]
+    code = section.split("```python", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    [handled] = await namespace["main"]()
+    assert (handled.node_id, handled.name) == ("tts", "interrupt")
+    assert handled.dropped or handled.aborted is not None  # the second reply never got out
