@@ -1,13 +1,17 @@
 #!/usr/bin/env python
-"""Regenerate the betterproto code for the remotemedia.v1 protos.
+"""Regenerate the betterproto code (and descriptor sets) for the protos under ``protos/``.
 
     .venv/bin/python scripts/generate_protos.py            # rewrite src/nursery_pipes/_proto
     .venv/bin/python scripts/generate_protos.py --check    # exit 1 if the committed code is stale
     .venv/bin/python scripts/generate_protos.py --out DIR  # write (or --check) DIR instead
 
-Input: every ``*.proto`` under ``protos/`` (e.g. ``protos/remotemedia/v1/common.proto``).
+Input: every ``*.proto`` under ``protos/`` (e.g. ``protos/remotemedia/v1/common.proto``), in
+a directory that spells its package (``remotemedia.v1`` → ``remotemedia/v1/``).
 Output: one Python package per proto package under ``src/nursery_pipes/_proto/``, so that
-``from nursery_pipes._proto.remotemedia.v1 import StreamRequest`` works.
+``from nursery_pipes._proto.remotemedia.v1 import StreamRequest`` works, and one descriptor set
+per proto package beside them (``remotemedia_v1.binpb``, ``nursery_pipes_v1.binpb``): the
+server builds its upb classes and its reflection answers from them. A set per package keeps
+remotemedia.v1's exactly what its protos say, whatever extension services sit beside it.
 
 Toolchain: grpcio-tools' bundled protoc + the ``protoc-gen-python_betterproto`` plugin of
 ``betterproto[compiler]==2.0.0b7`` (which itself formats its output with isort + black).
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,13 +38,33 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 OUT_DIR = ROOT / "src" / "nursery_pipes" / "_proto"
 PLUGIN_NAME = "protoc-gen-python_betterproto"
-DESCRIPTOR_SET = "remotemedia_v1.binpb"
+PACKAGE_LINE = re.compile(r"^package\s+([A-Za-z_][\w.]*)\s*;", re.MULTILINE)
 MAX_DIFF_LINES = 60
 
 
 def proto_files(proto_root: Path = PROTO_ROOT) -> list[str]:
     """The .proto files to compile, as sorted paths relative to the include root."""
     return sorted(p.relative_to(proto_root).as_posix() for p in proto_root.rglob("*.proto"))
+
+
+def packages(proto_root: Path = PROTO_ROOT) -> dict[str, list[str]]:
+    """Proto package → its files (as :func:`proto_files` gives them). A file must declare a
+    package and sit in the directory that spells it, or its descriptor set would be ambiguous."""
+    found: dict[str, list[str]] = {}
+    for name in proto_files(proto_root):
+        match = PACKAGE_LINE.search((proto_root / name).read_text(encoding="utf-8"))
+        if match is None:
+            raise SystemExit(f"{name}: no package declaration")
+        package = match.group(1)
+        if Path(name).parent.as_posix() != package.replace(".", "/"):
+            raise SystemExit(f"{name}: package {package} must live in {package.replace('.', '/')}/")
+        found.setdefault(package, []).append(name)
+    return found
+
+
+def descriptor_set_name(package: str) -> str:
+    """``remotemedia.v1`` → ``remotemedia_v1.binpb``."""
+    return package.replace(".", "_") + ".binpb"
 
 
 def find_plugin() -> str:
@@ -71,23 +96,21 @@ def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> list[Path]:
     if not files:
         raise SystemExit(f"no .proto files under {proto_root}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "grpc_tools.protoc",
-        f"--proto_path={proto_root}",
-        f"--plugin={PLUGIN_NAME}={find_plugin()}",
-        f"--python_betterproto_out={out_dir}",
-        # The descriptors too: the server's reflection service describes the API from them.
-        f"--descriptor_set_out={out_dir / DESCRIPTOR_SET}",
-        *files,
-    ]
+    protoc = [sys.executable, "-m", "grpc_tools.protoc", f"--proto_path={proto_root}"]
     env = dict(os.environ, PYTHONHASHSEED="0")
     env.pop("BETTERPROTO_DUMP", None)
-    proc = subprocess.run(cmd, cwd=proto_root, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stdout + proc.stderr)
-        raise SystemExit(f"protoc failed with exit code {proc.returncode}")
+    runs = [[f"--plugin={PLUGIN_NAME}={find_plugin()}", f"--python_betterproto_out={out_dir}", *files]]
+    # The descriptors too, a set per package: the server's upb messages and its reflection
+    # service describe the API from them.
+    for package, names in packages(proto_root).items():
+        runs.append([f"--descriptor_set_out={out_dir / descriptor_set_name(package)}", *names])
+    for args in runs:
+        proc = subprocess.run(
+            [*protoc, *args], cwd=proto_root, env=env, capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stdout + proc.stderr)
+            raise SystemExit(f"protoc failed with exit code {proc.returncode}")
     written = generated_files(out_dir)
     for path in written:
         if path.suffix != ".py":

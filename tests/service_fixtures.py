@@ -48,6 +48,7 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest
 from nursery_pipes import AudioFrame, Runtime, RuntimeConfig
 from nursery_pipes._config import (
     LimitsConfig,
+    MonitorConfig,
     MultiprocessDefaults,
     NodesConfig,
     ServerConfig,
@@ -79,10 +80,15 @@ HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
 HEALTH_WATCH_PATH = "/grpc.health.v1.Health/Watch"
 REFLECTION_V1_PATH = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
 REFLECTION_V1ALPHA_PATH = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+MONITOR = "nursery_pipes.v1.Monitor"
+MONITOR_SNAPSHOT_PATH = f"/{MONITOR}/Snapshot"
+MONITOR_WATCH_PATH = f"/{MONITOR}/Watch"
 ALL_METHOD_PATHS = (
     EXECUTE_PATH,
     VERSION_PATH,
     STREAM_PATH,
+    MONITOR_SNAPSHOT_PATH,
+    MONITOR_WATCH_PATH,
     HEALTH_CHECK_PATH,
     HEALTH_WATCH_PATH,
     REFLECTION_V1_PATH,
@@ -96,6 +102,7 @@ def make_config(
     server: dict[str, Any] | None = None,
     limits: dict[str, Any] | None = None,
     multiprocess: dict[str, Any] | None = None,
+    monitor: dict[str, Any] | None = None,
 ) -> RuntimeConfig:
     """A test server's config: loopback, any free port, testing nodes, short grace and drain."""
     server_kw: dict[str, Any] = {"listen": "127.0.0.1:0", "drain_timeout_secs": 2.0}
@@ -107,6 +114,7 @@ def make_config(
         limits=LimitsConfig(**(limits or {})),
         multiprocess=MultiprocessDefaults(**mp_kw),
         nodes=NodesConfig(testing=True),
+        monitor=MonitorConfig(**(monitor or {})),
     )
 
 

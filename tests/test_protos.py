@@ -1530,3 +1530,23 @@ def test_design_documents_every_wire_extension() -> None:
     documented = _design_extension_table()
     assert sorted(declared - documented) == [], "extension fields missing from design.md's table"
     assert sorted(documented - declared) == [], "design.md's table lists fields the protos do not have"
+
+
+def test_each_proto_package_has_a_descriptor_set_of_its_own() -> None:
+    """remotemedia.v1's descriptor set (the server's upb classes, reflection) holds exactly its
+    protos: our extension service, nursery_pipes.v1.Monitor, sits in a package and a set of its
+    own, importing nothing of remotemedia.v1 — upstream's protos are untouched by it."""
+    sets = {p.name: p for p in GENERATED_DIR.glob("*.binpb")}
+    assert sorted(sets) == ["nursery_pipes_v1.binpb", "remotemedia_v1.binpb"]
+    files: dict[str, list[descriptor_pb2.FileDescriptorProto]] = {}
+    for name, path in sets.items():
+        files[name] = list(descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes()).file)
+    assert sorted(f.name for f in files["remotemedia_v1.binpb"]) == sorted(PROTO_FILES)
+    assert {f.package for f in files["remotemedia_v1.binpb"]} == {PACKAGE}
+    (monitor,) = files["nursery_pipes_v1.binpb"]
+    assert (monitor.name, monitor.package, list(monitor.dependency)) == (
+        "nursery_pipes/v1/monitor.proto",
+        "nursery_pipes.v1",
+        [],
+    )
+    assert [s.name for s in monitor.service] == ["Monitor"]

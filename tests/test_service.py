@@ -34,6 +34,7 @@ from grpclib.reflection.v1alpha.reflection_pb2 import (
 from service_fixtures import (
     EXECUTE_PATH,
     EXECUTION,
+    MONITOR,
     STREAMING,
     UPPER,
     VERSION_PATH,
@@ -700,19 +701,29 @@ async def test_reflection_lists_services_and_resolves_descriptors(served: Served
         (ServerReflectionStub, ServerReflectionRequest),
         (V1AlphaReflectionStub, V1AlphaReflectionRequest),
     ]:
-        listing, by_symbol, by_file, health, missing = await served.aio(
+        listing, by_symbol, by_file, health, monitor, missing = await served.aio(
             ask,
             [
                 request_type(list_services=""),
                 request_type(file_containing_symbol=STREAMING),
                 request_type(file_by_filename="remotemedia/v1/common.proto"),
                 request_type(file_containing_symbol="grpc.health.v1.Health"),
+                request_type(file_containing_symbol=MONITOR),
                 request_type(file_containing_symbol="nope.Nope"),
             ],
             stub_type,
         )
         names = {s.name for s in listing.list_services_response.service}
-        assert {EXECUTION, STREAMING, "grpc.health.v1.Health"} <= names, stub_type
+        assert {EXECUTION, STREAMING, MONITOR, "grpc.health.v1.Health"} <= names, stub_type
+        # The Monitor extension: a file and package of its own, importing nothing of remotemedia.v1.
+        (monitor_file,) = monitor.file_descriptor_response.file_descriptor_proto
+        monitor_proto = descriptor_pb2.FileDescriptorProto.FromString(monitor_file)
+        assert (monitor_proto.name, monitor_proto.package) == (
+            "nursery_pipes/v1/monitor.proto",
+            "nursery_pipes.v1",
+        )
+        assert list(monitor_proto.dependency) == []
+        assert [m.name for m in monitor_proto.service[0].method] == ["Snapshot", "Watch"]
         files = [
             descriptor_pb2.FileDescriptorProto.FromString(blob)
             for blob in by_symbol.file_descriptor_response.file_descriptor_proto

@@ -194,6 +194,18 @@ class MetricsConfig(_Section, frozen=True):
     """``HOST:PORT`` to serve ``/metrics`` on (port 0: any free port); empty: no endpoint."""
 
 
+class MonitorConfig(_Section, frozen=True):
+    """``[monitor]``: the ``nursery_pipes.v1.Monitor`` service (what ``nursery-pipes top`` reads),
+    served beside remotemedia.v1 on the server's own address."""
+
+    enabled: bool = True
+    """On by default: it is read-only, costs nothing until a client asks (a snapshot is taken
+    per request), and is what an operator opens first. With a bearer token configured it
+    requires the token, like the pipeline methods."""
+    max_watchers: PositiveInt = 16
+    """Watch calls served at once; more are refused (RESOURCE_EXHAUSTED)."""
+
+
 class LoggingConfig(_Section, frozen=True):
     """``[logging]``: how ``nursery-pipes serve`` logs (a library user configures their own)."""
 
@@ -265,6 +277,7 @@ class RuntimeConfig(_Section, frozen=True):
     nodes: NodesConfig = msgspec.field(default_factory=NodesConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    monitor: MonitorConfig = msgspec.field(default_factory=MonitorConfig)
     remote: RemoteConfig = msgspec.field(default_factory=RemoteConfig)
     tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
 

@@ -299,6 +299,13 @@ def serve(
     metrics_listen: Annotated[
         str | None, typer.Option(help="HOST:PORT to serve Prometheus /metrics on (off by default).")
     ] = None,
+    monitor: Annotated[
+        bool | None,
+        typer.Option(
+            "--monitor/--no-monitor",
+            help="Serve the Monitor service that `nursery-pipes top` reads (on by default).",
+        ),
+    ] = None,
     tracing: Annotated[
         bool,
         typer.Option(
@@ -332,6 +339,7 @@ def serve(
         "logging.format": log_format,
         "logging.level": log_level.upper() if log_level else None,
         "metrics.listen": metrics_listen,
+        "monitor.enabled": monitor,
         "tracing.enabled": True if tracing or otlp_endpoint else None,
         "tracing.otlp_endpoint": otlp_endpoint,
         "tracing.frame_sample_ratio": frame_sample_ratio,
@@ -361,6 +369,47 @@ def health(
 def _announce(message: str) -> None:
     console.print(f"[bold]nursery-pipes:[/] {escape(message)}", highlight=False)
     console.file.flush()
+
+
+@app.command()
+def top(
+    server: Annotated[
+        str, typer.Option("--server", "-s", help="HOST:PORT of the nursery-pipes server to watch.")
+    ] = "127.0.0.1:50051",
+    interval: Annotated[
+        float, typer.Option(help="Seconds between refreshes (the server keeps it within 0.25…60).", min=0.25)
+    ] = 1.0,
+    once: Annotated[
+        bool, typer.Option("--once", help="Print one view (rates over one interval) and exit.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per refresh, one per line, on stdout.")
+    ] = False,
+    token_env: Annotated[
+        str | None,
+        typer.Option(help="Environment variable holding the server's bearer token."),
+    ] = None,
+) -> None:
+    """A live view of a server: sessions, nodes, executors, frame rates, queues, restarts, workers.
+
+    Reads the server's Monitor service (on by default; runtime.toml [monitor] enabled, serve
+    --no-monitor). Ctrl-C quits. Exit 2 when the server cannot be watched (unreachable, monitor
+    off, wrong token); a server lost while watching is watched again until Ctrl-C.
+    """
+    from ._top import run_top
+
+    token = os.environ.get(token_env, "") if token_env else None
+    raise typer.Exit(
+        run_top(
+            address=server,
+            interval=interval,
+            once=once,
+            as_json=as_json,
+            token=token or None,
+            console=console,
+            out=out,
+        )
+    )
 
 
 @app.command()

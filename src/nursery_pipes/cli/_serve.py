@@ -35,6 +35,7 @@ _FLAG_NAMES = {
     "logging.format": "--log-format",
     "logging.level": "--log-level",
     "metrics.listen": "--metrics-listen",
+    "monitor.enabled": "--monitor/--no-monitor",
     "tracing.enabled": "--tracing",
 }
 

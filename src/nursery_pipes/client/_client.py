@@ -9,6 +9,7 @@ Example (asyncio)::
 
     async with Client("127.0.0.1:50051") as client:
         info = await client.version()
+        snapshot = await client.snapshot()  # nursery_pipes servers: sessions, nodes, workers
         result = await client.execute(manifest, {"in": TextFrame(text="hi")})
         async with client.stream(manifest) as stream:
             await stream.send("in", frame)
@@ -24,7 +25,7 @@ import json
 import os
 import ssl
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,7 @@ from .._errors import (
     ResourceLimitError,
     SessionError,
 )
+from .._proto.nursery_pipes import v1 as npb
 from .._proto.remotemedia import v1 as pb
 from ..frames import Frame
 from ..manifest._manifest import decode_json, read_file
@@ -264,6 +266,22 @@ class Client:
             nid: buffer_to_frame(buf, f"data_outputs[{nid}]") for nid, buf in result.data_outputs.items()
         }
         return RemoteResult(outputs, result.metrics, list(result.assignments), list(result.progress))
+
+    async def snapshot(self) -> npb.ServerSnapshot:
+        """The server's sessions, nodes and workers now (``nursery_pipes.v1.Monitor``, an
+        extension of nursery_pipes servers: others answer UNIMPLEMENTED, as a GRPCError)."""
+        response: npb.ServerSnapshot = await self._monitor().snapshot(npb.SnapshotRequest())
+        return response
+
+    async def watch(self, interval_secs: float = 1.0) -> AsyncGenerator[npb.ServerSnapshot, None]:
+        """A snapshot now, then one every ``interval_secs`` (the server keeps it within
+        0.25…60 s), until the caller stops iterating or the server goes away."""
+        monitor = npb.MonitorStub(self._open_channel(), metadata=self._metadata)  # no deadline
+        async for snapshot in monitor.watch(npb.WatchRequest(interval_secs=interval_secs)):
+            yield snapshot
+
+    def _monitor(self) -> npb.MonitorStub:
+        return npb.MonitorStub(self._open_channel(), metadata=self._metadata, timeout=self._timeout)
 
     def stream(
         self,

@@ -5,6 +5,11 @@ wants counters that only grow. So a runtime adds each ended session's final node
 :class:`RuntimeStats`, and :meth:`RuntimeStats.snapshot` adds the live sessions' current ones
 on top: a session moves from "live" to "ended" with the same numbers, and the sum never drops.
 Labels are node types and executors — never session ids (bounded cardinality).
+
+A live view (``nursery-pipes top``, the Monitor service) wants the opposite: each live session
+and each of its nodes as they are now. :func:`session_view` reads one session through its public
+API into plain frozen values — taken on request, on the session's trio thread; nothing here is
+counted per frame.
 """
 
 from __future__ import annotations
@@ -17,7 +22,15 @@ from typing import Any, Literal
 from .._errors import NodeError
 from ._events import NodeFailed
 
-__all__ = ["INIT_BUCKETS", "NodeTotals", "RuntimeStats", "StatsSnapshot"]
+__all__ = [
+    "INIT_BUCKETS",
+    "NodeTotals",
+    "NodeView",
+    "RuntimeStats",
+    "SessionView",
+    "StatsSnapshot",
+    "session_view",
+]
 
 INIT_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """Upper bounds (seconds) of the node initialisation histogram (+Inf implied)."""
@@ -115,6 +128,97 @@ class RuntimeStats:
                 if metrics.pid is not None and executor == "multiprocess":
                     workers.setdefault(node_type, []).append(metrics.pid)
         return StatsSnapshot(active, self.sessions_started, dict(self.sessions_ended), nodes, queued, workers)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """One node of a live session, now."""
+
+    node_id: str
+    node_type: str
+    executor: str
+    state: str
+    pid: int | None
+    """Its worker process; None when it runs in the supervisor's process."""
+    frames_in: int
+    frames_out: int
+    bytes_in: int
+    bytes_out: int
+    queued_in: int
+    """Frames waiting on its inputs."""
+    restarts: int
+    failures: int
+    processing_s: float
+    init_s: float
+    host: str
+    """The server it runs on (a remote node: ``HOST:PORT``), or empty: this one."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    """One live session, now: what a live view shows of it."""
+
+    session_id: str
+    pipeline: str
+    state: str
+    age_s: float
+    frames_in: int
+    """Frames the client sent."""
+    frames_out: int
+    """Frames its sinks produced."""
+    bytes_in: int
+    bytes_out: int
+    queued_outputs: int
+    """Outputs waiting for the client to read them."""
+    error: str
+    """The session's error once it has failed, else empty."""
+    nodes: tuple[NodeView, ...]
+    """In manifest order."""
+
+
+def session_view(session: Any) -> SessionView:
+    """A :class:`SessionView` of a live session (call on its trio thread)."""
+    metrics = session.metrics()
+    waiting = session.queued_inputs()
+    nodes = tuple(
+        NodeView(
+            node_id=node_id,
+            node_type=node_type,
+            executor=executor,
+            state=m.state.value,
+            pid=m.pid,
+            frames_in=m.frames_in,
+            frames_out=m.frames_out,
+            bytes_in=m.bytes_in,
+            bytes_out=m.bytes_out,
+            queued_in=waiting.get(node_id, 0),
+            restarts=m.restarts,
+            failures=failures,
+            processing_s=m.processing_s,
+            init_s=m.init_s,
+            host=_host(session, node_id),
+        )
+        for (node_id, node_type, executor), (m, failures) in _node_rows(session).items()
+    )
+    error = session.error
+    return SessionView(
+        session_id=session.id,
+        pipeline=session.plan.manifest.name,
+        state=session.state.value,
+        age_s=metrics.wall_time_s,
+        frames_in=metrics.frames_in,
+        frames_out=metrics.frames_out,
+        bytes_in=metrics.bytes_in,
+        bytes_out=metrics.bytes_out,
+        queued_outputs=session.statistics().queued_outputs,
+        error=str(error) if error is not None else "",
+        nodes=nodes,
+    )
+
+
+def _host(session: Any, node_id: str) -> str:
+    spec = session.plan.nodes[node_id].spec
+    return (spec.host or "") if spec is not None else ""
 
 
 def session_outcome(session: Any) -> Outcome:

@@ -13,10 +13,8 @@ stops (``start``/``stop``); it outlives the service's restarts and follows the c
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -26,11 +24,9 @@ from prometheus_client.registry import Collector
 
 from ..runtime import Runtime
 from ..runtime._stats import INIT_BUCKETS, StatsSnapshot
+from ._procfs import process_usage
 
 __all__ = ["GrpcMetrics", "MetricsExporter"]
-
-_TICK = os.sysconf("SC_CLK_TCK")
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class GrpcMetrics:
@@ -140,25 +136,15 @@ def _families(snap: StatsSnapshot) -> Iterator[Metric]:
         "nursery_pipes_worker_cpu_seconds", "CPU time those workers have used so far", labels=["node_type"]
     )
     for node_type, pids in sorted(snap.workers.items()):
-        readings = [r for r in map(_proc, pids) if r is not None]
+        readings = [r for r in map(process_usage, pids) if r is not None]
         alive.add_metric([node_type], len(readings))
-        rss.add_metric([node_type], sum(r[0] for r in readings))
-        cpu.add_metric([node_type], sum(r[1] for r in readings))
+        rss.add_metric([node_type], sum(r.rss_bytes for r in readings))
+        cpu.add_metric([node_type], sum(r.cpu_secs for r in readings))
     yield from (alive, rss, cpu)
 
 
 def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
-
-
-def _proc(pid: int) -> tuple[int, float] | None:
-    """(RSS bytes, CPU seconds) of a live process, from /proc; None if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        statm = Path(f"/proc/{pid}/statm").read_text().split()
-    except (OSError, IndexError):
-        return None
-    return int(statm[1]) * _PAGE, (int(stat[11]) + int(stat[12])) / _TICK
 
 
 class MetricsExporter:

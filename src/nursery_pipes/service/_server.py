@@ -22,8 +22,15 @@ the request was not processed (docs/scaling.md).
 
 Authentication: when a bearer token is configured, ExecutePipeline and
 StreamPipeline require ``authorization: Bearer <token>`` and answer anything
-else with ``ErrorResponse(error_type=AUTHENTICATION)``; GetVersion, health and
-reflection stay open (they reveal nothing a client could misuse).
+else with ``ErrorResponse(error_type=AUTHENTICATION)``; the Monitor service
+(``nursery_pipes.v1``, our extension: sessions, pipelines, pids) requires it too
+and answers UNAUTHENTICATED; GetVersion, health and reflection stay open (they
+reveal nothing a client could misuse).
+
+Monitor (``[monitor] enabled``, on by default): Snapshot, and Watch — a snapshot
+every interval until the client leaves; it is not a session, so a drain neither
+waits for it nor refuses it (the watcher sees the drain) and the server's close
+ends it.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ from ..wire._messages import UPB as M
 from ..wire._messages import new_pool
 from ._bridge import LimitedStream, PumpedStream, recv_limited
 from ._execution import execute, version
+from ._monitor import MON, MONITOR, take_snapshot, watch_interval
 from ._streaming import StreamSettings, handle_stream
 
 if TYPE_CHECKING:
@@ -112,6 +120,9 @@ class Server:
         self._codec = _WireCodec(metrics)
         self._listener: asyncio.AbstractServer | None = None
         self.port: int | None = None
+        self._listening_since: float | None = None
+        """trio.current_time() when the server started listening (the Monitor's uptime)."""
+        self._watchers = 0
 
     @property
     def accepting(self) -> bool:
@@ -148,6 +159,7 @@ class Server:
             self._listener = listener
             try:
                 self.port = int(sock.getsockname()[1])
+                self._listening_since = trio.current_time()
                 task_status.started(self.port)
                 await self._drain.wait()
                 await self._finish_sessions()
@@ -201,14 +213,57 @@ class Server:
                 ),
             },
         )
-        health = Health({execution: [self._status], streaming: [self._status]})
+        ours = [execution, streaming]
+        if self.config.monitor.enabled:
+            ours.append(
+                _Service(
+                    MONITOR,
+                    {
+                        "Snapshot": (
+                            self._monitor_snapshot,
+                            Cardinality.UNARY_UNARY,
+                            MON.SnapshotRequest,
+                            MON.ServerSnapshot,
+                        ),
+                        "Watch": (
+                            self._monitor_watch,
+                            Cardinality.UNARY_STREAM,
+                            MON.WatchRequest,
+                            MON.ServerSnapshot,
+                        ),
+                    },
+                )
+            )
+        health = Health({service: [self._status] for service in ours})
         # Reflection in both versions: v1, and v1alpha, which grpcio-reflection's client and
         # older grpcurl speak. The pool holds our protos and the health service's.
-        services: list[Any] = ServerReflection.extend([execution, streaming, health], pool=_descriptor_pool())
+        services: list[Any] = ServerReflection.extend([*ours, health], pool=_descriptor_pool())
         # grpclib's own services (health, reflection) get the same receive rules as ours: the
         # size limit before the body is read, INVALID_ARGUMENT for a body that doesn't decode.
         limit = self.config.server.max_message_bytes
-        limited = [s if s in (execution, streaming) else _Limited(s, limit, self._codec) for s in services]
+        limited = [s if s in ours else _Limited(s, limit, self._codec) for s in services]
+        if not self.config.monitor.enabled:
+            # Answered, not unknown: grpclib's answer to an unknown method lacks a content-type,
+            # which its own client reports as UNKNOWN "Missing content-type header". This says why.
+            limited.append(
+                _Service(
+                    MONITOR,
+                    {
+                        "Snapshot": (
+                            _monitor_off,
+                            Cardinality.UNARY_UNARY,
+                            MON.SnapshotRequest,
+                            MON.ServerSnapshot,
+                        ),
+                        "Watch": (
+                            _monitor_off,
+                            Cardinality.UNARY_STREAM,
+                            MON.WatchRequest,
+                            MON.ServerSnapshot,
+                        ),
+                    },
+                )
+            )
         if self._metrics is None:
             return limited
         return [_Counted(s, self._metrics) for s in limited]
@@ -273,6 +328,13 @@ class Server:
             stream.finish()
 
     def _auth_error(self, raw: Any) -> Any | None:
+        refusal = self._auth_refusal(raw)
+        if refusal is None:
+            return None
+        return M.ErrorResponse(error_type=pb.ErrorType.AUTHENTICATION, message=refusal)
+
+    def _auth_refusal(self, raw: Any) -> str | None:
+        """Why the call's bearer token is not accepted, or None (also when none is required)."""
         if not self._token:
             return None
         header = raw.metadata.get("authorization", "")
@@ -280,10 +342,43 @@ class Server:
         if scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), self._token.encode()):
             return None
         why = "missing" if not header else "wrong"
-        return M.ErrorResponse(
-            error_type=pb.ErrorType.AUTHENTICATION,
-            message=f"{why} bearer token (send 'authorization: Bearer <token>')",
-        )
+        return f"{why} bearer token (send 'authorization: Bearer <token>')"
+
+    # -- Monitor (nursery_pipes.v1): asyncio side, one hop into trio per snapshot ----------------
+
+    async def _monitor_snapshot(self, raw: Any) -> None:
+        self._monitor_auth(raw)
+        await recv_limited(raw, MON.SnapshotRequest, self.config.server.max_message_bytes, self._codec)
+        await raw.send_message(await trio_asyncio.trio_as_aio(self._snapshot)())
+
+    async def _monitor_watch(self, raw: Any) -> None:
+        self._monitor_auth(raw)
+        request = await recv_limited(raw, MON.WatchRequest, self.config.server.max_message_bytes, self._codec)
+        interval = watch_interval(request.interval_secs if request is not None else 0.0)
+        cap = self.config.monitor.max_watchers
+        if self._watchers >= cap:
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED,
+                f"{self._watchers} Watch calls are running; this server allows {cap} (monitor.max_watchers)",
+            )
+        self._watchers += 1
+        try:
+            while True:  # until the client leaves (the call is cancelled) or the server closes
+                # send_message waits while the client does not read: nothing piles up here.
+                await raw.send_message(await trio_asyncio.trio_as_aio(self._snapshot)())
+                await asyncio.sleep(interval)
+        finally:
+            self._watchers -= 1
+
+    def _monitor_auth(self, raw: Any) -> None:
+        refusal = self._auth_refusal(raw)  # before reading: an unauthenticated body is never decoded
+        if refusal is not None:
+            raise GRPCError(Status.UNAUTHENTICATED, refusal)
+
+    async def _snapshot(self) -> Any:
+        since = self._listening_since
+        uptime = trio.current_time() - since if since is not None else 0.0
+        return await take_snapshot(self.runtime, uptime_s=uptime, draining=not self._accepting)
 
     @contextmanager
     def _counted(self) -> Iterator[None]:
@@ -315,6 +410,13 @@ class Server:
                 "server is shutting down: the call did not finish within "
                 f"server.drain_timeout_secs ({self.config.server.drain_timeout_secs:g} s) and was cancelled",
             )
+
+
+async def _monitor_off(stream: Any) -> None:
+    raise GRPCError(
+        Status.UNIMPLEMENTED,
+        f"{MONITOR} is off on this server ([monitor] enabled = false, or serve --no-monitor)",
+    )
 
 
 async def _pumped(stream: PumpedStream, body: Any, *, drain_timeout: float) -> None:
@@ -486,9 +588,10 @@ def _limited(func: Callable[[Any], Any], request_type: type, limit: int, codec: 
 
 
 def _descriptor_pool() -> Any:
-    """remotemedia.v1 and health, for reflection: a pool of its own, so UPB's stays as it is."""
+    """remotemedia.v1, nursery_pipes.v1 (Monitor) and health, for reflection: a pool of its own,
+    so UPB's stays as it is."""
     from grpclib.health.v1 import health_pb2
 
-    pool = new_pool()
+    pool = new_pool("remotemedia.v1", "nursery_pipes.v1")
     pool.AddSerializedFile(health_pb2.DESCRIPTOR.serialized_pb)
     return pool

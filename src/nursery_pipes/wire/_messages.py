@@ -31,7 +31,17 @@ from google.protobuf.message import Message as UpbMessage
 
 from .._proto.remotemedia import v1 as pb
 
-__all__ = ["BETTERPROTO", "UPB", "Messages", "conn_from", "has", "new_pool", "optional", "which"]
+__all__ = [
+    "BETTERPROTO",
+    "UPB",
+    "Messages",
+    "conn_from",
+    "has",
+    "new_pool",
+    "optional",
+    "upb_messages",
+    "which",
+]
 
 PACKAGE = "remotemedia.v1"
 
@@ -39,9 +49,10 @@ PACKAGE = "remotemedia.v1"
 class Messages:
     """A namespace of message classes: ``ns.DataBuffer(audio=ns.AudioBuffer(...))``."""
 
-    def __init__(self, name: str, lookup: Callable[[str], Any]) -> None:
+    def __init__(self, name: str, lookup: Callable[[str], Any], package: str = PACKAGE) -> None:
         self.name = name
         self._lookup = lookup
+        self._package = package
 
     def __getattr__(self, item: str) -> Any:
         if item.startswith("_"):
@@ -49,7 +60,7 @@ class Messages:
         try:
             cls = self._lookup(item)
         except (KeyError, AttributeError):
-            raise AttributeError(f"remotemedia.v1 has no message {item!r}") from None
+            raise AttributeError(f"{self._package} has no message {item!r}") from None
         setattr(self, item, cls)  # cached: the next lookup is a plain attribute
         return cls
 
@@ -57,25 +68,31 @@ class Messages:
         return f"<Messages {self.name}>"
 
 
-def new_pool() -> Any:
-    """A new descriptor pool holding remotemedia.v1 (the descriptor set generated beside the
-    betterproto code)."""
-    data = resources.files("nursery_pipes._proto").joinpath("remotemedia_v1.binpb").read_bytes()
+def new_pool(*packages: str) -> Any:
+    """A new descriptor pool holding proto ``packages`` (default: remotemedia.v1), each from the
+    descriptor set generated beside the betterproto code (``remotemedia_v1.binpb``, ...)."""
     pool = descriptor_pool.DescriptorPool()
-    for proto in descriptor_pb2.FileDescriptorSet.FromString(data).file:
-        pool.Add(proto)
+    for package in packages or (PACKAGE,):
+        name = package.replace(".", "_") + ".binpb"
+        data = resources.files("nursery_pipes._proto").joinpath(name).read_bytes()
+        for proto in descriptor_pb2.FileDescriptorSet.FromString(data).file:
+            pool.Add(proto)
     return pool
 
 
-_pool = functools.cache(new_pool)  # the one the UPB message classes come from
+def upb_messages(package: str) -> Messages:
+    """The upb classes of one proto package (a pool of its own), e.g. the server's
+    ``nursery_pipes.v1`` monitor messages."""
+    pool = functools.cache(lambda: new_pool(package))
 
+    def lookup(name: str) -> Any:
+        return message_factory.GetMessageClass(pool().FindMessageTypeByName(f"{package}.{name}"))
 
-def _upb_class(name: str) -> Any:
-    return message_factory.GetMessageClass(_pool().FindMessageTypeByName(f"{PACKAGE}.{name}"))
+    return Messages(f"upb {package}", lookup, package)
 
 
 BETTERPROTO = Messages("betterproto", lambda name: getattr(pb, name))
-UPB = Messages("upb", _upb_class)
+UPB = upb_messages(PACKAGE)
 
 
 def which(message: Any, group: str) -> tuple[str, Any]:
