@@ -282,6 +282,7 @@ def test_nodes_testing_lists_the_fault_injection_nodes(tmp_path: Path) -> None:
         "CpuBurnNode",
         "KeepInputNode",
         "LogNode",
+        "SendSignalNode",
     }
     result = invoke("nodes", "--testing", "--json")
     assert result.exit_code == 0
