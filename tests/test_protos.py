@@ -426,6 +426,7 @@ EXTENSIONS: dict[str, dict[str, list[str]]] = {
             "7: StreamErrorResponse stream_error  (oneof response) [deprecated]",
             "8: SupervisionEvent supervision  (oneof response)",
             "9: SignalHandled signal_handled  (oneof response)",
+            "10: SignalSent signal_sent  (oneof response)",
         ],
         "message StreamReady": [
             "4: repeated NodeAssignment assignments",
@@ -437,6 +438,12 @@ EXTENSIONS: dict[str, dict[str, list[str]]] = {
             "1: string name",
             "2: repeated string node_ids",
             "3: string payload_json",
+        ],
+        "message SignalSent": [
+            "1: string name",
+            "2: uint64 signal_id",
+            "3: string origin",
+            "4: repeated string node_ids",
         ],
         "message SignalHandled": [
             "1: string node_id",

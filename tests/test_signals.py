@@ -17,7 +17,7 @@ import trio
 
 from nursery_pipes import InputError, Node, TextFrame
 from nursery_pipes.nodes import Signal
-from nursery_pipes.runtime import FramesDropped, Output, SignalHandled
+from nursery_pipes.runtime import FramesDropped, Output, SignalHandled, SignalSent
 from nursery_pipes.testing import make_runtime
 
 pytestmark = pytest.mark.slow
@@ -106,6 +106,14 @@ async def test_a_node_signals_against_the_data_direction(executor: str) -> None:
         events += [e async for e in session.events()]
     [handled] = [e for e in events if isinstance(e, SignalHandled)]
     assert (handled.node_id, handled.origin) == ("slow", "tail")
+    [sent] = [e for e in events if isinstance(e, SignalSent)]
+    assert (sent.name, sent.origin, sent.targets, sent.signal_id) == (
+        "interrupt",
+        "tail",
+        ("slow",),
+        handled.signal_id,
+    )
+    assert events.index(sent) < events.index(handled)  # told at once, before the node took it
     outputs = [e.seq for e in events if isinstance(e, Output)]
     assert outputs[0] == 1  # f1 got through and set it off
     assert handled.dropped  # f3… were still queued at the slow node
@@ -181,6 +189,8 @@ async def test_a_grpc_client_interrupts_and_sees_what_each_node_dropped() -> Non
         await served.aio(run, events, served.address)
     handled = [e.message for e in events if isinstance(e, StreamEvent) and e.kind == "signal_handled"]
     assert [(h.node_id, h.name, h.origin) for h in handled] == [("slow", "interrupt", "client")]
+    sent = [e.message for e in events if isinstance(e, StreamEvent) and e.kind == "signal_sent"]
+    assert [(s.name, s.origin, list(s.node_ids)) for s in sent] == [("interrupt", "client", ["slow"])]
     rejected = [e.message for e in events if isinstance(e, StreamEvent) and e.kind == "rejected"]
     assert any("signal 'interrupt' not sent" in r.message and "'nobody'" in r.message for r in rejected)
     outputs = [(e.sequence, e.frame.text) for e in events if isinstance(e, ChunkOutput)]

@@ -288,7 +288,8 @@ def _barge_in(run: Any, starts: list[float]) -> list[str]:
     ):
         if isinstance(frame, AudioFrame):
             answers.setdefault(seq, []).append((at, frame.duration))
-    stops = [at for at, node in run.signal_arrivals if node == "tts"]
+    # the client stops playing when it is told the reply path is interrupted (SignalSent)
+    stops = [at for at, sent in run.signals_sent if "tts" in sent.node_ids]
     lines, free = [], 0.0
     for number, pieces in enumerate(answers.values(), start=1):
         begin = max(pieces[0][0], free)

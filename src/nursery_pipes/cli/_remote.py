@@ -53,6 +53,8 @@ class RemoteRun:
     """What each node did with the control signals sent (``--signal``)."""
     signal_arrivals: list[tuple[float, str]] = field(default_factory=list)
     """time.monotonic() at which each node's SignalHandled arrived, and the node."""
+    signals_sent: list[tuple[float, Any]] = field(default_factory=list)
+    """time.monotonic() at which each SignalSent arrived (a node's barge-in included), and it."""
     sequences: dict[str, list[int]] = field(default_factory=dict)
     """The input sequence of each output, per sink (parallel to ``outputs``)."""
 
@@ -117,6 +119,8 @@ async def stream_job(
                             run.supervision.append(record)
                             if show_progress:
                                 _supervision.show(record, console)
+                        elif isinstance(event, StreamEvent) and event.kind == "signal_sent":
+                            run.signals_sent.append((time.monotonic(), event.message))
                         elif isinstance(event, StreamEvent) and event.kind == "signal_handled":
                             h = event.message
                             aborted = h.aborted_sequence  # (None when unset: a proto3 optional)

@@ -10,6 +10,7 @@ from ._events import (
     NodeRestarted,
     Output,
     SignalHandled,
+    SignalSent,
     StateChanged,
 )
 from ._plan import SessionPlan
@@ -43,6 +44,7 @@ __all__ = [
     "SessionStatistics",
     "SessionTrace",
     "SignalHandled",
+    "SignalSent",
     "StateChanged",
     "Strategy",
     "SupervisionPolicy",

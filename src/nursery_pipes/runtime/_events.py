@@ -14,6 +14,8 @@ Events, in the order they happened:
 - :class:`FramesDropped` — frames that will never produce outputs: the one a
   node was processing when it failed or was restarted, what was still sent
   to a node stopped for good, or what a control signal dropped;
+- :class:`SignalSent` — a control signal was routed to its targets (sent by
+  the user or by a node: the moment a client can act on a node's barge-in);
 - :class:`SignalHandled` — a node took a control signal (ahead of its queued
   frames) and what it dropped.
 
@@ -44,6 +46,7 @@ __all__ = [
     "NodeRestarted",
     "Output",
     "SignalHandled",
+    "SignalSent",
     "StateChanged",
 ]
 
@@ -112,7 +115,30 @@ class SignalHandled:
     aborted: int | None = None
 
 
-Event = NodeProgress | Output | StateChanged | NodeFailed | NodeRestarted | FramesDropped | SignalHandled
+@dataclass(frozen=True, slots=True)
+class SignalSent:
+    """Signal number ``signal_id`` (``name``, from ``origin``) is on its way to ``targets``,
+    ahead of their queued frames; each answers with :class:`SignalHandled` once it took it."""
+
+    name: str
+    signal_id: int
+    origin: str
+    targets: tuple[str, ...]
+
+
+Event = (
+    NodeProgress
+    | Output
+    | StateChanged
+    | NodeFailed
+    | NodeRestarted
+    | FramesDropped
+    | SignalSent
+    | SignalHandled
+)
+ControlEvent = (
+    NodeProgress | StateChanged | NodeFailed | NodeRestarted | FramesDropped | SignalSent | SignalHandled
+)
 
 
 class EventQueue:
@@ -129,9 +155,7 @@ class EventQueue:
         self._writable = trio.Event()
         self.discarded = 0
 
-    def put_control(
-        self, event: NodeProgress | StateChanged | NodeFailed | NodeRestarted | FramesDropped | SignalHandled
-    ) -> None:
+    def put_control(self, event: ControlEvent) -> None:
         if self._closed:
             return
         self._items.append(event)

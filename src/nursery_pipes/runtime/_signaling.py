@@ -26,7 +26,7 @@ import trio
 from .._errors import InputError
 from ..executors import NodePorts, ShmPorts, ShmTransport, SupervisorPorts
 from ..nodes._signals import Signal, signal_name_problem
-from ._events import EventQueue, FramesDropped, SignalHandled
+from ._events import EventQueue, FramesDropped, SignalHandled, SignalSent
 
 __all__ = ["SignalRouter"]
 
@@ -59,6 +59,7 @@ class SignalRouter:
         signal = Signal(name, dict(payload or {}), origin, self._count)
         for node_id in targets:
             self._deliver(node_id, signal)
+        self._events.put_control(SignalSent(name, signal.id, origin, targets))
         return signal
 
     def from_node(self, origin: str, name: str, to: tuple[str, ...] | None, payload: dict[str, Any]) -> None:

@@ -66,6 +66,7 @@ from ..runtime import (
     Session,
     SessionState,
     SignalHandled,
+    SignalSent,
     StateChanged,
 )
 from ..runtime._plan import check_input_kind, check_input_target
@@ -223,6 +224,11 @@ async def _outbound(
 def _response_for(event: Any, session: Session, state: _State, settings: StreamSettings) -> Any | None:
     if isinstance(event, (NodeFailed, NodeRestarted, FramesDropped)):
         return M.StreamResponse(supervision=supervision_to_proto(event, M))
+    if isinstance(event, SignalSent):
+        sent = M.SignalSent(
+            name=event.name, signal_id=event.signal_id, origin=event.origin, node_ids=list(event.targets)
+        )
+        return M.StreamResponse(signal_sent=sent)
     if isinstance(event, SignalHandled):
         handled = M.SignalHandled(
             node_id=event.node_id,

@@ -611,12 +611,33 @@ class StreamResponse(betterproto.Message):
     nursery_pipes extension: a node took a control signal, and what it dropped.
     """
 
+    signal_sent: "SignalSent" = betterproto.message_field(10, group="response")
+    """
+    nursery_pipes extension: a control signal is on its way to its nodes (sent by
+     this client, or by a node: a voice-activity node's barge-in, for one).
+    """
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.is_set("stream_error"):
             warnings.warn(
                 "StreamResponse.stream_error is deprecated", DeprecationWarning
             )
+
+
+@dataclass(eq=False, repr=False)
+class SignalSent(betterproto.Message):
+    """
+    nursery_pipes extension: signal number `signal_id` (`name`, from `origin`:
+     "client" or a node id) was routed to `node_ids`, ahead of their queued frames.
+     Sent the moment it is routed: a client playing a reply stops it on a node's
+     interrupt here, before the nodes report what they dropped (SignalHandled).
+    """
+
+    name: str = betterproto.string_field(1)
+    signal_id: int = betterproto.uint64_field(2)
+    origin: str = betterproto.string_field(3)
+    node_ids: List[str] = betterproto.string_field(4)
 
 
 @dataclass(eq=False, repr=False)
