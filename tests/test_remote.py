@@ -22,7 +22,14 @@ from nursery_pipes import ManifestError, NodeError, Runtime, TensorFrame, TextFr
 from nursery_pipes._config import RemoteConfig, RuntimeConfig, load_config
 from nursery_pipes.client import ChunkOutput
 from nursery_pipes.remote import RemoteExecutor, SequenceMap
-from nursery_pipes.runtime import FramesDropped, NodeFailed, NodeProgress, NodeRestarted
+from nursery_pipes.runtime import (
+    FramesDropped,
+    NodeFailed,
+    NodeProgress,
+    NodeRestarted,
+    Output,
+    SignalHandled,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -352,3 +359,27 @@ async def test_cancelling_the_session_ends_the_remote_one() -> None:
         with trio.fail_after(10):
             while far.runtime.sessions:  # noqa: ASYNC110
                 await trio.sleep(0.02)
+
+
+async def test_a_signal_for_a_remote_node_is_forwarded_and_answered_with_our_sequences() -> None:
+    doc = chain(None, ("SleepNode", {"process_seconds": 0.3}))
+    doc["metadata"]["multiprocess"] = {"channel_capacity": 16}
+    async with serving() as far, Runtime(near_config(far.address)) as near:
+        doc["nodes"][1]["host"] = far.address
+        async with near.open_session(doc) as session:
+            for n in range(1, 6):
+                await session.send("in", TextFrame(text=f"f{n}"))
+            with trio.fail_after(10):  # the frames reach the far node's queue first
+                while session.metrics().nodes["mid"].frames_in < 5:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            session.signal("interrupt", to=["mid"])
+            await session.close()
+            events = [e async for e in session.events()]
+    [handled] = [e for e in events if isinstance(e, SignalHandled)]
+    assert (handled.node_id, handled.name) == ("mid", "interrupt")
+    delivered = {e.seq for e in events if isinstance(e, Output)}
+    given_up = set(handled.dropped) | ({handled.aborted} if handled.aborted is not None else set())
+    assert handled.dropped  # the far node still had frames queued: dropped there, reported here
+    assert given_up <= {1, 2, 3, 4, 5}
+    assert given_up | delivered == {1, 2, 3, 4, 5}
+    assert not given_up & delivered

@@ -265,3 +265,16 @@ async def test_the_cli_sends_signals_locally_and_through_a_server(tmp_path: Any)
         delivered = len(summary["outputs"].get("slow", []))
         lost = len(handled["dropped"]) + (handled["aborted"] is not None)
         assert delivered + lost == 6
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+async def test_an_idle_node_takes_a_signal_without_waiting_for_a_frame(executor: str) -> None:
+    """Nothing queued, nothing in flight: the node still runs on_signal and answers at once
+    (a supervisor-side pump is woken; a worker looks between two waits on its inputs)."""
+    async with make_runtime() as runtime, runtime.open_session(manifest(executor)) as session:
+        session.signal("mark", to=["slow"])
+        with trio.fail_after(5):
+            events = await collect_until(session, lambda ev: any(isinstance(e, SignalHandled) for e in ev))
+        session.cancel()
+    [handled] = [e for e in events if isinstance(e, SignalHandled)]
+    assert (handled.node_id, handled.dropped, handled.aborted) == ("slow", (), None)

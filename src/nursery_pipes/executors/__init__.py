@@ -21,7 +21,18 @@ from ._host import (
 from ._inprocess import HookRunner, InProcessExecutor, Pump, cleanup_failed, initializing, node_failure
 from ._multiprocess import MultiprocessExecutor
 from ._pool import WorkerPool
-from ._ports import EndOfStream, Envelope, Flow, MemoryPort, Message, OutPort, SupervisorPorts
+from ._ports import (
+    WAKE,
+    EndOfStream,
+    Envelope,
+    Flow,
+    Mailbox,
+    MemoryPort,
+    Message,
+    OutPort,
+    SupervisorPorts,
+    Wake,
+)
 from ._registry import ENTRY_POINT_GROUP, available_executors, create_executors
 from ._rings import TrioConsumer, TrioProducer
 from ._thread import NodeThread, ThreadExecutor
@@ -30,12 +41,14 @@ from ._transport import Recovery, RingGeometry, ShmPort, ShmPorts, ShmTransport,
 __all__ = [
     "ENTRY_POINT_GROUP",
     "NO_NODE_TRACE",
+    "WAKE",
     "EndOfStream",
     "Envelope",
     "Executor",
     "Flow",
     "HookRunner",
     "InProcessExecutor",
+    "Mailbox",
     "MemoryPort",
     "Message",
     "MultiprocessExecutor",
@@ -63,6 +76,7 @@ __all__ = [
     "ThreadExecutor",
     "TrioConsumer",
     "TrioProducer",
+    "Wake",
     "WorkerPool",
     "aiter_outputs",
     "async_hooks",

@@ -33,7 +33,7 @@ from ..nodes._signals import FLUSH, Signal
 from ..worker import sampled
 from ._abc import Executor, NodePorts, Placement
 from ._host import NodeHost
-from ._ports import EndOfStream, SupervisorPorts
+from ._ports import EndOfStream, Envelope, SupervisorPorts, Wake
 
 __all__ = ["HookRunner", "InProcessExecutor", "Pump", "SignalAbort", "node_failure"]
 
@@ -194,15 +194,17 @@ class Pump:
             try:
                 message = inbox.receive_nowait()
             except trio.WouldBlock:
-                with signals.waiting() as woken:  # a signal put now wakes this wait
-                    try:
-                        message = await inbox.receive()
-                    except trio.EndOfChannel:
-                        return
-                if woken.cancelled_caught:
-                    continue
+                signals.idle = True  # a signal put now drops WAKE in the inbox
+                try:
+                    message = await inbox.receive()
+                except trio.EndOfChannel:
+                    return
+                finally:
+                    signals.idle = False
             except trio.EndOfChannel:
                 return
+            if isinstance(message, Wake):  # woken for a signal: handled at the top of the loop
+                continue
             if isinstance(message, EndOfStream):
                 ports.open_inputs -= 1
                 if ports.open_inputs == 0:
@@ -220,12 +222,14 @@ class Pump:
             self.last_seq = message.seq
             host.in_flight = message.seq  # taken: if the node fails now, this frame is lost
             host.state.fire(NodeEvent.FRAME)
-            with contextlib.suppress(SignalAbort):  # a signal dropped it: reported as such
+            try:
                 threshold = self.trace.threshold
                 if threshold and sampled(message.seq, threshold):
                     await self._process_traced(frame, message.seq)
                 else:
                     await self.call_hook("process", self.node.process, frame)
+            except SignalAbort:  # a signal dropped it: reported as such
+                pass
             host.state.fire(NodeEvent.FRAME_DONE)
             host.in_flight = None
 
@@ -261,7 +265,7 @@ class Pump:
                 return tuple(dropped)
             if isinstance(message, EndOfStream):
                 self.ports.open_inputs -= 1
-            else:
+            elif isinstance(message, Envelope):
                 dropped.append(message.seq)
 
     async def _process_traced(self, frame: Frame, seq: int) -> None:

@@ -16,6 +16,9 @@ so routing, supervision and metrics treat it as they treat a local node.
 - **Failure**: the remote node's failure, a refused frame or a lost connection fails this
   node (``NodeError`` naming it and the host), which the session's supervision policy
   restarts — a new call, a fresh remote node — or not, like any crash.
+- **Signals** for the node are forwarded to it (a ``SignalRequest``) ahead of the frames
+  still queued here, and its ``SignalHandled`` comes back with the sequence numbers mapped;
+  frames already queued *here* are sent after the signal (the remote node decides).
 - **Cancellation** cancels the call: the server sees the stream reset and cancels the
   remote session. Nothing here outlives :meth:`RemoteExecutor.run_node`.
 
@@ -28,6 +31,7 @@ by default.
 from __future__ import annotations
 
 import ssl
+from collections import deque
 from typing import Any, ClassVar
 
 import trio
@@ -37,6 +41,7 @@ from .._config import RemoteConfig, RuntimeConfig
 from .._errors import NodeError
 from ..executors import (
     EndOfStream,
+    Envelope,
     Executor,
     NodeEvent,
     NodeHost,
@@ -46,7 +51,8 @@ from ..executors import (
     initializing,
 )
 from ..nodes._base import Node
-from ._link import Closed, Failed, Link, Output, Ready
+from ..nodes._signals import Signal
+from ._link import Closed, Failed, Link, Output, Ready, SignalTaken
 from ._sequence import SequenceMap
 
 __all__ = ["RemoteExecutor"]
@@ -150,10 +156,11 @@ async def _exchange(host: NodeHost, ports: SupervisorPorts, link: Link) -> None:
     seqs = SequenceMap()
     host.unanswered = seqs.unanswered  # what a failure now loses (reported by the session)
     failure: NodeError | None = None
+    sent: deque[Signal] = deque()  # forwarded to the remote node, not answered yet
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_feed, host, ports, link, seqs)
+        nursery.start_soon(_feed, host, ports, link, seqs, sent)
         try:
-            await _forward(host, ports, link, seqs)
+            await _forward(host, ports, link, seqs, sent)
         except NodeError as exc:
             failure = exc
             nursery.cancel_scope.cancel()
@@ -161,26 +168,48 @@ async def _exchange(host: NodeHost, ports: SupervisorPorts, link: Link) -> None:
         raise failure
 
 
-async def _feed(host: NodeHost, ports: SupervisorPorts, link: Link, seqs: SequenceMap) -> None:
-    metrics = host.metrics
-    if ports.open_inputs:  # (a node restarted after its inputs ended has nothing to read)
-        async for message in ports.inbox:
-            if isinstance(message, EndOfStream):
-                ports.open_inputs -= 1
-                if ports.open_inputs == 0:
-                    break
-                continue
-            metrics.count_in(message.frame)
-            host.state.fire(NodeEvent.FRAME)
-            await link.send(seqs.outgoing(message.seq), message.frame)
-            host.state.fire(NodeEvent.FRAME_DONE)
+async def _feed(
+    host: NodeHost, ports: SupervisorPorts, link: Link, seqs: SequenceMap, sent: deque[Signal]
+) -> None:
+    metrics, inbox, signals = host.metrics, ports.inbox, ports.signals
+    while ports.open_inputs:  # (a node restarted after its inputs ended has nothing to read)
+        if signals:  # forwarded ahead of the frames still queued here
+            for signal in signals.take():
+                sent.append(signal)
+                await link.signal(signal)
+        signals.idle = True  # a signal put now drops WAKE in the inbox
+        try:
+            message = await inbox.receive()
+        except trio.EndOfChannel:
+            break
+        finally:
+            signals.idle = False
+        if isinstance(message, EndOfStream):
+            ports.open_inputs -= 1
+            continue
+        if not isinstance(message, Envelope):  # a WAKE: the signal is taken at the top
+            continue
+        metrics.count_in(message.frame)
+        host.state.fire(NodeEvent.FRAME)
+        await link.send(seqs.outgoing(message.seq), message.frame)
+        host.state.fire(NodeEvent.FRAME_DONE)
     host.state.fire(NodeEvent.STOP)
     await link.close()
 
 
-async def _forward(host: NodeHost, ports: SupervisorPorts, link: Link, seqs: SequenceMap) -> None:
+async def _forward(
+    host: NodeHost, ports: SupervisorPorts, link: Link, seqs: SequenceMap, sent: deque[Signal]
+) -> None:
     metrics = host.metrics
     async for event in link.events:
+        if isinstance(event, SignalTaken):  # the remote node took our oldest signal
+            if sent:
+                host.on_signal_handled(
+                    sent.popleft(),
+                    tuple(seqs.local_of(r) for r in event.dropped),
+                    None if event.aborted is None else seqs.local_of(event.aborted),
+                )
+            continue
         if isinstance(event, Output):
             metrics.count_out(event.frame)
             metrics.processing_s += event.processing_s

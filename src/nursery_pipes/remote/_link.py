@@ -30,8 +30,9 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from .._errors import ManifestError, NodeError, NurseryPipesError
 from ..client import ChunkOutput, Client, StreamEvent
 from ..frames import Frame
+from ..nodes._signals import Signal
 
-__all__ = ["Closed", "Failed", "Link", "Output", "Ready"]
+__all__ = ["Closed", "Failed", "Link", "Output", "Ready", "SignalTaken"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,15 @@ class Output:
 
 
 @dataclass(frozen=True, slots=True)
+class SignalTaken:
+    """The remote node took a signal this link forwarded (the oldest not answered yet)."""
+
+    dropped: tuple[int, ...]
+    aborted: int | None
+    """Remote sequence numbers."""
+
+
+@dataclass(frozen=True, slots=True)
 class Closed:
     pass
 
@@ -59,7 +69,7 @@ class Failed:
     error: NodeError
 
 
-Event = Ready | Output | Closed | Failed
+Event = Ready | Output | SignalTaken | Closed | Failed
 
 
 class _Broken(Exception):
@@ -129,6 +139,10 @@ class Link:
         """End of input: the server flushes the remote node and closes the session."""
         await self._send_request(_CLOSE)
 
+    async def signal(self, signal: Signal) -> None:
+        """Forward a control signal to the remote node (in order with the frames sent)."""
+        await self._send_request(signal)
+
     async def _send_request(self, request: Any) -> None:
         queue = await self._queue()
         try:
@@ -163,6 +177,9 @@ class Link:
 
     async def _write(self, stream: Any, requests: asyncio.Queue[Any]) -> None:
         while (request := await requests.get()) is not _CLOSE:
+            if isinstance(request, Signal):
+                await stream.signal(request.name, to=[self.node_id], payload=dict(request.payload))
+                continue
             sequence, frame = request
             await stream.send(self.node_id, frame, sequence=sequence)
         await stream.close()
@@ -174,6 +191,10 @@ class Link:
             elif isinstance(event, StreamEvent) and event.kind == "rejected":
                 error = event.message
                 raise _Broken(f"refused sequence {error.failing_sequence}: {error.message}")
+            elif isinstance(event, StreamEvent) and event.kind == "signal_handled":
+                taken = event.message
+                if taken.node_id == self.node_id:
+                    await self._deliver(SignalTaken(tuple(taken.dropped_sequences), taken.aborted_sequence))
             elif isinstance(event, StreamEvent) and event.kind == "closed":
                 return
         raise _Broken("the server ended the stream without closing the session")

@@ -58,6 +58,14 @@ class SequenceMap:
             self._last_local = pending[0][1]
         return self._last_local
 
+    def local_of(self, remote: int) -> int:
+        """The local number of a frame sent and not answered yet (what a remote node reports
+        dropping); the oldest one known if that mapping was forgotten."""
+        for sent, local in self._pending:
+            if sent == remote:
+                return local
+        return self._pending[0][1] if self._pending else self._last_local
+
     def unanswered(self) -> tuple[int, ...]:
         """The local numbers of the frames sent that no output has answered yet (in order,
         each once): what is lost if the remote node fails now. A frame the node answered with

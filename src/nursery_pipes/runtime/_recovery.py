@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import trio
 
 from .._errors import NodeError
-from ..executors import EndOfStream, NodeHost, NodeMetrics, NodePorts, ShmPorts, ShmTransport
+from ..executors import EndOfStream, Envelope, NodeHost, NodeMetrics, NodePorts, ShmPorts, ShmTransport
 from ._events import EventQueue, FramesDropped, NodeFailed, NodeRestarted, SupervisionAction
 from ._supervisor import FailureRecord
 
@@ -136,7 +136,7 @@ class NodeRecovery:
             while True:  # everything already queued, as one event
                 if isinstance(message, EndOfStream):
                     ports.open_inputs -= 1
-                else:
+                elif isinstance(message, Envelope):  # (not a WAKE for the stopped node's pump)
                     dropped.append(message.seq)
                 try:
                     message = ports.inbox.receive_nowait()

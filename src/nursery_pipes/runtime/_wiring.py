@@ -71,7 +71,10 @@ def wire(plan: SessionPlan, events: EventQueue, capacity: float, transport: ShmT
         else:
             assert transport is not None
             _shm_edge(wiring, plan, edge.src, edge.dst, inboxes, events, transport)
-    for send in inboxes.values():
+    for nid, send in inboxes.items():
+        node_ports = ports[nid]
+        assert isinstance(node_ports, SupervisorPorts)
+        node_ports.signals.attach(send.clone())  # wakes an idle pump when a signal comes
         send.close()  # each edge holds its own clone; the inbox closes when all have ended
     return wiring
 
