@@ -16,7 +16,7 @@ import msgspec
 import numpy as np
 import pytest
 import trio
-from service_fixtures import audio, make_config, manifest, serving
+from service_fixtures import audio, make_config, manifest, self_signed_cert, serving
 
 from nursery_pipes import ManifestError, NodeError, Runtime, TensorFrame, TextFrame
 from nursery_pipes._config import RemoteConfig, RuntimeConfig, load_config
@@ -383,3 +383,28 @@ async def test_a_signal_for_a_remote_node_is_forwarded_and_answered_with_our_seq
     assert given_up <= {1, 2, 3, 4, 5}
     assert given_up | delivered == {1, 2, 3, 4, 5}
     assert not given_up & delivered
+
+
+async def test_remote_nodes_over_tls_with_a_bearer_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """[remote] ca_file and token_env: the far server wants TLS and a token, and gets both;
+    without the token its refusal fails the node at init, naming the host."""
+    cert, key = self_signed_cert(tmp_path)
+    far_config = make_config(server={"tls_cert": str(cert), "tls_key": str(key), "auth_token": "s3cret"})
+    monkeypatch.setenv("NP_TEST_REMOTE_TOKEN", "s3cret")
+    async with serving(far_config) as far:
+        remote = RemoteConfig(
+            allowed_hosts=[far.address], ca_file=str(cert), token_env="NP_TEST_REMOTE_TOKEN"
+        )
+        near = msgspec.structs.replace(make_config(), remote=remote)
+        async with Runtime(near) as runtime:
+            assert await stream_words(runtime, chain(far.address)) == [
+                ("out", i + 1, w.upper()) for i, w in enumerate(WORDS)
+            ]
+        tokenless = msgspec.structs.replace(
+            make_config(), remote=RemoteConfig(allowed_hosts=[far.address], ca_file=str(cert))
+        )
+        async with Runtime(tokenless) as runtime:
+            with pytest.raises(NodeError, match=rf"node 'mid' failed in initialize: on {far.address}: "):
+                await stream_words(runtime, chain(far.address))
