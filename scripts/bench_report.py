@@ -58,6 +58,8 @@ TOPICS = (
     "supervision",
     "manifest",
     "nginx",
+    "remote",
+    "bargein",
 )
 TIMEOUT_QUICK_S = 600.0
 TIMEOUT_FULL_S = 3600.0
@@ -812,6 +814,53 @@ def section_nginx(d: Json) -> list[str]:
     ]
 
 
+def section_remote(d: Json) -> list[str]:
+    rows = []
+    for size, paths in d["results"].items():
+        for path in ("inprocess", "multiprocess", "remote"):
+            r = paths[path]
+            rows.append((size, path, r["p50_us"], r["p99_us"], r["frames_per_s"]))
+    added = [
+        (size, paths["added_per_remote_hop"]["p50_us"], paths["added_per_remote_hop"]["p99_us"])
+        for size, paths in d["results"].items()
+    ]
+    return [
+        "One PassThrough node here, in a worker, or on a second `serve` process over loopback "
+        "(a remote node), one frame in flight (µs; frames/s with the pipeline kept full):",
+        md_table(["size", "path", "p50", "p99", "frames/s"], rows),
+        "Added by one remote hop (remote − in-process, same run, µs):",
+        md_table(["size", "p50", "p99"], added),
+    ]
+
+
+def section_bargein(d: Json) -> list[str]:
+    rows = []
+    for mode, r in d["results"].items():
+        rows.append(
+            (mode, r["n"], r["told_ms"]["p50"], r["told_ms"]["max"], r["stopped_ms"]["p50"],
+             r["stopped_ms"]["max"], r["from_onset_ms"]["p50"], r["audio_frames_after_max"])
+        )  # fmt: skip
+    return [
+        "The VAD's barge-in `interrupt` to a speech-synthesis node that is busy with a long answer "
+        "(or idle: the baseline), at the client, from the VAD's speech_start event (ms). told = "
+        "`SignalSent` (a client stops playing here), stopped = the node's `SignalHandled`:",
+        md_table(
+            [
+                "tts",
+                "n",
+                "told p50",
+                "told max",
+                "stopped p50",
+                "stopped max",
+                "from onset p50",
+                "audio after",
+            ],
+            rows,
+        ),
+        *_goals_blocks(d),
+    ]
+
+
 SECTIONS: dict[str, Callable[[Json], list[str]]] = {
     "chain": section_chain,
     "hop": section_hop,
@@ -827,6 +876,8 @@ SECTIONS: dict[str, Callable[[Json], list[str]]] = {
     "supervision": section_supervision,
     "manifest": section_manifest,
     "nginx": section_nginx,
+    "remote": section_remote,
+    "bargein": section_bargein,
 }
 
 TITLES = {
@@ -844,6 +895,8 @@ TITLES = {
     "supervision": "Supervision and restarts",
     "manifest": "Manifest parse + validate",
     "nginx": "Behind nginx, and a replica's memory (issue 12)",
+    "remote": "A node on another server (issue 12)",
+    "bargein": "Barge-in: interrupting the reply path (issue 14)",
 }
 
 
