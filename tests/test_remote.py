@@ -408,3 +408,95 @@ async def test_remote_nodes_over_tls_with_a_bearer_token(
         async with Runtime(tokenless) as runtime:
             with pytest.raises(NodeError, match=rf"node 'mid' failed in initialize: on {far.address}: "):
                 await stream_words(runtime, chain(far.address))
+
+
+# -- consecutive nodes on one host: one remote session ---------------------------------------------
+
+
+def run_of_two(
+    host: str | None, second: tuple[str, dict[str, Any]] = ("TextTransformNode", {"suffix": "?"})
+) -> dict[str, Any]:
+    """in → m1 → m2 → out, m1 and m2 on ``host``."""
+    doc = manifest(
+        [("in", "PassThrough", {}), ("m1", "TextTransformNode", {"operation": "upper"}), ("m2", *second),
+         ("out", "PassThrough", {})],
+        [("in", "m1"), ("m1", "m2"), ("m2", "out")],
+    )  # fmt: skip
+    if host is not None:
+        doc["nodes"][1]["host"] = doc["nodes"][2]["host"] = host
+    return doc
+
+
+async def test_the_planner_fuses_runs_of_remote_nodes_on_one_host() -> None:
+    doc = manifest(
+        [("a", "PassThrough", {}), ("b", "PassThrough", {}), ("c", "PassThrough", {}), ("d", "PassThrough", {}),
+         ("e", "PassThrough", {})],
+        [("a", "b"), ("b", "c"), ("c", "d"), ("a", "e")],
+    )  # fmt: skip
+    for index, host in ((1, "gpu:1"), (2, "gpu:1"), (3, "gpu:2"), (0, "gpu:1"), (4, "gpu:1")):
+        doc["nodes"][index]["host"] = host
+    async with Runtime(near_config("gpu:1", "gpu:2")) as runtime:
+        plan = runtime.plan(doc)
+    # a fans out (a → b, a → e): no run through it; b → c on gpu:1; d is on gpu:2
+    assert {nid: n.chain for nid, n in plan.nodes.items()} == {
+        "a": (),
+        "b": ("b", "c"),
+        "c": ("b", "c"),
+        "d": (),
+        "e": (),
+    }
+
+
+async def test_consecutive_nodes_on_one_host_run_as_one_remote_session() -> None:
+    async with serving() as far, Runtime(near_config(far.address)) as near:
+        local = await stream_words(near, run_of_two(None))
+        assert far.runtime.stats.sessions_started == 0
+        remote = await stream_words(near, run_of_two(far.address))
+        assert remote == local == [("out", i + 1, w.upper() + "?") for i, w in enumerate(WORDS)]
+        assert far.runtime.stats.sessions_started == 1  # m1 → m2 stayed on the far server
+        async with near.open_session(run_of_two(far.address)) as session:
+            await session.send("in", TextFrame(text="x"))
+            await session.close()
+            await drain(session)
+            nodes = session.metrics().nodes
+        assert (nodes["m1"].frames_in, nodes["m2"].frames_out) == (1, 1)
+        assert {nodes["m1"].state.value, nodes["m2"].state.value} == {"stopped"}
+
+
+async def test_a_failure_inside_a_remote_run_names_the_node_and_a_policy_restarts_the_run(
+    tmp_path: Path,
+) -> None:
+    fault = {"phase": "process", "after_frames": 1, "message": "inner", "once": str(tmp_path / "fired")}
+    async with serving() as far, Runtime(near_config(far.address)) as near:
+        failing = run_of_two(far.address, ("RaiseNode", {**fault, "once": ""}))
+        with pytest.raises(NodeError) as caught:
+            await stream_words(near, failing)
+        assert caught.value.node_id == "m2"  # the remote run's node that failed, not its head
+        assert str(caught.value) == f"node 'm2' failed in process: on {far.address}: RuntimeError: inner"
+        doc = run_of_two(far.address, ("RaiseNode", fault))
+        doc["metadata"]["supervision"] = {"strategy": "one_for_one", "max_restarts": 2}
+        async with near.open_session(doc) as session:
+            await session.send("in", TextFrame(text="one"))
+            await session.send("in", TextFrame(text="two"))  # fails m2 on the far server
+            with trio.fail_after(10):
+                while not any(isinstance(e, NodeRestarted) for e in session.supervision_log):  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            await session.send("in", TextFrame(text="three"))
+            await session.close()
+            outputs = [o.frame.text async for o in session.outputs()]
+        assert outputs == ["ONE", "THREE"]
+
+
+async def test_a_signal_for_a_member_of_a_remote_run_is_answered() -> None:
+    async with (
+        serving() as far,
+        Runtime(near_config(far.address)) as near,
+        near.open_session(run_of_two(far.address)) as session,
+    ):
+        session.signal("mark", to=["m2"])
+        with trio.fail_after(10):
+            async for event in session.events():
+                if isinstance(event, SignalHandled):
+                    break
+        session.cancel()
+    assert (event.node_id, event.name, event.dropped) == ("m2", "mark", ())

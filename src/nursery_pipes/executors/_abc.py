@@ -108,6 +108,9 @@ class Executor(abc.ABC):
     needs_host: ClassVar[bool] = False
     """It runs a node only where the node's manifest entry says (its ``host``): a node routed
     here without one is a validation error."""
+    fuses_chains: ClassVar[bool] = False
+    """It runs a run of consecutive nodes on one host as a unit (``NodeHost.chain``): the
+    planner finds those runs, the executor's session runner runs them."""
 
     def __init__(self, config: RuntimeConfig) -> None:
         self.config = config

@@ -143,6 +143,9 @@ class NodeHost:
     """Where :meth:`report_failure` goes (the session's supervisor)."""
     spec: NodeSpec | None = None
     """The node's manifest entry as written (``host``, raw ``params``…), when it came from one."""
+    chain: tuple[str, ...] = ()
+    """The run of nodes its executor runs as one unit (see ``Executor.fuses_chains``); empty
+    when it runs alone."""
     on_signal_handled: Callable[[Signal, tuple[int, ...], int | None], None] = _ignore_handled
     """Report that the node took a signal: the sequence numbers of the queued frames it
     dropped, and of the frame in flight it aborted (None if none). Call on the trio thread."""

@@ -30,8 +30,11 @@ by default.
 
 from __future__ import annotations
 
+import itertools
 import ssl
 from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, ClassVar
 
 import trio
@@ -46,12 +49,14 @@ from ..executors import (
     NodeEvent,
     NodeHost,
     NodePorts,
+    NodeRunner,
     Placement,
     SupervisorPorts,
     initializing,
 )
 from ..nodes._base import Node
 from ..nodes._signals import Signal
+from ._chain import Group, run_member
 from ._link import Closed, Failed, Link, Output, Ready, SignalTaken
 from ._sequence import SequenceMap
 
@@ -65,6 +70,7 @@ class RemoteExecutor(Executor):
     placement: ClassVar[Placement] = Placement.SUPERVISOR
     runs_async: ClassVar[bool] = True  # no hook of the node runs here at all
     needs_host: ClassVar[bool] = True
+    fuses_chains: ClassVar[bool] = True
 
     def __init__(self, config: RuntimeConfig) -> None:
         super().__init__(config)
@@ -87,8 +93,21 @@ class RemoteExecutor(Executor):
             "a manifest may only name a host the server's operator allowed"
         )
 
+    def session(self) -> AbstractAsyncContextManager[NodeRunner]:
+        return _session(self)
+
     async def run_node(self, host: NodeHost, ports: NodePorts, *, task_status: trio.TaskStatus[None]) -> None:
         assert isinstance(ports, SupervisorPorts), "the planner gives supervisor-placed nodes SupervisorPorts"
+        await self.run_call([(host, ports)], None, task_status)
+
+    async def run_call(
+        self,
+        members: list[tuple[NodeHost, SupervisorPorts]],
+        group: Group | None,
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        """The head's part: one StreamPipeline call for ``members`` (one node, or a fused run)."""
+        host = members[0][0]
         spec = host.spec
         assert spec is not None, "nodes planned from a manifest carry their entry"
         assert spec.host is not None, "the planner refuses a remote node without a host"
@@ -98,7 +117,7 @@ class RemoteExecutor(Executor):
         link = Link(
             host.node_id,
             address,
-            _manifest_for(host),
+            _manifest_for([h for h, _ in members], host.session_id),
             token=self.remote.token_value(),
             tls=self._tls,
             depth=host.settings.channel_capacity,
@@ -106,6 +125,8 @@ class RemoteExecutor(Executor):
                 "loading", fraction, f"{address}: {message or state}"
             ),
         )
+        if group is not None:
+            group.new_call(link)
         failure: NodeError | None = None
         # (Errors are caught inside the nursery, not around it: out of it they would come
         # wrapped in an ExceptionGroup, and the failure must be reported before the call is
@@ -117,7 +138,9 @@ class RemoteExecutor(Executor):
                 host.state.fire(NodeEvent.INIT_DONE)
                 host.progress("ready", 1.0)
                 task_status.started()
-                await _exchange(host, ports, link)
+                if group is not None:
+                    group.ready.set()
+                await _exchange(members, link, group)
             except NodeError as exc:
                 failure = exc
                 host.state.fire(NodeEvent.FAIL)
@@ -128,17 +151,51 @@ class RemoteExecutor(Executor):
         if failure is not None:
             raise failure
         host.state.fire(NodeEvent.FINISHED)
+        if group is not None:
+            group.done.set()
 
 
-def _manifest_for(host: NodeHost) -> dict[str, Any]:
-    """The one-node manifest the remote server runs: the entry as written, without ``host``."""
-    spec = host.spec
-    assert spec is not None
+@asynccontextmanager
+async def _session(executor: RemoteExecutor) -> AsyncIterator[NodeRunner]:
+    yield _Runner(executor)
+
+
+class _Runner:
+    """One session's remote nodes: alone, or in fused runs (:mod:`._chain`)."""
+
+    def __init__(self, executor: RemoteExecutor) -> None:
+        self.executor = executor
+        self.groups: dict[tuple[str, ...], Group] = {}
+
+    async def run_node(self, host: NodeHost, ports: NodePorts, *, task_status: trio.TaskStatus[None]) -> None:
+        assert isinstance(ports, SupervisorPorts), "the planner gives supervisor-placed nodes SupervisorPorts"
+        if not host.chain:
+            await self.executor.run_call([(host, ports)], None, task_status)
+            return
+        group = self.groups.setdefault(host.chain, Group(host.chain))
+        if host.node_id != host.chain[0]:
+            await run_member(group, host, ports, task_status)
+            return
+        group.register(host, ports)
+        members = await group.all_registered()
+        await self.executor.run_call(members, group, task_status)
+
+
+def _manifest_for(hosts: list[NodeHost], session_id: str) -> dict[str, Any]:
+    """The manifest the remote server runs: the entries as written, without ``host``, one
+    after the other."""
+    nodes: list[dict[str, Any]] = []
+    ids: list[str] = []
+    for host in hosts:
+        spec = host.spec
+        assert spec is not None
+        nodes.append({"id": spec.id, "node_type": spec.node_type, "params": dict(spec.params)})
+        ids.append(spec.id)
     return {
         "version": "v1",
-        "metadata": {"name": f"{host.session_id}/{host.node_id}"},
-        "nodes": [{"id": spec.id, "node_type": spec.node_type, "params": dict(spec.params)}],
-        "connections": [],
+        "metadata": {"name": f"{session_id}/{'+'.join(ids)}"},
+        "nodes": nodes,
+        "connections": [{"from": a, "to": b} for a, b in itertools.pairwise(ids)],
     }
 
 
@@ -151,16 +208,18 @@ async def _initialised(host: NodeHost, link: Link) -> None:
     host.logger.debug("node %s runs in session %s on %s", host.node_id, event.session_id, link.address)
 
 
-async def _exchange(host: NodeHost, ports: SupervisorPorts, link: Link) -> None:
-    """Inputs out, outputs back, until the remote session closes or fails."""
+async def _exchange(members: list[tuple[NodeHost, SupervisorPorts]], link: Link, group: Group | None) -> None:
+    """Inputs out (the first member's), outputs back (to the last member's edges), until the
+    remote session closes or fails."""
+    host, ports = members[0]
     seqs = SequenceMap()
     host.unanswered = seqs.unanswered  # what a failure now loses (reported by the session)
+    sent = group.sent if group is not None else {host.node_id: deque()}
     failure: NodeError | None = None
-    sent: deque[Signal] = deque()  # forwarded to the remote node, not answered yet
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_feed, host, ports, link, seqs, sent)
+        nursery.start_soon(_feed, host, ports, link, seqs, sent[host.node_id])
         try:
-            await _forward(host, ports, link, seqs, sent)
+            await _forward(members, link, seqs, sent)
         except NodeError as exc:
             failure = exc
             nursery.cancel_scope.cancel()
@@ -198,29 +257,36 @@ async def _feed(
 
 
 async def _forward(
-    host: NodeHost, ports: SupervisorPorts, link: Link, seqs: SequenceMap, sent: deque[Signal]
+    members: list[tuple[NodeHost, SupervisorPorts]],
+    link: Link,
+    seqs: SequenceMap,
+    sent: dict[str, deque[Signal]],
 ) -> None:
-    metrics = host.metrics
+    tail, tail_ports = members[-1]
+    hosts = {h.node_id: h for h, _ in members}
     async for event in link.events:
-        if isinstance(event, SignalTaken):  # the remote node took our oldest signal
-            if sent:
-                host.on_signal_handled(
-                    sent.popleft(),
+        if isinstance(event, Output):
+            tail.metrics.count_out(event.frame)
+            tail.metrics.processing_s += event.processing_s
+            seq = seqs.incoming(event.sequence)
+            for port in tail_ports.outputs:
+                await port.send(seq, event.frame)
+        elif isinstance(event, SignalTaken):  # a remote node took our oldest signal for it
+            queue = sent.get(event.node_id)
+            if queue:
+                hosts[event.node_id].on_signal_handled(
+                    queue.popleft(),
                     tuple(seqs.local_of(r) for r in event.dropped),
                     None if event.aborted is None else seqs.local_of(event.aborted),
                 )
-            continue
-        if isinstance(event, Output):
-            metrics.count_out(event.frame)
-            metrics.processing_s += event.processing_s
-            seq = seqs.incoming(event.sequence)
-            for port in ports.outputs:
-                await port.send(seq, event.frame)
         elif isinstance(event, Failed):
             raise event.error
         elif isinstance(event, Closed):
             break
-    if not ports.outputs_ended:
-        for port in ports.outputs:
-            await port.end()
-        ports.outputs_ended = True
+    # The run's own local edges end too (they carried no frame): the head's first, so the
+    # next member sees its input end; the tail's carried everything the remote run made.
+    for _, ports in (members[0], members[-1]) if len(members) > 1 else (members[0],):
+        if not ports.outputs_ended:
+            for port in ports.outputs:
+                await port.end()
+            ports.outputs_ended = True

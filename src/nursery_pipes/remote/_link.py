@@ -52,8 +52,9 @@ class Output:
 
 @dataclass(frozen=True, slots=True)
 class SignalTaken:
-    """The remote node took a signal this link forwarded (the oldest not answered yet)."""
+    """Remote node ``node_id`` took a signal this link forwarded (its oldest not answered)."""
 
+    node_id: str
     dropped: tuple[int, ...]
     aborted: int | None
     """Remote sequence numbers."""
@@ -139,9 +140,10 @@ class Link:
         """End of input: the server flushes the remote node and closes the session."""
         await self._send_request(_CLOSE)
 
-    async def signal(self, signal: Signal) -> None:
-        """Forward a control signal to the remote node (in order with the frames sent)."""
-        await self._send_request(signal)
+    async def signal(self, signal: Signal, to: str | None = None) -> None:
+        """Forward a control signal to remote node ``to`` (default: this link's node), in
+        order with the frames sent."""
+        await self._send_request((to or self.node_id, signal))
 
     async def _send_request(self, request: Any) -> None:
         queue = await self._queue()
@@ -177,10 +179,11 @@ class Link:
 
     async def _write(self, stream: Any, requests: asyncio.Queue[Any]) -> None:
         while (request := await requests.get()) is not _CLOSE:
-            if isinstance(request, Signal):
-                await stream.signal(request.name, to=[self.node_id], payload=dict(request.payload))
+            first, second = request
+            if isinstance(second, Signal):
+                await stream.signal(second.name, to=[first], payload=dict(second.payload))
                 continue
-            sequence, frame = request
+            sequence, frame = first, second
             await stream.send(self.node_id, frame, sequence=sequence)
         await stream.close()
 
@@ -193,8 +196,9 @@ class Link:
                 raise _Broken(f"refused sequence {error.failing_sequence}: {error.message}")
             elif isinstance(event, StreamEvent) and event.kind == "signal_handled":
                 taken = event.message
-                if taken.node_id == self.node_id:
-                    await self._deliver(SignalTaken(tuple(taken.dropped_sequences), taken.aborted_sequence))
+                await self._deliver(
+                    SignalTaken(taken.node_id, tuple(taken.dropped_sequences), taken.aborted_sequence)
+                )
             elif isinstance(event, StreamEvent) and event.kind == "closed":
                 return
         raise _Broken("the server ended the stream without closing the session")
@@ -220,10 +224,14 @@ class Link:
         if isinstance(exc, ManifestError):
             issues = "; ".join(f"{i.path}: {i.message}" for i in exc.issues)
             return NodeError(self.node_id, "initialize", f"{self.address} refused the node: {issues}")
-        if isinstance(exc, NodeError):  # the remote node failed: keep its traceback
+        if isinstance(exc, NodeError):  # a remote node failed: keep its name and traceback
             detail = str(exc).removeprefix(f"node {exc.node_id!r} failed in {exc.phase}: ")
+            # (Remote node ids are ours: the call runs this node, or the fused run it heads.)
             return NodeError(
-                self.node_id, exc.phase, f"{where}: {detail}", remote_traceback=exc.remote_traceback
+                exc.node_id or self.node_id,
+                exc.phase,
+                f"{where}: {detail}",
+                remote_traceback=exc.remote_traceback,
             )
         if isinstance(exc, (NurseryPipesError, _Broken)):
             return NodeError(self.node_id, self._phase, f"{where}: {exc}")

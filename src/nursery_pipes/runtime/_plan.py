@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from .._config import RuntimeConfig
@@ -32,6 +32,7 @@ __all__ = [
     "NodePlan",
     "SessionPlan",
     "SessionSettings",
+    "fused_chains",
     "plan_session",
     "resolve_restart",
     "resolve_supervision",
@@ -69,6 +70,10 @@ class NodePlan:
     """Threads it takes."""
     spec: NodeSpec | None = None
     """Its manifest entry as written (what a remote executor sends on)."""
+    chain: tuple[str, ...] = ()
+    """The run of consecutive nodes it belongs to that its executor runs as one unit
+    (``Executor.fuses_chains``: the remote executor's nodes on one host), in order; empty
+    when it runs alone."""
     restart: RestartType = RestartType.TRANSIENT
     """What its failure means: restarted (permanent, transient — alike in a pipeline, where a
     node only ends normally when its inputs have) or not (temporary: its outputs end)."""
@@ -256,6 +261,9 @@ def plan_session(
         issues += _executable_issues(settings.python_executable)
     if issues:
         raise ManifestError(issues, manifest.source)
+    for chain in fused_chains(nodes, executors):
+        for node_id in chain:
+            nodes[node_id] = replace(nodes[node_id], chain=chain)
     plan = SessionPlan(
         manifest=manifest,
         settings=settings,
@@ -272,6 +280,43 @@ def plan_session(
             f"may use at most {settings.max_processes} (max_processes_per_session)"
         )
     return plan
+
+
+def fused_chains(nodes: Mapping[str, NodePlan], executors: Mapping[str, Executor]) -> list[tuple[str, ...]]:
+    """The maximal runs a → b → … of two or more nodes that one executor runs as a unit: each
+    link is the only edge out of a and the only edge into b, and both run on the same executor,
+    which fuses chains, on the same host. (A sans-I/O walk over the plan's nodes.)"""
+
+    def fusible(a: NodePlan, b: NodePlan) -> bool:
+        executor = executors.get(a.executor)
+        return (
+            executor is not None
+            and executor.fuses_chains
+            and a.executor == b.executor
+            and a.spec is not None
+            and b.spec is not None
+            and a.spec.host == b.spec.host
+            and a.outputs == (b.node_id,)
+            and b.inputs == (a.node_id,)
+        )
+
+    def follower(node: NodePlan) -> NodePlan | None:
+        if len(node.outputs) != 1 or node.outputs[0] == CLIENT:
+            return None
+        nxt = nodes[node.outputs[0]]
+        return nxt if fusible(node, nxt) else None
+
+    chains = []
+    for node in nodes.values():
+        before = node.inputs[0] if len(node.inputs) == 1 and node.inputs[0] != CLIENT else None
+        if before is not None and fusible(nodes[before], node):
+            continue  # not the head of its run
+        run = [node.node_id]
+        while (nxt := follower(nodes[run[-1]])) is not None:
+            run.append(nxt.node_id)
+        if len(run) > 1:
+            chains.append(tuple(run))
+    return chains
 
 
 def check_input_target(plan: SessionPlan, node_id: str) -> None:

@@ -476,6 +476,7 @@ class Session:
             emit_progress=self._on_progress,
             on_failure=failed,
             spec=plan.spec,
+            chain=plan.chain,
             on_signal_handled=partial(self._signals.handled, node_id),
             send_signal=self._signals.from_node,
             trace=self._trace.frames(node_id),
