@@ -1,7 +1,8 @@
 """The remote executor: a node whose manifest entry names a ``host`` runs on that server.
 
-The node (or a run of consecutive nodes on that host, :mod:`._chain`) becomes a session on the other nursery_pipes (or any remotemedia.v1)
-server, over one StreamPipeline call (:class:`~._link.Link`). Here it is a node like any
+The node (or a run of consecutive nodes on that host, :mod:`._chain`) becomes a session on
+the other nursery_pipes (or any remotemedia.v1) server, over one StreamPipeline call
+(:class:`~._link.Link`). Here it is a node like any
 other placed in the supervisor: it takes frames from its inbox and sends its outputs on,
 so routing, supervision and metrics treat it as they treat a local node.
 
