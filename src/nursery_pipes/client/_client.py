@@ -181,7 +181,9 @@ class _Codec(ProtoCodec):
     well under one. Everything else is betterproto, the client's public types."""
 
     def encode(self, message: Any, message_type: Any) -> bytes:
-        data: bytes = bytes(message) if isinstance(message, betterproto.Message) else message.SerializeToString()
+        data: bytes = (
+            bytes(message) if isinstance(message, betterproto.Message) else message.SerializeToString()
+        )
         return data
 
 
