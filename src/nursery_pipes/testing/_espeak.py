@@ -3,7 +3,7 @@
 Our own TTS voice flatters our recogniser (its audio is what the models of that
 family have seen); espeak-ng is a formant synthesiser with nothing in common with
 either, and its voices and speeds vary the speaker. It is a system program, not a
-Python package: ``make setup`` installs it (apt-get), and a missing one is an error
+Python package: ``make test`` installs it (apt-get), and a missing one is an error
 that says so — never a silent skip.
 """
 
@@ -21,7 +21,7 @@ from ..frames import AudioFrame
 __all__ = ["ESPEAK_MISSING", "espeak_ng"]
 
 ESPEAK_MISSING = (
-    "espeak-ng is not installed: `make setup` installs it (apt-get install -y espeak-ng); "
+    "espeak-ng is not installed: `make test` installs it (`make espeak-ng`: apt-get install -y espeak-ng); "
     "the speech tests and benchmarks need it as an independent voice"
 )
 
