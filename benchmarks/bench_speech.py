@@ -1,4 +1,5 @@
-"""Speech to speech: end of utterance → first reply audio, and in-process vs multiprocess.
+"""Speech to speech: recognition of voices we did not make, end of utterance → first reply
+audio, and in-process vs multiprocess.
 
 Usage: python benchmarks/bench_speech.py [--quick]
 
@@ -24,9 +25,20 @@ once it would have been captured, with 1 s of silence between utterances.
   then also taken from the *scheduled* send time, since a blocked loop sends
   late (the send lag is reported).
 
-Full: 20 utterances (and 10 more with a 200 ms hangover), then 3 sessions × 2
-utterances × 3 rounds per executor and start pattern; ``--quick``: 5, then 1 round
-of the aligned pattern (< 30 s).
+- **Recognition** (first): word error rate of SpeechRecognitionNode's three
+  vocabularies — ``open`` (the full en-US model), ``phrases`` (the grammar built
+  from ReplyNode's questions), ``phrases+open`` (the grammar's transcript when it
+  sounds like the open one) — on speech from an independent synthesiser
+  (espeak-ng, several voices and speeds), with our own Piper voice as the same-run
+  baseline; for questions the reply table knows and for other sentences. Also how
+  many of the issue's six questions ReplyNode answers right, per voice. One
+  ``phrases+open`` node per voice decodes each utterance once with both models
+  (both hypotheses are recorded), in this process; no VAD: each utterance is one
+  segment with 0.3 s of silence around it.
+
+Full: 6 espeak-ng voices × 20 sentences for recognition; 20 utterances (and 10 more with a 200 ms hangover), then 3 sessions × 2
+utterances × 3 rounds per executor and start pattern; ``--quick``: 2 espeak-ng
+voices × 9 sentences, 5 utterances, then 1 round of the aligned pattern (< 60 s).
 Prints tables; the LAST line is one JSON object (also benchmarks/results/speech.json).
 """
 
@@ -47,6 +59,7 @@ import numpy.typing as npt
 
 from nursery_pipes.frames import AudioFrame, Frame, JsonFrame, TextFrame
 from nursery_pipes.nodes.speech import ReplyNode, SileroVADNode, SpeechRecognitionNode, TextToSpeechNode
+from nursery_pipes.nodes.speech._asr import normalize_words
 
 now = time.perf_counter_ns
 RATE = 16000
@@ -78,6 +91,43 @@ UTTERANCES = [
     "I love music.",
     "Good evening, how are you?",
 ]
+
+
+# The issue's six questions (first), then more the reply table knows, then sentences it does not.
+KNOWN = [
+    "what time is it",
+    "what is your name",
+    "hello how are you",
+    "tell me a joke",
+    "what is the weather like today",
+    "thank you very much",
+    "good morning",
+    "who are you",
+    "can you tell me the time",
+    "goodbye",
+    "how are you doing today",
+    "hello there",
+]
+OTHER = [
+    "please turn on the lights in the kitchen",
+    "i would like to order a large pizza with mushrooms",
+    "my favorite color is blue and i love music",
+    "what time does the next train leave for boston",
+    "can you tell me a story about a brave little dog",
+    "the weather is sunny and warm this afternoon",
+    "where is the nearest train station",
+    "i need to buy some milk and bread",
+]
+ESPEAK_VOICES = [  # (espeak-ng voice, words per minute)
+    ("en-us", 175),
+    ("en-gb", 160),
+    ("en-us", 140),
+    ("en-us", 210),
+    ("en-us+f3", 175),
+    ("en-gb-x-rp+m3", 160),
+]
+OWN_VOICE = "piper en_US-joe-medium"
+MODES = ("open", "phrases", "phrases+open")
 
 
 # -- stamping subclasses (run in the workers: this module imports no trio at the top) -------------
@@ -178,6 +228,180 @@ def speak(texts: list[str]) -> Script:
     stream = np.rint(np.clip(np.concatenate(parts), -1.0, 1.0) * 32767).astype(np.int16)
     chunks = [stream[i : i + CHUNK] for i in range(0, len(stream), CHUNK)]
     return Script(texts, chunks, [(e - 1) // CHUNK for e in ends])
+
+
+# -- recognition of voices we did not make ----------------------------------------------------------
+
+
+class RecordingASR(SpeechRecognitionNode):
+    """A ``phrases+open`` recogniser that also records both models' final hypotheses per segment."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.heard: dict[str, dict[str, str]] = {}
+
+    def _end_utterance(self) -> list[Frame]:  # the node's own hook: both decoders have ended here
+        segment = self._segment
+        out = super()._end_utterance()
+        if segment is not None:
+            chosen = out[0].text if out and isinstance(out[0], TextFrame) else ""
+            self.heard[segment] = {
+                "open": _hyp(self._open),
+                "phrases": _hyp(self._grammar),
+                "phrases+open": chosen,
+            }
+        return out
+
+
+def _hyp(decoder: Any) -> str:
+    hypothesis = decoder.hyp()
+    return " ".join(hypothesis.hypstr.split()) if hypothesis is not None else ""
+
+
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    ref, hyp = normalize_words(reference), normalize_words(hypothesis)
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        diagonal, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (r != h))
+    return row[-1], len(ref)
+
+
+def recognise(clips: list[npt.NDArray[np.int16]], rate: int) -> list[dict[str, str]]:
+    """Each clip (0.3 s of silence around it) as its own segment through one RecordingASR."""
+    from nursery_pipes.nodes._calls import make_node, no_progress
+
+    node = make_node(RecordingASR, {"vocabulary": "phrases+open"})
+    node.initialize(no_progress)
+    pad, step = np.zeros(round(0.3 * rate), np.int16), rate // 50
+    try:
+        for index, clip in enumerate(clips):
+            samples = np.concatenate([pad, clip, pad])
+            for i in range(0, len(samples), step):
+                node.process(
+                    AudioFrame.from_array(samples[i : i + step], rate, metadata={"segment": str(index)})
+                )
+        node.flush()
+    finally:
+        node.cleanup()
+    return [node.heard.get(str(i), dict.fromkeys(MODES, "")) for i in range(len(clips))]
+
+
+def own_voice_clips(texts: list[str]) -> tuple[list[npt.NDArray[np.int16]], int]:
+    from nursery_pipes.nodes._calls import make_node, no_progress
+
+    tts = make_node(TextToSpeechNode, {"sentence_silence_ms": 0, "threads": 2})
+    tts.initialize(no_progress)
+    try:
+        clips = [
+            np.concatenate(
+                [f.samples[:, 0] for f in tts.process(TextFrame(text=t)) if isinstance(f, AudioFrame)]
+            )
+            for t in texts
+        ]
+    finally:
+        tts.cleanup()
+    pcm = [np.rint(np.clip(c, -1.0, 1.0) * 32767).astype(np.int16) for c in clips]
+    return pcm, 22050
+
+
+def recognition(quick: bool) -> dict[str, Any]:
+    """Per voice and vocabulary: WER on known questions and other sentences, replies right."""
+    from nursery_pipes.nodes.speech._reply import assistant_reply
+    from nursery_pipes.testing import espeak_ng
+
+    known, other = (KNOWN[:6], OTHER[:3]) if quick else (KNOWN, OTHER)
+    voices = ESPEAK_VOICES[:2] if quick else ESPEAK_VOICES
+    texts = known + other
+    heard: dict[str, list[dict[str, str]]] = {}
+    for voice, wpm in voices:
+        frames = [espeak_ng(t, voice=voice, words_per_minute=wpm) for t in texts]
+        heard[f"espeak-ng {voice} {wpm} wpm"] = recognise(
+            [f.samples[:, 0] for f in frames], frames[0].sample_rate
+        )
+    heard[OWN_VOICE] = recognise(*own_voice_clips(texts))
+
+    def answer(text: str) -> str:
+        reply = assistant_reply(text)
+        return "" if reply.startswith("I heard") else reply
+
+    result: dict[str, Any] = {}
+    for voice, hyps in heard.items():
+        result[voice] = {}
+        for mode in MODES:
+            said = [h[mode] for h in hyps]
+            errors = {
+                group: [word_errors(t, h) for t, h in pairs]
+                for group, pairs in (
+                    ("known", zip(known, said, strict=False)),
+                    ("other", zip(other, said[len(known) :], strict=True)),
+                )
+            }
+            result[voice][mode] = {
+                "wer_known": sum(e for e, _ in errors["known"]) / sum(n for _, n in errors["known"]),
+                "wer_other": sum(e for e, _ in errors["other"]) / sum(n for _, n in errors["other"]),
+                "six_answered_right": sum(
+                    answer(t) == answer(h) for t, h in zip(KNOWN[:6], said, strict=False)
+                ),
+                "known_answered_right": sum(
+                    answer(t) == answer(h) for t, h in zip(known, said, strict=False)
+                ),
+                "other_answered_as_known": sum(
+                    answer(h) != answer(t) for t, h in zip(other, said[len(known) :], strict=True)
+                ),
+                "heard": said,
+            }
+    independent = [v for v in heard if v != OWN_VOICE]
+    result["independent"] = {
+        mode: {
+            "wer_known": _mean([result[v][mode]["wer_known"] for v in independent]),
+            "wer_other": _mean([result[v][mode]["wer_other"] for v in independent]),
+            "six_answered_right": [result[v][mode]["six_answered_right"] for v in independent],
+        }
+        for mode in MODES
+    }
+    result["sentences"] = {"known": known, "other": other}
+    return result
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def print_recognition(rec: dict[str, Any]) -> None:
+    from _common import print_table
+
+    known, other = len(rec["sentences"]["known"]), len(rec["sentences"]["other"])
+    voices = [v for v in rec if v not in ("independent", "sentences")]
+    rows = []
+    for voice in voices:
+        for mode in MODES:
+            r = rec[voice][mode]
+            rows.append(
+                (
+                    voice if mode == "open" else "",
+                    mode,
+                    f"{r['wer_known']:.1%}",
+                    f"{r['wer_other']:.1%}",
+                    f"{r['six_answered_right']}/6",
+                    f"{r['known_answered_right']}/{known}",
+                    f"{r['other_answered_as_known']}/{other}",
+                )
+            )
+    print_table(
+        f"recognition: {known} questions ReplyNode knows, {other} other sentences",
+        ["voice", "vocabulary", "WER known", "WER other", "six right", "known right", "other misanswered"],
+        rows,
+    )
+    ind = rec["independent"]
+    print(
+        "independent voices (mean WER known / other; six right per voice): "
+        + "; ".join(
+            f"{m} {ind[m]['wer_known']:.1%} / {ind[m]['wer_other']:.1%} {ind[m]['six_answered_right']}"
+            for m in MODES
+        )
+    )
 
 
 # -- sessions ----------------------------------------------------------------------------------------
@@ -347,6 +571,8 @@ def main() -> None:
     # staggered: 1/3 s apart, so one session's end_utt + TTS rarely meets another's.
     staggers = {"aligned": 0.0} if args.quick else {"aligned": 0.0, "staggered": 1 / 3}
     started = time.perf_counter()
+    rec = recognition(args.quick)
+    print_recognition(rec)
     script = speak(UTTERANCES[:n_single])
 
     solo = trio.run(single, script)
@@ -412,6 +638,7 @@ def main() -> None:
     finish(
         "speech",
         {
+            "recognition": rec,
             "utterances": len(solo.latency_ms),
             "chunk_ms": 1000 * CHUNK / RATE,
             **solo.summary(),

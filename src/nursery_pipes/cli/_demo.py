@@ -39,6 +39,7 @@ from rich.table import Table
 from .._errors import NurseryPipesError
 from ..frames import AudioFormat, AudioFrame, Frame, JsonFrame, TextFrame
 from ..nodes._pcm import convert_format
+from ..nodes.speech._reply import PARTIAL
 
 __all__ = ["QUESTIONS", "SPEECH_MANIFEST", "VAD_MANIFEST", "make_vad_audio", "run_demo", "speech_available"]
 
@@ -62,7 +63,12 @@ SPEECH_MANIFEST: dict[str, Any] = {
             "node_type": "SileroVADNode",
             "params": {"hangover_ms": 300, "pre_roll_ms": 300, "interrupt": ["reply", "tts"]},
         },
-        {"id": "asr", "node_type": "SpeechRecognitionNode"},
+        {
+            "id": "asr",
+            "node_type": "SpeechRecognitionNode",
+            # the reply node's questions as a grammar, open vocabulary for anything else
+            "params": {"vocabulary": "phrases+open", "partials": True},
+        },
         {"id": "transcript", "node_type": "PassThrough"},
         {"id": "reply", "node_type": "ReplyNode", "params": {"mode": "assistant"}},
         {"id": "answer", "node_type": "PassThrough"},
@@ -249,7 +255,9 @@ def _stream(
 
 
 def _report_speech(run: Any, starts: list[float], ends: list[float], directory: Path, out: Console) -> None:
-    heard = [f.text for f in run.outputs.get("transcript", []) if isinstance(f, TextFrame)]
+    transcripts = [f for f in run.outputs.get("transcript", []) if isinstance(f, TextFrame)]
+    heard = [f.text for f in transcripts if f.metadata.get(PARTIAL) != "true"]
+    interim = len(transcripts) - len(heard)
     said = [f.text for f in run.outputs.get("answer", []) if isinstance(f, TextFrame)]
     table = Table(title="4. the conversation")
     for column in ("you said", "it heard", "it answered"):
@@ -257,6 +265,10 @@ def _report_speech(run: Any, starts: list[float], ends: list[float], directory: 
     for i, question in enumerate(QUESTIONS):
         table.add_row(question, heard[i] if i < len(heard) else "—", said[i] if i < len(said) else "—")
     out.print(table)
+    out.print(
+        f"({interim} interim transcripts streamed while you spoke; the recogniser listens for the "
+        "reply node's questions and falls back to open vocabulary for anything else)"
+    )
     speech = [f for f in run.outputs.get("tts", []) if isinstance(f, AudioFrame)]
     if speech:
         joined = AudioFrame(

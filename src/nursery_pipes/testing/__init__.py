@@ -13,6 +13,9 @@ registered by default; :func:`register_testing_nodes` or runtime.toml
 For supervision trees of your own, :class:`SupervisorHarness` makes a child
 fail on demand (raise, its worker process exits, SIGKILL), waits until the
 supervisor has handled it, and :func:`assert_history` checks what it did.
+
+:func:`espeak_ng` speaks text with an independent synthesiser (the system's espeak-ng),
+for measuring speech recognition on voices we did not make.
 """
 
 from ..nodes.faults import (
@@ -29,10 +32,12 @@ from ..nodes.faults import (
     register_testing_nodes,
 )
 from ._drive import NodeRun, run_node, run_node_sync
+from ._espeak import ESPEAK_MISSING, espeak_ng
 from ._factory import RuntimeFactory, make_runtime
 from ._supervision import InjectedFault, SupervisorHarness, SupervisorStarter, assert_history
 
 __all__ = [
+    "ESPEAK_MISSING",
     "TESTING_NODES",
     "CpuBurnNode",
     "ExitNode",
@@ -49,6 +54,7 @@ __all__ = [
     "SupervisorHarness",
     "SupervisorStarter",
     "assert_history",
+    "espeak_ng",
     "make_runtime",
     "register_testing_nodes",
     "run_node",

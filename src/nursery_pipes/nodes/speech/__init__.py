@@ -34,11 +34,12 @@ legal question, not a technical one.
 """
 
 from ._asr import SpeechRecognitionNode, SpeechRecognitionParams
-from ._reply import ReplyNode, ReplyParams
+from ._reply import REPLY_PHRASES, ReplyNode, ReplyParams
 from ._tts import TextToSpeechNode, TextToSpeechParams
 from ._vad import SileroVADNode, SileroVADParams
 
 __all__ = [
+    "REPLY_PHRASES",
     "SPEECH_NODES",
     "ReplyNode",
     "ReplyParams",
