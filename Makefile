@@ -14,20 +14,11 @@ VENV       := .venv
 BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.installed
 LATEST     := .venv-latest
-<<<<<<< HEAD
 EXTRAS     := --extra dev --extra speech --extra otel
 # Never let uv download an interpreter: use the one PYTHON names.
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test test-latest lint typecheck bench bench-report protos lock clean setup nginx
-=======
-EXTRAS     := --extra dev --extra speech
-SUDO       := $(if $(filter 0,$(shell id -u)),,sudo)
-# Never let uv download an interpreter: use the one PYTHON names.
-export UV_PYTHON_DOWNLOADS := never
-
-.PHONY: demo test test-latest lint typecheck bench bench-report protos lock clean setup espeak-ng
->>>>>>> asr
+.PHONY: demo test test-latest lint typecheck bench bench-report protos lock clean setup nginx espeak-ng
 
 setup: $(STAMP) nginx
 
@@ -58,11 +49,7 @@ espeak-ng:
 demo: $(STAMP)
 	$(BIN)/nursery-pipes demo
 
-<<<<<<< HEAD
-test: $(STAMP) nginx
-=======
-test: $(STAMP) espeak-ng
->>>>>>> asr
+test: $(STAMP) nginx espeak-ng
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check src tests benchmarks scripts examples
 	$(BIN)/mypy
