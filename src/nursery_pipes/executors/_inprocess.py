@@ -185,23 +185,14 @@ class Pump:
         ports.outputs_ended = True
 
     async def _take_all(self, ports: SupervisorPorts, host: NodeHost) -> None:
-        metrics, inbox, signals = host.metrics, self.inbox, ports.signals
+        metrics, signals = host.metrics, ports.signals
         while True:
             if signals:  # ahead of every frame still queued
                 await self.handle_signals(None)
                 if not ports.open_inputs:
                     return
-            try:
-                message = inbox.receive_nowait()
-            except trio.WouldBlock:
-                signals.idle = True  # a signal put now drops WAKE in the inbox
-                try:
-                    message = await inbox.receive()
-                except trio.EndOfChannel:
-                    return
-                finally:
-                    signals.idle = False
-            except trio.EndOfChannel:
+            message = await ports.receive()
+            if message is None:
                 return
             if isinstance(message, Wake):  # woken for a signal: handled at the top of the loop
                 continue

@@ -180,6 +180,24 @@ class SupervisorPorts:
     def __post_init__(self) -> None:
         self.open_inputs = self.expected_eos
 
+    async def receive(self) -> Message | None:
+        """The next message of the inbox, or None once every sender has closed it. Waiting on
+        an empty inbox marks the mailbox idle, so that a signal put meanwhile wakes this wait
+        (the message is then :data:`WAKE`). A queued message is taken without a wait."""
+        try:
+            return self.inbox.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        except trio.EndOfChannel:
+            return None
+        self.signals.idle = True
+        try:
+            return await self.inbox.receive()
+        except trio.EndOfChannel:
+            return None
+        finally:
+            self.signals.idle = False
+
     def flow(self) -> Flow:
         stats = self.inbox.statistics()
         waker = 1 if self.signals.has_waker else 0  # the mailbox's own sender is no input

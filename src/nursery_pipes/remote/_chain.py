@@ -74,18 +74,14 @@ async def run_member(
     host.progress("ready", 1.0)
     task_status.started()
     tail = host.node_id == group.chain[-1]
-    inbox, signals = ports.inbox, ports.signals
+    signals = ports.signals
     while ports.open_inputs:
         if signals:
             for signal in signals.take():
                 await _forward_signal(group, host.node_id, signal)
-        signals.idle = True
-        try:
-            message = await inbox.receive()
-        except trio.EndOfChannel:
+        message = await ports.receive()
+        if message is None:
             break
-        finally:
-            signals.idle = False
         if isinstance(message, EndOfStream):
             ports.open_inputs -= 1
     host.state.fire(NodeEvent.STOP)

@@ -231,19 +231,15 @@ async def _exchange(members: list[tuple[NodeHost, SupervisorPorts]], link: Link,
 async def _feed(
     host: NodeHost, ports: SupervisorPorts, link: Link, seqs: SequenceMap, sent: deque[Signal]
 ) -> None:
-    metrics, inbox, signals = host.metrics, ports.inbox, ports.signals
+    metrics, signals = host.metrics, ports.signals
     while ports.open_inputs:  # (a node restarted after its inputs ended has nothing to read)
         if signals:  # forwarded ahead of the frames still queued here
             for signal in signals.take():
                 sent.append(signal)
                 await link.signal(signal)
-        signals.idle = True  # a signal put now drops WAKE in the inbox
-        try:
-            message = await inbox.receive()
-        except trio.EndOfChannel:
+        message = await ports.receive()
+        if message is None:
             break
-        finally:
-            signals.idle = False
         if isinstance(message, EndOfStream):
             ports.open_inputs -= 1
             continue
