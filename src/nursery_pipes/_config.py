@@ -234,8 +234,6 @@ class RemoteConfig(_Section, frozen=True):
     """PEM file of the CAs that sign the remote servers' certificates (implies ``tls``)."""
     token_env: str = ""
     """Name of an environment variable holding the bearer token sent to remote servers."""
-    connect_timeout_secs: Annotated[float, msgspec.Meta(gt=0)] = 10.0
-    """How long to wait for a remote server to answer before its node fails to start."""
 
     def token_value(self) -> str:
         """The bearer token for remote servers ("" = none). Fails closed like the server's own:
