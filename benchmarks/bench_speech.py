@@ -59,7 +59,7 @@ import numpy.typing as npt
 
 from nursery_pipes.frames import AudioFrame, Frame, JsonFrame, TextFrame
 from nursery_pipes.nodes.speech import ReplyNode, SileroVADNode, SpeechRecognitionNode, TextToSpeechNode
-from nursery_pipes.nodes.speech._asr import normalize_words
+from nursery_pipes.testing import word_errors
 
 now = time.perf_counter_ns
 RATE = 16000
@@ -256,16 +256,6 @@ class RecordingASR(SpeechRecognitionNode):
 def _hyp(decoder: Any) -> str:
     hypothesis = decoder.hyp()
     return " ".join(hypothesis.hypstr.split()) if hypothesis is not None else ""
-
-
-def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
-    ref, hyp = normalize_words(reference), normalize_words(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        diagonal, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (r != h))
-    return row[-1], len(ref)
 
 
 def recognise(clips: list[npt.NDArray[np.int16]], rate: int) -> list[dict[str, str]]:

@@ -47,7 +47,7 @@ from nursery_pipes.nodes.speech import (
 from nursery_pipes.nodes.speech._audio import SpeechStream
 from nursery_pipes.nodes.speech._reply import assistant_reply
 from nursery_pipes.nodes.speech._vad import SegmentTracker
-from nursery_pipes.testing import run_node_sync
+from nursery_pipes.testing import run_node_sync, word_errors
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -85,21 +85,6 @@ def manifest(nodes: list[tuple[str, str, dict[str, Any]]], edges: list[tuple[str
 def chunks(samples: npt.NDArray[np.float32], rate: int, ms: float = 20.0) -> list[Frame]:
     size = round(rate * ms / 1000)
     return [AudioFrame.from_array(samples[i : i + size], rate) for i in range(0, len(samples), size)]
-
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z' ]+", " ", text.lower().replace("-", " ")).split()
-
-
-def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
-    """Word-level Levenshtein distance and the reference length (WER = errors / length)."""
-    ref, hyp = words(reference), words(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        diagonal, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (r != h))
-    return row[-1], len(ref)
 
 
 def wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:

@@ -32,7 +32,7 @@ from ..nodes.faults import (
     register_testing_nodes,
 )
 from ._drive import NodeRun, run_node, run_node_sync
-from ._espeak import ESPEAK_MISSING, espeak_ng
+from ._espeak import ESPEAK_MISSING, espeak_ng, word_errors
 from ._factory import RuntimeFactory, make_runtime
 from ._supervision import InjectedFault, SupervisorHarness, SupervisorStarter, assert_history
 
@@ -59,4 +59,5 @@ __all__ = [
     "register_testing_nodes",
     "run_node",
     "run_node_sync",
+    "word_errors",
 ]

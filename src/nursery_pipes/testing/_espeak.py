@@ -17,8 +17,9 @@ import wave
 import numpy as np
 
 from ..frames import AudioFrame
+from ..nodes.speech._asr import normalize_words
 
-__all__ = ["ESPEAK_MISSING", "espeak_ng"]
+__all__ = ["ESPEAK_MISSING", "espeak_ng", "word_errors"]
 
 ESPEAK_MISSING = (
     "espeak-ng is not installed: `make test` installs it (`make espeak-ng`: apt-get install -y espeak-ng); "
@@ -51,3 +52,19 @@ def espeak_ng(text: str, *, voice: str = "en-us", words_per_minute: int = 175) -
         data = wav.readframes(wav.getnframes())
     samples = np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").reshape(-1, channels)
     return AudioFrame.from_array(np.ascontiguousarray(samples, dtype=np.int16), rate)
+
+
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """Word-level Levenshtein distance and the reference's length (WER = errors / length),
+    words normalised as the recogniser spells them.
+
+    >>> word_errors("Hello, how are you?", "oh are you")
+    (2, 4)
+    """
+    ref, hyp = normalize_words(reference), normalize_words(hypothesis)
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        diagonal, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (r != h))
+    return row[-1], len(ref)
