@@ -91,3 +91,17 @@ def test_the_asyncio_client_loads_no_trio_runtime_or_server() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert out == ""
+
+
+def test_a_runtime_loads_no_grpc_code_until_a_remote_node_runs() -> None:
+    """Every runtime loads its executors' classes, the remote one included: its gRPC client
+    (grpclib, protobuf, trio-asyncio: ~0.3 s) is imported only when a remote node runs."""
+    code = (
+        "import sys, nursery_pipes.runtime as r\n"
+        "r.Runtime()\n"
+        "print(','.join(m for m in ('grpclib', 'betterproto', 'google.protobuf', 'trio_asyncio') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == ""

@@ -20,13 +20,16 @@ own edges, states and metrics; the remote executor's session runner plays them l
 from __future__ import annotations
 
 from collections import deque
+from typing import TYPE_CHECKING
 
 import trio
 
 from .._states import NodeEvent
 from ..executors import EndOfStream, NodeHost, SupervisorPorts, initializing
 from ..nodes._signals import Signal
-from ._link import Link
+
+if TYPE_CHECKING:
+    from ._link import Link
 
 __all__ = ["Group", "run_member"]
 

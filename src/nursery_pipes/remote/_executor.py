@@ -36,10 +36,9 @@ import ssl
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import trio
-import trio_asyncio
 
 from .._config import RemoteConfig, RuntimeConfig
 from .._errors import NodeError
@@ -58,8 +57,14 @@ from ..executors import (
 from ..nodes._base import Node
 from ..nodes._signals import Signal
 from ._chain import Group, run_member
-from ._link import Closed, Failed, Link, Output, Ready, SignalTaken
 from ._sequence import SequenceMap
+
+if TYPE_CHECKING:
+    from ._link import Link
+
+# The gRPC client (``._link``: grpclib, protobuf) and trio-asyncio are imported when a remote
+# node first runs, not with this module: every runtime loads its executors' classes, and
+# those imports take ~0.3 s.
 
 __all__ = ["RemoteExecutor"]
 
@@ -115,6 +120,10 @@ class RemoteExecutor(Executor):
         address = spec.host
         host.progress("starting", 0.0, f"connecting to {address}")
         host.state.fire(NodeEvent.START)
+        import trio_asyncio
+
+        from ._link import Link
+
         link = Link(
             host.node_id,
             address,
@@ -201,6 +210,8 @@ def _manifest_for(hosts: list[NodeHost], session_id: str) -> dict[str, Any]:
 
 
 async def _initialised(host: NodeHost, link: Link) -> None:
+    from ._link import Failed, Ready
+
     with initializing(host), trio.fail_after(host.settings.init_timeout_secs):
         event = await link.events.receive()
     if isinstance(event, Failed):
@@ -259,6 +270,8 @@ async def _forward(
     seqs: SequenceMap,
     sent: dict[str, deque[Signal]],
 ) -> None:
+    from ._link import Closed, Failed, Output, SignalTaken
+
     tail, tail_ports = members[-1]
     hosts = {h.node_id: h for h, _ in members}
     async for event in link.events:
