@@ -13,8 +13,17 @@ anything between is ``unsure`` — the hysteresis band)::
     PENDING   stay; → SPEECH once the          stay; → SPEECH     → SILENCE (cancel)
               candidate spans min_speech       as for voiced
     SPEECH    stay                             stay               → HANGOVER (silence run starts)
-    HANGOVER  → SPEECH (gap bridged)           stay               stay; → SILENCE (end) once the
+    HANGOVER  → SPEECH (gap bridged;           stay               stay; → PAUSED (pause) once the
+              no decision)                                        silence run spans pause;
+                                                                  → SILENCE (end) once it spans
+                                                                  hangover
+    PAUSED    → SPEECH (resume)                stay               stay; → SILENCE (end) once the
                                                                   silence run spans hangover
+
+``pause`` (optional, shorter than the hangover) reports a pause *inside* a segment: a
+listener may take it as a likely end of turn (a recogniser that holds a complete question,
+say) and act early; ``resume`` then says the speaker went on, so the segment did not end —
+whatever was started early must be taken back.
 
 A segment starts at the first voiced window of its candidate and ends at the
 *start* of its last voiced window (at least one window after its start): Silero's
@@ -60,6 +69,11 @@ class SileroVADParams(Params, kw_only=True):
     commas split sentences)."""
     pre_roll_ms: _Millis = 300
     """Audio before the first voiced window sent ahead of each segment's audio (ASR needs the onset)."""
+    pause_ms: _Millis | None = None
+    """Also report a pause inside a segment: a ``speech_pause`` event once the silence has lasted
+    this long (shorter than ``hangover_ms``), and ``speech_resume`` if the speaker goes on. A
+    recogniser can end the turn there when it holds a complete question
+    (SpeechRecognitionNode ``early_turn``) instead of waiting out the hangover. None: no pauses."""
     min_speech_ms: _Millis = 100
     """A candidate segment must last this long (whole 32 ms windows, rounded up) to become
     one; shorter blips are dropped. speech_start is emitted once this is decided."""
@@ -78,6 +92,10 @@ class SileroVADParams(Params, kw_only=True):
             raise ValueError(
                 f"neg_threshold ({self.neg_threshold}) must be below threshold ({self.threshold})"
             )
+        if self.pause_ms is not None and self.pause_ms >= self.hangover_ms:
+            raise ValueError(
+                f"pause_ms ({self.pause_ms}) must be shorter than hangover_ms ({self.hangover_ms})"
+            )
         if not (self.emit_audio or self.emit_events):
             raise ValueError("emit_audio and emit_events are both false: nothing would be emitted")
 
@@ -87,14 +105,17 @@ class _State(enum.Enum):
     PENDING = "pending"
     SPEECH = "speech"
     HANGOVER = "hangover"
+    PAUSED = "paused"
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     """``start``: a segment beginning at sample ``start`` is confirmed; ``end``: the segment
-    ``[start, end)`` is over; ``cancel``: the candidate at ``start`` was too short."""
+    ``[start, end)`` is over; ``cancel``: the candidate at ``start`` was too short;
+    ``pause``: the segment ``[start, end)`` has been silent for ``pause`` samples (it may
+    still go on); ``resume``: it went on after a pause, at sample ``end``."""
 
-    kind: Literal["start", "end", "cancel"]
+    kind: Literal["start", "end", "cancel", "pause", "resume"]
     start: int
     end: int = 0
 
@@ -109,6 +130,8 @@ class SegmentTracker:
     """Samples a candidate must span to be confirmed."""
     hangover: int
     """Samples of silence that end a segment."""
+    pause: int = 0
+    """Samples of silence inside a segment reported as a pause (0: never; below ``hangover``)."""
     state: _State = _State.SILENCE
     start: int = 0
     last_voiced: int = 0
@@ -116,10 +139,16 @@ class SegmentTracker:
     silence_start: int = 0
     window: int = 0
 
+    def __post_init__(self) -> None:
+        if self.pause and self.pause >= self.hangover:
+            raise ValueError(
+                f"a pause ({self.pause} samples) must be shorter than the hangover ({self.hangover})"
+            )
+
     @property
     def in_segment(self) -> bool:
         """A confirmed segment is open (its windows are speech audio)."""
-        return self.state in (_State.SPEECH, _State.HANGOVER)
+        return self.state in (_State.SPEECH, _State.HANGOVER, _State.PAUSED)
 
     @property
     def pending(self) -> bool:
@@ -145,7 +174,7 @@ class SegmentTracker:
             return None
         if voiced:
             self.state, self.last_voiced = _State.SPEECH, a
-            return None
+            return Decision("resume", self.start, a) if state is _State.PAUSED else None
         if not silent:
             return None
         if state is _State.SPEECH:
@@ -153,12 +182,15 @@ class SegmentTracker:
         if b - self.silence_start >= self.hangover:
             self.state = _State.SILENCE
             return self._end()
+        if self.state is _State.HANGOVER and self.pause and b - self.silence_start >= self.pause:
+            self.state = _State.PAUSED
+            return Decision("pause", self.start, self._end().end)
         return None
 
     def finish(self) -> Decision | None:
         """End of stream: close an open segment at its last voiced window; forget a candidate."""
         state, self.state = self.state, _State.SILENCE
-        if state in (_State.SPEECH, _State.HANGOVER):
+        if state in (_State.SPEECH, _State.HANGOVER, _State.PAUSED):
             return self._end()
         return None
 
@@ -175,12 +207,19 @@ class SileroVADNode(Node[SileroVADParams]):
     of the 16 kHz stream (3 decimals)::
 
         {"event": "speech_start", "time": 1.248, "segment": 0}
-        {"event": "speech_end", "time": 2.912, "start_time": 1.248, "duration": 1.664, "segment": 0}
+        {"event": "speech_end", "time": 2.912, "start_time": 1.248, "duration": 1.664, "silence": 0.352, "segment": 0}
+
+    With ``pause_ms``, a silence of that length inside a segment is reported before the
+    hangover decides whether the segment ends, and speech after it is reported too::
+
+        {"event": "speech_pause", "time": 2.912, "start_time": 1.248, "silence": 0.16, "segment": 0}
+        {"event": "speech_resume", "time": 3.104, "segment": 0}
 
     ``time`` of speech_start is the start of the segment's first voiced window; of
     speech_end the start of its last voiced window (the model lags the audio by about
     a window) — the hangover is not included, it only delays the event (by about
-    ``hangover_ms`` plus two windows). speech_start is emitted once ``min_speech_ms``
+    ``hangover_ms`` plus two windows); ``silence`` is how much of the audio already sent
+    comes after the last voiced window (a recogniser ignores words it finds in there). speech_start is emitted once ``min_speech_ms``
     is confirmed. Audio frames (16 kHz mono f32) follow speech_start as windows are
     classified: first the pre-roll, then every window up to the one that ends the
     segment, so a recogniser can decode while the speaker talks. Every output carries the input's metadata plus
@@ -200,6 +239,7 @@ class SileroVADNode(Node[SileroVADParams]):
             neg_threshold=p.neg_threshold,
             min_speech=math.ceil(p.min_speech_ms / 32) * WINDOW,
             hangover=p.hangover_ms * SPEECH_RATE // 1000,
+            pause=(p.pause_ms or 0) * SPEECH_RATE // 1000,
         )
         self._pre_roll = p.pre_roll_ms * SPEECH_RATE // 1000
         self._model: Any = None
@@ -277,6 +317,16 @@ class SileroVADNode(Node[SileroVADParams]):
             self._emitted_until = b
         if decision is not None and decision.kind == "end":
             out.event(self._end_event(decision))
+        elif decision is not None and decision.kind == "pause":
+            value = {
+                "event": "speech_pause",
+                "time": _seconds(decision.end),
+                "start_time": _seconds(decision.start),
+                "silence": self._silence_after(decision),
+            }
+            out.event(self._event(value))
+        elif decision is not None and decision.kind == "resume":
+            out.event(self._event({"event": "speech_resume", "time": _seconds(decision.end)}))
         keep_from = (self._tracker.start if self._tracker.pending else b) - self._pre_roll
         while self._history and self._history[0][0] + len(self._history[0][1]) <= keep_from:
             self._history.popleft()
@@ -287,8 +337,18 @@ class SileroVADNode(Node[SileroVADParams]):
 
     def _end_event(self, decision: Decision) -> JsonFrame:
         start, end = _seconds(decision.start), _seconds(decision.end)
-        value = {"event": "speech_end", "time": end, "start_time": start, "duration": round(end - start, 3)}
+        value = {
+            "event": "speech_end",
+            "time": end,
+            "start_time": start,
+            "duration": round(end - start, 3),
+            "silence": self._silence_after(decision),
+        }
         return self._event(value)
+
+    def _silence_after(self, decision: Decision) -> float:
+        """Seconds of the audio sent so far that come after the segment's last voiced window."""
+        return _seconds(max(0, self._position - (decision.end + WINDOW)))
 
     def _event(self, value: dict[str, Any]) -> JsonFrame:
         value["segment"] = self._segment
