@@ -37,12 +37,13 @@ from ...frames import AudioFormat, AudioFrame, Frame, FrameKind, JsonFrame, Text
 from .._base import Node, NodeContext, Params, ProgressReporter
 from .._pcm import from_float
 from ._audio import SpeechStream, require
-from ._reply import PARTIAL, REPLY_PHRASES
+from ._reply import PARTIAL, REPLY_OPENERS, REPLY_PHRASES, TURN
 
 __all__ = [
     "SpeechRecognitionNode",
     "SpeechRecognitionParams",
     "choose_transcript",
+    "complete_phrases",
     "jsgf_grammar",
     "normalize_words",
     "phone_similarity",
@@ -77,6 +78,20 @@ class SpeechRecognitionParams(Params, kw_only=True):
     """Also send interim transcripts as they change, marked ``partial: "true"`` in metadata."""
     noise_floor_dbfs: Annotated[float, msgspec.Meta(ge=-120.0, le=-20.0)] | None = -50.0
     """Deterministic Gaussian noise at this RMS level (dBFS) added before decoding; None: none."""
+    early_turn: bool = False
+    """End the turn at a VAD ``speech_pause`` (SileroVADNode ``pause_ms``) instead of its
+    ``speech_end`` when what was heard so far is a complete question: whole phrases of the
+    grammar, the last not an opener, and the grammar's transcript taken (see ``agreement``).
+    That transcript goes out at once, marked ``turn: "early"``. If the speaker goes on
+    (``speech_resume``), the utterance is not split: it is decoded to its real end, its
+    transcript goes out marked ``turn: "revised"``, and ``cancel_turn`` goes to ``retract``.
+    Needs a ``phrases`` vocabulary."""
+    openers: list[_Phrase] | None = None
+    """``early_turn``: phrases people usually go on after (greetings); a pause after one is not
+    an end of turn. Default: ReplyNode's greetings with the default phrases, else none."""
+    retract: list[str] = msgspec.field(default_factory=list)
+    """``early_turn``: nodes sent ``cancel_turn`` when the speaker goes on after an early end
+    (e.g. the reply and speech-synthesis nodes: the early answer is dropped)."""
 
     def __post_init__(self) -> None:
         for index, phrase in enumerate(self.phrases or ()):
@@ -84,6 +99,12 @@ class SpeechRecognitionParams(Params, kw_only=True):
                 raise ValueError(f"phrases[{index}] ({phrase!r}) has no words")
         if self.phrases is not None and self.vocabulary == "open":
             raise ValueError("phrases are only used by vocabulary 'phrases' or 'phrases+open', not 'open'")
+        if self.early_turn and self.mode == "open":
+            raise ValueError(
+                "early_turn needs a grammar to know a complete question: vocabulary 'phrases' or 'phrases+open'"
+            )
+        if not self.early_turn and (self.openers is not None or self.retract):
+            raise ValueError("openers and retract are only used with early_turn")
 
     @property
     def mode(self) -> Vocabulary:
@@ -105,6 +126,12 @@ class SpeechRecognitionNode(Node[SpeechRecognitionParams]):
     Without a VAD, the whole stream is one utterance. Transcripts are lower case,
     without punctuation. With ``partials``, the current hypothesis also goes out
     whenever it changes, marked ``partial: "true"`` (ReplyNode ignores those).
+
+    With ``early_turn`` (and a VAD's ``pause_ms``), a complete question ends the turn at the
+    first pause after it rather than after the VAD's hangover: its transcript goes out
+    marked ``turn: "early"``, hundreds of milliseconds sooner. Should the speaker go on, the
+    whole utterance is still one transcript (``turn: "revised"``) and the ``retract`` nodes
+    are told to drop the early answer (``cancel_turn``).
     """
 
     accepts = frozenset({FrameKind.AUDIO, FrameKind.JSON})
@@ -117,11 +144,16 @@ class SpeechRecognitionNode(Node[SpeechRecognitionParams]):
         self._grammar: Any = None
         self._pronounce: Callable[[str], str | None] = lambda word: None
         self._stream = SpeechStream()
+        self._heard = Recording()  # the utterance's audio as decoded (before the noise floor)
         self._noise = np.random.default_rng(0)
         self._in_utterance = False
         self._segment: str | None = None
         self._metadata: Mapping[str, str] = {}
         self._partial = ""
+        self._phrases: tuple[tuple[str, ...], ...] = ()  # the grammar's phrases, as words
+        self._openers: frozenset[tuple[str, ...]] = frozenset()
+        self._early: str | None = None  # the transcript this utterance's turn ended early with
+        self._revised = False  # the speaker went on after an early end
 
     def initialize(self, progress: ProgressReporter) -> None:
         progress(0.1, "importing pocketsphinx")
@@ -135,6 +167,10 @@ class SpeechRecognitionNode(Node[SpeechRecognitionParams]):
             phrases = self.params.phrases or list(REPLY_PHRASES)
             progress(0.7, f"building a grammar of {len(phrases)} phrases")
             self._grammar = _grammar_decoder(pocketsphinx, phrases)
+            self._phrases = tuple(dict.fromkeys(tuple(normalize_words(p)) for p in phrases))
+            default_openers = REPLY_OPENERS if self.params.phrases is None else ()
+            openers = self.params.openers if self.params.openers is not None else default_openers
+            self._openers = frozenset(tuple(normalize_words(p)) for p in openers)
         progress(1.0, "pocketsphinx ready")
 
     def process(self, frame: Frame) -> list[Frame]:
@@ -149,10 +185,11 @@ class SpeechRecognitionNode(Node[SpeechRecognitionParams]):
         if not self._in_utterance:
             for decoder in self._decoders():
                 decoder.start_utt()
+            self._heard.clear()
             self._in_utterance, self._segment, self._metadata = True, segment, frame.metadata
-            self._partial = ""
+            self._partial, self._early, self._revised = "", None, False
         self._decode(self._stream.push(frame))
-        if self.params.partials:
+        if self.params.partials and self._early is None:  # after an early end, the turn is answered
             out.extend(self._interim())
         return out
 
@@ -168,13 +205,45 @@ class SpeechRecognitionNode(Node[SpeechRecognitionParams]):
     def _on_event(self, frame: JsonFrame) -> list[Frame]:
         value = frame.value
         event = value.get("event") if isinstance(value, dict) else None
-        if event == "speech_end" or (event == "speech_start" and self._in_utterance):
+        silence = value.get("silence", 0.0) if isinstance(value, dict) else 0.0
+        silence_s = float(silence) if isinstance(silence, int | float) else 0.0
+        if event == "speech_end":
+            return self._end_utterance(silence_s)
+        if event == "speech_start" and self._in_utterance:
             return self._end_utterance()  # a start while decoding: that segment's end was lost
+        if event == "speech_pause" and self.params.early_turn:
+            return self._end_turn_early(silence_s)
+        if event == "speech_resume" and self._early is not None:
+            self._take_back_early_turn()
         return []  # other JSON is not ours to interpret
+
+    def _end_turn_early(self, silence_s: float) -> list[Frame]:
+        """At a pause: the turn's transcript now, if what was said before the ``silence_s``
+        of silence is a complete question (the utterance stays open: the speaker may go on).
+        Words the decoders put into that silence do not count."""
+        if not self._in_utterance or self._early is not None or self._revised:
+            return []
+        text, source = self._transcript(silence_s)
+        if source != "phrases":
+            return []
+        said = complete_phrases(text.split(), self._phrases)
+        if said is None or said[-1] in self._openers:
+            return []
+        self._early = text
+        metadata = {**self._metadata, SOURCE: source, TURN: "early"}
+        return [TextFrame(text=text, language=LANGUAGE, metadata=metadata)]
+
+    def _take_back_early_turn(self) -> None:
+        """The speaker went on: the early transcript was not the turn; its answer is cancelled."""
+        self._early, self._revised, self._partial = None, True, ""
+        if self.params.retract:
+            payload = {"reason": "speech_resume", "segment": self._segment or ""}
+            self.context.signal("cancel_turn", to=self.params.retract, payload=payload)
 
     def _decode(self, samples: npt.NDArray[np.float32]) -> None:
         if not len(samples):
             return
+        self._heard.append(samples)
         if self.params.noise_floor_dbfs is not None:
             sigma = 10.0 ** (self.params.noise_floor_dbfs / 20.0)
             samples = samples + self._noise.normal(0.0, sigma, len(samples)).astype(np.float32)
@@ -182,9 +251,13 @@ class SpeechRecognitionNode(Node[SpeechRecognitionParams]):
         for decoder in self._decoders():
             decoder.process_raw(pcm, False, False)
 
-    def _transcript(self) -> tuple[str, str]:
-        grammar = _hypothesis(self._grammar) if self._grammar is not None else None
-        heard = _hypothesis(self._open) if self._open is not None else None
+    def _transcript(self, silence_s: float = 0.0) -> tuple[str, str]:
+        """What was said, leaving out any word the decoders found in the last ``silence_s``
+        (the VAD's silence after the speech: the noise floor read as "who" or "do")."""
+        frames = round(silence_s * 100)  # pocketsphinx: 100 frames a second
+        audio = self._heard.samples()
+        grammar = spoken_words(self._grammar, audio, frames) if self._grammar is not None else None
+        heard = spoken_words(self._open, audio, frames) if self._open is not None else None
         return choose_transcript(grammar, heard, self._pronounce, self.params.agreement)
 
     def _interim(self) -> list[Frame]:
@@ -195,22 +268,70 @@ class SpeechRecognitionNode(Node[SpeechRecognitionParams]):
         metadata = {**self._metadata, SOURCE: source, PARTIAL: "true"}
         return [TextFrame(text=text, language=LANGUAGE, metadata=metadata)]
 
-    def _end_utterance(self) -> list[Frame]:
+    def _end_utterance(self, silence_s: float = 0.0) -> list[Frame]:
         if not self._in_utterance:
             return []
         self._decode(self._stream.drain())
         for decoder in self._decoders():
             decoder.end_utt()
         self._in_utterance = False
-        text, source = self._transcript()
+        if self._early is not None:
+            return []  # the turn was answered at its pause, and the speaker did not go on
+        text, source = self._transcript(silence_s)
         if not text:
             return []
-        return [TextFrame(text=text, language=LANGUAGE, metadata={**self._metadata, SOURCE: source})]
+        metadata = {**self._metadata, SOURCE: source}
+        if self._revised:
+            metadata[TURN] = "revised"
+        return [TextFrame(text=text, language=LANGUAGE, metadata=metadata)]
 
 
-def _hypothesis(decoder: Any) -> str:
-    hypothesis = decoder.hyp()
-    return " ".join(hypothesis.hypstr.split()) if hypothesis is not None else ""
+_FILLERS = re.compile(r"^(<.*>|\[.*\]|\(NULL\))$")
+FRAME = 160
+"""Samples of one pocketsphinx frame at 16 kHz (10 ms)."""
+QUIET_DB = 25.0
+"""A word this much quieter (RMS, dB) than the utterance's loudest is not taken as speech."""
+
+
+class Recording:
+    """The samples of one utterance, appended as they come (amortised O(1), one buffer)."""
+
+    def __init__(self) -> None:
+        self._buffer: npt.NDArray[np.float32] = np.zeros(16_000, np.float32)
+        self._length = 0
+
+    def append(self, samples: npt.NDArray[np.float32]) -> None:
+        end = self._length + len(samples)
+        if end > len(self._buffer):
+            grown = np.zeros(max(end, 2 * len(self._buffer)), np.float32)
+            grown[: self._length] = self._buffer[: self._length]
+            self._buffer = grown
+        self._buffer[self._length : end] = samples
+        self._length = end
+
+    def samples(self) -> npt.NDArray[np.float32]:
+        return self._buffer[: self._length]
+
+    def clear(self) -> None:
+        self._length = 0
+
+
+def spoken_words(decoder: Any, audio: npt.NDArray[np.float32], last_frames: int = 0) -> str:
+    """The decoder's current words that were spoken: none that start in the last ``last_frames``
+    frames (a VAD's silence after the speech), none over audio ``QUIET_DB`` quieter than the
+    loudest word (a grammar decoder reads the noise floor of a pause as "who" or "hey")."""
+    cut = decoder.n_frames() - last_frames
+    words: list[tuple[str, float]] = []
+    for segment in decoder.seg():
+        if segment.start_frame >= cut or _FILLERS.match(segment.word):
+            continue
+        piece = audio[segment.start_frame * FRAME : (segment.end_frame + 1) * FRAME]
+        level = float(np.sqrt(np.mean(np.square(piece, dtype=np.float64)))) if len(piece) else 0.0
+        words.append((segment.word.split("(", 1)[0], level))
+    if not words:
+        return ""
+    floor = max(level for _, level in words) * 10.0 ** (-QUIET_DB / 20.0)
+    return " ".join(word for word, level in words if level >= floor)
 
 
 def choose_transcript(
@@ -230,6 +351,31 @@ def choose_transcript(
     if heard is None or (grammar and phone_similarity(grammar, heard, pronounce) >= agreement):
         return grammar, "phrases"
     return heard, "open"
+
+
+def complete_phrases(words: list[str], phrases: tuple[tuple[str, ...], ...]) -> list[tuple[str, ...]] | None:
+    """``words`` as a sequence of whole ``phrases`` (the grammar's ``<phrase>+``), or None when
+    they are not: a question cut short, or nothing. Of several readings, the one with the
+    longest last phrase.
+
+    >>> phrases = (("what", "time", "is", "it"), ("hello",), ("hello", "there"), ("thanks",))
+    >>> complete_phrases("hello what time is it".split(), phrases)
+    [('hello',), ('what', 'time', 'is', 'it')]
+    >>> complete_phrases("what time".split(), phrases) is None
+    True
+    """
+    if not words:
+        return None
+    # reading[i]: a split of words[:i] into phrases (None: there is none)
+    reading: list[list[tuple[str, ...]] | None] = [[]] + [None] * len(words)
+    for i in range(1, len(words) + 1):
+        for phrase in sorted(phrases, key=len, reverse=True):
+            j = i - len(phrase)
+            before = reading[j] if j >= 0 else None
+            if before is not None and tuple(words[j:i]) == phrase:
+                reading[i] = [*before, phrase]
+                break
+    return reading[-1]
 
 
 def phone_similarity(reference: str, other: str, pronounce: Callable[[str], str | None]) -> float:
