@@ -14,18 +14,42 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from ...frames import Frame, FrameKind, TextFrame
-from .._base import Node, Params
+from .._base import Node, NodeContext, Params
 
-__all__ = ["PARTIAL", "REPLY_PHRASES", "TOPICS", "ReplyNode", "ReplyParams", "Topic", "assistant_reply"]
+__all__ = [
+    "PARTIAL",
+    "REPLY_OPENERS",
+    "REPLY_PHRASES",
+    "SPECULATIVE",
+    "TOPICS",
+    "TURN",
+    "ReplyNode",
+    "ReplyParams",
+    "Topic",
+    "assistant_reply",
+]
 
 PARTIAL = "partial"
 """Metadata key of an interim transcript (value ``"true"``): the recogniser's current guess,
 which later frames revise. ReplyNode answers only final transcripts."""
+TURN = "turn"
+"""Metadata key of a final transcript that did not wait for the end of the speech segment:
+``"early"`` (the recogniser ended the turn at a pause, holding a complete question) or
+``"revised"`` (the speaker went on after an early end: this transcript, of the whole
+utterance, replaces the early one, whose reply was cancelled)."""
+SPECULATIVE = "speculative"
+"""Metadata key of a reply to an interim transcript (value ``"true"``): what the answer will be
+if the question stays as heard so far. Speech synthesis prepares it and says nothing until
+the final reply comes."""
 
 
 class ReplyParams(Params, kw_only=True):
     mode: Literal["echo", "assistant"] = "assistant"
     """``echo``: "You said: …"; ``assistant``: answer a few fixed questions, else "I heard: …"."""
+    speculate: bool = False
+    """``assistant``: also answer interim transcripts that ask a known question, marked
+    ``speculative: "true"``, once per different answer: speech synthesis prepares the answer
+    while the user is still talking, and says it the moment the final transcript asks for it."""
 
 
 def _clock() -> str:
@@ -43,6 +67,8 @@ class Topic:
     pattern: re.Pattern[str]
     """Matched against the lower-cased transcript (forgiving the open recogniser's usual confusions)."""
     answer: Callable[[], str]
+    opens: bool = False
+    """People usually go on after it ("Hello, how are you?"): a turn is not ended early on it."""
 
 
 # Every topic that matches is answered, in this order ("hello how are you" gets two answers).
@@ -51,6 +77,7 @@ TOPICS: tuple[Topic, ...] = (
         ("hello", "hi", "hey", "hello there", "good morning", "good afternoon", "good evening"),
         re.compile(r"\b(hello|hi|hey|good (morning|afternoon|evening))\b"),
         lambda: "Hello there!",
+        opens=True,
     ),
     Topic(
         ("how are you", "how are you doing", "how are you today", "how are you doing today"),
@@ -88,6 +115,9 @@ TOPICS: tuple[Topic, ...] = (
 REPLY_PHRASES: tuple[str, ...] = tuple(phrase for topic in TOPICS for phrase in topic.phrases)
 """Every question the assistant knows, as a restricted recogniser should expect it."""
 
+REPLY_OPENERS: tuple[str, ...] = tuple(phrase for topic in TOPICS if topic.opens for phrase in topic.phrases)
+"""The phrases after which people usually go on (greetings): no early end of turn on them."""
+
 
 def assistant_reply(text: str) -> str:
     """The assistant's answer to a transcript (a fallback echo when no question matches)."""
@@ -102,7 +132,9 @@ class ReplyNode(Node[ReplyParams]):
     ``assistant`` knows greetings, "how are you", its name, the time of day, a joke,
     the weather, thanks and goodbye (every matching answer is given, in that order);
     anything else gets "I heard: <text>." Blank text and interim transcripts
-    (metadata ``partial: "true"``) get no reply. The reply keeps the input's metadata
+    (metadata ``partial: "true"``) get no reply — except, with ``speculate``, an interim
+    transcript asking a known question, answered ``speculative: "true"`` (for speech
+    synthesis to prepare, not to say). The reply keeps the input's metadata
     (e.g. the VAD's ``segment``) and language.
     """
 
@@ -110,11 +142,31 @@ class ReplyNode(Node[ReplyParams]):
     produces = frozenset({FrameKind.TEXT})
     executor = "multiprocess"
 
+    def __init__(self, params: ReplyParams, context: NodeContext) -> None:
+        super().__init__(params, context)
+        self._speculated = ""  # the last speculative answer sent (one per different answer)
+
     def process(self, frame: Frame) -> Frame | None:
         if not isinstance(frame, TextFrame):  # the graph only routes text here
             raise ValueError(f"ReplyNode takes text frames, got {frame.kind.label}")
-        if frame.metadata.get(PARTIAL) == "true" or not frame.text.strip():
+        if not frame.text.strip():
             return None
+        if frame.metadata.get(PARTIAL) == "true":
+            return self._speculate(frame)
+        self._speculated = ""
         if self.params.mode == "echo":
             return replace(frame, text=f"You said: {' '.join(frame.text.split())}.")
         return replace(frame, text=assistant_reply(frame.text))
+
+    def _speculate(self, frame: TextFrame) -> Frame | None:
+        if not self.params.speculate or self.params.mode != "assistant":
+            return None
+        heard = frame.text.lower()
+        if not any(topic.pattern.search(heard) for topic in TOPICS):
+            return None  # not (yet) a question it knows: "I heard: …" is not worth preparing
+        answer = assistant_reply(frame.text)
+        if answer == self._speculated:
+            return None
+        self._speculated = answer
+        metadata = {k: v for k, v in frame.metadata.items() if k != PARTIAL}
+        return replace(frame, text=answer, metadata={**metadata, SPECULATIVE: "true"})

@@ -9,6 +9,7 @@ it is ready: the first sentence can play while the rest is computed.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -16,10 +17,12 @@ from typing import Annotated, Any
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from ...frames import AudioFrame, Frame, FrameKind, TextFrame
 from .._base import Node, NodeContext, Params, ProgressReporter
 from ._audio import require
+from ._reply import SPECULATIVE
 
 __all__ = ["VOICES", "TextToSpeechNode", "TextToSpeechParams"]
 
@@ -49,6 +52,30 @@ def split_lead_clause(text: str) -> list[str]:
     if match is None or len(match.group(1).split()) >= len(first.split()) - 1:
         return [text]
     return [match.group(1).strip(), (match.group(2) + text[len(first) :]).strip()]
+
+
+def first_piece(text: str, *, lead_clause: bool = True) -> tuple[str, str]:
+    """``(first, rest)``: what is synthesised first — the lead clause of a long first sentence,
+    else the first sentence — and the rest of ``text``.
+
+    >>> first_piece("Hello there! I am doing well, thank you.")
+    ('Hello there!', 'I am doing well, thank you.')
+    >>> first_piece("I heard: what time is it, please tell me.")
+    ('I heard:', 'what time is it, please tell me.')
+    >>> first_piece("Goodbye")
+    ('Goodbye', '')
+    """
+    pieces = split_lead_clause(text) if lead_clause else [text]
+    if len(pieces) > 1:
+        return pieces[0], pieces[1]
+    end = _SENTENCE_END.search(text)
+    if end is None:
+        return text.strip(), ""
+    return text[: end.end()].strip(), text[end.end() :].strip()
+
+
+SPECULATIONS = 4
+"""Prepared first pieces kept (the latest speculative answers of the turn)."""
 
 
 class TextToSpeechParams(Params, kw_only=True):
@@ -93,6 +120,7 @@ class TextToSpeechNode(Node[TextToSpeechParams]):
         self._voice: Any = None
         self._synthesis: Any = None
         self._rate = 0
+        self._prepared: dict[str, list[npt.NDArray[np.float32]]] = {}  # first piece → its audio
 
     def initialize(self, progress: ProgressReporter) -> None:
         node = "TextToSpeechNode"
@@ -124,26 +152,51 @@ class TextToSpeechNode(Node[TextToSpeechParams]):
     def process(self, frame: Frame) -> Iterator[Frame]:
         if not isinstance(frame, TextFrame):  # the graph only routes text here
             raise ValueError(f"TextToSpeechNode takes text frames, got {frame.kind.label}")
+        if frame.metadata.get(SPECULATIVE) == "true":
+            self._prepare(frame.text)
+            return iter(())
         return self._speak(frame.text, frame.metadata)
 
     def cleanup(self) -> None:
         self._voice = self._synthesis = None
 
+    def _prepare(self, text: str) -> None:
+        """Synthesise a speculative answer's first piece now; it is said only if the final
+        answer starts with it (see :meth:`_speak`)."""
+        first, _ = first_piece(text, lead_clause=self.params.lead_clause)
+        if not first or first in self._prepared:
+            return
+        self._prepared[first] = [self._audio(chunk) for chunk in self._synthesize(first)]
+        while len(self._prepared) > SPECULATIONS:
+            del self._prepared[next(iter(self._prepared))]
+
     def _speak(self, text: str, metadata: Mapping[str, str]) -> Iterator[Frame]:
+        prepared, self._prepared = self._prepared, {}  # a turn's speculations end with its answer
         if not text.strip():
             return
-        pieces = split_lead_clause(text) if self.params.lead_clause else [text]
-        chunks = (
-            chunk for piece in pieces for chunk in self._voice.synthesize(piece, syn_config=self._synthesis)
+        first, rest = first_piece(text, lead_clause=self.params.lead_clause)
+        ready = prepared.get(first)
+        audio = (
+            itertools.chain(ready, (self._audio(c) for c in self._synthesize(rest)))
+            if ready is not None
+            else (self._audio(c) for piece in (first, rest) for c in self._synthesize(piece))
         )
-        for index, chunk in enumerate(chunks):
-            audio = np.asarray(chunk.audio_float_array, dtype=np.float32)
-            rate = int(chunk.sample_rate)
-            silence = rate * self.params.sentence_silence_ms // 1000
-            if silence:
-                audio = np.concatenate([audio, np.zeros(silence, np.float32)])
-            if rate != self._rate:
-                import soxr  # whole sentences: one-shot resampling is exact, no stream state needed
+        for index, samples in enumerate(audio):
+            yield AudioFrame.from_array(samples, self._rate, metadata={**metadata, "sentence": str(index)})
 
-                audio = np.asarray(soxr.resample(audio, rate, self._rate, quality="HQ"), dtype=np.float32)
-            yield AudioFrame.from_array(audio, self._rate, metadata={**metadata, "sentence": str(index)})
+    def _synthesize(self, piece: str) -> Iterator[Any]:
+        if not piece.strip():
+            return iter(())
+        return iter(self._voice.synthesize(piece, syn_config=self._synthesis))
+
+    def _audio(self, chunk: Any) -> npt.NDArray[np.float32]:
+        audio = np.asarray(chunk.audio_float_array, dtype=np.float32)
+        rate = int(chunk.sample_rate)
+        silence = rate * self.params.sentence_silence_ms // 1000
+        if silence:
+            audio = np.concatenate([audio, np.zeros(silence, np.float32)])
+        if rate != self._rate:
+            import soxr  # whole sentences: one-shot resampling is exact, no stream state needed
+
+            audio = np.asarray(soxr.resample(audio, rate, self._rate, quality="HQ"), dtype=np.float32)
+        return audio
