@@ -59,6 +59,7 @@ import numpy.typing as npt
 
 from nursery_pipes.frames import AudioFrame, Frame, JsonFrame, TextFrame
 from nursery_pipes.nodes.speech import ReplyNode, SileroVADNode, SpeechRecognitionNode, TextToSpeechNode
+from nursery_pipes.nodes.speech._asr import spoken_words
 from nursery_pipes.testing import word_errors
 
 now = time.perf_counter_ns
@@ -240,22 +241,18 @@ class RecordingASR(SpeechRecognitionNode):
         super().__init__(*args, **kwargs)
         self.heard: dict[str, dict[str, str]] = {}
 
-    def _end_utterance(self) -> list[Frame]:  # the node's own hook: both decoders have ended here
+    def _end_utterance(self, silence_s: float = 0.0) -> list[Frame]:  # both decoders have ended here
         segment = self._segment
-        out = super()._end_utterance()
+        out = super()._end_utterance(silence_s)
         if segment is not None:
             chosen = out[0].text if out and isinstance(out[0], TextFrame) else ""
+            audio = self._heard.samples()  # each model's words as the node reads them
             self.heard[segment] = {
-                "open": _hyp(self._open),
-                "phrases": _hyp(self._grammar),
+                "open": spoken_words(self._open, audio),
+                "phrases": spoken_words(self._grammar, audio),
                 "phrases+open": chosen,
             }
         return out
-
-
-def _hyp(decoder: Any) -> str:
-    hypothesis = decoder.hyp()
-    return " ".join(hypothesis.hypstr.split()) if hypothesis is not None else ""
 
 
 def recognise(clips: list[npt.NDArray[np.int16]], rate: int) -> list[dict[str, str]]:

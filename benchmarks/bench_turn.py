@@ -256,7 +256,35 @@ def main() -> None:
             for n, s in summary.items()
         ],
     )  # fmt: skip
-    finish("turn", {"quick": args.quick, "server_exit": code, "summary": summary, "questions": results})
+    ours, base = summary["example"], summary["silence only (baseline)"]
+    worst_voice = min(ours["per_voice_right"].values())
+    goals = {
+        "p50 end of question -> reply audio": {
+            "goal": "<= 350 ms", "measured": f"{ours['p50_ms']} ms (baseline {base['p50_ms']} ms)",
+            "met": ours["p50_ms"] is not None and ours["p50_ms"] <= 350,
+        },
+        "max end of question -> reply audio": {
+            "goal": "<= 450 ms", "measured": f"{ours['max_ms']} ms (baseline {base['max_ms']} ms)",
+            "met": ours["max_ms"] is not None and ours["max_ms"] <= 450,
+        },
+        "every question answered": {
+            "goal": f"{ours['questions']}", "measured": f"{ours['answered']}",
+            "met": ours["answered"] == ours["questions"],
+        },
+        "no utterance split": {"goal": "0", "measured": f"{ours['split']}", "met": ours["split"] == 0},
+        "questions heard right, worst voice": {
+            "goal": ">= 5 of 6", "measured": f"{worst_voice} of 6", "met": worst_voice >= 5,
+        },
+    }  # fmt: skip
+    print_table(
+        "goals (issue 14)",
+        ["goal", "target", "measured", "met"],
+        [(k, g["goal"], g["measured"], "MET" if g["met"] else "NOT MET") for k, g in goals.items()],
+    )
+    finish(
+        "turn",
+        {"quick": args.quick, "server_exit": code, "summary": summary, "goals": goals, "questions": results},
+    )
 
 
 if __name__ == "__main__":

@@ -172,6 +172,22 @@ def write_results(tmp_path: Path, results: dict[str, dict[str, Any]], topics: li
     return bench_dir, results_dir
 
 
+def turn_json() -> dict[str, Any]:
+    def summary(p50: float, worst: float, early: int, retracted: int) -> dict[str, Any]:
+        return {"questions": 18, "answered": 18, "p50_ms": p50, "max_ms": worst, "heard_right": 16,
+                "split": 0, "early": early, "retracted": retracted}  # fmt: skip
+
+    return {
+        "benchmark": "turn",
+        "summary": {"silence only (baseline)": summary(700.0, 900.0, 0, 0), "example": summary(290.0, 420.0, 16, 1)},
+        "goals": {
+            "p50 end of question -> reply audio": {
+                "goal": "<= 350 ms", "measured": "290.0 ms (baseline 700.0 ms)", "met": True,
+            },
+        },
+    }  # fmt: skip
+
+
 def test_markdown_from_results(tmp_path: Path) -> None:
     report = load_script()
     results = {
@@ -179,6 +195,7 @@ def test_markdown_from_results(tmp_path: Path) -> None:
         "scale": scale_json(),
         "speech": speech_json(),
         "blocking": blocking_json(),
+        "turn": turn_json(),
         "hop": {"benchmark": "hop", "results_us": "not the expected shape", "goals": {}},
     }
     bench_dir, results_dir = write_results(tmp_path, results, [*results, "supervision"])
@@ -198,6 +215,8 @@ def test_markdown_from_results(tmp_path: Path) -> None:
     assert "| end of utterance → first audio | 562.4 |" in text
     assert "| aligned | 879.0 | 935.0 | 690.0 | 919.0 | 0.785× |" in text
     assert "| sleep | inprocess | 4.00 | 16.00 | 20.00 | 5.00× |" in text
+    assert "| example | 18/18 | 290.0 | 420.0 | 16 | 0 | 16 | 1 |" in text
+    assert "| p50 end of question -> reply audio | <= 350 ms | 290.0 ms (baseline 700.0 ms) | met |" in text
     # the summary: goals per benchmark, a JSON of the wrong shape, a benchmark with no result
     assert "| [chain](#5-node-chain-by-frame-size-issue-11) | from results | — | 1 of 2 |" in text
     assert "did not have the expected shape" in text

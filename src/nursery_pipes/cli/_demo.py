@@ -39,7 +39,7 @@ from rich.table import Table
 from .._errors import NurseryPipesError
 from ..frames import AudioFormat, AudioFrame, Frame, JsonFrame, TextFrame
 from ..nodes._pcm import convert_format
-from ..nodes.speech._reply import PARTIAL
+from ..nodes.speech._reply import PARTIAL, SPECULATIVE, TURN
 
 __all__ = ["QUESTIONS", "SPEECH_MANIFEST", "VAD_MANIFEST", "make_vad_audio", "run_demo", "speech_available"]
 
@@ -61,16 +61,28 @@ SPEECH_MANIFEST: dict[str, Any] = {
         {
             "id": "vad",
             "node_type": "SileroVADNode",
-            "params": {"hangover_ms": 300, "pre_roll_ms": 300, "interrupt": ["reply", "tts"]},
+            "params": {
+                "hangover_ms": 300,
+                "pause_ms": 160,
+                "pre_roll_ms": 300,
+                "interrupt": ["reply", "tts"],
+            },
         },
         {
             "id": "asr",
             "node_type": "SpeechRecognitionNode",
-            # the reply node's questions as a grammar, open vocabulary for anything else
-            "params": {"vocabulary": "phrases+open", "partials": True},
+            # the reply node's questions as a grammar, open vocabulary for anything else; a
+            # complete question ends the turn at the VAD's 160 ms pause, not its 300 ms hangover
+            "params": {
+                "vocabulary": "phrases+open",
+                "partials": True,
+                "early_turn": True,
+                "retract": ["reply", "tts"],
+            },
         },
         {"id": "transcript", "node_type": "PassThrough"},
-        {"id": "reply", "node_type": "ReplyNode", "params": {"mode": "assistant"}},
+        # speculate: the answer is prepared (and synthesised) while the question is still spoken
+        {"id": "reply", "node_type": "ReplyNode", "params": {"mode": "assistant", "speculate": True}},
         {"id": "answer", "node_type": "PassThrough"},
         {"id": "tts", "node_type": "TextToSpeechNode", "params": {"threads": 1}},
     ],
@@ -258,7 +270,12 @@ def _report_speech(run: Any, starts: list[float], ends: list[float], directory: 
     transcripts = [f for f in run.outputs.get("transcript", []) if isinstance(f, TextFrame)]
     heard = [f.text for f in transcripts if f.metadata.get(PARTIAL) != "true"]
     interim = len(transcripts) - len(heard)
-    said = [f.text for f in run.outputs.get("answer", []) if isinstance(f, TextFrame)]
+    said = [
+        f.text
+        for f in run.outputs.get("answer", [])
+        if isinstance(f, TextFrame) and f.metadata.get(SPECULATIVE) != "true"
+    ]
+    early = sum(f.metadata.get(TURN) == "early" for f in transcripts)
     table = Table(title="4. the conversation")
     for column in ("you said", "it heard", "it answered"):
         table.add_column(column)
@@ -283,8 +300,9 @@ def _report_speech(run: Any, starts: list[float], ends: list[float], directory: 
     if firsts:
         text = ", ".join(f"{ms:.0f} ms" for ms in firsts)
         out.print(
-            f"end of each question → first reply audio at the client: {text} "
-            "(the VAD waits for 300 ms of silence before it calls the end of an utterance)"
+            f"end of each question → first reply audio at the client: {text} ({early} of "
+            f"{len(heard)} turns ended at a 160 ms pause, holding a complete question; anything "
+            "else waits for the VAD's 300 ms of silence)"
         )
     for line in _barge_in(run, [run.started + start for start in starts]):
         out.print(line)
@@ -301,7 +319,7 @@ def _barge_in(run: Any, starts: list[float]) -> list[str]:
         if isinstance(frame, AudioFrame):
             answers.setdefault(seq, []).append((at, frame.duration))
     # the client stops playing when it is told the reply path is interrupted (SignalSent)
-    stops = [at for at, sent in run.signals_sent if "tts" in sent.node_ids]
+    stops = [at for at, sent in run.signals_sent if sent.name == "interrupt" and "tts" in sent.node_ids]
     lines, free = [], 0.0
     for number, pieces in enumerate(answers.values(), start=1):
         begin = max(pieces[0][0], free)

@@ -47,6 +47,7 @@ __all__ = [
     "jsgf_grammar",
     "normalize_words",
     "phone_similarity",
+    "spoken_words",
 ]
 
 LANGUAGE = "en-US"
