@@ -278,3 +278,47 @@ async def test_an_idle_node_takes_a_signal_without_waiting_for_a_frame(executor:
         session.cancel()
     [handled] = [e for e in events if isinstance(e, SignalHandled)]
     assert (handled.node_id, handled.dropped, handled.aborted) == ("slow", (), None)
+
+
+def blocking_call(executor: str, call_seconds: float) -> dict[str, Any]:
+    node = {"id": "call", "node_type": "BlockingCallNode", "params": {"call_seconds": call_seconds}}
+    return {
+        "version": "v1",
+        "metadata": {"name": "cancel-work", "multiprocess": {"executor_overrides": {"call": executor}}},
+        "nodes": [node],
+        "connections": [],
+    }
+
+
+@pytest.mark.parametrize("executor", ["thread", "multiprocess"])
+async def test_a_signal_stops_the_call_in_flight_of_a_node_that_can_cancel_its_work(executor: str) -> None:
+    """A 30 s blocking call (a model run in C, say) gives way to an interrupt at once: the
+    node's cancel_work runs while the call does, the call raises, and that is the abort the
+    interrupt asked for — reported as dropped, not a failure."""
+    async with make_runtime() as runtime, runtime.open_session(blocking_call(executor, 30.0)) as session:
+        await session.send("call", TextFrame(text="f1"))
+        await session.send("call", TextFrame(text="f2"))
+        await trio.sleep(0.5)  # f1's call is under way
+        session.signal("interrupt", to=["call"])
+        with trio.fail_after(5):  # waiting for the call to end would take 30 s
+            events = await collect_until(session, lambda ev: any(isinstance(e, SignalHandled) for e in ev))
+        await session.close()
+        events += [e async for e in session.events()]
+    [handled] = [e for e in events if isinstance(e, SignalHandled)]
+    assert (handled.node_id, handled.aborted, handled.dropped) == ("call", 1, (2,))
+    assert not [e for e in events if isinstance(e, Output)]
+    assert sorted(s for e in events if isinstance(e, FramesDropped) for s in e.sequences) == [1, 2]
+    assert session.state.name == "TERMINATED"  # closed normally (a failure ends in ERROR)
+
+
+@pytest.mark.parametrize("executor", ["thread", "multiprocess"])
+async def test_a_signal_the_node_does_not_stop_for_lets_the_call_finish(executor: str) -> None:
+    async with make_runtime() as runtime, runtime.open_session(blocking_call(executor, 1.0)) as session:
+        await session.send("call", TextFrame(text="f1"))
+        await trio.sleep(0.3)
+        session.signal("mark", to=["call"])  # cancel_work sees it and lets the call run
+        await session.close()
+        events = [e async for e in session.events()]
+    [handled] = [e for e in events if isinstance(e, SignalHandled)]
+    assert (handled.dropped, handled.aborted) == ((), None)
+    assert [e.frame.text for e in events if isinstance(e, Output)] == ["f1"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -111,13 +112,16 @@ class Mailbox:
     around every wait cost ~5 µs a frame). Used on the trio thread only.
     """
 
-    __slots__ = ("_queue", "_waker", "idle")
+    __slots__ = ("_queue", "_waker", "busy_with", "idle")
 
     def __init__(self) -> None:
         self._queue: deque[Signal] = deque()
         self._waker: trio.MemorySendChannel[Message] | None = None
         self.idle = False
         """The pump is waiting on an empty inbox (it sets and clears this around the wait)."""
+        self.busy_with: Callable[[Signal], None] | None = None
+        """Set while the node's code runs in another thread: told of each signal at once (the
+        thread executor's way to :meth:`~nursery_pipes.Node.cancel_work`)."""
 
     def attach(self, waker: trio.MemorySendChannel[Message]) -> None:
         """The sender (a clone of the inbox's) that :meth:`put` wakes an idle pump with."""
@@ -129,6 +133,8 @@ class Mailbox:
 
     def put(self, signal: Signal) -> None:
         self._queue.append(signal)
+        if self.busy_with is not None:
+            self.busy_with(signal)
         if self.idle and self._waker is not None:
             self.idle = False  # one nudge is enough
             with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):

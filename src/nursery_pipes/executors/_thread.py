@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import queue
 import threading
 import time
@@ -42,7 +43,7 @@ import trio
 
 from .._errors import NodeError
 from ..frames import Frame
-from ..nodes._base import Node
+from ..nodes._base import Node, cancels_work
 from ..nodes._calls import check_frame
 from ..nodes._signals import Signal
 from ._abc import Placement
@@ -61,6 +62,8 @@ from ._ports import SupervisorPorts
 __all__ = ["NodeThread", "ThreadExecutor"]
 
 _DONE = object()
+
+logger = logging.getLogger("nursery_pipes.executors.thread")
 
 
 class ThreadExecutor(InProcessExecutor):
@@ -209,6 +212,39 @@ class _ThreadPump(Pump):
     def __init__(self, node: Node[Any], host: NodeHost, ports: SupervisorPorts, thread: NodeThread) -> None:
         super().__init__(node, host, ports)
         self.thread = thread
+        self._cancels = cancels_work(node)
+
+    async def _run(self, in_flight: int | None, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` in the node's thread. For a node that can cancel its work, a signal that
+        arrives meanwhile goes to its ``cancel_work`` at once (from this, the trio thread); if
+        the code then raises, the signals are delivered first, and one that drops makes the
+        error part of the abort."""
+        if not self._cancels:
+            return await self.thread.run(fn, *args)
+        mailbox, told = self.ports.signals, []
+
+        def tell(signal: Signal) -> None:
+            told.append(signal)
+            try:
+                self.node.cancel_work(signal)
+            except Exception:  # the signal still reaches on_signal once the code returns
+                logger.exception(
+                    "node %r: %s.cancel_work failed for signal %r; it is delivered when the hook returns",
+                    self.host.node_id,
+                    self.host.node_type,
+                    signal.name,
+                )
+
+        mailbox.busy_with = tell
+        try:
+            return await self.thread.run(fn, *args)
+        except Exception:
+            mailbox.busy_with = None
+            if told and await self.handle_signals(in_flight):
+                raise SignalAbort from None
+            raise
+        finally:
+            mailbox.busy_with = None
 
     async def signal_hook(self, signal: Signal) -> bool:
         try:
@@ -220,8 +256,9 @@ class _ThreadPump(Pump):
         metrics = self.host.metrics
         where = f"{self.host.node_type}.{phase}"
         try:
+            in_flight = self.last_seq if phase == "process" else None
             began = time.perf_counter()
-            result = await self.thread.run(hook, *args)
+            result = await self._run(in_flight, hook, *args)
             metrics.processing_s += time.perf_counter() - began
             if result is None or isinstance(result, (Frame, list, tuple)):
                 await self.emit_all(result, where)
@@ -234,7 +271,7 @@ class _ThreadPump(Pump):
                 ) from None
             while True:
                 began = time.perf_counter()
-                item = await self.thread.run(next, iterator, _DONE)
+                item = await self._run(in_flight, next, iterator, _DONE)
                 metrics.processing_s += time.perf_counter() - began
                 if item is _DONE:
                     return

@@ -201,6 +201,21 @@ class Node(Generic[P]):
         """
         return signal.name in DROPPING_SIGNALS
 
+    def cancel_work(self, signal: Signal) -> None:
+        """A control signal arrived while one of this node's hooks is running: ask that work
+        to stop soon, if the signal means it should (the node's own rule, as in
+        :meth:`on_signal`). Only for nodes whose work is long and can be stopped — a model run
+        (onnxruntime's ``RunOptions.terminate``), a loop that checks a flag.
+
+        Called from *another thread*, at once, while the hook runs: do nothing here but set
+        what the work looks at. The signal still reaches :meth:`on_signal` as usual right
+        after the hook returns or raises; if that drops the frame, an exception the stopped
+        work raised is part of the abort, not a failure. Worker processes and the
+        ``thread`` executor call it (only for nodes that override it); an ``inprocess``
+        node's hooks run on the event loop, where nothing else runs meanwhile. Default:
+        nothing (a signal waits for the hook to finish).
+        """
+
     @classmethod
     def description(cls) -> str:
         # The class's own docstring only: inspect.getdoc() would fall back to a base class's
@@ -263,3 +278,8 @@ def _bounds(meta: Any) -> str:
                 value = int(value)
             parts.append(f" {sign} {value}")
     return "".join(parts)
+
+
+def cancels_work(node: Node[Any]) -> bool:
+    """The node overrides :meth:`Node.cancel_work` (executors call it only then)."""
+    return type(node).cancel_work is not Node.cancel_work

@@ -43,6 +43,7 @@ import numpy as np
 
 from ..frames import Frame
 from ._base import Node, NodeContext, Params, ProcessResult, ProgressReporter
+from ._signals import Signal
 
 if TYPE_CHECKING:
     from ._registry import NodeRegistry
@@ -394,7 +395,39 @@ class SendSignalNode(Node[SendSignalParams]):
         return frame
 
 
+class BlockingCallParams(Params, kw_only=True):
+    call_seconds: Seconds = 30.0
+    """How long the blocking call of each frame lasts unless cancelled."""
+    stops_for: list[str] = msgspec.field(default_factory=lambda: ["interrupt", "cancel_turn"])
+    """The signals that cancel the call (``cancel_work``)."""
+
+
+class BlockingCallNode(Node[BlockingCallParams]):
+    """Test node: pass each frame through after a blocking call (like a model run in C: no
+    Python between its start and its end) that ``cancel_work`` ends early — the call then
+    raises, as onnxruntime does when its terminate flag is set."""
+
+    def __init__(self, params: BlockingCallParams, context: NodeContext) -> None:
+        super().__init__(params, context)
+        self._stop = threading.Event()
+        self.cancelled: list[str] = []
+
+    def process(self, frame: Frame) -> Frame:
+        if self._stop.wait(self.params.call_seconds):
+            raise RuntimeError("the call was cancelled")
+        return frame
+
+    def cancel_work(self, signal: Signal) -> None:
+        if signal.name in self.params.stops_for:
+            self._stop.set()
+
+    def on_signal(self, signal: Signal) -> bool:
+        self._stop.clear()  # delivered: the next call runs (a flag reset here is never stale)
+        return super().on_signal(signal)
+
+
 TESTING_NODES: tuple[type[Node[Any]], ...] = (
+    BlockingCallNode,
     SleepNode,
     RaiseNode,
     HangNode,

@@ -37,12 +37,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import logging
 import math
 import os
 import time
 import weakref
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,10 +69,11 @@ from ..ipc import (
     slot_array,
     wait_any,
 )
-from ..nodes._base import Node, NodeContext
+from ..nodes._base import Node, NodeContext, cancels_work
 from ..nodes._calls import iter_outputs
 from ..nodes._registry import load_ref
 from ..nodes._signals import FLUSH, Signal
+from ._busy import BusyWatch
 from ._events import EventSender
 from ._sampling import sampled
 from ._watchdog import arm_watchdog
@@ -221,6 +224,8 @@ class _Runner:
         self.inputs: list[Consumer] = []
         self.outputs: list[Producer] = []
         self.control: Consumer | None = None
+        self.watch: BusyWatch | None = None
+        """Takes signals while node code runs, for a node that can cancel its work."""
         self.active: list[Consumer] = []
         """Inputs that have not ended (the frame loop's, and what a dropping signal drains)."""
         self.phase = "initialize"
@@ -264,6 +269,8 @@ class _Runner:
             self.events.progress("starting", 0.0)
             self.node = self._build()
             self._initialize(self.node)
+            if self.control is not None and cancels_work(self.node):
+                self.watch = BusyWatch(self.control, self._cancel_work)
             self.phase = "process"
             self._loop(self.node)
             self.phase = "flush"
@@ -277,6 +284,8 @@ class _Runner:
             self.events.failed(self.phase, exc)
             return {"status": "failed", "phase": self.phase, **self.stats}
         finally:
+            if self.watch is not None:
+                self.watch.close()
             if self.node is not None:  # built: cleanup() is owed even if initialize failed
                 self._cleanup(self.node)
         self.events.done(self.stats)
@@ -317,7 +326,7 @@ class _Runner:
         control = self.control
         poll = None if control is None else SIGNAL_POLL_S
         while active:
-            if control is not None and control.ready():  # ahead of every frame still queued
+            if control is not None and self._signal_waiting(control):  # ahead of every frame queued
                 self._signals(node, None)
                 continue
             ready = active if single else wait_any(active, poll)
@@ -362,9 +371,7 @@ class _Runner:
         queued input frames are then dropped, and the caller aborts the frame in flight."""
         assert self.control is not None
         dropping = False
-        while (taken := self.control.try_receive()) is not None:
-            with taken:
-                sent = msgspec.json.decode(taken.meta)
+        for sent in self._signals_sent():
             self.phase, phase = "on_signal", self.phase
             drop = bool(node.on_signal(Signal(sent["name"], sent["payload"], sent["origin"], sent["id"])))
             self.phase = phase
@@ -375,6 +382,61 @@ class _Runner:
                 with contextlib.suppress(_SignalAbort):
                     self._emit_all(node.flush, "flush")
         return dropping
+
+    def _signal_waiting(self, control: Consumer) -> bool:
+        return control.ready() or (self.watch is not None and self.watch.pending)
+
+    def _signals_sent(self) -> Iterator[dict[str, Any]]:
+        """The signals sent to this node, in order: those the watcher took, then the ring's."""
+        assert self.control is not None
+        if self.watch is not None:
+            yield from self.watch.take_pending()
+        while (taken := self.control.try_receive()) is not None:
+            with taken:
+                sent: dict[str, Any] = msgspec.json.decode(taken.meta)
+            yield sent
+
+    def _cancel_work(self, sent: dict[str, Any]) -> None:
+        """On the watcher's thread, while node code runs: tell the node a signal came."""
+        assert self.node is not None
+        try:
+            self.node.cancel_work(Signal(sent["name"], sent["payload"], sent["origin"], sent["id"]))
+        except Exception:  # the signal still reaches on_signal once the code returns
+            logging.getLogger(f"nursery_pipes.node.{self.job.node_id}").exception(
+                "%s.cancel_work failed for signal %r; it is delivered when the hook returns",
+                self.job.node_type,
+                sent["name"],
+            )
+
+    def _watched(self, step: Callable[[], Any], in_flight: int | None) -> Any:
+        """Run a piece of node code with the watcher on. If it raises after the watcher gave the
+        node a signal, the signals are delivered now: one that drops makes the error part of
+        the abort (the node stopped its work on request), not a failure."""
+        watch, node = self.watch, self.node
+        assert watch is not None
+        assert node is not None
+        watch.busy()
+        try:
+            return step()
+        except Exception:
+            watch.idle()
+            if watch.took and self._signals(node, in_flight):
+                raise _SignalAbort from None
+            raise
+        finally:
+            watch.idle()
+
+    def _watched_outputs(
+        self, hook: Any, args: tuple[Any, ...], where: str, in_flight: int | None
+    ) -> Generator[Frame, None, None]:
+        """:func:`iter_outputs` of a hook, each piece of the node's code run :meth:`_watched`."""
+        result = self._watched(functools.partial(hook, *args), in_flight)
+        outputs = iter_outputs(result, where)
+        try:
+            while (frame := self._watched(functools.partial(next, outputs, None), in_flight)) is not None:
+                yield frame
+        finally:
+            outputs.close()
 
     def _drop_queued(self) -> list[int]:
         """Take and return every frame waiting on the inputs now (the ends of stream count)."""
@@ -462,13 +524,17 @@ class _Runner:
         where = f"{self.job.node_type}.{phase}"
         writing = 0.0
         control, node = self.control, self.node
-        outputs = iter_outputs(hook(*args), where)
+        in_flight = self.last_seq if phase == "process" else None
+        outputs: Generator[Frame, None, None] = (
+            iter_outputs(hook(*args), where)
+            if self.watch is None
+            else self._watched_outputs(hook, args, where, in_flight)
+        )
         for frame in outputs:
-            in_flight = self.last_seq if phase == "process" else None
             if (
                 control is not None
                 and node is not None
-                and control.ready()
+                and self._signal_waiting(control)
                 and self._signals(node, in_flight)
             ):
                 outputs.close()  # the node's generator stops at its yield
