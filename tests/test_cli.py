@@ -273,6 +273,7 @@ def test_nodes_testing_lists_the_fault_injection_nodes(tmp_path: Path) -> None:
 
     names = {cls.node_type for cls in TESTING_NODES}
     assert names == {
+        "BlockingCallNode",
         "SleepNode",
         "RaiseNode",
         "HangNode",

@@ -12,7 +12,8 @@ come from an early end of turn.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
@@ -238,8 +239,14 @@ class Listener:
         return False
 
 
-def speech_runtime() -> Runtime:
-    return Runtime(RuntimeConfig(multiprocess=MultiprocessDefaults(grace_period_secs=0.5)))
+@asynccontextmanager
+async def listening(doc: dict[str, Any]) -> AsyncIterator[tuple[Any, Listener]]:
+    """A session of ``doc`` on the real speech nodes, and a listener taking its events."""
+    runtime = Runtime(RuntimeConfig(multiprocess=MultiprocessDefaults(grace_period_secs=0.5)))
+    async with runtime, runtime.open_session(doc) as session, trio.open_nursery() as nursery:
+        listener = Listener()
+        nursery.start_soon(listener.run, session)
+        yield session, listener
 
 
 async def send_all(session: Any, frames: list[AudioFrame]) -> None:
@@ -251,18 +258,15 @@ async def send_all(session: Any, frames: list[AudioFrame]) -> None:
 async def test_a_complete_question_is_answered_before_the_hangover_is_over() -> None:
     # 0.3 s of silence after the question: past the 160 ms pause, short of the 300 ms hangover
     # (the VAD's silence starts ~60-90 ms after the last loud sample: Silero lags the audio).
-    async with speech_runtime() as runtime, runtime.open_session(s2s_manifest()) as session:
-        listener = Listener()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(listener.run, session)
-            await send_all(session, said("What time is it?", 0.3))
-            assert await listener.until(listener.answered, 20), f"no early answer: {listener.transcripts()}"
-            [early] = listener.transcripts()
-            assert early.text == "what time is it"
-            assert early.metadata[TURN] == "early"
-            # The speaker does not go on: the segment ends and no second transcript comes.
-            await send_all(session, silence(1.0))
-            await session.close()
+    async with listening(s2s_manifest()) as (session, listener):
+        await send_all(session, said("What time is it?", 0.3))
+        assert await listener.until(listener.answered, 20), f"no early answer: {listener.transcripts()}"
+        [early] = listener.transcripts()
+        assert early.text == "what time is it"
+        assert early.metadata[TURN] == "early"
+        # The speaker does not go on: the segment ends and no second transcript comes.
+        await send_all(session, silence(1.0))
+        await session.close()
     assert [t.text for t in listener.transcripts()] == ["what time is it"]
     assert not any(isinstance(e, SignalSent) and e.origin == "asr" for e in listener.events)
 
@@ -270,29 +274,23 @@ async def test_a_complete_question_is_answered_before_the_hangover_is_over() -> 
 @pytest.mark.slow
 async def test_without_early_turns_the_same_audio_gets_no_answer_until_the_hangover() -> None:
     # The same stream with the turn ended by silence alone: 0.3 s is not enough.
-    async with speech_runtime() as runtime, runtime.open_session(s2s_manifest(early=False)) as session:
-        listener = Listener()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(listener.run, session)
-            await send_all(session, said("What time is it?", 0.3))
-            assert not await listener.until(listener.answered, 3)
-            assert listener.transcripts() == []
-            await session.close()
+    async with listening(s2s_manifest(early=False)) as (session, listener):
+        await send_all(session, said("What time is it?", 0.3))
+        assert not await listener.until(listener.answered, 3)
+        assert listener.transcripts() == []
+        await session.close()
     assert [t.text for t in listener.transcripts()] == ["what time is it"]
 
 
 @pytest.mark.slow
 async def test_a_speaker_who_goes_on_gets_one_transcript_and_the_early_answer_is_cancelled() -> None:
-    async with speech_runtime() as runtime, runtime.open_session(s2s_manifest()) as session:
-        listener = Listener()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(listener.run, session)
-            await send_all(session, said("What time is it?", 0.3))
-            assert await listener.until(lambda: listener.transcripts(), 20)
-            # ... and goes on within the hangover: the same utterance.
-            more = said("Tell me a joke.", 1.0, silence_before_s=0.0)
-            await send_all(session, more)
-            await session.close()
+    async with listening(s2s_manifest()) as (session, listener):
+        await send_all(session, said("What time is it?", 0.3))
+        assert await listener.until(lambda: listener.transcripts(), 20)
+        # ... and goes on within the hangover: the same utterance.
+        more = said("Tell me a joke.", 1.0, silence_before_s=0.0)
+        await send_all(session, more)
+        await session.close()
     texts = listener.transcripts()
     assert [t.metadata.get(TURN) for t in texts] == ["early", "revised"]
     assert texts[1].text == "what time is it tell me a joke"
@@ -309,11 +307,8 @@ async def test_a_speaker_who_goes_on_gets_one_transcript_and_the_early_answer_is
 @pytest.mark.slow
 async def test_a_greeting_then_a_pause_is_not_an_end_of_turn() -> None:
     # "Hello," and a pause: people go on after a greeting, so the hangover decides.
-    async with speech_runtime() as runtime, runtime.open_session(s2s_manifest()) as session:
-        listener = Listener()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(listener.run, session)
-            await send_all(session, said("Hello.", 0.3))
-            assert not await listener.until(lambda: listener.transcripts(), 3)
-            await session.close()
+    async with listening(s2s_manifest()) as (session, listener):
+        await send_all(session, said("Hello.", 0.3))
+        assert not await listener.until(lambda: listener.transcripts(), 3)
+        await session.close()
     assert [(t.text, t.metadata.get(TURN)) for t in listener.transcripts()] == [("hello", None)]
