@@ -158,6 +158,23 @@ def test_speech_synthesis_prepares_a_speculative_answer_and_says_it_only_when_as
         tts._voice.synthesize = synthesize
 
 
+def test_the_recogniser_reads_its_words_from_the_first_20_ms_on() -> None:
+    # Before the decoders have any hypothesis, pocketsphinx's seg() is None, not empty.
+    from nursery_pipes.nodes.speech import SpeechRecognitionNode, SpeechRecognitionParams
+
+    asr = SpeechRecognitionNode(
+        SpeechRecognitionParams(vocabulary="phrases+open", partials=True), context("asr")
+    )
+    asr.initialize(lambda *args: None)
+    try:
+        out = [o for frame in said("What time is it?", 0.3) for o in asr.process(frame)]
+        final = asr.flush()
+    finally:
+        asr.cleanup()
+    assert out, "interim transcripts"
+    assert [f.text for f in final if isinstance(f, TextFrame)] == ["what time is it"]
+
+
 # -- the real speech nodes, each in its worker, on espeak-ng speech ------------------------------------
 
 

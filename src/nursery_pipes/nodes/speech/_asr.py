@@ -323,7 +323,7 @@ def spoken_words(decoder: Any, audio: npt.NDArray[np.float32], last_frames: int 
     loudest word (a grammar decoder reads the noise floor of a pause as "who" or "hey")."""
     cut = decoder.n_frames() - last_frames
     words: list[tuple[str, float]] = []
-    for segment in decoder.seg():
+    for segment in decoder.seg() or ():  # None before the decoder has any hypothesis
         if segment.start_frame >= cut or _FILLERS.match(segment.word):
             continue
         piece = audio[segment.start_frame * FRAME : (segment.end_frame + 1) * FRAME]
