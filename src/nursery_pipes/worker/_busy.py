@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from ..ipc import Consumer
+from ..ipc import Consumer, RingError
 
 __all__ = ["BusyWatch"]
 
@@ -47,6 +47,7 @@ class BusyWatch:
         self._running = threading.Event()  # set while busy (or to let the thread end)
         self._quiet = threading.Event()  # set when not busy: ends a poll wait at once
         self._closed = False
+        self._broken = False  # the ring was aborted or closed: nothing more to take
         self._pending: deque[dict[str, Any]] = deque()
         self.took = False
         """The watcher took a signal since the last ``busy()``."""
@@ -90,15 +91,18 @@ class BusyWatch:
             if self._closed:
                 return
             with self._lock:
-                if self._busy:
+                if self._busy and not self._broken:
                     self._take()
             self._quiet.wait(self._poll_s)
 
     def _take(self) -> None:
         control = self._control
-        while control.ready() and (taken := control.try_receive()) is not None:
-            with taken:
-                sent = msgspec.json.decode(taken.meta)
-            self._pending.append(sent)
-            self.took = True
-            self._cancel(sent)
+        try:
+            while control.ready() and (taken := control.try_receive()) is not None:
+                with taken:
+                    sent = msgspec.json.decode(taken.meta)
+                self._pending.append(sent)
+                self.took = True
+                self._cancel(sent)
+        except RingError:  # aborted or closed (the node is being stopped): the main thread sees it
+            self._broken = True
