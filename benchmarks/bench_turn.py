@@ -20,7 +20,8 @@ Per question, at the client (``time.perf_counter``):
 - **heard**: the final transcript(s) (``transcript`` results without ``partial: "true"``) in
   the question's window, and whether the assistant answers it as it would the question
   (the same topics); more than one final transcript is an utterance **split**;
-- **retracted**: early ends the recogniser took back (``turn: "retracted"`` transcripts).
+- **retracted**: early ends the recogniser took back (a ``turn: "revised"`` transcript
+  replaces the ``turn: "early"`` one before it: not a split).
 
 Baseline, same run, same server, same audio: the example with the turn ended by silence
 alone: ``pause_ms`` removed from the VAD, ``early_turn``/``retract`` from the recogniser and
@@ -177,7 +178,17 @@ def score(script: Script, seen: dict[str, Any]) -> list[dict[str, Any]]:
         window = [(t, o) for t, o in transcripts if start <= t < until]
         finals = [o for _, o in window if o["metadata"].get(PARTIAL) != "true"]
         final_at = [t for t, o in window if o["metadata"].get(PARTIAL) != "true" and t >= end]
-        kept = [o for o in finals if o["metadata"].get("turn") != "retracted"]
+        kept: list[dict[str, Any]] = []
+        retracted = 0
+        for o in finals:  # a revised transcript replaces the early one it took back
+            if (
+                o["metadata"].get("turn") == "revised"
+                and kept
+                and kept[-1]["metadata"].get("turn") == "early"
+            ):
+                kept.pop()
+                retracted += 1
+            kept.append(o)
         replies = [t for t in audio if end <= t < until]
         heard = " | ".join(o["text"] for o in kept)
         rows.append(
@@ -186,7 +197,7 @@ def score(script: Script, seen: dict[str, Any]) -> list[dict[str, Any]]:
                 "heard": heard,
                 "right": len(kept) == 1 and topics(kept[0]["text"]) == topics(question),
                 "split": len(kept) > 1,
-                "retracted": sum(o["metadata"].get("turn") == "retracted" for o in finals),
+                "retracted": retracted,
                 "early": sum(o["metadata"].get("turn") == "early" for o in kept),
                 "latency_ms": (replies[0] - end) * 1000 if replies else None,
                 "transcript_ms": (final_at[0] - end) * 1000 if final_at else None,
