@@ -79,6 +79,9 @@ class NodeMetrics:
     frames_in_place: int = 0
     """Outputs sent from the memory the node built them in (``NodeContext.output_array`` in a
     worker process): no copy."""
+    frames_forwarded: int = 0
+    """Outputs that were the node's input frame, unchanged, in an external segment: passed on by
+    reference to the input's shared memory (a ``zero_copy`` node in a worker process): no copy."""
 
     def count_in(self, frame: Frame) -> None:
         self.frames_in += 1

@@ -291,6 +291,7 @@ def _update_metrics(host: NodeHost, stats: dict[str, Any]) -> None:
     m.processing_s = stats.get("processing_s", m.processing_s)
     m.kinds_out = dict(stats.get("kinds_out", m.kinds_out))
     m.frames_in_place = stats.get("frames_in_place", m.frames_in_place)
+    m.frames_forwarded = stats.get("frames_forwarded", m.frames_forwarded)
 
 
 async def _next_event(consumer: TrioConsumer) -> dict[str, Any]:

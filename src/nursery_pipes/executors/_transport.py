@@ -371,6 +371,10 @@ class ShmTransport:
         :meth:`ShmPorts.request_stop` (abort is final). The rings' other ends may go on
         meanwhile. Repairing ends that were left clean is a no-op, so calling it for every
         node a strategy restarts is safe."""
+        # First a forward-by-reference left half done, before the slots go back (ipc/_ownership.py).
+        Ring.repair_swaps(
+            [self._ring_of(spec) for spec in ports.inputs], [self._ring_of(spec) for spec in ports.outputs]
+        )
         inputs = tuple(self._ring_of(spec).repair_consumer() for spec in ports.inputs)
         outputs = tuple(self._ring_of(spec).repair_producer() for spec in ports.outputs)
         events = self._ring_of(ports.events).repair_producer() if ports.events is not None else None

@@ -33,7 +33,8 @@ from ._errors import (
     RingError,
 )
 from ._header import FLAG_CHECKSUM, FLAG_EOS, FLAG_EXTERNAL, SlotHeader, decode_from
-from ._segment import Segment, round_up
+from ._ownership import seg_origin
+from ._segment import SegmentCache, round_up
 from ._sem import acquire
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ class Consumer:
         self._pos = w[L.W_TAKEN]  # the first frame not taken (after a repair too)
         self._release_next = self._pos
         self._released: set[int] = set()
-        self._ext: dict[int, tuple[int, Segment]] = {}
+        self._segs = SegmentCache(readonly=True)
         self._eos = bool(self._buf[L.OFF_EOS_TAKEN])  # sticky, also across a restart
         self._closed = False
         self._bell = Bell(spec.free_doorbell) if spec.free_doorbell else None
@@ -228,7 +229,7 @@ class Consumer:
 
     def _views(self, slot: int, pos: int, h: SlotHeader) -> tuple[memoryview, memoryview]:
         if h.flags & FLAG_EXTERNAL:  # a read-only mapping
-            view, base, cap = self._external(slot, h.ext_gen, h.ext_size), 0, h.ext_size
+            view, base, cap = self._external(slot, pos, h), 0, h.ext_size
         else:
             view, base, cap = self._ro, self._data + slot * self._slot_size, self._slot_size
         off = round_up(h.meta_len, L.META_ALIGN)
@@ -244,23 +245,22 @@ class Consumer:
                 raise ChecksumError(self._name, h.seq, h.checksum, actual)
         return meta, payload
 
-    def _external(self, slot: int, gen: int, size: int) -> memoryview:
-        """Map the slot's external segment lazily; keep it until its generation changes."""
-        cur = self._ext.get(slot)
-        if cur is not None and cur[0] == gen:
-            return cur[1].view
-        name = self._spec.ext_name(slot, gen)
+    def _external(self, slot: int, pos: int, h: SlotHeader) -> memoryview:
+        """The frame's external segment (recorded in the slot), mapped read-only and cached."""
+        sid = self._words[self._spec.record_word(slot, L.REC_FRAME_SEG)]
+        ring, origin, gen = seg_origin(sid)
+        if gen != h.ext_gen or not sid:
+            raise RingCorruptError(
+                self._name, f"frame #{pos}: segment id {sid:#x} does not match generation {h.ext_gen}"
+            )
+        name = self._spec.namespace.name(f"r{ring}x{origin}g{gen}")
         try:
-            seg = Segment.open(name, readonly=True)
+            seg = self._segs.get(name)
         except posix_ipc.ExistentialError as exc:
             raise RingCorruptError(self._name, f"external segment {name} vanished") from exc
-        if seg.size < size:
-            seg.close()
-            raise RingCorruptError(self._name, f"external segment {name} smaller than {size}")
-        seg.populate(write=False)
-        if cur is not None:
-            cur[1].close()
-        self._ext[slot] = (gen, seg)
+        if seg.size < h.ext_size:
+            self._segs.drop(name)
+            raise RingCorruptError(self._name, f"external segment {name} smaller than {h.ext_size}")
         return seg.view
 
     def _release(self, pos: int) -> None:
@@ -300,9 +300,7 @@ class Consumer:
         self._closed = True
         self._buf[L.OFF_CONSUMER_OPEN] = 0  # closed cleanly: a repair can count exactly
         self._ro.release()
-        for _, seg in self._ext.values():
-            seg.close()
-        self._ext.clear()
+        self._segs.close()
         if self._bell is not None:
             self._bell.close()
         fd, self._wait_fd = self._wait_fd, -1

@@ -17,6 +17,7 @@ import time
 import zlib
 from typing import TYPE_CHECKING, Final, Literal
 
+import numpy as np
 import posix_ipc
 
 from . import _spec as L
@@ -30,7 +31,8 @@ from ._errors import (
     RingError,
 )
 from ._header import FLAG_CHECKSUM, FLAG_EOS, FLAG_EXTERNAL, SlotHeader, encode_frame_into
-from ._segment import PAGE_SIZE, Segment, round_up, unlink_segment
+from ._ownership import MAX_GEN, forward_refusal, seg_gen, seg_id, seg_origin
+from ._segment import PAGE_SIZE, Segment, SegmentCache, round_up, unlink_segment
 from ._sem import acquire
 
 if TYPE_CHECKING:
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Buffer
 
+    from ._consumer import Received
     from ._ring import Ring
 
 __all__ = ["Loan", "Producer", "as_bytes"]
@@ -45,6 +48,23 @@ __all__ = ["Loan", "Producer", "as_bytes"]
 _TRANSPORT_FLAGS: Final = FLAG_CHECKSUM | FLAG_EXTERNAL
 _EOS_HEADER: Final = SlotHeader(flags=FLAG_EOS)
 _U32_MAX: Final = 0xFFFF_FFFF
+
+
+def _store(words: memoryview, index: int, value: int) -> None:
+    """One aligned u64 store (a seam for the tests that kill a forwarder between two stores)."""
+    words[index] = value
+
+
+def _same_memory(a: memoryview, b: memoryview) -> bool:
+    """Do two byte views cover exactly the same memory?"""
+    if a.nbytes != b.nbytes:
+        return False
+    return bool(_address(a) == _address(b))
+
+
+def _address(view: memoryview) -> int:
+    address: int = np.frombuffer(view, dtype=np.uint8).__array_interface__["data"][0]
+    return address
 
 
 def as_bytes(obj: Buffer) -> memoryview:
@@ -91,7 +111,7 @@ class Loan:
 
     @property
     def ext_gen(self) -> int:
-        return self._ext[0] if self._ext is not None else 0
+        return seg_gen(self._ext[0]) if self._ext is not None else 0
 
     def commit(self, header: SlotHeader, *, payload_len: int | None = None) -> None:
         """Publish the frame. ``payload_len`` (default: all loaned bytes) may be shorter.
@@ -149,7 +169,7 @@ class Producer:
         self._pos = self._words[L.W_PRODUCED]
         self._eos_sent = bool(self._buf[L.OFF_EOS])
         self._loan: Loan | None = None
-        self._ext: dict[int, tuple[int, Segment]] = {}
+        self._segs = SegmentCache(readonly=False)
         self._closed = False
         self._bell = Bell(spec.used_doorbell) if spec.used_doorbell else None
         # Opened before any attempt to loan: see the wake-up protocol in _ring.py.
@@ -265,21 +285,28 @@ class Producer:
         return loan
 
     def _external(self, slot: int, need: int) -> tuple[int, Segment]:
-        """The slot's external segment, reused while big enough, else grown 2x.
+        """The segment slot ``slot`` owns (``_ownership``), reused while big enough, else grown 2x.
 
-        Safe to replace: holding the slot's free token means the consumer has
-        released the previous frame in this slot, hence is done with its segment.
+        Safe to write or replace: holding the slot's free token means the consumer has
+        released the previous frame in this slot, hence nobody reads the segment it owns.
         """
-        cur = self._ext.get(slot)
-        if cur is not None and cur[1].size >= need:
-            return cur
+        w = self._words
+        owned_word = self._spec.record_word(slot, L.REC_OWNED_SEG)
+        owned = w[owned_word]
+        cur: Segment | None = None
+        if owned:
+            try:
+                cur = self._segs.get(self._seg_name(owned))
+            except posix_ipc.ExistentialError:
+                cur = None  # unlinked under us (the session is closing): make a new one
+            if cur is not None and cur.size >= need:
+                return owned, cur
         rec = self._spec.record_offset(slot)
-        last = L.U32.unpack_from(self._buf, rec + L.REC_GEN)[0]
-        size = round_up(max(need, 2 * cur[1].size if cur else 0), PAGE_SIZE)
-        gen = last
-        while True:  # generations are unique per slot for the ring's lifetime
+        gen = L.U32.unpack_from(self._buf, rec + L.REC_GEN)[0]
+        size = round_up(max(need, 2 * cur.size if cur is not None else 0), PAGE_SIZE)
+        while True:  # names are unique for the ring's lifetime
             gen += 1
-            if gen > _U32_MAX:
+            if gen > MAX_GEN:
                 raise RingError(self._name, f"slot {slot}: external generations exhausted")
             try:
                 seg = Segment.create(self._spec.ext_name(slot, gen), size)
@@ -287,12 +314,17 @@ class Producer:
             except posix_ipc.ExistentialError:
                 continue  # left over by a producer that died before recording it
         L.U32.pack_into(self._buf, rec + L.REC_GEN, gen)
-        if last:
-            unlink_segment(self._spec.ext_name(slot, last))
-        if cur is not None:
-            cur[1].close()
-        self._ext[slot] = (gen, seg)
-        return gen, seg
+        sid = seg_id(self._spec.index, slot, gen)
+        w[owned_word] = sid  # before the unlink: a death in between leaks a name, never a slot
+        if owned:
+            self._segs.drop(self._seg_name(owned))
+            unlink_segment(self._seg_name(owned))
+        self._segs.put(seg)
+        return sid, seg
+
+    def _seg_name(self, sid: int) -> str:
+        ring, slot, gen = seg_origin(sid)
+        return self._spec.namespace.name(f"r{ring}x{slot}g{gen}")
 
     def _commit(self, loan: Loan, header: SlotHeader, payload_len: int | None) -> None:
         if self._closed:
@@ -320,24 +352,91 @@ class Producer:
         meta_len: int,
         payload_len: int,
         crc: int,
-        ext: tuple[int, Segment] | None,
+        ext: tuple[int, Segment] | tuple[int, int] | None,
     ) -> None:
-        """Write the slot's header and stamp, then post it (we hold its free token)."""
+        """Write the slot's header and stamp, then post it (we hold its free token).
+
+        ``ext``: the external segment the frame lives in, as (id, mapping) or (id, size)."""
         flags = header.flags & ~_TRANSPORT_FLAGS
         if flags & FLAG_EOS:
             raise HeaderError("flags", "end-of-stream is sent with end_of_stream()")
         if self._checksum:
             flags |= FLAG_CHECKSUM
         gen = size = 0
+        rec = L.CTRL_SIZE + slot * L.RECORD_SIZE
         if ext is not None:
             flags |= FLAG_EXTERNAL
-            gen, size = ext[0], ext[1].size
-        rec = L.CTRL_SIZE + slot * L.RECORD_SIZE
+            gen = seg_gen(ext[0])
+            size = ext[1] if isinstance(ext[1], int) else ext[1].size
+            self._words[(rec + L.REC_FRAME_SEG) >> 3] = ext[0]
         encode_frame_into(
             self._buf, rec + L.REC_HEADER, header, flags=flags, meta_len=meta_len,
             payload_len=payload_len, checksum=crc, ext_gen=gen, ext_size=size,
         )  # fmt: skip
         self._post(rec)
+
+    # -- forwarding by reference (see _ownership) --------------------------------------
+
+    def forward(
+        self,
+        received: Received,
+        header: SlotHeader,
+        meta: Buffer = b"",
+        payload: Buffer = b"",
+        timeout: float | None = None,
+    ) -> bool:
+        """Publish ``meta`` + ``payload`` WITHOUT copying them, if they are exactly the bytes of
+        ``received`` (a frame this process holds from another ring of the session) and that
+        frame lives in an external segment: the next slot then refers to that segment and
+        takes it over (``_ownership``). Blocks for a free slot like :meth:`send`.
+
+        Returns False, having published nothing, when the frame cannot go by reference (see
+        ``_ownership.forward_refusal``): send it the ordinary way.
+        """
+        h = received.header
+        if not h.flags & FLAG_EXTERNAL:
+            return False  # the usual case of small frames: decided before anything else
+        m, p = as_bytes(meta), as_bytes(payload)
+        self._check_can_loan(len(p), len(m))
+        consumer = received._consumer
+        in_words, in_slot = consumer._words, received._pos % consumer._slots
+        frame_word = consumer._spec.record_word(in_slot, L.REC_FRAME_SEG)
+        owned_word = consumer._spec.record_word(in_slot, L.REC_OWNED_SEG)
+        x = in_words[frame_word]
+        cheap_ok = not received._released and consumer._spec.namespace == self._spec.namespace
+        refusal = forward_refusal(
+            external=True,
+            same_namespace=consumer._spec.namespace == self._spec.namespace,
+            released=received._released,
+            input_owns_segment=bool(x) and in_words[owned_word] == x,
+            same_payload=cheap_ok and _same_memory(p, received.payload),
+            same_meta=cheap_ok and m == received.meta,
+        )
+        if refusal is not None:
+            return False
+        if self._checksum:  # the same bytes: the input's checksum, if it was verified
+            crc = h.checksum if h.flags & FLAG_CHECKSUM else zlib.crc32(p, zlib.crc32(m))
+        else:
+            crc = 0
+        self._acquire(timeout)
+        # We hold slot t's free token: nobody reads the segment t owns (Y). Journalled swap:
+        # t takes X, the input slot takes Y (the step table in _ownership).
+        slot = self._pos % self._slots
+        w = self._words
+        t_owned = self._spec.record_word(slot, L.REC_OWNED_SEG)
+        swap_in = self._spec.record_word(slot, L.REC_SWAP_IN)
+        y = w[t_owned]
+        w[self._spec.record_word(slot, L.REC_SWAP_OUT)] = y
+        w[swap_in] = x  # 1: a swap is in progress
+        _store(w, t_owned, x)  # 2
+        _store(in_words, owned_word, y)  # 3
+        w[swap_in] = 0  # 4
+        try:
+            self._publish(slot, header, len(m), len(p), crc, (x, h.ext_size))  # 5
+        except BaseException:
+            self._free.release()  # nothing was posted: give the slot back (it owns X now)
+            raise
+        return True
 
     def _post(self, rec: int, *, eos: bool = False) -> None:
         # Stamp (the frame is complete: the consumer's token check), count, then post: the
@@ -439,9 +538,7 @@ class Producer:
             self._discard(self._loan)
         self._closed = True
         self._buf[L.OFF_PRODUCER_OPEN] = 0  # closed cleanly: a repair can count exactly
-        for _, seg in self._ext.values():
-            seg.close()  # not unlinked: the consumer may not have mapped it yet
-        self._ext.clear()
+        self._segs.close()  # not unlinked: the consumer may not have mapped them yet
         if self._bell is not None:
             self._bell.close()
         fd, self._wait_fd = self._wait_fd, -1

@@ -86,6 +86,13 @@ Repairing a producer (:func:`repair_producer`)
     producer continues at ``produced``; external generations survive in the
     slot records (``_ring.py``).
 
+A forward in progress (``_ownership``)
+    A dead worker may have been forwarding a frame by reference: swapping the ownership of two
+    external segments between a slot of an output ring and a slot of an input ring it held.
+    :func:`repair_swaps` rolls such a swap forward from the output slot's journal; it must run
+    before :func:`repair_consumer` returns the held input slots (their producer would write in
+    what they own) and before a new producer takes the output ring.
+
 Both ends dead (a worker→worker edge, one_for_all): the two repairs touch
 disjoint lines and only post; repair both. Abort: a repair refuses an aborted
 ring; an abort during or after one posts and rings as always, and acquirers
@@ -96,6 +103,7 @@ harmless.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -103,12 +111,20 @@ from . import _spec as L
 from ._doorbell import ring_once
 from ._errors import HeaderError, RingCorruptError
 from ._header import decode_from
+from ._ownership import resolve_swap
 
 if TYPE_CHECKING:
     from ._header import SlotHeader
     from ._ring import Ring
 
-__all__ = ["ConsumerRepair", "DroppedFrame", "ProducerRepair", "repair_consumer", "repair_producer"]
+__all__ = [
+    "ConsumerRepair",
+    "DroppedFrame",
+    "ProducerRepair",
+    "repair_consumer",
+    "repair_producer",
+    "repair_swaps",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,3 +251,37 @@ def repair_producer(ring: Ring) -> ProducerRepair:
     _post(ring, True, returned)
     buf[L.OFF_PRODUCER_OPEN] = 0  # last: a new producer may attach now
     return ProducerRepair(ring.name, published, returned, eos, clean)
+
+
+def repair_swaps(inputs: Sequence[Ring], outputs: Sequence[Ring]) -> int:
+    """Roll forward the segment swaps a dead worker left half done (``_ownership``).
+
+    ``inputs`` / ``outputs``: the rings whose consuming / producing end the dead worker held.
+    Call before :func:`repair_consumer` and :func:`repair_producer` of those rings. Returns how
+    many swaps were pending (0 or 1 per output ring)."""
+    held: list[tuple[Ring, int]] = []  # (ring, word of the owned id) of each held input slot
+    for ring in inputs:
+        w, spec = ring.words, ring.spec
+        for pos in range(w[L.W_CONSUMED], w[L.W_TAKEN]):
+            held.append((ring, spec.record_word(pos % spec.slot_count, L.REC_OWNED_SEG)))
+    pending = 0
+    for ring in outputs:
+        w, spec = ring.words, ring.spec
+        for slot in range(spec.slot_count):
+            swap_in = w[spec.record_word(slot, L.REC_SWAP_IN)]
+            if not swap_in:
+                continue
+            pending += 1
+            owned_word = spec.record_word(slot, L.REC_OWNED_SEG)
+            owned, changes = resolve_swap(
+                w[owned_word],
+                swap_in,
+                w[spec.record_word(slot, L.REC_SWAP_OUT)],
+                [r.words[word] for r, word in held],
+            )
+            w[owned_word] = owned
+            for index, value in changes.items():
+                r, word = held[index]
+                r.words[word] = value
+            w[spec.record_word(slot, L.REC_SWAP_IN)] = 0
+    return pending

@@ -242,6 +242,14 @@ class Ring:
         self._check_repairable("producer", self._producer)
         return _repair.repair_producer(self)
 
+    @staticmethod
+    def repair_swaps(inputs: Sequence[Ring], outputs: Sequence[Ring]) -> int:
+        """Before repairing a dead worker's ends: roll forward a forward-by-reference it left
+        half done (``_ownership``). ``inputs`` / ``outputs``: the rings it consumed / produced."""
+        for ring in (*inputs, *outputs):
+            ring._check_open()
+        return _repair.repair_swaps(inputs, outputs)
+
     def _check_repairable(self, side: str, here: object) -> None:
         self._check_open()
         if self.buf[L.OFF_ABORTED]:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+from collections import OrderedDict
 from typing import Final
 
 import posix_ipc
 
-__all__ = ["PAGE_SIZE", "Segment", "unlink_segment"]
+__all__ = ["PAGE_SIZE", "Segment", "SegmentCache", "unlink_segment"]
 
 PAGE_SIZE: Final = mmap.PAGESIZE
 # Linux >= 5.14; Python 3.11's mmap module does not export them.
@@ -101,3 +102,56 @@ class Segment:
         except BufferError:
             return False
         return True
+
+
+class SegmentCache:
+    """This process's mappings of external segments, by name, least recently used first.
+
+    Mapping a segment and pre-faulting it costs about as much as copying it (10 MiB: ~0.5 ms
+    read-only, ~1.6 ms writable here), so mappings are kept: external segments circulate
+    between the rings of a session (``_ownership``) and come back. A name is never reused for
+    another segment, so a cached mapping is always the right one. At most ``capacity``
+    mappings; the least recently used is dropped beyond that (a mapping of a segment unlinked
+    meanwhile keeps its memory until dropped, so ``capacity`` also bounds that).
+    """
+
+    __slots__ = ("_capacity", "_readonly", "_segs")
+
+    def __init__(self, *, readonly: bool, capacity: int = 256) -> None:
+        self._readonly = readonly
+        self._capacity = capacity
+        self._segs: OrderedDict[str, Segment] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._segs)
+
+    def get(self, name: str) -> Segment:
+        """The mapping of segment ``name`` (mapped and pre-faulted on first use).
+
+        Raises ``posix_ipc.ExistentialError`` if it is not mapped here and does not exist."""
+        seg = self._segs.get(name)
+        if seg is not None:
+            self._segs.move_to_end(name)
+            return seg
+        seg = Segment.open(name, readonly=self._readonly)
+        seg.populate(write=not self._readonly)
+        self.put(seg)
+        return seg
+
+    def put(self, seg: Segment) -> None:
+        """Keep ``seg`` (one this process created) as the most recently used mapping."""
+        self._segs[seg.name] = seg
+        self._segs.move_to_end(seg.name)
+        while len(self._segs) > self._capacity:
+            _, old = self._segs.popitem(last=False)
+            old.close()
+
+    def drop(self, name: str) -> None:
+        seg = self._segs.pop(name, None)
+        if seg is not None:
+            seg.close()
+
+    def close(self) -> None:
+        for seg in self._segs.values():
+            seg.close()
+        self._segs.clear()

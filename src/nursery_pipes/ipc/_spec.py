@@ -16,8 +16,13 @@ Segment layout (offsets in bytes)::
            192  aborted u8; repairs u64 @200 (how often an end was repaired, see _repair)
     256    slot records, RECORD_SIZE = 192 each:
              +0 stamp u64 (ring position + 1 of the frame in the slot)
-             +8 last external-segment generation of this slot u32
+             +8 last external-segment generation this slot created u32
             +16 SlotHeader (HEADER_SIZE = 136 bytes)
+           +152 frame segment u64: id of the external segment the frame in the slot lives in
+           +160 owned segment u64: id of the external segment the slot owns (0: none)
+           +168 swap journal u64: id of the segment a forward is bringing in (0: none)
+           +176 swap journal u64: id of the segment that forward gives away
+           (segment ids: see ``_ownership``)
     data_offset (page aligned)
            slot data, slot_size bytes each: meta at +0, payload at
            +round_up(meta_len, 16)
@@ -45,7 +50,7 @@ from ._segment import PAGE_SIZE, round_up
 __all__ = ["RingSpec"]
 
 MAGIC: Final = b"NPRING\x00\x01"
-VERSION: Final = 2
+VERSION: Final = 3
 CTRL_STATIC: Final = struct.Struct("<8sIIIIQQ")
 OFF_PRODUCED: Final = 64
 OFF_EOS: Final = 72
@@ -67,6 +72,10 @@ W_REPAIRS: Final = OFF_REPAIRS // 8
 RECORD_SIZE: Final = 192
 REC_GEN: Final = 8
 REC_HEADER: Final = 16
+REC_FRAME_SEG: Final = 152
+REC_OWNED_SEG: Final = 160
+REC_SWAP_IN: Final = 168
+REC_SWAP_OUT: Final = 176
 META_ALIGN: Final = 16
 SLOT_ALIGN: Final = 64
 MAX_SLOTS: Final = 65536
@@ -74,7 +83,8 @@ U64: Final = struct.Struct("<Q")
 U32: Final = struct.Struct("<I")
 FLAG_SPEC_CHECKSUM: Final = 1
 
-assert REC_HEADER + HEADER_SIZE <= RECORD_SIZE
+assert REC_HEADER + HEADER_SIZE <= REC_FRAME_SEG
+assert REC_SWAP_OUT + 8 <= RECORD_SIZE
 assert CTRL_SIZE % 8 == 0  # stamps are aligned u64 words
 assert RECORD_SIZE % 8 == 0
 
@@ -154,6 +164,11 @@ class RingSpec:
     def stamp_word(slot: int) -> int:
         """Index of slot ``slot``'s stamp in ``Ring.words``."""
         return (CTRL_SIZE + slot * RECORD_SIZE) // 8
+
+    @staticmethod
+    def record_word(slot: int, field: int) -> int:
+        """Index in ``Ring.words`` of the u64 at ``field`` (``REC_*``) of slot ``slot``'s record."""
+        return (CTRL_SIZE + slot * RECORD_SIZE + field) // 8
 
     def slot_offset(self, slot: int) -> int:
         return self.data_offset + slot * self.slot_size

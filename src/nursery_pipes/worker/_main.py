@@ -239,8 +239,11 @@ class _Runner:
             "init_s": 0.0,
             "kinds_out": {},
             "frames_in_place": 0,
+            "frames_forwarded": 0,
         }
         self.last_seq = 0
+        self._input: Received | None = None
+        """The input frame being processed: an output that is exactly it goes on by reference."""
         self._next_stats = 0.0
         self._loaned: tuple[Loan, npt.NDArray[Any]] | None = None
         """The output_array() loan on the first output ring, and the array over it."""
@@ -471,11 +474,14 @@ class _Runner:
         self.stats["frames_in"] += 1
         self.stats["bytes_in"] += frame.nbytes
         self.last_seq = received.header.seq
+        self._input = received
         try:
             return self._write_outputs(node.process, "process", frame), view
         except _SignalAbort:  # dropped by a signal (reported): the frame is done with
             self._abandon_loan()
             return 0.0, view
+        finally:
+            self._input = None
 
     def _process_traced(self, node: Node[Any], received: Received) -> tuple[float, weakref.ref[Any] | None]:
         """:meth:`_process` of a sampled frame, timed for the supervisor's tracing: from taking
@@ -596,7 +602,17 @@ class _Runner:
             if rest is None:
                 return
             encoded = rest
-        for out in self.outputs:
+        outputs = self.outputs
+        if (
+            self._input is not None
+            and outputs
+            and outputs[0].forward(self._input, header, encoded.meta, encoded.payload)
+        ):
+            # The input frame itself, in an external segment: it went on by reference (a zero_copy
+            # node passing its input on). Other outputs get a copy. See ipc/_ownership.py.
+            self.stats["frames_forwarded"] += 1
+            outputs = outputs[1:]
+        for out in outputs:
             with out.loan(encoded.payload.nbytes, len(encoded.meta)) as loan:
                 loan.meta[:] = encoded.meta
                 loan.payload[:] = encoded.payload
