@@ -282,6 +282,7 @@ def test_nodes_testing_lists_the_fault_injection_nodes(tmp_path: Path) -> None:
         "ProgressNode",
         "CpuBurnNode",
         "KeepInputNode",
+        "ForwardKillNode",
         "LogNode",
         "SendSignalNode",
     }

@@ -52,6 +52,7 @@ __all__ = [
     "TESTING_NODES",
     "CpuBurnNode",
     "ExitNode",
+    "ForwardKillNode",
     "HangNode",
     "KeepInputNode",
     "LogNode",
@@ -357,6 +358,41 @@ class KeepInputNode(Node[KeepInputParams]):
         return frame
 
 
+class ForwardKillParams(_FaultParams, kw_only=True):
+    phase: Literal["process"] = "process"
+    after_frames: Count = 0
+    store: Annotated[int, msgspec.Meta(ge=0, le=1)] = 1
+    """Which store of the ownership swap the process dies before: 0, the output slot taking the
+    input's segment; 1, the input slot taking the output slot's (ipc/_ownership.py)."""
+
+
+class ForwardKillNode(_FaultNode[ForwardKillParams]):
+    """Test node: a ``zero_copy`` pass-through whose worker process SIGKILLs itself in the
+    middle of passing a frame on by reference — between two stores of the ownership swap of
+    the frame's external segment (ipc/_ownership.py), the one window a repair must mend. Fires
+    on the first frame after ``after_frames``; a frame that fits a ring slot is copied, not
+    forwarded, so the process dies at the next one that is forwarded. Worker processes only."""
+
+    zero_copy = True
+
+    def _fault(self) -> Any:
+        if not self.context.in_worker_process:
+            raise RuntimeError("ForwardKillNode refuses to kill the supervisor process")
+        # The worker's transport is loaded (the nodes layer may not import it): wrap its store seam.
+        producer = sys.modules["nursery_pipes.ipc._producer"]
+        real, at, done = getattr(producer, "_store"), self.params.store, 0  # noqa: B009
+
+        def store(words: Any, index: int, value: int) -> None:
+            nonlocal done
+            if done == at:
+                os.kill(os.getpid(), _signal.SIGKILL)
+            done += 1
+            real(words, index, value)
+
+        producer._store = store  # type: ignore[attr-defined]
+        return None
+
+
 class LogParams(Params, kw_only=True):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     message: str = "frame {n}"
@@ -433,6 +469,7 @@ TESTING_NODES: tuple[type[Node[Any]], ...] = (
     HangNode,
     ExitNode,
     KeepInputNode,
+    ForwardKillNode,
     LogNode,
     SendSignalNode,
     SignalNode,

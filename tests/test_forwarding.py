@@ -1,0 +1,131 @@
+"""Big frames passed on unchanged by zero_copy workers go by reference, not by copy
+(ipc/_ownership.py): intact under load and with checksums, counted in the metrics, and a worker
+SIGKILLed in the middle of such a handoff is repaired and restarted without a leak."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import trio
+
+from nursery_pipes import NodeError, Runtime, RuntimeConfig, TensorFrame
+from nursery_pipes._config import MultiprocessDefaults, NodesConfig
+from nursery_pipes.runtime import FramesDropped, NodeRestarted
+
+pytestmark = pytest.mark.timeout(90)
+
+SLOT = 4096  # frames above this go to external segments
+
+
+def runtime(**mp: Any) -> Runtime:
+    return Runtime(
+        RuntimeConfig(
+            nodes=NodesConfig(testing=True),
+            multiprocess=MultiprocessDefaults(grace_period_secs=0.3, slot_size=SLOT, **mp),
+        )
+    )
+
+
+def manifest(
+    nodes: list[tuple[str, str, dict[str, Any]]], *, supervision: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "name": "forwarding",
+        "multiprocess": {"executor_overrides": {n: "multiprocess" for n, _, _ in nodes}},
+    }
+    if supervision is not None:
+        metadata["supervision"] = supervision
+    ids = [n for n, _, _ in nodes]
+    return {
+        "version": "v1",
+        "metadata": metadata,
+        "nodes": [{"id": n, "node_type": t, "params": p} for n, t, p in nodes],
+        "connections": [{"from": a, "to": b} for a, b in zip(ids, ids[1:], strict=False)],
+    }
+
+
+def tensor(i: int) -> TensorFrame:
+    """Frame i: distinct bytes; every fourth one small enough for a ring slot."""
+    n = 100 + i if i % 4 == 3 else SLOT * (1 + i % 3) + 8 * i + 8
+    return TensorFrame(data=np.random.default_rng(i).integers(0, 256, n, dtype=np.uint8))
+
+
+async def test_big_frames_go_down_a_chain_of_zero_copy_workers_by_reference_and_stay_intact() -> None:
+    m = manifest([(f"w{i}", "PassThrough", {}) for i in range(3)])
+    count = 60
+    async with runtime(checksums=True, slot_count=4).open_session(m) as session:
+        got: list[tuple[int, np.ndarray]] = []
+
+        async def feed() -> None:  # as fast as backpressure allows: the rings stay full
+            for i in range(count):
+                await session.send("w0", tensor(i))
+            await session.close()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(feed)
+            async for out in session.outputs():
+                got.append((out.seq, np.array(out.frame.data)))
+    metrics = session.metrics().nodes  # final: the workers' last counters are in
+    assert [seq for seq, _ in got] == list(range(1, count + 1))
+    for i, (_, data) in enumerate(got):
+        assert np.array_equal(data, tensor(i).data), f"frame {i} changed on the way"
+    big = sum(1 for i in range(count) if i % 4 != 3)
+    assert {n: m.frames_forwarded for n, m in metrics.items()} == dict.fromkeys(metrics, big)
+
+
+async def test_a_zero_copy_node_keeping_a_forwarded_input_is_stopped() -> None:
+    """Forwarded or not, a kept view of the input stops the node before its slot goes back."""
+    m = manifest([("keep", "KeepInputNode", {"after_frames": 2})])
+    delivered: list[int] = []
+    with pytest.raises(NodeError, match="declares zero_copy = True but kept its input frame"):
+        async with runtime().open_session(m) as session:
+            for i in range(5):
+                await session.send("keep", TensorFrame(data=np.full(4 * SLOT, i, dtype=np.uint8)))
+            await session.close()
+            async for out in session.outputs():
+                assert np.all(out.frame.data == out.seq - 1)  # never overwritten
+                delivered.append(out.seq)
+    assert delivered == [1, 2, 3]
+
+
+@pytest.mark.parametrize("store", [0, 1], ids=["before-output-takes-it", "before-input-gives-it"])
+async def test_a_worker_killed_while_forwarding_is_repaired_and_restarted(tmp_path: Path, store: int) -> None:
+    once = str(tmp_path / "fired")
+    m = manifest(
+        [
+            ("a", "PassThrough", {}),
+            ("dies", "ForwardKillNode", {"after_frames": 5, "store": store, "once": once}),
+            ("c", "PassThrough", {}),
+        ],
+        supervision={"strategy": "one_for_one", "max_restarts": 2},
+    )
+    count = 40
+    outputs: dict[int, np.ndarray] = {}
+    events: list[Any] = []
+    async with runtime(checksums=True, slot_count=4).open_session(m) as session:
+
+        async def read() -> None:
+            async for event in session.events():
+                if isinstance(event, (FramesDropped, NodeRestarted)):
+                    events.append(event)
+                elif hasattr(event, "frame"):
+                    outputs[event.seq] = np.array(event.frame.data)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            for i in range(count):
+                await session.send("a", tensor(i))
+            await session.close()
+    restarted = [e for e in events if isinstance(e, NodeRestarted)]
+    dropped = [seq for e in events if isinstance(e, FramesDropped) for seq in e.sequences]
+    assert [e.node_id for e in restarted] == ["dies"]
+    assert len(dropped) == 1 and dropped[0] > 5  # the frame it was forwarding
+    assert sorted(outputs) == [s for s in range(1, count + 1) if s not in dropped]
+    for seq, data in outputs.items():  # checksums on every ring, and compared here
+        assert np.array_equal(data, tensor(seq - 1).data), f"frame {seq} changed on the way"
+    with contextlib.suppress(FileNotFoundError):
+        Path(once).unlink()
