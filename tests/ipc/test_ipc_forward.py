@@ -63,7 +63,7 @@ def ext_entries(ns: Namespace) -> set[str]:
 def test_segment_ids_pack_and_unpack() -> None:
     assert seg_origin(seg_id(999_999, 65_535, 7)) == (999_999, 65_535, 7)
     assert seg_id(0, 0, 1) != 0  # 0 is "none"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="out of range"):
         seg_id(0, 0, 0)
 
 
@@ -102,7 +102,8 @@ def test_a_forwarded_frame_is_not_copied_and_its_input_slot_gets_another_segment
         pa.send(*frame(seq, BIG))
         ca.receive(timeout=5).release()
     got = cb.receive(timeout=5)  # the ring checks the checksum too
-    assert bytes(got.payload) == payload.tobytes() and bytes(got.meta) == meta
+    assert bytes(got.payload) == payload.tobytes()
+    assert bytes(got.meta) == meta
     slot = got.position % b.spec.slot_count
     assert seg_origin(b.words[b.spec.record_word(slot, REC_FRAME_SEG)])[0] == a.spec.index
     got.release()
@@ -171,7 +172,8 @@ def test_a_forwarder_killed_mid_swap_is_repaired_to_one_owner_per_segment(
     theirs.close()
     try:
         if stores >= 2:
-            assert ours.poll(60) and ours.recv() == "forwarded"
+            assert ours.poll(60)
+            assert ours.recv() == "forwarded"
             os.kill(proc.pid, signal.SIGKILL)
         proc.join(60)
         assert proc.exitcode == -signal.SIGKILL
