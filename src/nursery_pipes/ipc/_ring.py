@@ -21,19 +21,26 @@ Frame path (zero copy)
 
 Oversize frames: external segments
     A frame whose ``round_up(meta_len, 16) + nbytes`` exceeds ``slot_size``
-    does not fail: the producer creates a per-slot external segment
-    ``…r<i>x<slot>g<gen>`` (page-rounded, pre-faulted), and REUSES it for every
-    later frame of that slot that fits; when a bigger frame comes it creates
-    generation ``gen + 1`` of ``max(need, 2 × old)`` bytes (geometric growth)
-    and unlinks the old name. Never shrinks. Reuse matters: the first write to
-    a fresh segment runs ~5x slower than to a reused one. The header carries
-    FLAG_EXTERNAL, ``ext_gen`` and ``ext_size``; the consumer maps the segment
-    lazily (read-only) and keeps the mapping until the slot's generation
-    changes. Replacing is race-free: the producer only touches slot ``s`` while
-    holding its free token, i.e. after the consumer released the previous frame
-    of that slot. The last generation of each slot is recorded in shared memory,
-    so a restarted producer never reuses a generation number (a consumer's
-    cache is keyed by it). The ring's creator unlinks all of them on close.
+    does not fail: it goes into the external segment the slot OWNS
+    (``_ownership``). A slot that owns none, or one too small, gets a new one,
+    created by its producer as ``…r<i>x<slot>g<gen>`` (page-rounded,
+    pre-faulted; geometric growth ``max(need, 2 × old)``; the old one is
+    unlinked) and REUSES it for every later frame that fits. Never shrinks.
+    Reuse matters: the first write to a fresh segment runs ~5x slower than to
+    a reused one. The slot record holds the id of the segment the frame lives
+    in (the header carries FLAG_EXTERNAL, ``ext_gen`` and ``ext_size``); the
+    consumer maps it read-only, through a per-process cache by name
+    (``SegmentCache``). Replacing is race-free: the producer only touches slot
+    ``s`` while holding its free token, i.e. after the consumer released the
+    previous frame of that slot, and nobody else reads what ``s`` owns. Each
+    slot's generation counter is in shared memory, so a restarted producer
+    never reuses a name (caches are keyed by it). A worker passing a big input
+    frame on unchanged FORWARDS it (``Producer.forward``): its output slot
+    takes over the input's segment and the input slot takes the output slot's
+    — a journalled swap, the whole argument in ``_ownership``. Segments thus
+    move between the rings of a session, keeping their names: a ring's
+    creator unlinks the names it created on close, so close every ring of a
+    session together (the supervisor unlinks the whole namespace).
 
 Wake-ups (no lost wake-up)
     A sync end simply blocks in ``sem_wait`` (``acquire()``, GIL released).
