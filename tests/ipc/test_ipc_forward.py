@@ -77,7 +77,7 @@ def test_resolve_swap_rolls_a_pending_swap_forward() -> None:
 
 def test_forward_refusal_names_the_reason() -> None:
     ok = dict(external=True, same_namespace=True, released=False, input_owns_segment=True,
-              same_payload=True, same_meta=True)  # fmt: skip
+              inside=True, meta_fits=True, offset_fits=True)  # fmt: skip
     assert forward_refusal(**ok) is None
     for key in ok:
         assert forward_refusal(**{**ok, key: not ok[key]}) is not None, key
@@ -110,7 +110,7 @@ def test_a_forwarded_frame_is_not_copied_and_its_input_slot_gets_another_segment
     assert_one_owner_each(rings)
 
 
-def test_forward_refuses_what_is_not_exactly_the_input_frame(rings: list[Ring]) -> None:
+def test_forward_refuses_what_is_not_in_the_input_segment(rings: list[Ring]) -> None:
     a, b = rings[0], rings[1]
     pa, ca, pb = a.producer(), a.consumer(), b.producer()
     pa.send(*frame(1, 10))  # fits its slot: nothing to forward by reference
@@ -121,12 +121,33 @@ def test_forward_refuses_what_is_not_exactly_the_input_frame(rings: list[Ring]) 
     pa.send(header, meta, payload)
     big = ca.receive(timeout=5)
     assert not pb.forward(big, header, big.meta, bytes(big.payload))  # equal bytes, other memory
-    assert not pb.forward(big, header, b'{"seq": 3}', big.payload)  # other metadata
-    assert not pb.forward(big, header, big.meta, big.payload[1:])  # a part of it
+    assert not pb.forward(big, header, b" " * (SLOT + 1), big.payload)  # metadata too big for a slot
     assert forward(pb, big)
     assert not forward(pb, big)  # its segment went with the first forward
     big.release()
     assert b.statistics().produced == 1  # a refusal publishes nothing
+
+
+def test_a_slice_with_new_metadata_goes_by_reference_and_on_down_a_chain(rings: list[Ring]) -> None:
+    a, b, c = rings
+    pa, ca, pb, cb, pc, cc = (
+        a.producer(), a.consumer(), b.producer(), b.consumer(), c.producer(), c.consumer(),
+    )  # fmt: skip
+    header, meta, payload = frame(1, BIG)
+    pa.send(header, meta, payload)
+    with ca.receive(timeout=5) as r1:
+        assert pb.forward(r1, header, b'{"cut": 1}', r1.payload[100:3000])
+    with cb.receive(timeout=5) as r2:  # checksum verified by the ring
+        assert bytes(r2.meta) == b'{"cut": 1}'
+        assert bytes(r2.payload) == payload[100:3000].tobytes()
+        assert forward(pc, r2)  # the split frame again, unchanged
+    for seq in range(2, 2 + 2 * a.spec.slot_count):  # A's slots rewritten meanwhile
+        pa.send(*frame(seq, BIG))
+        ca.receive(timeout=5).release()
+    with cc.receive(timeout=5) as r3:
+        assert bytes(r3.meta) == b'{"cut": 1}'
+        assert bytes(r3.payload) == payload[100:3000].tobytes()
+    assert_one_owner_each(rings)
 
 
 def test_frames_forwarded_down_a_chain_stay_intact_and_every_segment_has_one_owner(

@@ -32,7 +32,7 @@ from ._errors import (
     RingCorruptError,
     RingError,
 )
-from ._header import FLAG_CHECKSUM, FLAG_EOS, FLAG_EXTERNAL, SlotHeader, decode_from
+from ._header import FLAG_CHECKSUM, FLAG_EOS, FLAG_EXTERNAL, FLAG_SPLIT, SlotHeader, decode_from
 from ._ownership import seg_origin
 from ._segment import SegmentCache, round_up
 from ._sem import acquire
@@ -53,7 +53,7 @@ class Received:
     Copy what you need to keep (``bytes(r.payload)``, ``np.array(...)``).
     """
 
-    __slots__ = ("_consumer", "_pos", "_released", "header", "meta", "payload")
+    __slots__ = ("_consumer", "_pos", "_released", "_segment", "header", "meta", "payload")
 
     def __init__(
         self,
@@ -62,10 +62,13 @@ class Received:
         header: SlotHeader,
         meta: memoryview,
         payload: memoryview,
+        segment: memoryview | None = None,
     ) -> None:
         self._consumer = consumer
         self._pos = pos
         self._released = False
+        self._segment = segment
+        """The whole external segment the payload is in (None: in the slot); for a forward."""
         self.header = header
         self.meta = meta
         self.payload = payload
@@ -80,6 +83,7 @@ class Received:
         if self._released:
             return
         self._released = True
+        self._segment = None
         # Derived numpy arrays keep the memory mapped; we only drop our views.
         self.meta.release()
         self.payload.release()
@@ -221,24 +225,39 @@ class Consumer:
             self._release(pos)
             raise EndOfStream(self._name, "the producer ended the stream")
         try:
-            meta, payload = self._views(slot, pos, header)
+            if header.flags & FLAG_EXTERNAL:  # a read-only mapping
+                segment = self._external(slot, pos, header)
+                meta, payload = self._views(slot, pos, header, segment)
+                return Received(self, pos, header, meta, payload, segment)
+            meta, payload = self._views(slot, pos, header, None)
         except BaseException:
             self._release(pos)
             raise
         return Received(self, pos, header, meta, payload)
 
-    def _views(self, slot: int, pos: int, h: SlotHeader) -> tuple[memoryview, memoryview]:
-        if h.flags & FLAG_EXTERNAL:  # a read-only mapping
-            view, base, cap = self._external(slot, pos, h), 0, h.ext_size
+    def _views(
+        self, slot: int, pos: int, h: SlotHeader, segment: memoryview | None
+    ) -> tuple[memoryview, memoryview]:
+        inline = self._data + slot * self._slot_size
+        if segment is None:
+            view, base, cap = self._ro, inline, self._slot_size
         else:
-            view, base, cap = self._ro, self._data + slot * self._slot_size, self._slot_size
+            view, base, cap = segment, 0, h.ext_size
         off = round_up(h.meta_len, L.META_ALIGN)
-        if off + h.payload_len > cap:
+        if h.flags & FLAG_SPLIT:  # forwarded: meta in the slot, payload where it was upstream
+            if h.meta_len > self._slot_size or h.ext_offset + h.payload_len > cap:
+                raise RingCorruptError(
+                    self._name, f"frame #{pos} (seq={h.seq}): meta or payload out of bounds"
+                )
+            meta = self._ro[inline : inline + h.meta_len]
+            payload = view[h.ext_offset : h.ext_offset + h.payload_len]
+        elif off + h.payload_len > cap:
             raise RingCorruptError(
                 self._name, f"frame #{pos} (seq={h.seq}): meta+payload exceed slot capacity {cap}"
             )
-        meta = view[base : base + h.meta_len]
-        payload = view[base + off : base + off + h.payload_len]
+        else:
+            meta = view[base : base + h.meta_len]
+            payload = view[base + off : base + off + h.payload_len]
         if h.flags & FLAG_CHECKSUM:
             actual = zlib.crc32(payload, zlib.crc32(meta))
             if actual != h.checksum:

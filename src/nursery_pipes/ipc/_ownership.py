@@ -61,6 +61,11 @@ A forward is a journalled swap (a dead forwarder leaves it repairable)
     before step 3 matters: never may two slots that can be written (a returned input slot and
     a free output slot) own the same segment.
 
+What goes by reference: any payload that lies in the input frame's segment — the input's
+payload unchanged, or a contiguous part of it (a slice along the first axis) — with any
+metadata: unless the frame is the input's very bytes, the metadata goes into the output slot
+and the header says where the payload starts in the segment (FLAG_SPLIT, ``ext_offset``).
+
 Fan-out: the ownership moves once, to the first output; other outputs get a copy. A frame
 forwarded twice (a node emitting its input twice) is copied the second time (its input slot
 no longer owns the segment).
@@ -101,14 +106,17 @@ def forward_refusal(
     same_namespace: bool,
     released: bool,
     input_owns_segment: bool,
-    same_payload: bool,
-    same_meta: bool,
+    inside: bool,
+    meta_fits: bool,
+    offset_fits: bool,
 ) -> str | None:
     """Why a frame may NOT be published by reference to the input frame's segment (None: it may).
 
-    The frame to publish must be exactly the input frame's bytes (same payload memory, same
-    metadata), the input must live in an external segment of the same session that its slot
-    still owns (not forwarded already), and still be held (not returned to its producer)."""
+    The payload to publish must lie in the input frame's external segment (all of the input's
+    payload, or a part of it: a slice), of the same session, which the input's slot still owns
+    (not forwarded already), the input still held (not returned to its producer). Unless the
+    frame is the input's very bytes in place, its metadata goes into the output slot (it must
+    fit there) and the header says where the payload starts (a u32)."""
     if not external:
         return "the input frame is in its slot, not in an external segment"
     if not same_namespace:
@@ -117,10 +125,12 @@ def forward_refusal(
         return "the input frame was already returned to its producer"
     if not input_owns_segment:
         return "the input frame's segment was already forwarded"
-    if not same_payload:
-        return "the payload is not the input frame's payload memory"
-    if not same_meta:
-        return "the metadata differs from the input frame's"
+    if not inside:
+        return "the payload is not in the input frame's segment"
+    if not meta_fits:
+        return "the metadata does not fit the output ring's slot"
+    if not offset_fits:
+        return "the payload starts beyond 4 GiB in the segment (the header's offset is a u32)"
     return None
 
 

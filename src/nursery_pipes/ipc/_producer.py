@@ -30,7 +30,7 @@ from ._errors import (
     RingCorruptError,
     RingError,
 )
-from ._header import FLAG_CHECKSUM, FLAG_EOS, FLAG_EXTERNAL, SlotHeader, encode_frame_into
+from ._header import FLAG_CHECKSUM, FLAG_EOS, FLAG_EXTERNAL, FLAG_SPLIT, SlotHeader, encode_frame_into
 from ._ownership import MAX_GEN, forward_refusal, seg_gen, seg_id, seg_origin
 from ._segment import PAGE_SIZE, Segment, SegmentCache, round_up, unlink_segment
 from ._sem import acquire
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Loan", "Producer", "as_bytes"]
 
-_TRANSPORT_FLAGS: Final = FLAG_CHECKSUM | FLAG_EXTERNAL
+_TRANSPORT_FLAGS: Final = FLAG_CHECKSUM | FLAG_EXTERNAL | FLAG_SPLIT
 _EOS_HEADER: Final = SlotHeader(flags=FLAG_EOS)
 _U32_MAX: Final = 0xFFFF_FFFF
 
@@ -55,11 +55,15 @@ def _store(words: memoryview, index: int, value: int) -> None:
     words[index] = value
 
 
-def _same_memory(a: memoryview, b: memoryview) -> bool:
-    """Do two byte views cover exactly the same memory?"""
-    if a.nbytes != b.nbytes:
-        return False
-    return bool(_address(a) == _address(b))
+def _offset_in(part: memoryview, whole: memoryview) -> int | None:
+    """Where ``part`` starts inside the memory of ``whole`` (None: not entirely inside it)."""
+    start = _address(part) - _address(whole)
+    return start if start >= 0 and start + part.nbytes <= whole.nbytes else None
+
+
+def _payload_offset(h: SlotHeader) -> int:
+    """Where an external frame's payload starts in its segment."""
+    return h.ext_offset if h.flags & FLAG_SPLIT else round_up(h.meta_len, L.META_ALIGN)
 
 
 def _address(view: memoryview) -> int:
@@ -353,10 +357,12 @@ class Producer:
         payload_len: int,
         crc: int,
         ext: tuple[int, Segment] | tuple[int, int] | None,
+        split: int | None = None,
     ) -> None:
         """Write the slot's header and stamp, then post it (we hold its free token).
 
-        ``ext``: the external segment the frame lives in, as (id, mapping) or (id, size)."""
+        ``ext``: the external segment the frame lives in, as (id, mapping) or (id, size);
+        ``split``: the payload's offset in it when the metadata is in the slot (FLAG_SPLIT)."""
         flags = header.flags & ~_TRANSPORT_FLAGS
         if flags & FLAG_EOS:
             raise HeaderError("flags", "end-of-stream is sent with end_of_stream()")
@@ -369,9 +375,12 @@ class Producer:
             gen = seg_gen(ext[0])
             size = ext[1] if isinstance(ext[1], int) else ext[1].size
             self._words[(rec + L.REC_FRAME_SEG) >> 3] = ext[0]
+            if split is not None:
+                flags |= FLAG_SPLIT
         encode_frame_into(
             self._buf, rec + L.REC_HEADER, header, flags=flags, meta_len=meta_len,
             payload_len=payload_len, checksum=crc, ext_gen=gen, ext_size=size,
+            ext_offset=split or 0,
         )  # fmt: skip
         self._post(rec)
 
@@ -385,10 +394,11 @@ class Producer:
         payload: Buffer = b"",
         timeout: float | None = None,
     ) -> bool:
-        """Publish ``meta`` + ``payload`` WITHOUT copying them, if they are exactly the bytes of
-        ``received`` (a frame this process holds from another ring of the session) and that
-        frame lives in an external segment: the next slot then refers to that segment and
-        takes it over (``_ownership``). Blocks for a free slot like :meth:`send`.
+        """Publish ``meta`` + ``payload`` without copying the payload, if it lies in the external
+        segment of ``received`` (a frame this process holds from another ring of the session):
+        all of that frame's payload, or a contiguous part of it. The next slot then refers to
+        that segment and takes it over (``_ownership``); the metadata is copied into the slot
+        unless it is the input's own, in place. Blocks for a free slot like :meth:`send`.
 
         Returns False, having published nothing, when the frame cannot go by reference (see
         ``_ownership.forward_refusal``): send it the ordinary way.
@@ -403,21 +413,28 @@ class Producer:
         frame_word = consumer._spec.record_word(in_slot, L.REC_FRAME_SEG)
         owned_word = consumer._spec.record_word(in_slot, L.REC_OWNED_SEG)
         x = in_words[frame_word]
-        cheap_ok = not received._released and consumer._spec.namespace == self._spec.namespace
+        segment = received._segment
+        offset = None if segment is None or received._released else _offset_in(p, segment)
+        same_meta = same_payload = in_place = False
+        if offset is not None:
+            same_meta = m == received.meta
+            same_payload = len(p) == h.payload_len and offset == _payload_offset(h)
+            in_place = same_meta and same_payload and not h.flags & FLAG_SPLIT  # X holds it all
         refusal = forward_refusal(
             external=True,
             same_namespace=consumer._spec.namespace == self._spec.namespace,
             released=received._released,
             input_owns_segment=bool(x) and in_words[owned_word] == x,
-            same_payload=cheap_ok and _same_memory(p, received.payload),
-            same_meta=cheap_ok and m == received.meta,
+            inside=offset is not None,
+            meta_fits=in_place or len(m) <= self._slot_size,
+            offset_fits=in_place or (offset or 0) <= _U32_MAX,
         )
-        if refusal is not None:
+        if refusal is not None or offset is None:
             return False
+        crc = 0
         if self._checksum:  # the same bytes: the input's checksum, if it was verified
-            crc = h.checksum if h.flags & FLAG_CHECKSUM else zlib.crc32(p, zlib.crc32(m))
-        else:
-            crc = 0
+            same = same_meta and same_payload and h.flags & FLAG_CHECKSUM
+            crc = h.checksum if same else zlib.crc32(p, zlib.crc32(m))
         self._acquire(timeout)
         # We hold slot t's free token: nobody reads the segment t owns (Y). Journalled swap:
         # t takes X, the input slot takes Y (the step table in _ownership).
@@ -432,7 +449,11 @@ class Producer:
         _store(in_words, owned_word, y)  # 3
         w[swap_in] = 0  # 4
         try:
-            self._publish(slot, header, len(m), len(p), crc, (x, h.ext_size))  # 5
+            if not in_place:
+                base = self._data + slot * self._slot_size
+                self._buf[base : base + len(m)] = m
+            split = None if in_place else offset
+            self._publish(slot, header, len(m), len(p), crc, (x, h.ext_size), split)  # 5
         except BaseException:
             self._free.release()  # nothing was posted: give the slot back (it owns X now)
             raise
