@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import trio
 
-from nursery_pipes import NodeError, Runtime, RuntimeConfig, TensorFrame
+from nursery_pipes import Frame, Node, NodeError, Runtime, RuntimeConfig, TensorFrame
 from nursery_pipes._config import MultiprocessDefaults, NodesConfig
 from nursery_pipes.runtime import FramesDropped, NodeRestarted
 
@@ -21,13 +21,25 @@ pytestmark = pytest.mark.timeout(90)
 SLOT = 4096  # frames above this go to external segments
 
 
+class Crop(Node):
+    """A zero_copy node that re-wraps part of its input: 8 bytes cut at each end, new metadata."""
+
+    zero_copy = True
+
+    def process(self, frame: Frame) -> Frame:
+        assert isinstance(frame, TensorFrame)
+        return TensorFrame(data=frame.data[8:-8], metadata={"cropped": "yes"})
+
+
 def runtime(**mp: Any) -> Runtime:
-    return Runtime(
+    rt = Runtime(
         RuntimeConfig(
             nodes=NodesConfig(testing=True),
             multiprocess=MultiprocessDefaults(grace_period_secs=0.3, slot_size=SLOT, **mp),
         )
     )
+    rt.registry.register(Crop)
+    return rt
 
 
 def manifest(
@@ -75,6 +87,21 @@ async def test_big_frames_go_down_a_chain_of_zero_copy_workers_by_reference_and_
         assert np.array_equal(data, tensor(i).data), f"frame {i} changed on the way"
     big = sum(1 for i in range(count) if i % 4 != 3)
     assert {n: m.frames_forwarded for n, m in metrics.items()} == dict.fromkeys(metrics, big)
+
+
+async def test_a_slice_of_the_input_with_new_metadata_goes_on_by_reference() -> None:
+    m = manifest([("w0", "PassThrough", {}), ("crop", "Crop", {}), ("w2", "PassThrough", {})])
+    count = 24
+    async with runtime(checksums=True, slot_count=4).open_session(m) as session:
+        for i in range(count):
+            await session.send("w0", tensor(i))
+            out = await session.outputs().__anext__()
+            assert isinstance(out.frame, TensorFrame)
+            assert np.array_equal(out.frame.data, tensor(i).data[8:-8]), i
+            assert out.frame.metadata == {"cropped": "yes"}
+        await session.close()
+    big = sum(1 for i in range(count) if i % 4 != 3)
+    assert session.metrics().nodes["crop"].frames_forwarded == big
 
 
 async def test_a_zero_copy_node_keeping_a_forwarded_input_is_stopped() -> None:
