@@ -33,7 +33,7 @@ from ._errors import (
     RingError,
 )
 from ._header import FLAG_CHECKSUM, FLAG_EOS, FLAG_EXTERNAL, FLAG_SPLIT, SlotHeader, decode_from
-from ._ownership import seg_origin
+from ._ownership import seg_gen
 from ._segment import SegmentCache, round_up
 from ._sem import acquire
 
@@ -126,7 +126,7 @@ class Consumer:
         self._pos = w[L.W_TAKEN]  # the first frame not taken (after a repair too)
         self._release_next = self._pos
         self._released: set[int] = set()
-        self._segs = SegmentCache(readonly=True)
+        self._segs = SegmentCache(spec.namespace.seg_name, readonly=True)
         self._eos = bool(self._buf[L.OFF_EOS_TAKEN])  # sticky, also across a restart
         self._closed = False
         self._bell = Bell(spec.free_doorbell) if spec.free_doorbell else None
@@ -267,19 +267,19 @@ class Consumer:
     def _external(self, slot: int, pos: int, h: SlotHeader) -> memoryview:
         """The frame's external segment (recorded in the slot), mapped read-only and cached."""
         sid = self._words[self._spec.record_word(slot, L.REC_FRAME_SEG)]
-        ring, origin, gen = seg_origin(sid)
-        if gen != h.ext_gen or not sid:
+        if not sid or seg_gen(sid) != h.ext_gen:
             raise RingCorruptError(
                 self._name, f"frame #{pos}: segment id {sid:#x} does not match generation {h.ext_gen}"
             )
-        name = self._spec.namespace.name(f"r{ring}x{origin}g{gen}")
         try:
-            seg = self._segs.get(name)
+            seg = self._segs.get(sid)
         except posix_ipc.ExistentialError as exc:
-            raise RingCorruptError(self._name, f"external segment {name} vanished") from exc
+            raise RingCorruptError(self._name, f"external segment {self._segs.name(sid)} vanished") from exc
         if seg.size < h.ext_size:
-            self._segs.drop(name)
-            raise RingCorruptError(self._name, f"external segment {name} smaller than {h.ext_size}")
+            self._segs.drop(sid)
+            raise RingCorruptError(
+                self._name, f"external segment {self._segs.name(sid)} smaller than {h.ext_size}"
+            )
         return seg.view
 
     def _release(self, pos: int) -> None:

@@ -40,6 +40,7 @@ from typing import Final
 import posix_ipc
 
 from ._errors import NamespaceError
+from ._ownership import seg_origin
 
 __all__ = ["SHM_DIR", "Namespace", "owner_pid", "sweep_stale", "unlink_namespace"]
 
@@ -90,6 +91,11 @@ class Namespace:
         if not _SUFFIX.match(suffix):
             raise NamespaceError(f"invalid object suffix {suffix!r} in namespace {self.prefix}")
         return f"/{self.prefix}{suffix}"
+
+    def seg_name(self, sid: int) -> str:
+        """The name of external segment ``sid`` (``_ownership``): ``/…r<ring>x<slot>g<gen>``."""
+        ring, slot, gen = seg_origin(sid)
+        return f"/{self.prefix}r{ring}x{slot}g{gen}"
 
     def fifo_path(self, stem: str) -> str:
         return os.path.join(self.fifo_dir, stem)

@@ -31,7 +31,7 @@ from ._errors import (
     RingError,
 )
 from ._header import FLAG_CHECKSUM, FLAG_EOS, FLAG_EXTERNAL, FLAG_SPLIT, SlotHeader, encode_frame_into
-from ._ownership import MAX_GEN, forward_refusal, seg_gen, seg_id, seg_origin
+from ._ownership import MAX_GEN, forward_refusal, seg_gen, seg_id
 from ._segment import PAGE_SIZE, Segment, SegmentCache, round_up, unlink_segment
 from ._sem import acquire
 
@@ -173,7 +173,7 @@ class Producer:
         self._pos = self._words[L.W_PRODUCED]
         self._eos_sent = bool(self._buf[L.OFF_EOS])
         self._loan: Loan | None = None
-        self._segs = SegmentCache(readonly=False)
+        self._segs = SegmentCache(spec.namespace.seg_name, readonly=False)
         self._closed = False
         self._bell = Bell(spec.used_doorbell) if spec.used_doorbell else None
         # Opened before any attempt to loan: see the wake-up protocol in _ring.py.
@@ -300,7 +300,7 @@ class Producer:
         cur: Segment | None = None
         if owned:
             try:
-                cur = self._segs.get(self._seg_name(owned))
+                cur = self._segs.get(owned)
             except posix_ipc.ExistentialError:
                 cur = None  # unlinked under us (the session is closing): make a new one
             if cur is not None and cur.size >= need:
@@ -321,14 +321,10 @@ class Producer:
         sid = seg_id(self._spec.index, slot, gen)
         w[owned_word] = sid  # before the unlink: a death in between leaks a name, never a slot
         if owned:
-            self._segs.drop(self._seg_name(owned))
-            unlink_segment(self._seg_name(owned))
-        self._segs.put(seg)
+            self._segs.drop(owned)
+            unlink_segment(self._segs.name(owned))
+        self._segs.put(sid, seg)
         return sid, seg
-
-    def _seg_name(self, sid: int) -> str:
-        ring, slot, gen = seg_origin(sid)
-        return self._spec.namespace.name(f"r{ring}x{slot}g{gen}")
 
     def _commit(self, loan: Loan, header: SlotHeader, payload_len: int | None) -> None:
         if self._closed:

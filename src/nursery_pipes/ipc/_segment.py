@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Final
 
 import posix_ipc
@@ -105,49 +106,53 @@ class Segment:
 
 
 class SegmentCache:
-    """This process's mappings of external segments, by name, least recently used first.
+    """This process's mappings of external segments, by segment id, least recently used first.
 
     Mapping a segment and pre-faulting it costs about as much as copying it (10 MiB: ~0.5 ms
     read-only, ~1.6 ms writable here), so mappings are kept: external segments circulate
-    between the rings of a session (``_ownership``) and come back. A name is never reused for
-    another segment, so a cached mapping is always the right one. At most ``capacity``
-    mappings; the least recently used is dropped beyond that (a mapping of a segment unlinked
-    meanwhile keeps its memory until dropped, so ``capacity`` also bounds that).
+    between the rings of a session (``_ownership``) and come back. An id (its name) is never
+    reused for another segment, so a cached mapping is always the right one. At most
+    ``capacity`` mappings; the least recently used is dropped beyond that (a mapping of a
+    segment unlinked meanwhile keeps its memory until dropped, so ``capacity`` also bounds that).
     """
 
-    __slots__ = ("_capacity", "_readonly", "_segs")
+    __slots__ = ("_capacity", "_name_of", "_readonly", "_segs")
 
-    def __init__(self, *, readonly: bool, capacity: int = 256) -> None:
+    def __init__(self, name_of: Callable[[int], str], *, readonly: bool, capacity: int = 256) -> None:
+        self._name_of = name_of
         self._readonly = readonly
         self._capacity = capacity
-        self._segs: OrderedDict[str, Segment] = OrderedDict()
+        self._segs: OrderedDict[int, Segment] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._segs)
 
-    def get(self, name: str) -> Segment:
-        """The mapping of segment ``name`` (mapped and pre-faulted on first use).
+    def name(self, key: int) -> str:
+        return self._name_of(key)
+
+    def get(self, key: int) -> Segment:
+        """The mapping of segment ``key`` (mapped and pre-faulted on first use).
 
         Raises ``posix_ipc.ExistentialError`` if it is not mapped here and does not exist."""
-        seg = self._segs.get(name)
+        seg = self._segs.get(key)
         if seg is not None:
-            self._segs.move_to_end(name)
+            self._segs.move_to_end(key)
             return seg
-        seg = Segment.open(name, readonly=self._readonly)
+        seg = Segment.open(self._name_of(key), readonly=self._readonly)
         seg.populate(write=not self._readonly)
-        self.put(seg)
+        self.put(key, seg)
         return seg
 
-    def put(self, seg: Segment) -> None:
+    def put(self, key: int, seg: Segment) -> None:
         """Keep ``seg`` (one this process created) as the most recently used mapping."""
-        self._segs[seg.name] = seg
-        self._segs.move_to_end(seg.name)
+        self._segs[key] = seg
+        self._segs.move_to_end(key)
         while len(self._segs) > self._capacity:
             _, old = self._segs.popitem(last=False)
             old.close()
 
-    def drop(self, name: str) -> None:
-        seg = self._segs.pop(name, None)
+    def drop(self, key: int) -> None:
+        seg = self._segs.pop(key, None)
         if seg is not None:
             seg.close()
 
