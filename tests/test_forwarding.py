@@ -123,13 +123,26 @@ async def test_a_zero_copy_node_keeping_a_forwarded_input_is_stopped() -> None:
     assert delivered == [1, 2, 3]
 
 
-@pytest.mark.parametrize("store", [0, 1], ids=["before-output-takes-it", "before-input-gives-it"])
-async def test_a_worker_killed_while_forwarding_is_repaired_and_restarted(tmp_path: Path, store: int) -> None:
+@pytest.mark.parametrize(
+    "dies",
+    [
+        ("ForwardKillNode", {"store": 0}),
+        ("ForwardKillNode", {"store": 1}),
+        ("SignalNode", {"phase": "process", "signal": "SIGKILL"}),
+    ],
+    ids=["forwarder-before-output-takes-it", "forwarder-before-input-gives-it", "reader"],
+)
+async def test_a_worker_killed_while_forwarding_is_repaired_and_restarted(
+    tmp_path: Path, dies: tuple[str, dict[str, Any]]
+) -> None:
+    """Killed in the middle of a forward's swap, or a worker reading forwarded frames killed
+    while it holds one: repaired, restarted, every later frame intact, nothing leaked."""
     once = str(tmp_path / "fired")
+    node_type, params = dies
     m = manifest(
         [
             ("a", "PassThrough", {}),
-            ("dies", "ForwardKillNode", {"after_frames": 5, "store": store, "once": once}),
+            ("dies", node_type, {**params, "after_frames": 5, "once": once}),
             ("c", "PassThrough", {}),
         ],
         supervision={"strategy": "one_for_one", "max_restarts": 2},
