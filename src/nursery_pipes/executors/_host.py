@@ -80,8 +80,9 @@ class NodeMetrics:
     """Outputs sent from the memory the node built them in (``NodeContext.output_array`` in a
     worker process): no copy."""
     frames_forwarded: int = 0
-    """Outputs that were the node's input frame, unchanged, in an external segment: passed on by
-    reference to the input's shared memory (a ``zero_copy`` node in a worker process): no copy."""
+    """Outputs whose payload was (part of) the node's big input frame — passed on unchanged,
+    re-wrapped or sliced by a ``zero_copy`` node in a worker process — sent by reference to the
+    shared memory the input arrived in: no copy."""
 
     def count_in(self, frame: Frame) -> None:
         self.frames_in += 1

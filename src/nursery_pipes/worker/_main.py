@@ -13,7 +13,9 @@ Life of a worker:
    go to the supervisor), report ``ready``;
 3. receive frames (one input: block in the semaphore; several: ``wait_any`` on
    their doorbells), call ``process``, write every output to every output ring
-   (blocking when a ring is full: backpressure);
+   (blocking when a ring is full: backpressure) — an output of a ``zero_copy``
+   node that is (part of) its big input goes to the first ring by reference,
+   not by copy (``ipc/_ownership.py``);
 4. when every input has ended: ``flush``, end every output ring, ``cleanup``,
    report ``done`` with the counters.
 
@@ -243,7 +245,8 @@ class _Runner:
         }
         self.last_seq = 0
         self._input: Received | None = None
-        """The input frame being processed: an output that is exactly it goes on by reference."""
+        """The input frame being processed: an output whose payload lies in its external segment
+        (the input passed on, re-wrapped, or sliced) goes on by reference (ipc/_ownership.py)."""
         self._next_stats = 0.0
         self._loaned: tuple[Loan, npt.NDArray[Any]] | None = None
         """The output_array() loan on the first output ring, and the array over it."""
@@ -608,7 +611,7 @@ class _Runner:
             and outputs
             and outputs[0].forward(self._input, header, encoded.meta, encoded.payload)
         ):
-            # The input frame itself, in an external segment: it went on by reference (a zero_copy
+            # (Part of) the input frame's external segment: it went on by reference (a zero_copy
             # node passing its input on). Other outputs get a copy. See ipc/_ownership.py.
             self.stats["frames_forwarded"] += 1
             outputs = outputs[1:]
