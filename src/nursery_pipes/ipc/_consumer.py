@@ -227,37 +227,52 @@ class Consumer:
         try:
             if header.flags & FLAG_EXTERNAL:  # a read-only mapping
                 segment = self._external(slot, pos, header)
-                meta, payload = self._views(slot, pos, header, segment)
+                meta, payload = self._external_views(slot, pos, header, segment)
                 return Received(self, pos, header, meta, payload, segment)
-            meta, payload = self._views(slot, pos, header, None)
+            meta, payload = self._views(slot, pos, header)
         except BaseException:
             self._release(pos)
             raise
         return Received(self, pos, header, meta, payload)
 
-    def _views(
-        self, slot: int, pos: int, h: SlotHeader, segment: memoryview | None
-    ) -> tuple[memoryview, memoryview]:
-        inline = self._data + slot * self._slot_size
-        if segment is None:
-            view, base, cap = self._ro, inline, self._slot_size
-        else:
-            view, base, cap = segment, 0, h.ext_size
+    def _views(self, slot: int, pos: int, h: SlotHeader) -> tuple[memoryview, memoryview]:
+        """Views of a frame in its slot (the small frames' path: kept short)."""
+        base = self._data + slot * self._slot_size
         off = round_up(h.meta_len, L.META_ALIGN)
+        if off + h.payload_len > self._slot_size:
+            raise RingCorruptError(
+                self._name,
+                f"frame #{pos} (seq={h.seq}): meta+payload exceed slot capacity {self._slot_size}",
+            )
+        meta = self._ro[base : base + h.meta_len]
+        payload = self._ro[base + off : base + off + h.payload_len]
+        if h.flags & FLAG_CHECKSUM:
+            return self._verified(h, meta, payload)
+        return meta, payload
+
+    def _external_views(
+        self, slot: int, pos: int, h: SlotHeader, segment: memoryview
+    ) -> tuple[memoryview, memoryview]:
+        cap = h.ext_size
         if h.flags & FLAG_SPLIT:  # forwarded: meta in the slot, payload where it was upstream
             if h.meta_len > self._slot_size or h.ext_offset + h.payload_len > cap:
                 raise RingCorruptError(
                     self._name, f"frame #{pos} (seq={h.seq}): meta or payload out of bounds"
                 )
+            inline = self._data + slot * self._slot_size
             meta = self._ro[inline : inline + h.meta_len]
-            payload = view[h.ext_offset : h.ext_offset + h.payload_len]
-        elif off + h.payload_len > cap:
+            payload = segment[h.ext_offset : h.ext_offset + h.payload_len]
+            return self._verified(h, meta, payload)
+        off = round_up(h.meta_len, L.META_ALIGN)
+        if off + h.payload_len > cap:
             raise RingCorruptError(
                 self._name, f"frame #{pos} (seq={h.seq}): meta+payload exceed slot capacity {cap}"
             )
-        else:
-            meta = view[base : base + h.meta_len]
-            payload = view[base + off : base + off + h.payload_len]
+        return self._verified(h, segment[: h.meta_len], segment[off : off + h.payload_len])
+
+    def _verified(
+        self, h: SlotHeader, meta: memoryview, payload: memoryview
+    ) -> tuple[memoryview, memoryview]:
         if h.flags & FLAG_CHECKSUM:
             actual = zlib.crc32(payload, zlib.crc32(meta))
             if actual != h.checksum:
