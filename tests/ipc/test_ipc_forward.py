@@ -77,7 +77,7 @@ def test_resolve_swap_rolls_a_pending_swap_forward() -> None:
 
 def test_forward_refusal_names_the_reason() -> None:
     ok = dict(external=True, same_namespace=True, released=False, input_owns_segment=True,
-              inside=True, meta_fits=True, offset_fits=True)  # fmt: skip
+              inside=True, meta_fits=True)  # fmt: skip
     assert forward_refusal(**ok) is None
     for key in ok:
         assert forward_refusal(**{**ok, key: not ok[key]}) is not None, key

@@ -12,7 +12,6 @@ from nursery_pipes.ipc import (
     FLAG_CHECKSUM,
     FLAG_EOS,
     FLAG_EXTERNAL,
-    FLAG_SPLIT,
     HEADER_SIZE,
     HeaderError,
     SlotHeader,
@@ -26,11 +25,7 @@ U8, U16, U32, U64 = (st.integers(0, 2**b - 1) for b in (8, 16, 32, 64))
 @st.composite
 def headers(draw: st.DrawFn) -> SlotHeader:
     ndim = draw(st.integers(0, 6))
-    flags = draw(
-        st.sampled_from(
-            [0, FLAG_CHECKSUM, FLAG_EXTERNAL, FLAG_CHECKSUM | FLAG_EXTERNAL, FLAG_EXTERNAL | FLAG_SPLIT]
-        )
-    )
+    flags = draw(st.sampled_from([0, FLAG_CHECKSUM, FLAG_EXTERNAL, FLAG_CHECKSUM | FLAG_EXTERNAL]))
     eos = draw(st.booleans())
     return SlotHeader(
         kind=draw(U8),
@@ -46,7 +41,6 @@ def headers(draw: st.DrawFn) -> SlotHeader:
         ext_size=draw(U64) if flags & FLAG_EXTERNAL else 0,
         timestamp_us=draw(U64),
         aux=(draw(U64), draw(U64), draw(U64), draw(U64)),
-        ext_offset=draw(U32) if flags & FLAG_SPLIT else 0,
     )
 
 
@@ -106,9 +100,6 @@ def _encoded(header: SlotHeader) -> bytearray:
         ({"aux": (1, 2, 3, -1)}, "aux"),
         ({"checksum": 7}, "checksum"),
         ({"ext_gen": 1}, "ext_gen"),
-        ({"ext_offset": 1, "flags": FLAG_EXTERNAL}, "ext_offset"),
-        ({"ext_offset": 2**32, "flags": FLAG_EXTERNAL | FLAG_SPLIT}, "ext_offset"),
-        ({"flags": FLAG_SPLIT}, "flags"),
         ({"flags": FLAG_EOS, "payload_len": 1}, "payload_len"),
     ],
 )

@@ -32,7 +32,7 @@ from ._errors import (
     RingCorruptError,
     RingError,
 )
-from ._header import FLAG_CHECKSUM, FLAG_EOS, FLAG_EXTERNAL, FLAG_SPLIT, SlotHeader, decode_from
+from ._header import FLAG_CHECKSUM, FLAG_EOS, FLAG_EXTERNAL, SlotHeader, decode_from
 from ._ownership import seg_gen
 from ._segment import SegmentCache, round_up
 from ._sem import acquire
@@ -254,15 +254,16 @@ class Consumer:
         self, slot: int, pos: int, h: SlotHeader, segment: memoryview
     ) -> tuple[memoryview, memoryview]:
         cap = h.ext_size
-        if h.flags & FLAG_SPLIT:  # forwarded: meta in the slot, payload where it was upstream
-            if h.meta_len > self._slot_size or h.ext_offset + h.payload_len > cap:
+        payload_at = self._words[self._spec.record_word(slot, L.REC_PAYLOAD_AT)]
+        if payload_at:  # forwarded: meta in the slot, payload where it was upstream
+            start = payload_at - 1
+            if h.meta_len > self._slot_size or start + h.payload_len > cap:
                 raise RingCorruptError(
                     self._name, f"frame #{pos} (seq={h.seq}): meta or payload out of bounds"
                 )
             inline = self._data + slot * self._slot_size
             meta = self._ro[inline : inline + h.meta_len]
-            payload = segment[h.ext_offset : h.ext_offset + h.payload_len]
-            return self._verified(h, meta, payload)
+            return self._verified(h, meta, segment[start : start + h.payload_len])
         off = round_up(h.meta_len, L.META_ALIGN)
         if off + h.payload_len > cap:
             raise RingCorruptError(

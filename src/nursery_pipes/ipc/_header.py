@@ -10,14 +10,13 @@ Wire layout (little-endian, :data:`HEADER_SIZE` = 136 bytes)::
       0   u16  magic (0x504E, "NP") — catches reads of an unwritten/overwritten slot
       2   u8   kind          frame kind code (audio, video, tensor, ...; frame layer)
       3   u8   fmt           sample/pixel/dtype code (frame layer)
-      4   u16  flags         FLAG_EOS | FLAG_CHECKSUM | FLAG_EXTERNAL | FLAG_SPLIT; other bits
-                             reserved (0)
+      4   u16  flags         FLAG_EOS | FLAG_CHECKSUM | FLAG_EXTERNAL; other bits reserved (0)
       6   u8   ndim          0..6
       7   u8   (reserved, 0)
       8   u32  meta_len      bytes of opaque metadata stored before the payload
      12   u32  checksum      crc32 of meta+payload when FLAG_CHECKSUM, else 0
      16   u32  ext_gen       generation of the external payload segment (FLAG_EXTERNAL)
-     20   u32  ext_offset    FLAG_SPLIT: where the payload starts in the external segment
+     20   u32  (reserved, 0)
      24   u64  seq           causal sequence number
      32   u64  payload_len
      40   u64  ext_size      size of the external segment (FLAG_EXTERNAL), else 0
@@ -28,12 +27,7 @@ Wire layout (little-endian, :data:`HEADER_SIZE` = 136 bytes)::
 Invariants checked on construction (so both on encode and on decode):
 every integer fits its width; ``len(shape) == ndim <= 6``; no reserved flag bit;
 ``checksum == 0`` unless FLAG_CHECKSUM; ``ext_gen == ext_size == 0`` unless
-FLAG_EXTERNAL; ``ext_offset == 0`` unless FLAG_SPLIT, which needs FLAG_EXTERNAL; an EOS
-header carries no meta and no payload.
-
-FLAG_SPLIT (a frame forwarded by reference, ``_ownership``): the metadata is in the ring slot,
-the payload at ``ext_offset`` in the external segment. Without it an external frame's segment
-holds both, laid out as in a slot. A violation raises
+FLAG_EXTERNAL; an EOS header carries no meta and no payload. A violation raises
 :class:`HeaderError` naming the field.
 """
 
@@ -49,7 +43,6 @@ __all__ = [
     "FLAG_CHECKSUM",
     "FLAG_EOS",
     "FLAG_EXTERNAL",
-    "FLAG_SPLIT",
     "HEADER_SIZE",
     "MAX_NDIM",
     "SlotHeader",
@@ -62,15 +55,14 @@ MAX_NDIM: Final = 6
 FLAG_EOS: Final = 0x0001
 FLAG_CHECKSUM: Final = 0x0002
 FLAG_EXTERNAL: Final = 0x0004
-FLAG_SPLIT: Final = 0x0008
-_KNOWN_FLAGS: Final = FLAG_EOS | FLAG_CHECKSUM | FLAG_EXTERNAL | FLAG_SPLIT
+_KNOWN_FLAGS: Final = FLAG_EOS | FLAG_CHECKSUM | FLAG_EXTERNAL
 
 _U8: Final = 0xFF
 _U16: Final = 0xFFFF
 _U32: Final = 0xFFFF_FFFF
 _U64: Final = 0xFFFF_FFFF_FFFF_FFFF
 
-_STRUCT: Final = struct.Struct("<HBBHBxIIIIQQQQ6Q4Q")
+_STRUCT: Final = struct.Struct("<HBBHBxIII4xQQQQ6Q4Q")
 HEADER_SIZE: Final = _STRUCT.size
 _ZERO_SHAPE: Final = (0,) * MAX_NDIM
 
@@ -97,7 +89,6 @@ class SlotHeader:
     ext_size: int = 0
     timestamp_us: int = 0
     aux: tuple[int, int, int, int] = (0, 0, 0, 0)
-    ext_offset: int = 0
 
     def __post_init__(self) -> None:
         # Fast path: struct packing checks every width at C speed; only when it
@@ -114,7 +105,6 @@ class SlotHeader:
                     self.checksum,
                     self.ext_gen,
                     self.ext_size,
-                    self.ext_offset,
                 )
             )
         except (struct.error, TypeError, ValueError):
@@ -143,10 +133,6 @@ class SlotHeader:
             raise HeaderError("checksum", "is non-zero but FLAG_CHECKSUM is not set")
         if not self.flags & FLAG_EXTERNAL and (self.ext_gen or self.ext_size):
             raise HeaderError("ext_gen", "external fields set but FLAG_EXTERNAL is not set")
-        if self.flags & FLAG_SPLIT and not self.flags & FLAG_EXTERNAL:
-            raise HeaderError("flags", "FLAG_SPLIT without FLAG_EXTERNAL")
-        if self.ext_offset and not self.flags & FLAG_SPLIT:
-            raise HeaderError("ext_offset", "is non-zero but FLAG_SPLIT is not set")
         if self.flags & FLAG_EOS and (self.payload_len or self.meta_len):
             raise HeaderError("payload_len", "an end-of-stream header carries no data")
 
@@ -157,7 +143,7 @@ class SlotHeader:
 
 _LIMITS: Final = (
     ("kind", _U8), ("fmt", _U8), ("flags", _U16), ("meta_len", _U32), ("checksum", _U32),
-    ("ext_gen", _U32), ("ext_offset", _U32), ("seq", _U64), ("payload_len", _U64), ("ext_size", _U64),
+    ("ext_gen", _U32), ("seq", _U64), ("payload_len", _U64), ("ext_size", _U64),
     ("timestamp_us", _U64),
 )  # fmt: skip
 
@@ -170,10 +156,9 @@ def _fields(
     checksum: int,
     ext_gen: int,
     ext_size: int,
-    ext_offset: int,
 ) -> tuple[int, ...]:
     return (
-        MAGIC, h.kind, h.fmt, flags, h.ndim, meta_len, checksum, ext_gen, ext_offset,
+        MAGIC, h.kind, h.fmt, flags, h.ndim, meta_len, checksum, ext_gen,
         h.seq, payload_len, ext_size, h.timestamp_us,
         *h.shape, *_ZERO_SHAPE[h.ndim :], *h.aux,
     )  # fmt: skip
@@ -184,9 +169,7 @@ def encode_into(buf: bytearray | memoryview, offset: int, header: SlotHeader) ->
     h = header
     _STRUCT.pack_into(
         buf, offset,
-        *_fields(
-            h, h.flags, h.meta_len, h.payload_len, h.checksum, h.ext_gen, h.ext_size, h.ext_offset
-        ),
+        *_fields(h, h.flags, h.meta_len, h.payload_len, h.checksum, h.ext_gen, h.ext_size),
     )  # fmt: skip
 
 
@@ -201,7 +184,6 @@ def encode_frame_into(
     checksum: int,
     ext_gen: int,
     ext_size: int,
-    ext_offset: int = 0,
 ) -> None:
     """Write ``header`` with the transport-owned fields replaced (the ring's fast path).
 
@@ -209,9 +191,7 @@ def encode_frame_into(
     guarantees the replaced fields are consistent with each other.
     """
     _STRUCT.pack_into(
-        buf,
-        offset,
-        *_fields(header, flags, meta_len, payload_len, checksum, ext_gen, ext_size, ext_offset),
+        buf, offset, *_fields(header, flags, meta_len, payload_len, checksum, ext_gen, ext_size)
     )
 
 
@@ -229,7 +209,7 @@ def decode_from(buf: bytes | bytearray | memoryview, offset: int) -> SlotHeader:
     ndim = v[4]
     if ndim > MAX_NDIM:
         raise HeaderError("ndim", f"{ndim} exceeds the maximum of {MAX_NDIM}")
-    dims = v[13:19]
+    dims = v[12:18]
     if any(dims[ndim:]):
         raise HeaderError("shape", f"entries beyond ndim={ndim} are non-zero: {dims!r}")
     header = _trusted(v, ndim)
@@ -252,14 +232,13 @@ def _trusted(v: tuple[int, ...], ndim: int) -> SlotHeader:
     _set(h, "fmt", v[2])
     _set(h, "flags", v[3])
     _set(h, "ndim", ndim)
-    _set(h, "shape", v[13 : 13 + ndim])
-    _set(h, "seq", v[9])
-    _set(h, "payload_len", v[10])
+    _set(h, "shape", v[12 : 12 + ndim])
+    _set(h, "seq", v[8])
+    _set(h, "payload_len", v[9])
     _set(h, "meta_len", v[5])
     _set(h, "checksum", v[6])
     _set(h, "ext_gen", v[7])
-    _set(h, "ext_offset", v[8])
-    _set(h, "ext_size", v[11])
-    _set(h, "timestamp_us", v[12])
-    _set(h, "aux", v[19:23])
+    _set(h, "ext_size", v[10])
+    _set(h, "timestamp_us", v[11])
+    _set(h, "aux", v[18:22])
     return h

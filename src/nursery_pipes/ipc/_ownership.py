@@ -64,7 +64,7 @@ A forward is a journalled swap (a dead forwarder leaves it repairable)
 What goes by reference: any payload that lies in the input frame's segment — the input's
 payload unchanged, or a contiguous part of it (a slice along the first axis) — with any
 metadata: unless the frame is the input's very bytes, the metadata goes into the output slot
-and the header says where the payload starts in the segment (FLAG_SPLIT, ``ext_offset``).
+and the slot record says where the payload starts in the segment (``REC_PAYLOAD_AT``).
 
 Fan-out: the ownership moves once, to the first output; other outputs get a copy. A frame
 forwarded twice (a node emitting its input twice) is copied the second time (its input slot
@@ -108,7 +108,6 @@ def forward_refusal(
     input_owns_segment: bool,
     inside: bool,
     meta_fits: bool,
-    offset_fits: bool,
 ) -> str | None:
     """Why a frame may NOT be published by reference to the input frame's segment (None: it may).
 
@@ -116,7 +115,7 @@ def forward_refusal(
     payload, or a part of it: a slice), of the same session, which the input's slot still owns
     (not forwarded already), the input still held (not returned to its producer). Unless the
     frame is the input's very bytes in place, its metadata goes into the output slot (it must
-    fit there) and the header says where the payload starts (a u32)."""
+    fit there) and the slot record says where the payload starts."""
     if not external:
         return "the input frame is in its slot, not in an external segment"
     if not same_namespace:
@@ -129,8 +128,6 @@ def forward_refusal(
         return "the payload is not in the input frame's segment"
     if not meta_fits:
         return "the metadata does not fit the output ring's slot"
-    if not offset_fits:
-        return "the payload starts beyond 4 GiB in the segment (the header's offset is a u32)"
     return None
 
 

@@ -30,7 +30,7 @@ from ._errors import (
     RingCorruptError,
     RingError,
 )
-from ._header import FLAG_CHECKSUM, FLAG_EOS, FLAG_EXTERNAL, FLAG_SPLIT, SlotHeader, encode_frame_into
+from ._header import FLAG_CHECKSUM, FLAG_EOS, FLAG_EXTERNAL, SlotHeader, encode_frame_into
 from ._ownership import MAX_GEN, forward_refusal, seg_gen, seg_id
 from ._segment import PAGE_SIZE, Segment, SegmentCache, round_up, unlink_segment
 from ._sem import acquire
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Loan", "Producer", "as_bytes"]
 
-_TRANSPORT_FLAGS: Final = FLAG_CHECKSUM | FLAG_EXTERNAL | FLAG_SPLIT
+_TRANSPORT_FLAGS: Final = FLAG_CHECKSUM | FLAG_EXTERNAL
 _EOS_HEADER: Final = SlotHeader(flags=FLAG_EOS)
 _U32_MAX: Final = 0xFFFF_FFFF
 
@@ -61,9 +61,9 @@ def _offset_in(part: memoryview, whole: memoryview) -> int | None:
     return start if start >= 0 and start + part.nbytes <= whole.nbytes else None
 
 
-def _payload_offset(h: SlotHeader) -> int:
-    """Where an external frame's payload starts in its segment."""
-    return h.ext_offset if h.flags & FLAG_SPLIT else round_up(h.meta_len, L.META_ALIGN)
+def _payload_offset(h: SlotHeader, payload_at: int) -> int:
+    """Where an external frame's payload starts in its segment (``payload_at``: its record's)."""
+    return payload_at - 1 if payload_at else round_up(h.meta_len, L.META_ALIGN)
 
 
 def _address(view: memoryview) -> int:
@@ -358,7 +358,7 @@ class Producer:
         """Write the slot's header and stamp, then post it (we hold its free token).
 
         ``ext``: the external segment the frame lives in, as (id, mapping) or (id, size);
-        ``split``: the payload's offset in it when the metadata is in the slot (FLAG_SPLIT)."""
+        ``split``: the payload's offset in it when the metadata is in the slot (a forward)."""
         flags = header.flags & ~_TRANSPORT_FLAGS
         if flags & FLAG_EOS:
             raise HeaderError("flags", "end-of-stream is sent with end_of_stream()")
@@ -371,12 +371,10 @@ class Producer:
             gen = seg_gen(ext[0])
             size = ext[1] if isinstance(ext[1], int) else ext[1].size
             self._words[(rec + L.REC_FRAME_SEG) >> 3] = ext[0]
-            if split is not None:
-                flags |= FLAG_SPLIT
+            self._words[(rec + L.REC_PAYLOAD_AT) >> 3] = 0 if split is None else split + 1
         encode_frame_into(
             self._buf, rec + L.REC_HEADER, header, flags=flags, meta_len=meta_len,
             payload_len=payload_len, checksum=crc, ext_gen=gen, ext_size=size,
-            ext_offset=split or 0,
         )  # fmt: skip
         self._post(rec)
 
@@ -409,13 +407,14 @@ class Producer:
         frame_word = consumer._spec.record_word(in_slot, L.REC_FRAME_SEG)
         owned_word = consumer._spec.record_word(in_slot, L.REC_OWNED_SEG)
         x = in_words[frame_word]
+        payload_at = in_words[consumer._spec.record_word(in_slot, L.REC_PAYLOAD_AT)]
         segment = received._segment
         offset = None if segment is None or received._released else _offset_in(p, segment)
         same_meta = same_payload = in_place = False
         if offset is not None:
             same_meta = m == received.meta
-            same_payload = len(p) == h.payload_len and offset == _payload_offset(h)
-            in_place = same_meta and same_payload and not h.flags & FLAG_SPLIT  # X holds it all
+            same_payload = len(p) == h.payload_len and offset == _payload_offset(h, payload_at)
+            in_place = same_meta and same_payload and not payload_at  # X holds it all
         refusal = forward_refusal(
             external=True,
             same_namespace=consumer._spec.namespace == self._spec.namespace,
@@ -423,7 +422,6 @@ class Producer:
             input_owns_segment=bool(x) and in_words[owned_word] == x,
             inside=offset is not None,
             meta_fits=in_place or len(m) <= self._slot_size,
-            offset_fits=in_place or (offset or 0) <= _U32_MAX,
         )
         if refusal is not None or offset is None:
             return False

@@ -22,6 +22,9 @@ Segment layout (offsets in bytes)::
            +160 owned segment u64: id of the external segment the slot owns (0: none)
            +168 swap journal u64: id of the segment a forward is bringing in (0: none)
            +176 swap journal u64: id of the segment that forward gives away
+           +184 payload offset u64 of an external frame: 0, meta and payload are in the
+                segment laid out as in a slot; else the payload is at offset - 1 in the
+                segment and the meta in the slot (a frame forwarded by reference)
            (segment ids: see ``_ownership``)
     data_offset (page aligned)
            slot data, slot_size bytes each: meta at +0, payload at
@@ -76,6 +79,7 @@ REC_FRAME_SEG: Final = 152
 REC_OWNED_SEG: Final = 160
 REC_SWAP_IN: Final = 168
 REC_SWAP_OUT: Final = 176
+REC_PAYLOAD_AT: Final = 184
 META_ALIGN: Final = 16
 SLOT_ALIGN: Final = 64
 MAX_SLOTS: Final = 65536
@@ -84,7 +88,7 @@ U32: Final = struct.Struct("<I")
 FLAG_SPEC_CHECKSUM: Final = 1
 
 assert REC_HEADER + HEADER_SIZE <= REC_FRAME_SEG
-assert REC_SWAP_OUT + 8 <= RECORD_SIZE
+assert REC_PAYLOAD_AT + 8 <= RECORD_SIZE
 assert CTRL_SIZE % 8 == 0  # stamps are aligned u64 words
 assert RECORD_SIZE % 8 == 0
 
