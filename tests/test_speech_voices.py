@@ -115,6 +115,15 @@ def finals(frames: list[Frame]) -> list[TextFrame]:
     return [f for f in frames if isinstance(f, TextFrame) and f.metadata.get("partial") != "true"]
 
 
+def timeless(reply: str) -> str:
+    """A reply with the clock's answer blanked: the minute may change during the test."""
+    return re.sub(r"\b\d{1,2}:\d{2} [AP]M\b", "<time>", reply)
+
+
+def answer(text: str) -> str:
+    return timeless(assistant_reply(text))
+
+
 async def test_the_issues_six_questions_in_an_independent_voice_are_answered() -> None:
     """≥ 5 of 6 answered right with the grammar; partials go out and ReplyNode ignores them;
     phrases+open answers what it knows and gives an open transcript of what it does not."""
@@ -135,7 +144,7 @@ async def test_the_issues_six_questions_in_an_independent_voice_are_answered() -
     segments = [f.metadata["segment"] for f in heard]
     print("\nheard:", [f.text for f in heard])
     assert segments == [str(i) for i in range(len(SIX) + 1)]  # one final per utterance, none split
-    right = [assistant_reply(q) == r.text for q, r in zip(SIX, replies, strict=False)]
+    right = [answer(q) == timeless(r.text) for q, r in zip(SIX, replies, strict=False)]
     assert sum(right) >= 5, [(q, f.text) for q, f in zip(SIX, heard, strict=False)]
 
     # interim transcripts: several per utterance, marked, each segment's ending in its final;
@@ -143,14 +152,14 @@ async def test_the_issues_six_questions_in_an_independent_voice_are_answered() -
     partials = [f for f in result.outputs["heard"] if f.metadata.get("partial") == "true"]
     assert len(partials) >= len(heard)
     assert {f.metadata["segment"] for f in partials} <= set(segments)
-    assert [(r.metadata["segment"], r.text) for r in replies] == [
-        (f.metadata["segment"], assistant_reply(f.text)) for f in heard
+    assert [(r.metadata["segment"], timeless(r.text)) for r in replies] == [
+        (f.metadata["segment"], answer(f.text)) for f in heard
     ]
 
     mixed = finals(result.outputs["mixed"])
     print("mixed:", [(f.text, f.metadata["vocabulary"]) for f in mixed])
     assert len(mixed) == len(SIX) + 1
-    answered = [assistant_reply(q) == assistant_reply(f.text) for q, f in zip(SIX, mixed, strict=False)]
+    answered = [answer(q) == answer(f.text) for q, f in zip(SIX, mixed, strict=False)]
     assert sum(answered) >= 4
     unknown = mixed[-1]
     assert unknown.metadata["vocabulary"] == "open"  # not forced onto a question it knows
