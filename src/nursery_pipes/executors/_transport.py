@@ -44,9 +44,7 @@ from .._errors import InputError, SessionError
 from ..frames import Frame
 from ..ipc import (
     ConsumerRepair,
-    EncodedFrame,
     EndOfStream,
-    Loan,
     Namespace,
     Producer,
     ProducerRepair,
@@ -171,27 +169,16 @@ class ShmPort:
 
     async def _send(self, seq: int, frame: Frame) -> None:
         encoded = encode_frame(frame)
-        # Fast path: a free slot is there (the usual case) — fill and publish it at once, then
-        # take the schedule point; only a full ring waits on the doorbell. Either way this is a
-        # full checkpoint, and a cancellation never leaves a half-written slot behind.
+        # Fast path: a free slot is there (the usual case) — copy the frame in and publish it at
+        # once, then take the schedule point; only a full ring waits on the doorbell. Either way
+        # this is a full checkpoint, and a cancellation never leaves a half-written slot behind.
         await trio.lowlevel.checkpoint_if_cancelled()
-        loan = None
-        if not self._waiting.locked():
-            loan = self._producer.producer.try_loan(encoded.payload.nbytes, len(encoded.meta))
-        if loan is None:
-            async with self._waiting:
-                loan = await self._producer.loan(encoded.payload.nbytes, len(encoded.meta))
-                self._fill(loan, encoded, seq)
+        producer = self._producer.producer
+        if not self._waiting.locked() and producer.try_send_frame(encoded, seq):
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return
-        self._fill(loan, encoded, seq)
-        await trio.lowlevel.cancel_shielded_checkpoint()
-
-    @staticmethod
-    def _fill(loan: Loan, encoded: EncodedFrame, seq: int) -> None:
-        with loan:
-            loan.meta[:] = encoded.meta
-            loan.payload[:] = encoded.payload
-            loan.commit(encoded.header(seq))
+        async with self._waiting:
+            await self._producer.send_frame(encoded, seq)
 
     async def end(self) -> None:
         if self._ended:  # idempotent, like MemoryPort.end (a restarted node may end it again)

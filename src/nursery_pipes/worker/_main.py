@@ -52,7 +52,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from ..frames import Frame
+from ..frames import Frame, FrameKind
 from ..ipc import (
     Consumer,
     EncodedFrame,
@@ -85,6 +85,9 @@ _ran_a_node = False
 SIGNAL_POLL_S = 0.02
 """How long a worker with nothing to do waits on its inputs before it looks for signals again
 (a signal overtakes queued frames at once; an idle worker takes it within this time)."""
+
+
+_LABELS = {kind: kind.label for kind in FrameKind}
 
 
 class _SignalAbort(Exception):
@@ -581,26 +584,25 @@ class _Runner:
 
     def _write(self, frame: Frame) -> None:
         encoded = encode_frame(frame)
-        header = encoded.header(self.last_seq)
-        self.stats["frames_out"] += 1  # counted first: nothing but the commits before the release
-        self.stats["bytes_out"] += encoded.payload.nbytes
-        kinds = self.stats["kinds_out"]
-        kinds[frame.kind.label] = kinds.get(frame.kind.label, 0) + 1
+        stats = self.stats
+        stats["frames_out"] += 1  # counted first: nothing but the commits before the release
+        stats["bytes_out"] += encoded.payload.nbytes
+        kinds = stats["kinds_out"]
+        label = _LABELS[frame.kind]
+        kinds[label] = kinds.get(label, 0) + 1
         if self._given_back and any(ref() is slot_array(frame) for ref in self._given_back):
             raise OutputArrayError(
                 self.job.node_type,
                 "emitted the frame built on output_array() after another output; emit it first",
             )
+        seq = self.last_seq
         if self._loaned is not None:
-            rest = self._write_loaned(frame, encoded, header)
+            rest = self._write_loaned(frame, encoded, encoded.header(seq))
             if rest is None:
                 return
             encoded = rest
         for out in self.outputs:
-            with out.loan(encoded.payload.nbytes, len(encoded.meta)) as loan:
-                loan.meta[:] = encoded.meta
-                loan.payload[:] = encoded.payload
-                loan.commit(header)
+            out.send_frame(encoded, seq)  # one copy, header packed from the fields
 
     def _write_loaned(self, frame: Frame, encoded: EncodedFrame, header: SlotHeader) -> EncodedFrame | None:
         """Write a frame while an output_array() loan is out. A frame over exactly the lent
