@@ -413,3 +413,33 @@ def test_send_frame_refusing_a_header_returns_the_slot(ns: Namespace) -> None:
         assert info.value.field == "aux"
         assert ring.statistics().free == 1
         assert prod.try_send_frame(encoded, 1)
+
+
+def test_a_sync_consumer_sleeps_on_its_doorbell_and_anyone_may_ring_it(ns: Namespace) -> None:
+    # Consumer.wait: a worker's idle wait. A post rings it; so may a third party (the supervisor
+    # after a signal), which wakes it with nothing to take; a timeout returns False.
+    from nursery_pipes.ipc._doorbell import ring_once
+
+    with Ring.create(RingSpec(ns, 0, 2, 256, async_consumer=True)) as ring:
+        prod, cons = ring.producer(), ring.consumer()
+        assert cons.has_doorbell
+        assert cons.try_receive() is None
+        assert not cons.wait(0.01)
+        prod.send(SlotHeader(seq=5), b"", b"x")
+        assert cons.wait(1)
+        with cons.try_receive() as got:  # type: ignore[union-attr]
+            assert got.header.seq == 5
+        assert not cons.wait(0)  # drained
+        assert ring.spec.used_doorbell is not None
+        ring_once(ring.spec.used_doorbell)
+        assert cons.wait(1)
+        assert cons.try_receive() is None
+        ring.abort()
+        assert cons.wait(1)
+        with pytest.raises(RingAbortedError):
+            cons.try_receive()
+    with Ring.create(RingSpec(ns, 1, 2, 256)) as plain:
+        consumer = plain.consumer()
+        assert not consumer.has_doorbell
+        with pytest.raises(RingError, match="no doorbell"):
+            consumer.wait(0)

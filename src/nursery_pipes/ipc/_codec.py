@@ -55,9 +55,13 @@ _meta_encoder = msgspec.json.Encoder()
 _meta_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EncodedFrame:
-    """What goes into a slot: header fields (without sizes/flags), metadata blob, payload."""
+    """What goes into a slot: header fields (without sizes/flags), metadata blob, payload.
+
+    Short-lived (built per frame on the send path, used once): not frozen, since a frozen
+    dataclass's ``__init__`` costs four times as much (0.86 against 0.2 µs measured).
+    """
 
     kind: int
     fmt: int

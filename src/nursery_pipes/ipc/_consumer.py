@@ -13,7 +13,9 @@ reports as dropped, so hold a frame until you are done with it.
 
 from __future__ import annotations
 
+import math
 import os
+import select
 import time
 import zlib
 from typing import TYPE_CHECKING, Literal
@@ -127,6 +129,7 @@ class Consumer:
         self._bell = Bell(spec.free_doorbell) if spec.free_doorbell else None
         # Opened before any attempt to receive: see the wake-up protocol in _ring.py.
         self._wait_fd = open_waiter(spec.used_doorbell) if spec.used_doorbell else -1
+        self._poller: select.poll | None = None
         self._buf[L.OFF_CONSUMER_OPEN] = 1
 
     @property
@@ -134,6 +137,11 @@ class Consumer:
         return self._name
 
     # -- waiting on a file descriptor (async consumers, wait_any) -------------------------
+
+    @property
+    def has_doorbell(self) -> bool:
+        """The ring has a "used" doorbell for this end (``spec.async_consumer``)."""
+        return self._wait_fd >= 0
 
     def fileno(self) -> int:
         """The "used" doorbell: readable after the producer posted a slot (or abort)."""
@@ -145,6 +153,24 @@ class Consumer:
         """Drain the doorbell; call after ``fileno()`` became readable, then retry."""
         if self._wait_fd >= 0:
             clear(self._wait_fd)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block (GIL released) until the doorbell rings, then drain it; False on timeout.
+
+        For a sync consumer that must also be woken by something else than a frame (a worker
+        whose supervisor rings its input's doorbell after sending a signal): it blocks here
+        instead of in the semaphore. Loop: ``try_receive`` → None → ``wait`` → try again; the
+        wake-up protocol of ``_ring.py`` makes a lost wake-up impossible.
+        """
+        fd = self.fileno()
+        if self._poller is None:
+            self._poller = select.poll()
+            self._poller.register(fd, select.POLLIN)
+        ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
+        if not self._poller.poll(ms):  # retried on EINTR with what is left (PEP 475)
+            return False
+        clear(fd)
+        return True
 
     def ready(self) -> bool:
         """True if a receive would not block (a frame, EOS, or abort is pending)."""
@@ -305,6 +331,7 @@ class Consumer:
         self._ext.clear()
         if self._bell is not None:
             self._bell.close()
+        self._poller = None
         fd, self._wait_fd = self._wait_fd, -1
         if fd >= 0:
             os.close(fd)

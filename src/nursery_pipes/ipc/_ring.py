@@ -36,8 +36,9 @@ Oversize frames: external segments
     cache is keyed by it). The ring's creator unlinks all of them on close.
 
 Wake-ups (no lost wake-up)
-    A sync end simply blocks in ``sem_wait`` (``acquire()``, GIL released).
-    An end that waits on a file descriptor (trio, or ``wait_any``) gets a
+    A sync end without a doorbell simply blocks in ``sem_wait`` (``acquire()``,
+    GIL released). An end that waits on a file descriptor (trio, ``wait_any``,
+    or a sync consumer's ``Consumer.wait``, which others may ring too) gets a
     doorbell FIFO, and the other end writes one byte on EVERY post (no shared
     "waiting" flag to reason about). The waiter's loop is::
 

@@ -11,9 +11,11 @@ Life of a worker:
    watchdog, attach to the rings the supervisor created;
 2. build the node, report ``starting``, run ``initialize`` (its progress calls
    go to the supervisor), report ``ready``;
-3. receive frames (one input: block in the semaphore; several: ``wait_any`` on
-   their doorbells), call ``process``, write every output to every output ring
-   (blocking when a ring is full: backpressure);
+3. receive frames (one input: try it, else sleep on its doorbell; several:
+   ``wait_any`` on their doorbells — the supervisor also rings them after it
+   sends a signal, so an idle worker never wakes on its own), call
+   ``process``, write every output to every output ring (blocking when a ring
+   is full: backpressure);
 4. when every input has ended: ``flush``, end every output ring, ``cleanup``,
    report ``done`` with the counters.
 
@@ -83,8 +85,9 @@ __all__ = ["WorkerJob", "retire_after_node", "run_node", "warm_up"]
 _ran_a_node = False
 
 SIGNAL_POLL_S = 0.02
-"""How long a worker with nothing to do waits on its inputs before it looks for signals again
-(a signal overtakes queued frames at once; an idle worker takes it within this time)."""
+"""Only for inputs without a doorbell (rings not made by ``ShmTransport.edge``): how long a
+worker with nothing to do waits on them before it looks for signals again. With doorbells (the
+rule), the supervisor rings them after a signal and an idle worker sleeps until something comes."""
 
 
 _LABELS = {kind: kind.label for kind in FrameKind}
@@ -245,6 +248,8 @@ class _Runner:
         }
         self.last_seq = 0
         self._next_stats = 0.0
+        self._unsent_stats = False
+        """Frames were processed since the counters last went to the supervisor."""
         self._loaned: tuple[Loan, npt.NDArray[Any]] | None = None
         """The output_array() loan on the first output ring, and the array over it."""
         self._lent: list[weakref.ref[npt.NDArray[Any]]] = []
@@ -327,20 +332,25 @@ class _Runner:
         active = self.active = list(self.inputs)  # an input a predecessor read to its end is ended
         single = len(active) == 1
         control = self.control
-        poll = None if control is None else SIGNAL_POLL_S
+        # Inputs have doorbells (ShmTransport.edge), which the supervisor also rings after it
+        # sends a signal: the worker waits on them with no timeout, and idle means asleep.
+        # Without (a ring made elsewhere), it polls for signals every SIGNAL_POLL_S.
+        doorbells = all(c.has_doorbell for c in active)
+        poll = None if control is None or doorbells else SIGNAL_POLL_S
         while active:
             if control is not None and self._signal_waiting(control):  # ahead of every frame queued
                 self._signals(node, None)
                 continue
-            ready = active if single else wait_any(active, poll)
+            ready = active if single else wait_any(active, self._idle_timeout(poll))
             for consumer in ready:
                 try:
-                    received = self._receive(consumer, single, poll)
+                    received = self._receive(consumer, single, doorbells, poll)
                 except EndOfStream:
                     active.remove(consumer)
                     continue
                 if received is None:
                     continue
+                self._unsent_stats = True
                 # The input slot is the frame's in-process marker: returned only once process()
                 # and every output are done. If they raise, or the process dies, it stays taken,
                 # and the supervisor's repair of the ring reports this frame as dropped
@@ -360,10 +370,30 @@ class _Runner:
                 self.stats["processing_s"] += time.perf_counter() - began - writing
             self._maybe_stats()
 
-    @staticmethod
-    def _receive(consumer: Consumer, single: bool, poll: float | None) -> Received | None:
+    def _idle_timeout(self, poll: float | None) -> float | None:
+        """How long an idle wait may last: ``poll``, shortened so that the counters of the
+        frames processed last reach the supervisor within ``stats_interval_s``."""
+        if not self._unsent_stats:
+            return poll
+        due = max(0.0, self._next_stats - time.monotonic())
+        return due if poll is None else min(poll, due)
+
+    def _receive(
+        self, consumer: Consumer, single: bool, doorbell: bool, poll: float | None
+    ) -> Received | None:
+        """The next frame of ``consumer``, or None: nothing came (look for signals, try again).
+
+        A single input with a doorbell: if nothing is there, sleep until the doorbell rings —
+        a frame, the end of stream, an abort, or a signal the supervisor sent — then return
+        None, so that the loop looks at the control ring first. The wait ends early when the
+        counters of the last frames are due (``stats_interval_s``)."""
         if not single:
             return consumer.try_receive()
+        if doorbell:
+            received = consumer.try_receive()
+            if received is None:
+                consumer.wait(self._idle_timeout(None))  # timed out: the loop sends the counters
+            return received
         try:
             return consumer.receive(poll)
         except TimeoutError:  # nothing came: look for signals, then wait again
@@ -636,6 +666,7 @@ class _Runner:
         now = time.monotonic()
         if now >= self._next_stats:
             self._next_stats = now + self.job.stats_interval_s
+            self._unsent_stats = False
             self.events.stats(self.stats)
 
     def _cleanup(self, node: Node[Any]) -> None:
