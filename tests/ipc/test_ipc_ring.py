@@ -434,8 +434,17 @@ def test_a_sync_consumer_sleeps_on_its_doorbell_and_anyone_may_ring_it(ns: Names
         ring_once(ring.spec.used_doorbell)
         assert cons.wait(1)
         assert cons.try_receive() is None
+        prod.send(SlotHeader(seq=6), b"", b"y")
+        assert cons.wait()  # no timeout: sleeps in a blocking read of the FIFO (here: at once)
+        with cons.try_receive() as got:  # type: ignore[union-attr]
+            assert got.header.seq == 6
+        assert not cons.wait(0)  # that read drained the doorbell too
+        woken = threading.Timer(0.05, ring_once, [ring.spec.used_doorbell])
+        woken.start()
+        assert cons.wait()
+        woken.join()
         ring.abort()
-        assert cons.wait(1)
+        assert cons.wait()
         with pytest.raises(RingAbortedError):
             cons.try_receive()
     with Ring.create(RingSpec(ns, 1, 2, 256)) as plain:

