@@ -452,3 +452,38 @@ def test_a_sync_consumer_sleeps_on_its_doorbell_and_anyone_may_ring_it(ns: Names
         assert not consumer.has_doorbell
         with pytest.raises(RingError, match="no doorbell"):
             consumer.wait(0)
+
+
+def _rung(fd: int) -> bool:
+    import select
+
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def test_doorbells_ring_when_a_semaphore_leaves_empty_and_only_then(ns: Namespace) -> None:
+    # The waiter of a doorbell waits only after finding its semaphore empty: a post that takes
+    # it up from empty rings; one that finds tokens already there does not (no write for a busy
+    # waiter). Both directions, and the waits still wake.
+    with Ring.create(RingSpec(ns, 0, 3, 256, async_producer=True, async_consumer=True)) as ring:
+        prod, cons = ring.producer(), ring.consumer()
+        prod.send(SlotHeader(seq=1), b"", b"a")
+        assert _rung(cons.fileno())  # used: 0 -> 1
+        cons.clear_doorbell()
+        prod.send(SlotHeader(seq=2), b"", b"b")
+        assert not _rung(cons.fileno())  # used: 1 -> 2, the consumer is behind: no byte
+        first, second = cons.try_receive(), cons.try_receive()
+        assert first is not None
+        assert second is not None
+        assert cons.try_receive() is None  # empty now: a waiter would wait...
+        prod.send(SlotHeader(seq=3), b"", b"c")
+        assert cons.wait(1)  # ...and the post from empty wakes it
+        third = cons.try_receive()
+        assert third is not None
+        assert not prod.try_send(SlotHeader(seq=4), b"", b"d")  # full: the producer would wait
+        first.release()
+        assert _rung(prod.fileno())  # free: 0 -> 1
+        prod.clear_doorbell()
+        second.release()
+        assert not _rung(prod.fileno())  # free: 1 -> 2, nobody can be waiting
+        assert prod.try_send(SlotHeader(seq=4), b"", b"d")
+        third.release()

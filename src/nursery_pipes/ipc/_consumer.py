@@ -313,7 +313,7 @@ class Consumer:
         for _ in range(count):
             self._free.release()
         w[L.W_RELEASED] = nxt  # after them: a repair knows whether some may be missing
-        if self._bell is not None:
+        if self._bell is not None and self._free.value <= count:  # from 0: the producer may wait
             self._bell.ring()  # after the posts: see the wake-up protocol
 
     # -- ending ----------------------------------------------------------------------

@@ -359,7 +359,7 @@ class Producer:
         if eos:
             self._buf[L.OFF_EOS] = 1
         self._used.release()
-        if self._bell is not None:
+        if self._bell is not None and self._used.value <= 1:  # from empty: the consumer may wait
             self._bell.ring()
 
     def _discard(self, loan: Loan) -> None:
