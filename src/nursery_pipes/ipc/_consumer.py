@@ -204,9 +204,12 @@ class Consumer:
         end-of-stream was received, :class:`RingAbortedError` after an abort.
         """
         self._check_live()
+        used = self._used
         while True:  # until the semaphore is empty: a dropped excess token hides no frame
+            if not used.value:  # empty (the usual miss): no BusyError raised and caught
+                return None
             try:
-                self._used.acquire(0)
+                used.acquire(0)
             except posix_ipc.BusyError:
                 return None
             received = self._take()

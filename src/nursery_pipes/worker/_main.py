@@ -391,9 +391,11 @@ class _Runner:
             return consumer.try_receive()
         if doorbell:
             received = consumer.try_receive()
-            if received is None:
-                consumer.wait(self._idle_timeout(None))  # timed out: the loop sends the counters
-            return received
+            if received is None and consumer.wait(self._idle_timeout(None)):
+                control = self.control  # rung: a frame, unless a signal came (it goes first)
+                if control is None or not self._signal_waiting(control):
+                    received = consumer.try_receive()
+            return received  # None: timed out (the loop sends the counters), or a signal
         try:
             return consumer.receive(poll)
         except TimeoutError:  # nothing came: look for signals, then wait again
