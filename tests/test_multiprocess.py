@@ -42,6 +42,7 @@ from nursery_pipes import (
 )
 from nursery_pipes._config import LimitsConfig, MultiprocessDefaults, NodesConfig
 from nursery_pipes.executors import MultiprocessExecutor
+from nursery_pipes.runtime import Output, SignalHandled
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -124,6 +125,54 @@ async def test_worker_chain_keeps_order_and_runs_in_its_own_titled_process() -> 
     assert metrics.nodes["w2"].frames_in == metrics.nodes["w2"].frames_out == 200
 
 
+def _voluntary_switches(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+async def test_an_idle_worker_sleeps_until_a_frame_or_a_signal_comes() -> None:
+    # A worker waits on its inputs' doorbells with no timeout (the supervisor rings them after
+    # a signal): idle, it never wakes (it polled every 20 ms, 15% of a core for 50 idle
+    # workers). The counters of its last frames still arrive; a signal still wakes it, and so
+    # does a frame on either input of a fan-in worker.
+    m = manifest(
+        [
+            ("w1", "PassThrough", {}, "multiprocess"),
+            ("w2", "PassThrough", {}, "multiprocess"),
+            ("join", "PassThrough", {}, "multiprocess"),
+        ],
+        [("w1", "join"), ("w2", "join")],
+    )
+    async with runtime().open_session(m) as session:
+        outputs = session.outputs()
+        for i in range(3):
+            await session.send("w1", audio(i))
+            await outputs.__anext__()
+        with trio.fail_after(5):  # the counters of the frames processed last reach us
+            while min(session.metrics().nodes[n].frames_in for n in ("w1", "join")) < 3:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        pids = [session.metrics().nodes[n].pid for n in ("w1", "w2", "join")]
+        await trio.sleep(0.1)
+        before = [_voluntary_switches(pid) for pid in pids if pid is not None]
+        await trio.sleep(0.5)
+        after = [_voluntary_switches(pid) for pid in pids if pid is not None]
+        assert len(before) == 3
+        assert [b - a for a, b in zip(before, after, strict=True)] == [0, 0, 0]  # asleep
+        session.signal("mark", to=["w1", "join"])
+        await session.send("w2", audio(9))  # join wakes on its other input too
+        with trio.fail_after(5):
+            handled: set[str] = set()
+            async for event in session.events():
+                if isinstance(event, SignalHandled):
+                    handled.add(event.node_id)
+                if isinstance(event, Output):
+                    assert float(event.frame.samples[0, 0]) == 9.0
+                    handled.add("output")
+                if handled == {"w1", "join", "output"}:
+                    break
+        session.cancel()
+
+
 async def test_fan_out_and_fan_in_between_workers() -> None:
     m = manifest(
         [
@@ -189,7 +238,7 @@ async def test_a_ring_the_worker_side_aborted_is_a_broken_port() -> None:
 
     transport = ShmTransport(RingGeometry(2, 4096))
     try:
-        ring = transport.edge(producer_in_supervisor=True, consumer_in_supervisor=False, consumer_fan_in=1)
+        ring = transport.edge(producer_in_supervisor=True)
         port = transport.port(ring)
         await port.send(1, TextFrame(text="taken"))
         transport.abort_all()  # what a worker being stopped sees

@@ -73,13 +73,7 @@ class Supervisor:
         self.transport = transport
         self.ports = [transport.node_ports() for _ in range(nodes)]
         rings = [
-            transport.edge(
-                producer_in_supervisor=i == 0,
-                consumer_in_supervisor=i == nodes,
-                consumer_fan_in=1,
-                takeover_producer=temporary and i > 0,
-                takeover_consumer=temporary and i < nodes,
-            )
+            transport.edge(producer_in_supervisor=i == 0, takeover_producer=temporary and i > 0)
             for i in range(nodes + 1)
         ]
         for i, ports in enumerate(self.ports):
@@ -282,7 +276,7 @@ async def test_temporary_node_taken_over_ends_its_output_and_drains_its_input(su
 
 async def test_take_over_needs_the_doorbells(supervisor_of: Any) -> None:
     sup = supervisor_of(1)
-    with pytest.raises(RingError, match="takeover_consumer"):
+    with pytest.raises(RingError, match="takeover_producer"):
         sup.transport.take_over(sup.ports[0])
     await trio.lowlevel.checkpoint()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -18,6 +19,7 @@ from nursery_pipes.ipc import (
     decode_from,
     encode_into,
 )
+from nursery_pipes.ipc._header import pack_frame_into
 
 U8, U16, U32, U64 = (st.integers(0, 2**b - 1) for b in (8, 16, 32, 64))
 
@@ -146,3 +148,49 @@ def test_corrupt_flags_and_truncation() -> None:
 def test_eos_property() -> None:
     assert SlotHeader(flags=FLAG_EOS).is_eos
     assert not SlotHeader().is_eos
+
+
+@given(headers(), st.integers(0, 64))
+def test_pack_frame_into_writes_what_encode_into_writes(header: SlotHeader, offset: int) -> None:
+    # The send hot path packs a header from its fields without building a SlotHeader: the bytes
+    # must be exactly those of the validated header.
+    fast, slow = bytearray(offset + HEADER_SIZE), bytearray(offset + HEADER_SIZE)
+    h = header
+    pack_frame_into(
+        fast, offset, h.kind, h.fmt, h.shape, h.seq, h.timestamp_us, h.aux, flags=h.flags,
+        meta_len=h.meta_len, payload_len=h.payload_len, checksum=h.checksum, ext_gen=h.ext_gen,
+        ext_size=h.ext_size,
+    )  # fmt: skip
+    encode_into(slow, offset, h)
+    assert fast == slow
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"kind": 256}, "kind"),
+        ({"fmt": -1}, "fmt"),
+        ({"shape": (1,) * 7}, "ndim"),
+        ({"shape": (2**64,)}, "shape"),
+        ({"shape": (1.5,)}, "shape"),
+        ({"seq": 2**64}, "seq"),
+        ({"timestamp_us": -1}, "timestamp_us"),
+        ({"aux": (1, 2, 3)}, "aux"),
+        ({"aux": (1, 2, 3, 2**64)}, "aux"),
+        ({"payload_len": -5}, "payload_len"),
+        ({"meta_len": 2**32}, "meta_len"),
+    ],
+)
+def test_pack_frame_into_names_the_field_it_refuses(fields: dict[str, Any], field: str) -> None:
+    args: dict[str, Any] = {
+        "kind": 3, "fmt": 1, "shape": (4,), "seq": 1, "timestamp_us": 0, "aux": (0, 0, 0, 0),
+        "flags": 0, "meta_len": 0, "payload_len": 4, "checksum": 0, "ext_gen": 0, "ext_size": 0,
+    }  # fmt: skip
+    args.update(fields)
+    buf = bytearray(HEADER_SIZE)
+    with pytest.raises(HeaderError) as info:
+        pack_frame_into(
+            buf, 0, args.pop("kind"), args.pop("fmt"), args.pop("shape"), args.pop("seq"),
+            args.pop("timestamp_us"), args.pop("aux"), **args,
+        )  # fmt: skip
+    assert info.value.field == field

@@ -356,3 +356,134 @@ def test_wait_any_fan_in(ns: Namespace) -> None:
     finally:
         for r in rings:
             r.close()
+
+
+@pytest.mark.parametrize("checksum", [False, True])
+def test_send_frame_round_trips_inline_and_external(ns: Namespace, checksum: bool) -> None:
+    # The frame hot path (header packed from the encoded fields): same frame out, in a slot or
+    # in the slot's external segment, checksum verified on the way out.
+    from nursery_pipes import AudioFrame, TensorFrame
+    from nursery_pipes.ipc import decode_frame, encode_frame
+
+    small = AudioFrame.from_array(np.arange(8, dtype=np.float32), sample_rate=16000)
+    big = TensorFrame(data=np.arange(300, dtype=np.uint8).reshape(3, 100), layout="HW")
+    with Ring.create(RingSpec(ns, 0, 2, 256, checksum=checksum)) as ring:
+        prod, cons = ring.producer(), ring.consumer()
+        for seq, frame in ((7, small), (8, big), (9, small)):
+            if seq == 8:
+                prod.send_frame(encode_frame(frame), seq, timeout=1)
+            else:
+                assert prod.try_send_frame(encode_frame(frame), seq)
+            with cons.receive(timeout=1) as got:
+                assert got.header.seq == seq
+                assert bool(got.header.flags & FLAG_EXTERNAL) == (frame is big)
+                assert bool(got.header.flags & FLAG_CHECKSUM) == checksum
+                assert decode_frame(got.header, got.meta, got.payload, copy=True) == frame
+
+
+def test_try_send_frame_on_a_full_ring_sends_nothing(ns: Namespace) -> None:
+    from nursery_pipes import TensorFrame
+    from nursery_pipes.ipc import encode_frame
+
+    encoded = encode_frame(TensorFrame(data=np.zeros(4, dtype=np.uint8)))
+    with Ring.create(RingSpec(ns, 0, 1, 256)) as ring:
+        prod, cons = ring.producer(), ring.consumer()
+        assert prod.try_send_frame(encoded, 1)
+        assert not prod.try_send_frame(encoded, 2)
+        with pytest.raises(TimeoutError):
+            prod.send_frame(encoded, 2, timeout=0.01)
+        assert ring.statistics().produced == 1
+        with cons.receive(timeout=1) as got:
+            assert got.header.seq == 1
+        assert cons.try_receive() is None
+
+
+def test_send_frame_refusing_a_header_returns_the_slot(ns: Namespace) -> None:
+    # A field the header cannot hold is named, and the slot it had taken goes back.
+    import dataclasses
+
+    from nursery_pipes import TensorFrame
+    from nursery_pipes.ipc import encode_frame
+
+    encoded = encode_frame(TensorFrame(data=np.zeros(4, dtype=np.uint8)))
+    with Ring.create(RingSpec(ns, 0, 1, 256)) as ring:
+        prod = ring.producer()
+        with pytest.raises(HeaderError) as info:
+            prod.send_frame(dataclasses.replace(encoded, aux=(0, 0, 0, 2**64)), 1)
+        assert info.value.field == "aux"
+        assert ring.statistics().free == 1
+        assert prod.try_send_frame(encoded, 1)
+
+
+def test_a_sync_consumer_sleeps_on_its_doorbell_and_anyone_may_ring_it(ns: Namespace) -> None:
+    # Consumer.wait: a worker's idle wait. A post rings it; so may a third party (the supervisor
+    # after a signal), which wakes it with nothing to take; a timeout returns False.
+    from nursery_pipes.ipc._doorbell import ring_once
+
+    with Ring.create(RingSpec(ns, 0, 2, 256, async_consumer=True)) as ring:
+        prod, cons = ring.producer(), ring.consumer()
+        assert cons.has_doorbell
+        assert cons.try_receive() is None
+        assert not cons.wait(0.01)
+        prod.send(SlotHeader(seq=5), b"", b"x")
+        assert cons.wait(1)
+        with cons.try_receive() as got:  # type: ignore[union-attr]
+            assert got.header.seq == 5
+        assert not cons.wait(0)  # drained
+        assert ring.spec.used_doorbell is not None
+        ring_once(ring.spec.used_doorbell)
+        assert cons.wait(1)
+        assert cons.try_receive() is None
+        prod.send(SlotHeader(seq=6), b"", b"y")
+        assert cons.wait()  # no timeout: sleeps in a blocking read of the FIFO (here: at once)
+        with cons.try_receive() as got:  # type: ignore[union-attr]
+            assert got.header.seq == 6
+        assert not cons.wait(0)  # that read drained the doorbell too
+        woken = threading.Timer(0.05, ring_once, [ring.spec.used_doorbell])
+        woken.start()
+        assert cons.wait()
+        woken.join()
+        ring.abort()
+        assert cons.wait()
+        with pytest.raises(RingAbortedError):
+            cons.try_receive()
+    with Ring.create(RingSpec(ns, 1, 2, 256)) as plain:
+        consumer = plain.consumer()
+        assert not consumer.has_doorbell
+        with pytest.raises(RingError, match="no doorbell"):
+            consumer.wait(0)
+
+
+def _rung(fd: int) -> bool:
+    import select
+
+    return bool(select.select([fd], [], [], 0)[0])
+
+
+def test_doorbells_ring_when_a_semaphore_leaves_empty_and_only_then(ns: Namespace) -> None:
+    # The waiter of a doorbell waits only after finding its semaphore empty: a post that takes
+    # it up from empty rings; one that finds tokens already there does not (no write for a busy
+    # waiter). Both directions, and the waits still wake.
+    with Ring.create(RingSpec(ns, 0, 3, 256, async_producer=True, async_consumer=True)) as ring:
+        prod, cons = ring.producer(), ring.consumer()
+        prod.send(SlotHeader(seq=1), b"", b"a")
+        assert _rung(cons.fileno())  # used: 0 -> 1
+        cons.clear_doorbell()
+        prod.send(SlotHeader(seq=2), b"", b"b")
+        assert not _rung(cons.fileno())  # used: 1 -> 2, the consumer is behind: no byte
+        first, second = cons.try_receive(), cons.try_receive()
+        assert first is not None
+        assert second is not None
+        assert cons.try_receive() is None  # empty now: a waiter would wait...
+        prod.send(SlotHeader(seq=3), b"", b"c")
+        assert cons.wait(1)  # ...and the post from empty wakes it
+        third = cons.try_receive()
+        assert third is not None
+        assert not prod.try_send(SlotHeader(seq=4), b"", b"d")  # full: the producer would wait
+        first.release()
+        assert _rung(prod.fileno())  # free: 0 -> 1
+        prod.clear_doorbell()
+        second.release()
+        assert not _rung(prod.fileno())  # free: 1 -> 2, nobody can be waiting
+        assert prod.try_send(SlotHeader(seq=4), b"", b"d")
+        third.release()

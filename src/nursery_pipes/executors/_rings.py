@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-from ..ipc import Consumer, EndOfStream, Loan, Producer, Received, SlotHeader
+from ..ipc import Consumer, EncodedFrame, EndOfStream, Loan, Producer, Received, SlotHeader
 from ..ipc._producer import as_bytes
 
 if TYPE_CHECKING:
@@ -83,6 +83,12 @@ class TrioProducer:
         """Copy ``meta``/``payload`` into the next free slot and publish."""
         m, p = as_bytes(meta), as_bytes(payload)
         await _attempt_until(self._fd, self._p.clear_doorbell, lambda: self._p.try_send(header, m, p) or None)
+
+    async def send_frame(self, frame: EncodedFrame, seq: int) -> None:
+        """Copy an encoded frame into the next free slot and publish it as sequence ``seq``."""
+        await _attempt_until(
+            self._fd, self._p.clear_doorbell, lambda: self._p.try_send_frame(frame, seq) or None
+        )
 
     async def end_of_stream(self) -> None:
         """Publish end-of-stream after everything sent so far."""

@@ -55,9 +55,13 @@ _meta_encoder = msgspec.json.Encoder()
 _meta_decoder = msgspec.json.Decoder(dict[str, Any])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EncodedFrame:
-    """What goes into a slot: header fields (without sizes/flags), metadata blob, payload."""
+    """What goes into a slot: header fields (without sizes/flags), metadata blob, payload.
+
+    Short-lived (built per frame on the send path, used once): not frozen, since a frozen
+    dataclass's ``__init__`` costs four times as much (0.86 against 0.2 µs measured).
+    """
 
     kind: int
     fmt: int
@@ -105,12 +109,18 @@ def shm_refusal(frame: Frame) -> str | None:
     return None
 
 
+# Hot-path lookups (a dict hit instead of an enum call or a scan of the formats per frame).
+_KINDS = {int(kind): kind for kind in FrameKind}
+_AUDIO_DTYPES = {int(fmt): fmt.dtype for fmt in AudioFormat}
+_AUDIO_FORMATS = {fmt.dtype: fmt for fmt in AudioFormat}
+
+
 def encode_frame(frame: Frame) -> EncodedFrame:
     """Split a frame into slot parts (no copy of the payload when the array is contiguous)."""
     if isinstance(frame, AudioFrame):
         return EncodedFrame(
             FrameKind.AUDIO,
-            frame.format,
+            _AUDIO_FORMATS.get(frame.samples.dtype) or frame.format,
             tuple(frame.samples.shape),
             (frame.sample_rate, 0, 0, 0),
             0,
@@ -177,14 +187,15 @@ def decode_frame(header: SlotHeader, meta: memoryview | bytes, payload: memoryvi
     """Rebuild a frame. ``copy=False`` wraps the slot memory (valid until the slot is released)."""
     doc = _meta_decoder.decode(meta) if len(meta) else {}
     metadata = doc.get("metadata") or {}
-    kind = FrameKind(header.kind)
-    shape = tuple(header.shape)
+    kind = _KINDS.get(header.kind) or FrameKind(header.kind)
+    shape = header.shape  # a tuple of ints already (decode_from)
     if kind is FrameKind.AUDIO:
         # The producer built this frame through the validating constructor; the header carries
         # exactly what it checked, so the hot path skips a second validation.
+        dtype = _AUDIO_DTYPES.get(header.fmt) or AudioFormat(header.fmt).dtype
         return _trusted(
             AudioFrame,
-            samples=_array(payload, AudioFormat(header.fmt).dtype, shape, copy),
+            samples=_array(payload, dtype, shape, copy),
             sample_rate=header.aux[0],
             metadata=MappingProxyType(metadata) if metadata else _EMPTY_META,
         )

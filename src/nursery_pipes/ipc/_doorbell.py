@@ -26,7 +26,7 @@ import errno
 import os
 from typing import Final
 
-__all__ = ["Bell", "clear", "open_waiter", "ring_once"]
+__all__ = ["Bell", "clear", "open_sleeper", "open_waiter", "ring_once", "sleep_until_rung"]
 
 _WAITER_FLAGS: Final = os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC
 _RINGER_FLAGS: Final = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC
@@ -36,6 +36,22 @@ _BYTE: Final = b"\x00"
 def open_waiter(path: str) -> int:
     """Open the waiting end of doorbell ``path``; never blocks."""
     return os.open(path, _WAITER_FLAGS)
+
+
+def open_sleeper(path: str) -> int:
+    """A second, *blocking* reader of doorbell ``path``, for a sync waiter with no timeout:
+    :func:`sleep_until_rung` sleeps and drains in one ``read`` (poll + read would be two).
+    Open the waiting end (:func:`open_waiter`) first: it is also a writer, so this fd never
+    sees end of file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO: never blocks
+    os.set_blocking(fd, True)
+    return fd
+
+
+def sleep_until_rung(fd: int) -> None:
+    """Sleep (GIL released) until the doorbell rings; drains up to 4096 rings (the rest, if
+    any, wakes the next sleep at once: harmless). EINTR is retried (PEP 475)."""
+    os.read(fd, 4096)
 
 
 def clear(fd: int) -> None:

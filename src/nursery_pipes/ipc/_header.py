@@ -195,6 +195,47 @@ def encode_frame_into(
     )
 
 
+def _plain(value: int) -> int:
+    return int(value) if isinstance(value, int) and type(value) is not bool else value
+
+
+def pack_frame_into(
+    buf: bytearray | memoryview,
+    offset: int,
+    kind: int,
+    fmt: int,
+    shape: tuple[int, ...],
+    seq: int,
+    timestamp_us: int,
+    aux: tuple[int, int, int, int],
+    *,
+    flags: int,
+    meta_len: int,
+    payload_len: int,
+    checksum: int,
+    ext_gen: int,
+    ext_size: int,
+) -> None:
+    """Write a header from its fields, without building a :class:`SlotHeader` (the hot path of
+    a frame's send). The struct checks every width at C speed; only when it refuses a value is
+    the header built, to raise the :class:`HeaderError` that names the field."""
+    ndim = len(shape)
+    try:
+        if ndim > MAX_NDIM or len(aux) != 4:
+            raise ValueError("ndim/aux")
+        _STRUCT.pack_into(
+            buf, offset, MAGIC, kind, fmt, flags, ndim, meta_len, checksum, ext_gen,
+            seq, payload_len, ext_size, timestamp_us, *shape, *_ZERO_SHAPE[ndim:], *aux,
+        )  # fmt: skip
+    except (struct.error, TypeError, ValueError):
+        SlotHeader(  # kind and fmt may be IntEnums (frame codes): as plain ints, not culprits
+            kind=_plain(kind), fmt=_plain(fmt), flags=flags, ndim=ndim, shape=shape, seq=seq,
+            payload_len=payload_len, meta_len=meta_len, checksum=checksum, ext_gen=ext_gen,
+            ext_size=ext_size, timestamp_us=timestamp_us, aux=aux,
+        )  # fmt: skip
+        raise  # pragma: no cover - the constructor raised a HeaderError
+
+
 def decode_from(buf: bytes | bytearray | memoryview, offset: int) -> SlotHeader:
     """Read and validate the header at ``buf[offset:offset + HEADER_SIZE]``.
 

@@ -30,7 +30,14 @@ from ._errors import (
     RingCorruptError,
     RingError,
 )
-from ._header import FLAG_CHECKSUM, FLAG_EOS, FLAG_EXTERNAL, SlotHeader, encode_frame_into
+from ._header import (
+    FLAG_CHECKSUM,
+    FLAG_EOS,
+    FLAG_EXTERNAL,
+    SlotHeader,
+    encode_frame_into,
+    pack_frame_into,
+)
 from ._ownership import MAX_GEN, forward_refusal, seg_gen, seg_id
 from ._segment import PAGE_SIZE, Segment, SegmentCache, round_up, unlink_segment
 from ._sem import acquire
@@ -40,6 +47,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Buffer
 
+    from ._codec import EncodedFrame
     from ._consumer import Received
     from ._ring import Ring
 
@@ -465,7 +473,7 @@ class Producer:
         if eos:
             self._buf[L.OFF_EOS] = 1
         self._used.release()
-        if self._bell is not None:
+        if self._bell is not None and self._used.value <= 1:  # from empty: the consumer may wait
             self._bell.ring()
 
     def _discard(self, loan: Loan) -> None:
@@ -497,8 +505,33 @@ class Producer:
         self._copy_and_publish(header, m, p)
         return True
 
-    def _copy_and_publish(self, header: SlotHeader, m: memoryview, p: memoryview) -> None:
-        # The one-copy fast path of send(): no Loan object, no intermediate views.
+    def send_frame(self, frame: EncodedFrame, seq: int, timeout: float | None = None) -> None:
+        """:meth:`send` of an encoded frame (``ipc.encode_frame``) as sequence ``seq``: the
+        header is packed straight from its fields, never built as a :class:`SlotHeader`."""
+        m, p = as_bytes(frame.meta), frame.payload
+        self._check_can_loan(len(p), len(m))
+        self._acquire(timeout)
+        self._copy_and_publish(None, m, p, frame, seq)
+
+    def try_send_frame(self, frame: EncodedFrame, seq: int) -> bool:
+        """Non-blocking :meth:`send_frame`; False (nothing sent) if the ring is full."""
+        m, p = as_bytes(frame.meta), frame.payload
+        self._check_can_loan(len(p), len(m))
+        if not self._try_acquire():
+            return False
+        self._copy_and_publish(None, m, p, frame, seq)
+        return True
+
+    def _copy_and_publish(
+        self,
+        header: SlotHeader | None,
+        m: memoryview,
+        p: memoryview,
+        frame: EncodedFrame | None = None,
+        seq: int = 0,
+    ) -> None:
+        # The one-copy fast path of send(): no Loan object, no intermediate views. The header
+        # is ``header``, or else ``frame``'s fields with ``seq``.
         try:
             slot = self._pos % self._slots
             meta_len, n = len(m), len(p)
@@ -513,7 +546,24 @@ class Producer:
                 view[base : base + meta_len] = m
             view[base + off : base + off + n] = p
             crc = zlib.crc32(p, zlib.crc32(m)) if self._checksum else 0
-            self._publish(slot, header, meta_len, n, crc, ext)
+            if header is not None:
+                self._publish(slot, header, meta_len, n, crc, ext)
+                return
+            assert frame is not None
+            flags = FLAG_CHECKSUM if self._checksum else 0
+            gen = size = 0
+            rec = L.CTRL_SIZE + slot * L.RECORD_SIZE
+            if ext is not None:  # as _publish: the slot record names the segment the frame is in
+                flags |= FLAG_EXTERNAL
+                gen, size = seg_gen(ext[0]), ext[1].size
+                self._words[(rec + L.REC_FRAME_SEG) >> 3] = ext[0]
+                self._words[(rec + L.REC_PAYLOAD_AT) >> 3] = 0
+            pack_frame_into(
+                self._buf, rec + L.REC_HEADER, frame.kind, frame.fmt, frame.shape, seq,
+                frame.timestamp_us, frame.aux, flags=flags, meta_len=meta_len, payload_len=n,
+                checksum=crc, ext_gen=gen, ext_size=size,
+            )  # fmt: skip
+            self._post(rec)
         except BaseException:
             self._free.release()  # nothing was posted: give the slot back
             raise

@@ -14,9 +14,10 @@ Frame path (zero copy)
     ``producer.try_loan/loan`` takes a free token and lends slot ``pos % n``
     as writable ``meta``/``payload`` memoryviews; ``Loan.commit(header)``
     writes the header and a stamp, posts *used*, then rings the "used"
-    doorbell. ``consumer.try_receive/receive`` takes a used token and returns
-    read-only views; ``Received.release()`` posts *free*, then rings the
-    "free" doorbell. Posts are full memory barriers, so data written before a
+    doorbell (if the post took it up from empty: see Wake-ups).
+    ``consumer.try_receive/receive`` takes a used token and returns read-only
+    views; ``Received.release()`` posts *free*, then rings the "free" doorbell
+    (likewise). Posts are full memory barriers, so data written before a
     post is visible after the matching wait.
 
 Oversize frames: external segments
@@ -43,10 +44,13 @@ Oversize frames: external segments
     session together (the supervisor unlinks the whole namespace).
 
 Wake-ups (no lost wake-up)
-    A sync end simply blocks in ``sem_wait`` (``acquire()``, GIL released).
-    An end that waits on a file descriptor (trio, or ``wait_any``) gets a
-    doorbell FIFO, and the other end writes one byte on EVERY post (no shared
-    "waiting" flag to reason about). The waiter's loop is::
+    A sync end without a doorbell simply blocks in ``sem_wait`` (``acquire()``,
+    GIL released). An end that waits on a file descriptor (trio, ``wait_any``,
+    or a sync consumer's ``Consumer.wait``, which others may ring too) gets a
+    doorbell FIFO, and the other end writes one byte after each post that takes
+    the semaphore up from empty: it reads the value after its post(s) and rings
+    if that is at most what it posted (no shared "waiting" flag). The waiter's
+    loop is::
 
         open doorbell fd (before the first attempt)
         loop: try_* → got it? done.  wait readable(fd) → drain(fd) → loop
@@ -57,6 +61,19 @@ Wake-ups (no lost wake-up)
     byte is still in the pipe and the next wait returns at once. If the ringer
     found no reader (ENXIO), the waiter had not opened its fd, so its first
     ``try_*`` comes after P.
+
+    Why ringing only from empty is enough: a waiter waits only after a
+    ``try_*`` found the semaphore empty (one that drops excess tokens after a
+    repair goes on until it is empty). Besides the waiter returning its own
+    token (after which it tries again, and succeeds), only the other end posts
+    (abort and the repair post too, and always ring). So the first post after
+    that failed try takes the value up from 0; reading it after its posts, its
+    poster finds at most what it posted (the waiter only takes tokens away
+    meanwhile) and rings: the argument above applies to that byte. The read is
+    racy in one direction only — it may ring when nobody waits (harmless). A
+    busy waiter therefore costs its other end no ``write``: the consumer that
+    returns one slot of a ring with free slots left, the producer that posts
+    to a consumer still behind.
 
 End of stream and abort
     ``end_of_stream()`` is a frame (FLAG_EOS) in ring order, so the consumer

@@ -117,15 +117,12 @@ def _shm_edge(
 ) -> None:
     src_in_supervisor = src == CLIENT or plan.nodes[src].on_supervisor
     dst_in_supervisor = dst == CLIENT or plan.nodes[dst].on_supervisor
-    fan_in = 1 if dst == CLIENT else len(plan.nodes[dst].inputs)
     ring = transport.edge(
         producer_in_supervisor=src_in_supervisor,
-        consumer_in_supervisor=dst_in_supervisor,
-        consumer_fan_in=fan_in,
         # A temporary node that fails is taken over by the supervisor for good (its outputs
-        # end, its inputs are drained): its worker ends of the edge need doorbells for that.
+        # end, its inputs are drained): its producing ends need doorbells for that (consuming
+        # ends always have one).
         takeover_producer=not src_in_supervisor and _temporary(plan, src),
-        takeover_consumer=not dst_in_supervisor and _temporary(plan, dst),
     )
     # producing end
     if src_in_supervisor:

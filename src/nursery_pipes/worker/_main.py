@@ -11,11 +11,13 @@ Life of a worker:
    watchdog, attach to the rings the supervisor created;
 2. build the node, report ``starting``, run ``initialize`` (its progress calls
    go to the supervisor), report ``ready``;
-3. receive frames (one input: block in the semaphore; several: ``wait_any`` on
-   their doorbells), call ``process``, write every output to every output ring
-   (blocking when a ring is full: backpressure) — an output of a ``zero_copy``
-   node that is (part of) its big input goes to the first ring by reference,
-   not by copy (``ipc/_ownership.py``);
+3. receive frames (one input: try it, else sleep on its doorbell; several:
+   ``wait_any`` on their doorbells — the supervisor also rings them after it
+   sends a signal, so an idle worker never wakes on its own), call
+   ``process``, write every output to every output ring (blocking when a ring
+   is full: backpressure) — an output of a ``zero_copy`` node that is (part
+   of) its big input goes to the first ring by reference, not by copy
+   (``ipc/_ownership.py``);
 4. when every input has ended: ``flush``, end every output ring, ``cleanup``,
    report ``done`` with the counters.
 
@@ -54,8 +56,9 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from ..frames import Frame
+from ..frames import Frame, FrameKind
 from ..ipc import (
+    FLAG_EXTERNAL,
     Consumer,
     EncodedFrame,
     EndOfStream,
@@ -85,8 +88,12 @@ __all__ = ["WorkerJob", "retire_after_node", "run_node", "warm_up"]
 _ran_a_node = False
 
 SIGNAL_POLL_S = 0.02
-"""How long a worker with nothing to do waits on its inputs before it looks for signals again
-(a signal overtakes queued frames at once; an idle worker takes it within this time)."""
+"""Only for inputs without a doorbell (rings not made by ``ShmTransport.edge``): how long a
+worker with nothing to do waits on them before it looks for signals again. With doorbells (the
+rule), the supervisor rings them after a signal and an idle worker sleeps until something comes."""
+
+
+_LABELS = {kind: kind.label for kind in FrameKind}
 
 
 class _SignalAbort(Exception):
@@ -248,6 +255,8 @@ class _Runner:
         """The input frame being processed: an output whose payload lies in its external segment
         (the input passed on, re-wrapped, or sliced) goes on by reference (ipc/_ownership.py)."""
         self._next_stats = 0.0
+        self._unsent_stats = False
+        """Frames were processed since the counters last went to the supervisor."""
         self._loaned: tuple[Loan, npt.NDArray[Any]] | None = None
         """The output_array() loan on the first output ring, and the array over it."""
         self._lent: list[weakref.ref[npt.NDArray[Any]]] = []
@@ -330,20 +339,25 @@ class _Runner:
         active = self.active = list(self.inputs)  # an input a predecessor read to its end is ended
         single = len(active) == 1
         control = self.control
-        poll = None if control is None else SIGNAL_POLL_S
+        # Inputs have doorbells (ShmTransport.edge), which the supervisor also rings after it
+        # sends a signal: the worker waits on them with no timeout, and idle means asleep.
+        # Without (a ring made elsewhere), it polls for signals every SIGNAL_POLL_S.
+        doorbells = all(c.has_doorbell for c in active)
+        poll = None if control is None or doorbells else SIGNAL_POLL_S
         while active:
             if control is not None and self._signal_waiting(control):  # ahead of every frame queued
                 self._signals(node, None)
                 continue
-            ready = active if single else wait_any(active, poll)
+            ready = active if single else wait_any(active, self._idle_timeout(poll))
             for consumer in ready:
                 try:
-                    received = self._receive(consumer, single, poll)
+                    received = self._receive(consumer, single, doorbells, poll)
                 except EndOfStream:
                     active.remove(consumer)
                     continue
                 if received is None:
                     continue
+                self._unsent_stats = True
                 # The input slot is the frame's in-process marker: returned only once process()
                 # and every output are done. If they raise, or the process dies, it stays taken,
                 # and the supervisor's repair of the ring reports this frame as dropped
@@ -363,10 +377,32 @@ class _Runner:
                 self.stats["processing_s"] += time.perf_counter() - began - writing
             self._maybe_stats()
 
-    @staticmethod
-    def _receive(consumer: Consumer, single: bool, poll: float | None) -> Received | None:
+    def _idle_timeout(self, poll: float | None) -> float | None:
+        """How long an idle wait may last: ``poll``, shortened so that the counters of the
+        frames processed last reach the supervisor within ``stats_interval_s``."""
+        if not self._unsent_stats:
+            return poll
+        due = max(0.0, self._next_stats - time.monotonic())
+        return due if poll is None else min(poll, due)
+
+    def _receive(
+        self, consumer: Consumer, single: bool, doorbell: bool, poll: float | None
+    ) -> Received | None:
+        """The next frame of ``consumer``, or None: nothing came (look for signals, try again).
+
+        A single input with a doorbell: if nothing is there, sleep until the doorbell rings —
+        a frame, the end of stream, an abort, or a signal the supervisor sent — then return
+        None, so that the loop looks at the control ring first. The wait ends early when the
+        counters of the last frames are due (``stats_interval_s``)."""
         if not single:
             return consumer.try_receive()
+        if doorbell:
+            received = consumer.try_receive()
+            if received is None and consumer.wait(self._idle_timeout(None)):
+                control = self.control  # rung: a frame, unless a signal came (it goes first)
+                if control is None or not self._signal_waiting(control):
+                    received = consumer.try_receive()
+            return received  # None: timed out (the loop sends the counters), or a signal
         try:
             return consumer.receive(poll)
         except TimeoutError:  # nothing came: look for signals, then wait again
@@ -590,36 +626,36 @@ class _Runner:
 
     def _write(self, frame: Frame) -> None:
         encoded = encode_frame(frame)
-        header = encoded.header(self.last_seq)
-        self.stats["frames_out"] += 1  # counted first: nothing but the commits before the release
-        self.stats["bytes_out"] += encoded.payload.nbytes
-        kinds = self.stats["kinds_out"]
-        kinds[frame.kind.label] = kinds.get(frame.kind.label, 0) + 1
+        stats = self.stats
+        stats["frames_out"] += 1  # counted first: nothing but the commits before the release
+        stats["bytes_out"] += encoded.payload.nbytes
+        kinds = stats["kinds_out"]
+        label = _LABELS[frame.kind]
+        kinds[label] = kinds.get(label, 0) + 1
         if self._given_back and any(ref() is slot_array(frame) for ref in self._given_back):
             raise OutputArrayError(
                 self.job.node_type,
                 "emitted the frame built on output_array() after another output; emit it first",
             )
+        seq = self.last_seq
         if self._loaned is not None:
-            rest = self._write_loaned(frame, encoded, header)
+            rest = self._write_loaned(frame, encoded, encoded.header(seq))
             if rest is None:
                 return
             encoded = rest
         outputs = self.outputs
         if (
             self._input is not None
+            and self._input.header.flags & FLAG_EXTERNAL  # a small input never goes by reference
             and outputs
-            and outputs[0].forward(self._input, header, encoded.meta, encoded.payload)
+            and outputs[0].forward(self._input, encoded.header(seq), encoded.meta, encoded.payload)
         ):
             # (Part of) the input frame's external segment: it went on by reference (a zero_copy
             # node passing its input on). Other outputs get a copy. See ipc/_ownership.py.
             self.stats["frames_forwarded"] += 1
             outputs = outputs[1:]
         for out in outputs:
-            with out.loan(encoded.payload.nbytes, len(encoded.meta)) as loan:
-                loan.meta[:] = encoded.meta
-                loan.payload[:] = encoded.payload
-                loan.commit(header)
+            out.send_frame(encoded, seq)  # one copy, header packed from the fields
 
     def _write_loaned(self, frame: Frame, encoded: EncodedFrame, header: SlotHeader) -> EncodedFrame | None:
         """Write a frame while an output_array() loan is out. A frame over exactly the lent
@@ -653,6 +689,7 @@ class _Runner:
         now = time.monotonic()
         if now >= self._next_stats:
             self._next_stats = now + self.job.stats_interval_s
+            self._unsent_stats = False
             self.events.stats(self.stats)
 
     def _cleanup(self, node: Node[Any]) -> None:
