@@ -14,6 +14,7 @@ import trio
 
 from nursery_pipes import Frame, Node, NodeError, Runtime, RuntimeConfig, TensorFrame
 from nursery_pipes._config import MultiprocessDefaults, NodesConfig
+from nursery_pipes.ipc import slot_array
 from nursery_pipes.runtime import FramesDropped, NodeRestarted
 
 pytestmark = pytest.mark.timeout(90)
@@ -87,6 +88,32 @@ async def test_big_frames_go_down_a_chain_of_zero_copy_workers_by_reference_and_
         assert np.array_equal(data, tensor(i).data), f"frame {i} changed on the way"
     big = sum(1 for i in range(count) if i % 4 != 3)
     assert {n: m.frames_forwarded for n, m in metrics.items()} == dict.fromkeys(metrics, big)
+
+
+async def test_big_outputs_are_views_that_nothing_writes_while_they_are_held() -> None:
+    """The client gets a big output as a read-only view of the segment it arrived in, taken out
+    of the last ring (ipc/_pool.py): 60 outputs held, as they came, while the rings go round
+    many times over, then after the session has ended, still hold what was sent."""
+    m = manifest([("w0", "PassThrough", {}), ("crop", "Crop", {}), ("w2", "PassThrough", {})])
+    count = 60
+    held: list[Any] = []
+    async with runtime(checksums=True, slot_count=2).open_session(m) as session:
+
+        async def feed() -> None:
+            for i in range(count):
+                await session.send("w0", tensor(i))
+            await session.close()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(feed)
+            async for out in session.outputs():
+                held.append(out.frame)
+    assert len(held) == count
+    for i, frame in enumerate(held):
+        assert isinstance(frame, TensorFrame)
+        assert np.array_equal(frame.data, tensor(i).data[8:-8]), f"output {i} was written over"
+        assert not frame.data.flags.writeable
+        assert (slot_array(frame) is not None) == (i % 4 != 3), f"output {i}: a view iff big"
 
 
 async def test_a_slice_of_the_input_with_new_metadata_goes_on_by_reference() -> None:

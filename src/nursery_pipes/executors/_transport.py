@@ -57,9 +57,11 @@ from ..ipc import (
     RingClosedError,
     RingError,
     RingSpec,
+    SegmentPool,
     SlotHeader,
     decode_frame,
     encode_frame,
+    slot_array,
     sweep_stale,
     unlink_namespace,
 )
@@ -254,6 +256,8 @@ class ShmTransport:
         self._rings: list[Ring] = []
         self._by_name: dict[str, Ring] = {}
         self._closers: list[Callable[[], None]] = []
+        self.pool = SegmentPool(self.namespace.seg_name)
+        """Segments no slot owns: output frames lent as views, warm ones for the inputs (ipc/_pool.py)."""
         self.pumps = PumpWatch()
         """Every pump of this transport: lets the session wait until what workers wrote has
         been moved (before it announces a failure, so earlier outputs come first)."""
@@ -341,6 +345,7 @@ class ShmTransport:
 
     def port(self, ring: Ring) -> ShmPort:
         producer = TrioProducer(ring.producer())
+        producer.producer.use_pool(self.pool)
         self._closers.append(producer.close)
         return ShmPort(producer, ring)
 
@@ -351,7 +356,7 @@ class ShmTransport:
         consumer = TrioConsumer(ring.consumer())
         self._closers.append(consumer.close)
         index = self.pumps.add(consumer.consumer.ready)
-        return functools.partial(pump, consumer, target, watch=self.pumps, index=index)
+        return functools.partial(pump, consumer, target, watch=self.pumps, index=index, pool=self.pool)
 
     def recover(self, ports: ShmPorts) -> Recovery:
         """Repair, in place, every ring end a dead worker held — its inputs, outputs and events
@@ -412,6 +417,7 @@ class ShmTransport:
         self._closed = True
         for close in self._closers:
             close()
+        self.pool.close()
         for ring in self._rings:
             ring.close()
         return unlink_namespace(self.namespace)
@@ -499,8 +505,11 @@ async def pump(
     *,
     watch: PumpWatch | None = None,
     index: int = 0,
+    pool: SegmentPool | None = None,
 ) -> None:
-    """Move frames from a worker's ring into a supervisor-side port (copying them out)."""
+    """Move frames from a worker's ring into a supervisor-side port. A big frame whose segment
+    ``pool`` can take out of the ring goes on as a read-only view of it (no copy: the segment
+    returns to the pool when the frame's array dies); any other is copied out."""
     try:
         while True:
             try:
@@ -515,7 +524,16 @@ async def pump(
                 await port.end()
                 return
             with received:
-                frame = decode_frame(received.header, received.meta, received.payload, copy=True)
+                borrowed = None if pool is None else pool.borrow(received)
+                if borrowed is None:
+                    frame = decode_frame(received.header, received.meta, received.payload, copy=True)
+                else:
+                    try:
+                        frame = decode_frame(received.header, received.meta, borrowed.payload, copy=False)
+                    except BaseException:
+                        borrowed.bind(None)
+                        raise
+                    borrowed.bind(slot_array(frame))
                 seq = received.header.seq
             await port.send(seq, frame)
     except (RingAbortedError, trio.ClosedResourceError, trio.BrokenResourceError):

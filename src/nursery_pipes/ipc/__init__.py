@@ -35,6 +35,7 @@ from ._header import (
     encode_into,
 )
 from ._names import Namespace, sweep_stale, unlink_namespace
+from ._pool import Borrowed, SegmentPool
 from ._producer import Loan, Producer
 from ._repair import ConsumerRepair, DroppedFrame, ProducerRepair
 from ._ring import Ring, RingStatistics, wait_any
@@ -46,6 +47,7 @@ __all__ = [
     "FLAG_EXTERNAL",
     "HEADER_SIZE",
     "MAX_NDIM",
+    "Borrowed",
     "ChecksumError",
     "Consumer",
     "ConsumerRepair",
@@ -68,6 +70,7 @@ __all__ = [
     "RingError",
     "RingSpec",
     "RingStatistics",
+    "SegmentPool",
     "SlotHeader",
     "decode_frame",
     "decode_from",

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
     from ._codec import EncodedFrame
     from ._consumer import Received
+    from ._pool import SegmentPool
     from ._ring import Ring
 
 __all__ = ["Loan", "Producer", "as_bytes"]
@@ -182,11 +183,20 @@ class Producer:
         self._eos_sent = bool(self._buf[L.OFF_EOS])
         self._loan: Loan | None = None
         self._segs = SegmentCache(spec.namespace.seg_name, readonly=False)
+        self._pool: SegmentPool | None = None
         self._closed = False
         self._bell = Bell(spec.used_doorbell) if spec.used_doorbell else None
         # Opened before any attempt to loan: see the wake-up protocol in _ring.py.
         self._wait_fd = open_waiter(spec.free_doorbell) if spec.free_doorbell else -1
         self._buf[L.OFF_PRODUCER_OPEN] = 1
+
+    def use_pool(self, pool: SegmentPool) -> None:
+        """Map segments through ``pool.cache`` (shared, not closed with this end) and write big
+        frames into the pool's warm segments when it has one (the supervisor's producers: see
+        ``_pool``)."""
+        self._segs.close()
+        self._segs = pool.cache
+        self._pool = pool
 
     @property
     def eos_sent(self) -> bool:
@@ -305,6 +315,11 @@ class Producer:
         w = self._words
         owned_word = self._spec.record_word(slot, L.REC_OWNED_SEG)
         owned = w[owned_word]
+        if self._pool is not None:  # a warm segment from the pool instead (``_pool``)
+            warm = self._pool.swap_in(owned, need)
+            if warm is not None:
+                w[owned_word] = warm[0]
+                return warm
         cur: Segment | None = None
         if owned:
             try:
@@ -603,7 +618,8 @@ class Producer:
             self._discard(self._loan)
         self._closed = True
         self._buf[L.OFF_PRODUCER_OPEN] = 0  # closed cleanly: a repair can count exactly
-        self._segs.close()  # not unlinked: the consumer may not have mapped them yet
+        if self._pool is None:  # a pool's cache is the pool's to close
+            self._segs.close()  # not unlinked: the consumer may not have mapped them yet
         if self._bell is not None:
             self._bell.close()
         fd, self._wait_fd = self._wait_fd, -1

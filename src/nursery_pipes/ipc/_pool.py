@@ -1,0 +1,245 @@
+"""The supervisor's external segments that no ring slot owns: lent to output frames, kept warm.
+
+Big frames live in external segments owned by ring slots (``_ownership``). Two places of the
+supervisor touch such a frame's payload, and both used to pay for a cold segment:
+
+- **Out** (the last ring of a chain → the client): the pump copied the payload out, because
+  the slot's segment is written again once the slot is returned. Instead the pump now takes the
+  segment OUT of the ring (:meth:`SegmentPool.borrow`): the slot is given another segment to
+  own (one from this pool, or none: its producer makes one when it needs it), and the frame
+  handed on is a read-only view of the taken segment. The segment comes back to the pool when
+  the last view of it dies (a ``weakref.finalize`` on the array every view derives from:
+  ``_codec.slot_array``), never before: whoever holds an output frame, or any slice, copy of a
+  reference or memoryview of its array, holds the memory, which nothing writes meanwhile.
+- **In** (the client → the first ring): the supervisor's producer copied the frame into the
+  segment its slot owned, one of the dozens circulating along the chain, long out of the CPU
+  caches. Instead, when the pool holds a segment that came back from the client (recently
+  read or written, warm), the producer swaps it in (:meth:`SegmentPool.swap_in`): the slot owns
+  the warm one, the pool keeps the slot's old one. A client reading its outputs and sending
+  the next frame of the same size keeps writing the same memory.
+
+Ownership (``_ownership``'s table, one more owner): a segment is owned by one ring slot, or by
+the pool (free), or by the views of one output frame (lent). The moves, all in the supervisor
+(one process: no journal needed; if it dies, the session's whole namespace is swept):
+
+    ==========================  ===============================  ============================
+    move                        when                             who may touch the segment
+    ==========================  ===============================  ============================
+    slot → lent (``borrow``)    the pump holds the slot's frame  the output frame's views
+                                (taken, not yet returned)        (read-only); nobody writes
+    pool → slot (``borrow``'s   same: the slot is the consumer's the slot's producer, once the
+    replacement)                                                 slot is returned
+    lent → pool (finalizer)     the last view died               nobody
+    pool ↔ slot (``swap_in``)   the supervisor's producer holds  the producer (warm one), the
+                                the slot's free token            pool (the slot's old one)
+    ==========================  ===============================  ============================
+
+Lent bytes are bounded per session (``budget``): past it, an output frame is a copy as before
+(a client that keeps every output would otherwise fill /dev/shm, which is often much smaller
+than RAM, rather than its heap). Free segments are bounded too (``keep``): beyond, the
+coldest is unmapped and unlinked. What the pool holds when the session ends is unlinked with
+the session's namespace; a view still held keeps its mapping (POSIX: unlinking removes the
+name, not the memory) until it dies.
+
+Thread-safety: finalizers run in whatever thread drops the last view, so the free lists and
+counters are guarded by a lock; mapping, swapping and unlinking happen only in the thread
+that owns the pool's producers and consumers (the supervisor's trio thread).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+import posix_ipc
+
+from . import _spec as L
+from ._header import FLAG_EXTERNAL
+from ._segment import PAGE_SIZE, Segment, SegmentCache, round_up, unlink_segment
+
+if TYPE_CHECKING:
+    from ._consumer import Received
+
+__all__ = ["Borrowed", "SegmentPool"]
+
+DEFAULT_BUDGET: Final = 256 << 20
+"""Bytes of output frames a session may hold as views of shared memory at once (then copies)."""
+DEFAULT_KEEP: Final = 8
+"""Free segments kept per pool (warm and cold each); the coldest beyond that are unlinked."""
+_SLACK: Final = 4
+"""A free segment is reused for a frame needing ``need`` bytes only up to ``_SLACK × need``: a
+100 MiB segment is not tied up by a stream of 1 MiB frames."""
+
+
+class Borrowed:
+    """A segment taken out of a ring for one output frame: ``payload`` is a read-only view of
+    the frame's payload in it. Decode the frame from ``payload`` without copying, then
+    :meth:`bind` it: the segment returns to the pool when the frame's array dies."""
+
+    __slots__ = ("_pool", "_sid", "_size", "payload")
+
+    def __init__(self, pool: SegmentPool, sid: int, size: int, payload: memoryview) -> None:
+        self._pool = pool
+        self._sid = sid
+        self._size = size
+        self.payload = payload
+
+    def bind(self, root: np.ndarray[Any, Any] | None) -> bool:
+        """Tie the segment's return to the death of ``root`` (the array every view of the frame
+        derives from: ``slot_array``). None (the frame holds no view: its decoder copied):
+        the segment returns now. True if bound."""
+        self.payload.release()
+        if root is None:
+            self._pool._returned(self._sid, self._size)
+            return False
+        weakref.finalize(root, self._pool._returned, self._sid, self._size)
+        return True
+
+
+class SegmentPool:
+    """External segments of one session owned by no ring slot (see the module docstring).
+
+    ``cache`` is the supervisor's writable mapping of every segment of the session: the
+    supervisor's producers use it (:meth:`Producer.use_pool <._producer.Producer.use_pool>`)."""
+
+    def __init__(
+        self, name_of: Callable[[int], str], *, budget: int = DEFAULT_BUDGET, keep: int = DEFAULT_KEEP
+    ) -> None:
+        self.cache = SegmentCache(name_of, readonly=False)
+        self.budget = budget
+        self._keep = keep
+        self._lock = threading.Lock()
+        self._warm: deque[tuple[int, int]] = deque()  # (id, size), most recently returned last
+        self._cold: deque[tuple[int, int]] = deque()  # (id, size), most recently parked last
+        self._lent = 0
+        self._lent_bytes = 0
+        self._closed = False
+        self.lent_total = 0
+        """Output frames handed on as views of a taken segment, since the pool was made."""
+
+    # -- out: the pump -------------------------------------------------------------------
+
+    def borrow(self, received: Received) -> Borrowed | None:
+        """Take the external segment of ``received`` (a frame the caller holds, not yet
+        released) out of its ring; None (nothing changed) when it cannot be: the frame is in
+        its slot, its slot does not own its segment, or the budget is spent."""
+        h = received.header
+        if self._closed or not h.flags & FLAG_EXTERNAL or received._released:
+            return None
+        consumer = received._consumer
+        spec, words = consumer._spec, consumer._words
+        slot = received._pos % consumer._slots
+        owned_word = spec.record_word(slot, L.REC_OWNED_SEG)
+        x = words[spec.record_word(slot, L.REC_FRAME_SEG)]
+        if not x or words[owned_word] != x:
+            return None
+        size = h.ext_size
+        with self._lock:
+            if self._lent_bytes + size > self.budget:
+                return None
+            replacement = self._pop(self._cold, size) or self._pop(self._warm, size)
+            self._lent += 1
+            self._lent_bytes += size
+        try:
+            seg = self.cache.get(x)
+        except BaseException:
+            with self._lock:
+                self._lent -= 1
+                self._lent_bytes -= size
+                if replacement:
+                    self._cold.append(replacement)
+            raise
+        # The consumer holds the slot: it may change what the slot owns (``_ownership``).
+        words[owned_word] = replacement[0] if replacement else 0
+        payload_at = words[spec.record_word(slot, L.REC_PAYLOAD_AT)]
+        start = payload_at - 1 if payload_at else round_up(h.meta_len, L.META_ALIGN)
+        self.lent_total += 1
+        self._trim()
+        return Borrowed(self, x, seg.size, seg.view.toreadonly()[start : start + h.payload_len])
+
+    def _returned(self, sid: int, size: int) -> None:
+        """The last view of a lent segment died (any thread): it is free, and warm."""
+        with self._lock:
+            self._lent -= 1
+            self._lent_bytes -= size
+            if not self._closed:
+                self._warm.append((sid, size))
+
+    # -- in: the supervisor's producers -----------------------------------------------------
+
+    def swap_in(self, owned: int, need: int) -> tuple[int, Segment] | None:
+        """For a producer holding a slot's free token, the slot owning ``owned`` (0: none) and
+        about to write ``need`` bytes in it: the warm free segment to own instead, if there is
+        one big enough (the slot's old one is parked here, cold), else None (keep yours)."""
+        with self._lock:
+            if self._closed:
+                return None
+            found = self._pop(self._warm, need)
+        if found is None:
+            return None
+        sid = found[0]
+        try:
+            seg = self.cache.get(sid)
+        except posix_ipc.ExistentialError:
+            return None  # unlinked under us: the session is closing
+        if owned:
+            self._park(owned)
+        self._trim()
+        return sid, seg
+
+    def _park(self, sid: int) -> None:
+        """A segment a slot no longer owns, kept cold for a later replacement."""
+        seg = self.cache.peek(sid)
+        if seg is not None:
+            size = seg.size
+        else:
+            try:
+                size = Segment.size_of(self.cache.name(sid))
+            except posix_ipc.ExistentialError:
+                return
+        with self._lock:
+            self._cold.append((sid, size))
+
+    def _trim(self) -> None:
+        """Unmap and unlink the coldest free segments beyond ``keep`` of each kind (in the
+        owning thread: a finalizer only appends)."""
+        with self._lock:
+            extra = [self._cold.popleft() for _ in range(len(self._cold) - self._keep)]
+            extra += [self._warm.popleft() for _ in range(len(self._warm) - self._keep)]
+        for old, _ in extra:
+            self.cache.drop(old)
+            unlink_segment(self.cache.name(old))
+
+    @staticmethod
+    def _pop(free: deque[tuple[int, int]], need: int) -> tuple[int, int] | None:
+        """The most recent free segment of ``need`` to ``_SLACK × need`` bytes (lock held)."""
+        for i in range(len(free) - 1, -1, -1):
+            if need <= free[i][1] <= _SLACK * need + PAGE_SIZE:
+                found = free[i]
+                del free[i]
+                return found
+        return None
+
+    # -- the session ends -------------------------------------------------------------------
+
+    @property
+    def lent(self) -> int:
+        """Output frames whose views still hold a taken segment."""
+        return self._lent
+
+    @property
+    def free(self) -> int:
+        return len(self._warm) + len(self._cold)
+
+    def close(self) -> None:
+        """Forget the free segments (the session unlinks its namespace: their names go with it)
+        and unmap what no view holds. Views still held stay valid until they die."""
+        with self._lock:
+            self._closed = True
+            self._warm.clear()
+            self._cold.clear()
+        self.cache.close()

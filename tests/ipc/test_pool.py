@@ -1,0 +1,213 @@
+"""The supervisor's segment pool (ipc/_pool.py): an output frame is a view of a segment taken
+out of its ring, never written while a view of it lives; back in the pool it is reused, warm,
+for the next input; bounded; nothing left in /dev/shm."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from nursery_pipes.ipc import FLAG_EXTERNAL, Namespace, Ring, RingSpec, SegmentPool, SlotHeader
+from nursery_pipes.ipc._names import SHM_DIR
+from nursery_pipes.ipc._spec import REC_FRAME_SEG, REC_OWNED_SEG
+
+SLOT = 256
+BIG = 8192
+
+
+@pytest.fixture
+def ring(ns: Namespace) -> Iterator[Ring]:
+    made = Ring.create(RingSpec(ns, 0, 2, SLOT))
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def pool(ns: Namespace) -> Iterator[SegmentPool]:
+    made = SegmentPool(ns.seg_name)
+    yield made
+    made.close()
+
+
+def payload(seq: int, n: int = BIG) -> np.ndarray:
+    return np.random.default_rng(seq).integers(0, 256, n, dtype=np.uint8)
+
+
+def send(ring_producer: object, seq: int, n: int = BIG) -> np.ndarray:
+    data = payload(seq, n)
+    ring_producer.send(SlotHeader(seq=seq, ndim=1, shape=(n,)), b"{}", data)  # type: ignore[attr-defined]
+    return data
+
+
+def lend(pool: SegmentPool, received: object) -> np.ndarray:
+    """What the pump does: borrow, wrap the payload, bind the array."""
+    borrowed = pool.borrow(received)  # type: ignore[arg-type]
+    assert borrowed is not None
+    array = np.frombuffer(borrowed.payload, dtype=np.uint8)
+    assert borrowed.bind(array)
+    return array
+
+
+def owned_ids(ring: Ring) -> list[int]:
+    return [ring.words[ring.spec.record_word(s, REC_OWNED_SEG)] for s in range(ring.spec.slot_count)]
+
+
+def entries(ns: Namespace) -> set[str]:
+    return {e for e in os.listdir(SHM_DIR) if e.startswith(ns.prefix) and "x" in e.rsplit(".", 1)[1]}
+
+
+def test_a_lent_segment_is_never_written_while_a_view_lives(ring: Ring, pool: SegmentPool) -> None:
+    p, c = ring.producer(), ring.consumer()
+    p.use_pool(pool)  # it would write into any segment the pool has free
+    try:
+        held = []
+        for seq in range(6):  # 3 times round the 2 slots: each slot written again twice
+            sent = send(p, seq)
+            with c.receive(timeout=5) as received:
+                assert received.header.flags & FLAG_EXTERNAL
+                taken = ring.words[ring.spec.record_word(received.position % 2, REC_FRAME_SEG)]
+                array = lend(pool, received)
+                assert taken not in owned_ids(ring), "the slot still owns the lent segment"
+            held.append((array[1:-1], sent))  # a slice: it holds the memory too
+            del array
+        gc.collect()
+        for view, sent in held:
+            np.testing.assert_array_equal(view, sent[1:-1])  # nobody wrote over a lent segment
+            assert not view.flags.writeable
+        assert pool.lent == 6
+        assert pool.lent_total == 6
+        del view
+        held.clear()
+        gc.collect()
+        assert pool.lent == 0
+        assert pool.free == 6
+    finally:
+        p.close()
+        c.close()
+
+
+def test_a_returned_segment_is_the_next_input_s_warm_segment(ring: Ring, pool: SegmentPool) -> None:
+    p, c = ring.producer(), ring.consumer()
+    try:
+        send(p, 0)
+        send(p, 1)
+        with c.receive(timeout=5) as received:
+            lent_id = ring.words[ring.spec.record_word(0, REC_FRAME_SEG)]
+            array = lend(pool, received)
+        assert owned_ids(ring)[0] == 0  # the pool had nothing to give for it
+        c.receive(timeout=5).release()
+        del array
+        gc.collect()
+        assert [sid for sid, _ in pool._warm] == [lent_id]
+        p.use_pool(pool)
+        before = owned_ids(ring)[1]
+        send(p, 2)  # slot 0, owning none: takes the warm one
+        assert owned_ids(ring)[0] == lent_id
+        assert pool.free == 0
+        with c.receive(timeout=5) as received:
+            array = lend(pool, received)
+        del array
+        gc.collect()
+        sent = send(p, 3)  # slot 1 owns a segment: the warm one is swapped in, its own parked cold
+        assert owned_ids(ring)[1] == lent_id
+        assert [sid for sid, _ in pool._cold] == [before]
+        with c.receive(timeout=5) as received:
+            np.testing.assert_array_equal(np.frombuffer(received.payload, dtype=np.uint8), sent)
+    finally:
+        p.close()
+        c.close()
+
+
+def test_over_budget_or_not_owned_is_refused(ns: Namespace, ring: Ring) -> None:
+    small = SegmentPool(ns.seg_name, budget=BIG // 2)
+    p, c = ring.producer(), ring.consumer()
+    try:
+        send(p, 0)
+        with c.receive(timeout=5) as received:
+            assert small.borrow(received) is None  # over budget: the pump copies
+        send(p, 1, n=100)  # in its slot
+        with c.receive(timeout=5) as received:
+            assert small.borrow(received) is None
+        pool = SegmentPool(ns.seg_name)
+        send(p, 2)
+        with c.receive(timeout=5) as received:
+            array = lend(pool, received)
+            assert pool.borrow(received) is None  # its slot no longer owns it
+        del array
+        gc.collect()
+        pool.close()
+    finally:
+        small.close()
+        p.close()
+        c.close()
+
+
+def test_a_view_dropped_in_another_thread_comes_back(ring: Ring, pool: SegmentPool) -> None:
+    p, c = ring.producer(), ring.consumer()
+    try:
+        send(p, 0)
+        with c.receive(timeout=5) as received:
+            box = [lend(pool, received)]
+        thread = threading.Thread(target=box.clear)
+        thread.start()
+        thread.join()
+        gc.collect()
+        assert pool.lent == 0
+        assert pool.free == 1
+    finally:
+        p.close()
+        c.close()
+
+
+def test_free_segments_beyond_keep_are_unlinked(ns: Namespace) -> None:
+    ring = Ring.create(RingSpec(ns, 0, 8, SLOT))
+    pool = SegmentPool(ns.seg_name, keep=2)
+    p, c = ring.producer(), ring.consumer()
+    try:
+        arrays = []
+        for seq in range(8):  # 8 segments lent out of the ring
+            send(p, seq)
+            with c.receive(timeout=5) as received:
+                arrays.append(lend(pool, received))
+        arrays.clear()
+        gc.collect()
+        assert pool.free == 8
+        p.use_pool(pool)
+        send(p, 8)  # the slot owns none now: takes the warmest, the coldest 5 beyond keep go
+        assert pool.free == 2
+        c.receive(timeout=5).release()
+        owned = {ns.seg_name(sid).lstrip("/") for sid in owned_ids(ring) if sid}
+        kept = {ns.seg_name(sid).lstrip("/") for sid, _ in [*pool._warm, *pool._cold]}
+        assert entries(ns) == owned | kept  # the trimmed ones are gone from /dev/shm
+    finally:
+        p.close()
+        c.close()
+        pool.close()
+        ring.close()
+
+
+def test_a_view_outlives_the_session(ns: Namespace) -> None:
+    ring = Ring.create(RingSpec(ns, 0, 2, SLOT))
+    pool = SegmentPool(ns.seg_name)
+    p, c = ring.producer(), ring.consumer()
+    sent = send(p, 0)
+    with c.receive(timeout=5) as received:
+        array = lend(pool, received)
+    p.close()
+    c.close()
+    pool.close()
+    ring.close()
+    from nursery_pipes.ipc import unlink_namespace
+
+    unlink_namespace(ns)
+    assert not entries(ns)  # every name is gone ...
+    np.testing.assert_array_equal(array, sent)  # ... the memory is not, while a view holds it
+    del array
+    gc.collect()
+    assert pool.lent == 0
+    assert pool.free == 0
