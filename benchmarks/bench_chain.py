@@ -14,9 +14,12 @@ to round; nothing pinned):
 
 - ``multiprocess``: the chain, every node routed to ``multiprocess``
   (``metadata.multiprocess.executor_overrides``): 6 ring crossings (supervisor → n1, …,
-  n5 → supervisor) and 7 copies of the payload (into the first ring, each worker into its
-  output ring — PassThrough is ``zero_copy``, it reads its input in place — and out of the
-  last ring into the supervisor);
+  n5 → supervisor). Copies of the payload: a frame in the slots (640 B, 64 KiB) 7 — into
+  the first ring, each worker into its output ring (PassThrough is ``zero_copy``: it reads
+  its input in place), out of the last ring into the supervisor; a frame in external
+  segments (1 MiB, 10 MiB) 1 — into the first ring; each worker forwards the segment by
+  reference (``ipc/_ownership.py``) and the supervisor lends it to the client as a read-only
+  view (``ipc/_pool.py``);
 - ``inprocess``: the same manifest, every node ``inprocess`` (the output *is* the input object);
 - ``memcpy``: one ``numpy.copyto`` of the payload into a preallocated array (small sizes
   timed in batches, per-copy time = batch / count);
@@ -29,7 +32,7 @@ to round; nothing pinned):
 
 Derived, per size (all from p50s): ``hop`` = (multiprocess − inprocess) / 6, the cost of one
 process crossing (the in-process chain's own cost removed, spread over the 6 ring
-crossings); the chain over one memcpy, over the Pipe chain, over 7 memcpys (the copies it
+crossings); the chain over one memcpy, over the Pipe chain, over the copies it makes (7 or 1
 makes). Throughput (frames/s with the pipeline kept full: a feeder sends n frames as fast as
 backpressure allows while the reader drains them) for multiprocess, inprocess and pipe.
 
@@ -72,7 +75,15 @@ KIB, MIB = 1 << 10, 1 << 20
 SIZES = (640, 64 * KIB, MIB, 10 * MIB)
 NODES = 5
 CROSSINGS = NODES + 1  # supervisor → n1 → … → n5 → supervisor
-COPIES = NODES + 2  # into the first ring, each worker's output, out of the last ring
+INLINE_COPIES = NODES + 2  # into the first ring, each worker's output, out of the last ring
+EXTERNAL_COPIES = 1  # into the first ring: forwarded by reference, lent out (ipc/_pool.py)
+
+
+def copies(size: int) -> int:
+    """Copies of the payload the chain makes for a frame of ``size`` bytes."""
+    return EXTERNAL_COPIES if size > SLOT_SIZE else INLINE_COPIES
+
+
 SLOT_SIZE = 256 * KIB  # 640 B and 64 KiB inline, 1 MiB and 10 MiB in external segments
 SLOT_COUNT = 8
 PATHS = ("multiprocess", "inprocess", "memcpy", "pipe", "pipecat")
@@ -339,7 +350,8 @@ def derive(res: dict[str, dict[str, dict[str, float]]], have_peer: bool) -> dict
             "chain_over_memcpy": mp / cp,
             "chain_over_pipe": mp / pipe,
             "chain_over_inprocess": mp / ip,
-            "chain_over_7_memcpy": mp / (COPIES * cp),
+            "copies": copies(size),
+            "chain_over_copies": mp / (copies(size) * cp),
             "hop_per_crossing_us": hop,
             "hop_per_worker_us": (mp - ip) / NODES,
             "hop_over_memcpy": hop / cp,
@@ -475,11 +487,11 @@ def main() -> None:
         print(f"  pipecat rows skipped: {peer_info['skipped']}")
     print_table(
         "Ratios of p50s; hop = (multiprocess − inprocess) / 6 crossings (µs); pipe/6 = Pipe chain per transfer",
-        ["size", "mp/memcpy", "mp/pipe", "mp/inproc", "mp/(7 memcpy)", "hop µs", "hop/memcpy", "pipe/6 µs"]
+        ["size", "mp/memcpy", "mp/pipe", "mp/inproc", "mp/(copies)", "hop µs", "hop/memcpy", "pipe/6 µs"]
         + (["mp/pipecat"] if have_peer else []),
         [
             (k, d["chain_over_memcpy"], d["chain_over_pipe"], d["chain_over_inprocess"],
-             d["chain_over_7_memcpy"], d["hop_per_crossing_us"], d["hop_over_memcpy"],
+             d["chain_over_copies"], d["hop_per_crossing_us"], d["hop_over_memcpy"],
              d["pipe_per_transfer_us"], *([d["chain_over_pipecat"]] if have_peer else []))
             for k, d in derived.items()
         ],
@@ -524,8 +536,9 @@ def main() -> None:
                 "latency": "perf_counter_ns before session.send → sink output read; one frame in flight",
                 "hop_per_crossing_us": f"(multiprocess p50 − inprocess p50) / {CROSSINGS} ring crossings",
                 "hop_per_worker_us": f"(multiprocess p50 − inprocess p50) / {NODES} workers",
-                "chain_over_7_memcpy": f"multiprocess p50 / ({COPIES} × memcpy p50): the chain makes {COPIES} "
-                "copies of the payload (into ring 1, each worker's output, out of ring 6)",
+                "chain_over_copies": "multiprocess p50 / (copies × memcpy p50): the chain makes "
+                f"{INLINE_COPIES} copies of a frame in the slots (into ring 1, each worker's output, "
+                f"out of ring 6) and {EXTERNAL_COPIES} of a frame in external segments (into ring 1)",
                 "pipe": "5 spawned processes forwarding with send_bytes/recv_bytes over multiprocessing.Pipe() "
                 "(duplex: a socketpair); 6 transfers",
                 "throughput": "frames/s, n frames fed as fast as backpressure allows while outputs are read "

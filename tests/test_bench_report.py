@@ -51,7 +51,7 @@ def chain_json(with_pipecat: bool = False) -> dict[str, Any]:
             "chain_over_memcpy": 1000.0 / (i + 1),
             "chain_over_pipe": 4.97,
             "chain_over_inprocess": 5.3,
-            "chain_over_7_memcpy": 190.0,
+            "chain_over_copies": 190.0,
             "hop_per_crossing_us": 57.17 * scale,
             "hop_over_memcpy": 184.4,
             "pipe_per_transfer_us": 14.19 * scale,

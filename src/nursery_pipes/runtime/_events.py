@@ -53,6 +53,10 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Output:
+    """A frame a sink node emitted. A big frame (bigger than a ring slot) from a worker process
+    is a read-only view of the shared memory it arrived in, not a copy: nothing writes that
+    memory while any view of it lives, and it returns to the session when the last one dies."""
+
     node_id: str
     frame: Frame
     seq: int
