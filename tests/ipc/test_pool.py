@@ -211,3 +211,42 @@ def test_a_view_outlives_the_session(ns: Namespace) -> None:
     gc.collect()
     assert pool.lent == 0
     assert pool.free == 0
+
+
+def test_nothing_is_created_while_the_pool_holds_a_segment_big_enough(ns: Namespace) -> None:
+    """Sizes alternating between frames must not churn segments (create one, unlink another):
+    a slot that owns none (or too small a one) takes a free one big enough, whatever its size;
+    a slot whose segment is taken gets a free one back, the biggest if none is as big."""
+    ring = Ring.create(RingSpec(ns, 0, 2, SLOT))
+    pool = SegmentPool(ns.seg_name)
+    p, c = ring.producer(), ring.consumer()
+    p.use_pool(pool)
+    try:
+        send(p, 0, n=8 * BIG)
+        send(p, 1, n=BIG)
+        with c.receive(timeout=5) as received:
+            big = lend(pool, received)  # slot 0 owns none now
+        with c.receive(timeout=5) as received:
+            small = lend(pool, received)  # slot 1 neither
+        del big, small  # both free, the small one the most recent
+        gc.collect()
+        assert owned_ids(ring) == [0, 0]
+        made = entries(ns)
+        send(p, 2, n=BIG)  # slot 0: the most recent big enough, the small one
+        send(p, 3, n=BIG)  # slot 1: the big one, 8 times bigger than the frame
+        assert entries(ns) == made, "a segment was created while the pool held one big enough"
+        assert pool.free == 0
+        with c.receive(timeout=5) as received:
+            small = lend(pool, received)
+        del small  # the small one is free again
+        gc.collect()
+        with c.receive(timeout=5) as received:  # slot 1's big one taken: the small one instead
+            big = lend(pool, received)
+            assert owned_ids(ring)[1] != 0, "the slot got nothing while the pool had a segment"
+        del big
+        gc.collect()
+    finally:
+        p.close()
+        c.close()
+        pool.close()
+        ring.close()

@@ -59,7 +59,7 @@ import posix_ipc
 
 from . import _spec as L
 from ._header import FLAG_EXTERNAL
-from ._segment import PAGE_SIZE, Segment, SegmentCache, round_up, unlink_segment
+from ._segment import Segment, SegmentCache, round_up, unlink_segment
 
 if TYPE_CHECKING:
     from ._consumer import Received
@@ -70,9 +70,6 @@ DEFAULT_BUDGET: Final = 256 << 20
 """Bytes of output frames a session may hold as views of shared memory at once (then copies)."""
 DEFAULT_KEEP: Final = 8
 """Free segments kept per pool (warm and cold each); the coldest beyond that are unlinked."""
-_SLACK: Final = 4
-"""A free segment is reused for a frame needing ``need`` bytes only up to ``_SLACK × need``: a
-100 MiB segment is not tied up by a stream of 1 MiB frames."""
 
 
 class Borrowed:
@@ -141,7 +138,7 @@ class SegmentPool:
         with self._lock:
             if self._lent_bytes + size > self.budget:
                 return None
-            replacement = self._pop(self._cold, size) or self._pop(self._warm, size)
+            replacement = self._replacement(size)
             self._lent += 1
             self._lent_bytes += size
         try:
@@ -171,14 +168,18 @@ class SegmentPool:
 
     # -- in: the supervisor's producers -----------------------------------------------------
 
-    def swap_in(self, owned: int, need: int) -> tuple[int, Segment] | None:
-        """For a producer holding a slot's free token, the slot owning ``owned`` (0: none) and
-        about to write ``need`` bytes in it: the warm free segment to own instead, if there is
-        one big enough (the slot's old one is parked here, cold), else None (keep yours)."""
+    def swap_in(self, owned: int, owned_size: int, need: int) -> tuple[int, Segment] | None:
+        """For a producer holding a slot's free token, the slot owning ``owned`` of
+        ``owned_size`` bytes (0, 0: none) and about to write ``need`` bytes in it: the free
+        segment to own instead, or None (keep yours). The most recently returned (warm) one big
+        enough, if any; else, when the slot's own is too small, any big enough, so that nothing
+        is created while the pool holds one. The slot's old segment is parked here, cold."""
         with self._lock:
             if self._closed:
                 return None
             found = self._pop(self._warm, need)
+            if found is None and owned_size < need:
+                found = self._pop(self._cold, need)
         if found is None:
             return None
         sid = found[0]
@@ -187,22 +188,10 @@ class SegmentPool:
         except posix_ipc.ExistentialError:
             return None  # unlinked under us: the session is closing
         if owned:
-            self._park(owned)
+            with self._lock:
+                self._cold.append((owned, owned_size))
         self._trim()
         return sid, seg
-
-    def _park(self, sid: int) -> None:
-        """A segment a slot no longer owns, kept cold for a later replacement."""
-        seg = self.cache.peek(sid)
-        if seg is not None:
-            size = seg.size
-        else:
-            try:
-                size = Segment.size_of(self.cache.name(sid))
-            except posix_ipc.ExistentialError:
-                return
-        with self._lock:
-            self._cold.append((sid, size))
 
     def _trim(self) -> None:
         """Unmap and unlink the coldest free segments beyond ``keep`` of each kind (in the
@@ -216,13 +205,24 @@ class SegmentPool:
 
     @staticmethod
     def _pop(free: deque[tuple[int, int]], need: int) -> tuple[int, int] | None:
-        """The most recent free segment of ``need`` to ``_SLACK × need`` bytes (lock held)."""
+        """The most recent free segment of at least ``need`` bytes (lock held)."""
         for i in range(len(free) - 1, -1, -1):
-            if need <= free[i][1] <= _SLACK * need + PAGE_SIZE:
+            if free[i][1] >= need:
                 found = free[i]
                 del free[i]
                 return found
         return None
+
+    def _replacement(self, size: int) -> tuple[int, int] | None:
+        """What a slot whose ``size``-byte segment is taken gets instead (lock held): a free
+        segment as big, cold first (the warm ones are for inputs); else the biggest there is
+        (its producer grows it if it must); else None (the producer makes one)."""
+        found = self._pop(self._cold, size) or self._pop(self._warm, size)
+        if found is None and (self._cold or self._warm):
+            free = self._cold if self._cold else self._warm
+            found = max(free, key=lambda entry: entry[1])
+            free.remove(found)
+        return found
 
     # -- the session ends -------------------------------------------------------------------
 

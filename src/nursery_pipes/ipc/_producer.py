@@ -315,19 +315,19 @@ class Producer:
         w = self._words
         owned_word = self._spec.record_word(slot, L.REC_OWNED_SEG)
         owned = w[owned_word]
-        if self._pool is not None:  # a warm segment from the pool instead (``_pool``)
-            warm = self._pool.swap_in(owned, need)
-            if warm is not None:
-                w[owned_word] = warm[0]
-                return warm
         cur: Segment | None = None
         if owned:
             try:
                 cur = self._segs.get(owned)
             except posix_ipc.ExistentialError:
                 cur = None  # unlinked under us (the session is closing): make a new one
-            if cur is not None and cur.size >= need:
-                return owned, cur
+        if self._pool is not None:  # a warm segment from the pool instead (``_pool``)
+            other = self._pool.swap_in(owned if cur else 0, cur.size if cur else 0, need)
+            if other is not None:
+                w[owned_word] = other[0]
+                return other
+        if cur is not None and cur.size >= need:
+            return owned, cur
         rec = self._spec.record_offset(slot)
         gen = L.U32.unpack_from(self._buf, rec + L.REC_GEN)[0]
         size = round_up(max(need, 2 * cur.size if cur is not None else 0), PAGE_SIZE)

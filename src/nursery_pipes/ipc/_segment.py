@@ -81,15 +81,6 @@ class Segment:
             shm.close_fd()
         return cls(name, size, mm)
 
-    @staticmethod
-    def size_of(name: str) -> int:
-        """The current size of segment ``name``, without mapping it."""
-        shm = posix_ipc.SharedMemory(name)
-        try:
-            return int(shm.size)
-        finally:
-            shm.close_fd()
-
     def populate(self, *, write: bool) -> None:
         if self.mm is None:
             return
@@ -151,10 +142,6 @@ class SegmentCache:
         seg.populate(write=not self._readonly)
         self.put(key, seg)
         return seg
-
-    def peek(self, key: int) -> Segment | None:
-        """The mapping of ``key`` if this process has it (not mapped here: None)."""
-        return self._segs.get(key)
 
     def put(self, key: int, seg: Segment) -> None:
         """Keep ``seg`` (one this process created) as the most recently used mapping."""
