@@ -7,7 +7,8 @@ Frames are ``TensorFrame``s of uint8, exactly 640 B, 64 KiB, 1 MiB and 10 MiB. T
 two small sizes travel inside the ring slots and the two big ones in the slots' external
 segments. Per frame: ``perf_counter_ns`` just before ``session.send`` to the moment the
 sink's output is read, one frame in flight at a time (send, wait for its output, next),
-after warm-up frames (every ring slot has then its external segment at the 10 MiB size).
+after warm-up frames (one at a time, then the pipeline full: every ring slot has then had
+its external segment at the 10 MiB size).
 
 Measured in the same run, interleaved in rounds (the order of the paths rotates from round
 to round; nothing pinned):
@@ -311,6 +312,10 @@ async def measure(quick: bool) -> dict[str, Any]:
             for size in sorted(SIZES, reverse=True):
                 for path in paths:
                     await run_path(path, size, 2 * SLOT_COUNT if size >= MIB else 50)
+            # ... and the pipeline full of the biggest frames: every slot of every ring holds one
+            # at once, so the session owns as many external segments as it will ever need (big
+            # outputs are lent out of the last ring: ipc/_pool.py)
+            await chain_throughput(mp, frames[max(SIZES)], 2 * CROSSINGS * SLOT_COUNT)
             for r in range(rounds):
                 order = paths[r % len(paths) :] + paths[: r % len(paths)]
                 for size in SIZES:

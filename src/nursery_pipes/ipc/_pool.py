@@ -117,6 +117,9 @@ class SegmentPool:
         self._closed = False
         self.lent_total = 0
         """Output frames handed on as views of a taken segment, since the pool was made."""
+        self.largest = 0
+        """The biggest segment the pool has seen: what a producer using it creates at least,
+        so that segments of one session serve every frame size it carries (no size churn)."""
 
     # -- out: the pump -------------------------------------------------------------------
 
@@ -155,6 +158,7 @@ class SegmentPool:
         payload_at = words[spec.record_word(slot, L.REC_PAYLOAD_AT)]
         start = payload_at - 1 if payload_at else round_up(h.meta_len, L.META_ALIGN)
         self.lent_total += 1
+        self.largest = max(self.largest, seg.size)
         self._trim()
         return Borrowed(self, x, seg.size, seg.view.toreadonly()[start : start + h.payload_len])
 

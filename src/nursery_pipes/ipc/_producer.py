@@ -330,7 +330,8 @@ class Producer:
             return owned, cur
         rec = self._spec.record_offset(slot)
         gen = L.U32.unpack_from(self._buf, rec + L.REC_GEN)[0]
-        size = round_up(max(need, 2 * cur.size if cur is not None else 0), PAGE_SIZE)
+        grown = 2 * cur.size if cur is not None else 0
+        size = round_up(max(need, grown, self._pool.largest if self._pool is not None else 0), PAGE_SIZE)
         while True:  # names are unique for the ring's lifetime
             gen += 1
             if gen > MAX_GEN:
@@ -347,6 +348,8 @@ class Producer:
             self._segs.drop(owned)
             unlink_segment(self._segs.name(owned))
         self._segs.put(sid, seg)
+        if self._pool is not None:
+            self._pool.largest = max(self._pool.largest, size)
         return sid, seg
 
     def _commit(self, loan: Loan, header: SlotHeader, payload_len: int | None) -> None:
