@@ -312,10 +312,12 @@ async def measure(quick: bool) -> dict[str, Any]:
             for size in sorted(SIZES, reverse=True):
                 for path in paths:
                     await run_path(path, size, 2 * SLOT_COUNT if size >= MIB else 50)
-            # ... and the pipeline full of the biggest frames: every slot of every ring holds one
-            # at once, so the session owns as many external segments as it will ever need (big
-            # outputs are lent out of the last ring: ipc/_pool.py)
-            await chain_throughput(mp, frames[max(SIZES)], 2 * CROSSINGS * SLOT_COUNT)
+            # ... and bursts with the pipeline full, each size: the session then owns as many
+            # external segments as the measurement will need (big outputs are lent out of the
+            # last ring, ipc/_pool.py, and a burst makes more only up to its high-water mark)
+            for size in sorted(SIZES, reverse=True):
+                for _ in range(3):
+                    await chain_throughput(mp, frames[size], max(n_tp[size], 2 * CROSSINGS * SLOT_COUNT))
             for r in range(rounds):
                 order = paths[r % len(paths) :] + paths[: r % len(paths)]
                 for size in SIZES:

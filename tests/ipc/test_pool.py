@@ -12,7 +12,15 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from nursery_pipes.ipc import FLAG_EXTERNAL, Namespace, Ring, RingSpec, SegmentPool, SlotHeader
+from nursery_pipes.ipc import (
+    FLAG_EXTERNAL,
+    Namespace,
+    Ring,
+    RingSpec,
+    SegmentPool,
+    SlotHeader,
+    unlink_namespace,
+)
 from nursery_pipes.ipc._names import SHM_DIR
 from nursery_pipes.ipc._spec import REC_FRAME_SEG, REC_OWNED_SEG
 
@@ -103,7 +111,7 @@ def test_a_returned_segment_is_the_next_input_s_warm_segment(ring: Ring, pool: S
         c.receive(timeout=5).release()
         del array
         gc.collect()
-        assert [sid for sid, _ in pool._warm] == [lent_id]
+        assert [sid for sid, *_ in pool._warm] == [lent_id]
         p.use_pool(pool)
         before = owned_ids(ring)[1]
         send(p, 2)  # slot 0, owning none: takes the warm one
@@ -115,7 +123,7 @@ def test_a_returned_segment_is_the_next_input_s_warm_segment(ring: Ring, pool: S
         gc.collect()
         sent = send(p, 3)  # slot 1 owns a segment: the warm one is swapped in, its own parked cold
         assert owned_ids(ring)[1] == lent_id
-        assert [sid for sid, _ in pool._cold] == [before]
+        assert [sid for sid, *_ in pool._cold] == [before]
         with c.receive(timeout=5) as received:
             np.testing.assert_array_equal(np.frombuffer(received.payload, dtype=np.uint8), sent)
     finally:
@@ -166,7 +174,7 @@ def test_a_view_dropped_in_another_thread_comes_back(ring: Ring, pool: SegmentPo
 
 def test_free_segments_beyond_keep_are_unlinked(ns: Namespace) -> None:
     ring = Ring.create(RingSpec(ns, 0, 8, SLOT))
-    pool = SegmentPool(ns.seg_name, keep=2)
+    pool = SegmentPool(ns.seg_name, keep=2, linger=0, spare=8)
     p, c = ring.producer(), ring.consumer()
     try:
         arrays = []
@@ -182,7 +190,7 @@ def test_free_segments_beyond_keep_are_unlinked(ns: Namespace) -> None:
         assert pool.free == 2
         c.receive(timeout=5).release()
         owned = {ns.seg_name(sid).lstrip("/") for sid in owned_ids(ring) if sid}
-        kept = {ns.seg_name(sid).lstrip("/") for sid, _ in [*pool._warm, *pool._cold]}
+        kept = {ns.seg_name(sid).lstrip("/") for sid, *_ in [*pool._warm, *pool._cold]}
         assert entries(ns) == owned | kept  # the trimmed ones are gone from /dev/shm
     finally:
         p.close()
@@ -250,3 +258,64 @@ def test_nothing_is_created_while_the_pool_holds_a_segment_big_enough(ns: Namesp
         c.close()
         pool.close()
         ring.close()
+
+
+def test_a_burst_takes_at_most_spare_segments_out_of_the_rings(ns: Namespace) -> None:
+    """With nothing free to give a slot in exchange, only ``spare`` outputs are lent (the ring
+    lacks their segments until its producer makes new ones); the next are copies."""
+    ring = Ring.create(RingSpec(ns, 0, 4, SLOT))
+    pool = SegmentPool(ns.seg_name, spare=2)
+    p, c = ring.producer(), ring.consumer()
+    try:
+        for seq in range(3):
+            send(p, seq)
+        held = []
+        for _ in range(2):
+            with c.receive(timeout=5) as received:
+                held.append(lend(pool, received))
+        with c.receive(timeout=5) as received:
+            assert pool.borrow(received) is None
+        assert owned_ids(ring)[2] != 0  # the third slot keeps its segment
+        held.pop()
+        gc.collect()
+        send(p, 3)
+        with c.receive(timeout=5) as received:  # one is free again: lent, in exchange for it
+            held.append(lend(pool, received))
+        assert owned_ids(ring)[3] != 0
+        held.clear()
+        gc.collect()
+    finally:
+        p.close()
+        c.close()
+        pool.close()
+        ring.close()
+
+
+def test_free_segments_stay_for_the_next_burst_until_they_linger(ns: Namespace) -> None:
+    """A free segment beyond ``keep`` is unlinked only once unused for ``linger`` seconds: a
+    segment unlinked between two bursts is one a producer creates again."""
+    for linger, kept in ((60.0, 3), (0.0, 0)):
+        ring = Ring.create(RingSpec(ns, 0, 4, SLOT))
+        pool = SegmentPool(ns.seg_name, keep=0, linger=linger)
+        p, c = ring.producer(), ring.consumer()
+        try:
+            for seq in range(4):
+                send(p, seq)
+            held = []
+            for _ in range(3):
+                with c.receive(timeout=5) as received:
+                    held.append(lend(pool, received))
+            held.clear()
+            gc.collect()
+            assert pool.free == 3
+            with c.receive(timeout=5) as received:  # a borrow trims what has lingered
+                held.append(lend(pool, received))
+            assert pool.free == kept - 1 if kept else pool.free == 0
+            held.clear()
+            gc.collect()
+        finally:
+            p.close()
+            c.close()
+            pool.close()
+            ring.close()
+            unlink_namespace(ns)

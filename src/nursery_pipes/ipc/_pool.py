@@ -36,8 +36,13 @@ the pool (free), or by the views of one output frame (lent). The moves, all in t
 
 Lent bytes are bounded per session (``budget``): past it, an output frame is a copy as before
 (a client that keeps every output would otherwise fill /dev/shm, which is often much smaller
-than RAM, rather than its heap). Free segments are bounded too (``keep``): beyond, the
-coldest is unmapped and unlinked. What the pool holds when the session ends is unlinked with
+than RAM, rather than its heap). Free segments are kept for the next burst — one the pool
+unlinks is one a producer creates again, ~1.6 ms per 10 MiB — but bounded: free bytes stay
+within ``budget`` too, and beyond ``keep`` of each kind the free ones unused for ``linger``
+seconds are unmapped and unlinked, the coldest first. A ring slot whose segment is lent gets
+a free one in exchange; with none free, it is lent anyway only while fewer than ``spare``
+are (the ring then lacks one until its producer makes it again): so a burst of outputs grows
+the session's segments by at most ``spare`` at a time, and meanwhile outputs are copies. What the pool holds when the session ends is unlinked with
 the session's namespace; a view still held keeps its mapping (POSIX: unlinking removes the
 name, not the memory) until it dies.
 
@@ -49,6 +54,7 @@ that owns the pool's producers and consumers (the supervisor's trio thread).
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -66,10 +72,13 @@ if TYPE_CHECKING:
 
 __all__ = ["Borrowed", "SegmentPool"]
 
-DEFAULT_BUDGET: Final = 256 << 20
-"""Bytes of output frames a session may hold as views of shared memory at once (then copies)."""
+DEFAULT_BUDGET: Final = 128 << 20
+"""Bytes of output frames a session may hold as views of shared memory at once (then copies);
+also the most its pool keeps free."""
 DEFAULT_KEEP: Final = 8
-"""Free segments kept per pool (warm and cold each); the coldest beyond that are unlinked."""
+"""Free segments of each kind (warm, cold) a pool keeps however long they stay unused."""
+DEFAULT_LINGER: Final = 2.0
+"""Seconds a free segment beyond ``keep`` may stay unused before it is unlinked."""
 
 
 class Borrowed:
@@ -104,14 +113,24 @@ class SegmentPool:
     supervisor's producers use it (:meth:`Producer.use_pool <._producer.Producer.use_pool>`)."""
 
     def __init__(
-        self, name_of: Callable[[int], str], *, budget: int = DEFAULT_BUDGET, keep: int = DEFAULT_KEEP
+        self,
+        name_of: Callable[[int], str],
+        *,
+        budget: int = DEFAULT_BUDGET,
+        keep: int = DEFAULT_KEEP,
+        linger: float = DEFAULT_LINGER,
+        spare: int = DEFAULT_KEEP,
     ) -> None:
         self.cache = SegmentCache(name_of, readonly=False)
         self.budget = budget
         self._keep = keep
+        self._linger = linger
+        self._spare = spare
+        self._free_bytes = 0
         self._lock = threading.Lock()
-        self._warm: deque[tuple[int, int]] = deque()  # (id, size), most recently returned last
-        self._cold: deque[tuple[int, int]] = deque()  # (id, size), most recently parked last
+        # (id, size, since): most recently returned (warm) / parked (cold) last
+        self._warm: deque[tuple[int, int, float]] = deque()
+        self._cold: deque[tuple[int, int, float]] = deque()
         self._lent = 0
         self._lent_bytes = 0
         self._closed = False
@@ -142,6 +161,8 @@ class SegmentPool:
             if self._lent_bytes + size > self.budget:
                 return None
             replacement = self._replacement(size)
+            if replacement is None and self._lent >= self._spare:
+                return None  # the ring would lack one until it is made again: not past ``spare``
             self._lent += 1
             self._lent_bytes += size
         try:
@@ -151,7 +172,7 @@ class SegmentPool:
                 self._lent -= 1
                 self._lent_bytes -= size
                 if replacement:
-                    self._cold.append(replacement)
+                    self._add(self._cold, replacement[0], replacement[1])
             raise
         # The consumer holds the slot: it may change what the slot owns (``_ownership``).
         words[owned_word] = replacement[0] if replacement else 0
@@ -168,7 +189,7 @@ class SegmentPool:
             self._lent -= 1
             self._lent_bytes -= size
             if not self._closed:
-                self._warm.append((sid, size))
+                self._add(self._warm, sid, size)
 
     # -- in: the supervisor's producers -----------------------------------------------------
 
@@ -193,28 +214,40 @@ class SegmentPool:
             return None  # unlinked under us: the session is closing
         if owned:
             with self._lock:
-                self._cold.append((owned, owned_size))
+                self._add(self._cold, owned, owned_size)
         self._trim()
         return sid, seg
 
-    def _trim(self) -> None:
-        """Unmap and unlink the coldest free segments beyond ``keep`` of each kind (in the
-        owning thread: a finalizer only appends)."""
-        with self._lock:
-            extra = [self._cold.popleft() for _ in range(len(self._cold) - self._keep)]
-            extra += [self._warm.popleft() for _ in range(len(self._warm) - self._keep)]
-        for old, _ in extra:
-            self.cache.drop(old)
-            unlink_segment(self.cache.name(old))
+    def _add(self, free: deque[tuple[int, int, float]], sid: int, size: int) -> None:
+        free.append((sid, size, time.monotonic()))  # lock held
+        self._free_bytes += size
 
-    @staticmethod
-    def _pop(free: deque[tuple[int, int]], need: int) -> tuple[int, int] | None:
+    def _trim(self) -> None:
+        """Unmap and unlink free segments, coldest first: while free bytes exceed the budget,
+        and those beyond ``keep`` of each kind unused for ``linger`` seconds (in the owning
+        thread: a finalizer only appends)."""
+        extra = []
+        with self._lock:
+            while (self._cold or self._warm) and self._free_bytes > self.budget:
+                extra.append((self._cold if self._cold else self._warm).popleft())
+                self._free_bytes -= extra[-1][1]
+            old = time.monotonic() - self._linger
+            for free in (self._cold, self._warm):
+                while len(free) > self._keep and free[0][2] < old:
+                    extra.append(free.popleft())
+                    self._free_bytes -= extra[-1][1]
+        for sid, _, _ in extra:
+            self.cache.drop(sid)
+            unlink_segment(self.cache.name(sid))
+
+    def _pop(self, free: deque[tuple[int, int, float]], need: int) -> tuple[int, int] | None:
         """The most recent free segment of at least ``need`` bytes (lock held)."""
         for i in range(len(free) - 1, -1, -1):
             if free[i][1] >= need:
-                found = free[i]
+                sid, size, _ = free[i]
                 del free[i]
-                return found
+                self._free_bytes -= size
+                return sid, size
         return None
 
     def _replacement(self, size: int) -> tuple[int, int] | None:
@@ -224,8 +257,10 @@ class SegmentPool:
         found = self._pop(self._cold, size) or self._pop(self._warm, size)
         if found is None and (self._cold or self._warm):
             free = self._cold if self._cold else self._warm
-            found = max(free, key=lambda entry: entry[1])
-            free.remove(found)
+            biggest = max(free, key=lambda entry: entry[1])
+            free.remove(biggest)
+            self._free_bytes -= biggest[1]
+            found = biggest[:2]
         return found
 
     # -- the session ends -------------------------------------------------------------------
@@ -246,4 +281,5 @@ class SegmentPool:
             self._closed = True
             self._warm.clear()
             self._cold.clear()
+            self._free_bytes = 0
         self.cache.close()
