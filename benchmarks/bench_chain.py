@@ -21,6 +21,9 @@ to round; nothing pinned):
   segments (1 MiB, 10 MiB) 1 — into the first ring; each worker forwards the segment by
   reference (``ipc/_ownership.py``) and the supervisor lends it to the client as a read-only
   view (``ipc/_pool.py``);
+- ``multiprocess_1``: a chain of ONE such worker (2 crossings): the difference to the 5-worker
+  chain, / 4, is what one more worker costs (``marginal_hop_us``), the fixed costs (the copy
+  into the first ring, the session) cancelled out;
 - ``inprocess``: the same manifest, every node ``inprocess`` (the output *is* the input object);
 - ``memcpy``: one ``numpy.copyto`` of the payload into a preallocated array (small sizes
   timed in batches, per-copy time = batch / count);
@@ -39,7 +42,8 @@ backpressure allows while the reader drains them) for multiprocess, inprocess an
 
 Goals (issue): 10 MiB chain p50 ≤ 2× one memcpy of 10 MiB; 640 B chain p50 ≤ 1.0× the Pipe
 chain; hop cost flat in frame size above 64 KiB, read here as hop(10 MiB) ≤ 2× hop(64 KiB)
-(the log-log slope over 64 KiB…10 MiB is reported too; a copy per hop gives slope ~1).
+(the log-log slope over 64 KiB…10 MiB is reported too; a copy per hop gives slope ~1); and
+the same for the marginal hop, mhop(10 MiB) ≤ 2× mhop(64 KiB).
 
 If matplotlib is importable: benchmarks/results/chain.png, cost per crossing vs frame size,
 log-log, with the memcpy and Pipe baselines (else skipped with a note in the JSON).
@@ -87,7 +91,7 @@ def copies(size: int) -> int:
 
 SLOT_SIZE = 256 * KIB  # 640 B and 64 KiB inline, 1 MiB and 10 MiB in external segments
 SLOT_COUNT = 8
-PATHS = ("multiprocess", "inprocess", "memcpy", "pipe", "pipecat")
+PATHS = ("multiprocess", "multiprocess_1", "inprocess", "memcpy", "pipe", "pipecat")
 GOAL_BIG_VS_MEMCPY = 2.0
 GOAL_SMALL_VS_PIPE = 1.0
 GOAL_FLAT = 2.0
@@ -102,12 +106,12 @@ def size_label(size: int) -> str:
     return f"{size} B"
 
 
-def manifest(executor: str) -> dict[str, Any]:
-    ids = [f"n{i + 1}" for i in range(NODES)]
+def manifest(executor: str, nodes: int = NODES) -> dict[str, Any]:
+    ids = [f"n{i + 1}" for i in range(nodes)]
     return {
         "version": "v1",
         "metadata": {
-            "name": f"bench-chain-{executor}",
+            "name": f"bench-chain-{executor}-{nodes}",
             "multiprocess": {
                 "executor_overrides": dict.fromkeys(ids, executor),
                 "channel_capacity": SLOT_COUNT,
@@ -291,12 +295,15 @@ async def measure(quick: bool) -> dict[str, Any]:
             closers.append(peer.close)
         async with runtime, AsyncExitStack() as stack:
             mp = await stack.enter_async_context(runtime.open_session(manifest("multiprocess")))
+            mp1 = await stack.enter_async_context(runtime.open_session(manifest("multiprocess", 1)))
             ip = await stack.enter_async_context(runtime.open_session(manifest("inprocess")))
             worker_pids = [m.pid for m in mp.metrics().nodes.values() if m.pid]
 
             async def run_path(path: str, size: int, n: int) -> list[int]:
                 if path == "multiprocess":
                     return await chain_latency(mp, frames[size], n, same_object=False)
+                if path == "multiprocess_1":
+                    return await chain_latency(mp1, frames[size], n, same_object=False)
                 if path == "inprocess":
                     return await chain_latency(ip, frames[size], n, same_object=True)
                 if path == "memcpy":
@@ -363,6 +370,7 @@ def derive(res: dict[str, dict[str, dict[str, float]]], have_peer: bool) -> dict
             "hop_per_worker_us": (mp - ip) / NODES,
             "hop_over_memcpy": hop / cp,
             "pipe_per_transfer_us": pipe / CROSSINGS,
+            "marginal_hop_us": (mp - r["multiprocess_1"]) / (NODES - 1),
             "inprocess_per_node_us": ip / NODES,
         }
         if have_peer:
@@ -386,6 +394,10 @@ def goals(res: dict[str, Any], derived: dict[str, dict[str, float]]) -> dict[str
     flat_sizes = [s for s in SIZES if s >= 64 * KIB]
     hops = [derived[size_label(s)]["hop_per_crossing_us"] for s in flat_sizes]
     flat = hops[-1] / hops[0] if hops[0] > 0 else float("inf")
+    # the cost of one more worker in the chain (5-worker chain − 1-worker chain, / 4): the fixed
+    # costs (the copy into the first ring, the session) cancel out
+    mhops = [derived[size_label(s)]["marginal_hop_us"] for s in flat_sizes]
+    mflat = mhops[-1] / mhops[0] if mhops[0] > 0 else float("inf")
     return {
         "chain_10MiB_p50_over_memcpy_10MiB": {
             "goal": f"<= {GOAL_BIG_VS_MEMCPY:g}", "measured": round(ratio_big, 2),
@@ -398,6 +410,10 @@ def goals(res: dict[str, Any], derived: dict[str, dict[str, float]]) -> dict[str
         "hop_flat_above_64KiB: hop(10 MiB) / hop(64 KiB)": {
             "goal": f"<= {GOAL_FLAT:g}", "measured": round(flat, 2), "met": flat <= GOAL_FLAT,
             "loglog_slope_64KiB_10MiB": loglog_slope(flat_sizes, hops),
+        },
+        "marginal_hop_flat_above_64KiB: mhop(10 MiB) / mhop(64 KiB)": {
+            "goal": f"<= {GOAL_FLAT:g}", "measured": round(mflat, 2), "met": mflat <= GOAL_FLAT,
+            "loglog_slope_64KiB_10MiB": loglog_slope(flat_sizes, [max(m, 1e-9) for m in mhops]),
         },
     }  # fmt: skip
 
@@ -414,6 +430,9 @@ def plot(res: dict[str, Any], derived: dict[str, dict[str, float]], have_peer: b
     series = {
         "nursery_pipes hop: (multiprocess − inprocess chain) / 6 crossings": [
             derived[k]["hop_per_crossing_us"] for k in labels
+        ],
+        "nursery_pipes marginal hop: (5-worker − 1-worker chain) / 4": [
+            max(derived[k]["marginal_hop_us"], 0.1) for k in labels
         ],
         "one memcpy (numpy.copyto)": [res[k]["memcpy"]["p50_us"] for k in labels],
         "multiprocessing.Pipe: chain / 6 transfers": [derived[k]["pipe_per_transfer_us"] for k in labels],
@@ -493,12 +512,14 @@ def main() -> None:
     if not have_peer:
         print(f"  pipecat rows skipped: {peer_info['skipped']}")
     print_table(
-        "Ratios of p50s; hop = (multiprocess − inprocess) / 6 crossings (µs); pipe/6 = Pipe chain per transfer",
-        ["size", "mp/memcpy", "mp/pipe", "mp/inproc", "mp/(copies)", "hop µs", "hop/memcpy", "pipe/6 µs"]
+        "Ratios of p50s; hop = (multiprocess − inprocess) / 6 crossings (µs); mhop = (multiprocess − "
+        "multiprocess_1) / 4: one more worker (µs); pipe/6 = Pipe chain per transfer",
+        ["size", "mp/memcpy", "mp/pipe", "mp/inproc", "mp/(copies)", "hop µs", "mhop µs", "hop/memcpy",
+         "pipe/6 µs"]
         + (["mp/pipecat"] if have_peer else []),
         [
             (k, d["chain_over_memcpy"], d["chain_over_pipe"], d["chain_over_inprocess"],
-             d["chain_over_copies"], d["hop_per_crossing_us"], d["hop_over_memcpy"],
+             d["chain_over_copies"], d["hop_per_crossing_us"], d["marginal_hop_us"], d["hop_over_memcpy"],
              d["pipe_per_transfer_us"], *([d["chain_over_pipecat"]] if have_peer else []))
             for k, d in derived.items()
         ],
@@ -543,6 +564,9 @@ def main() -> None:
                 "latency": "perf_counter_ns before session.send → sink output read; one frame in flight",
                 "hop_per_crossing_us": f"(multiprocess p50 − inprocess p50) / {CROSSINGS} ring crossings",
                 "hop_per_worker_us": f"(multiprocess p50 − inprocess p50) / {NODES} workers",
+                "marginal_hop_us": f"(multiprocess p50 − multiprocess_1 p50) / {NODES - 1}: what one more "
+                "PassThrough worker adds to a chain (the copy into the first ring and the session's own "
+                "costs cancel out)",
                 "chain_over_copies": "multiprocess p50 / (copies × memcpy p50): the chain makes "
                 f"{INLINE_COPIES} copies of a frame in the slots (into ring 1, each worker's output, "
                 f"out of ring 6) and {EXTERNAL_COPIES} of a frame in external segments (into ring 1)",

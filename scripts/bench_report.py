@@ -281,7 +281,8 @@ def section_chain(d: Json) -> list[str]:
                 for path, r in paths.items()
             ],
         ),
-        "Ratios of p50s against the same-run baselines; hop = (multiprocess − inprocess) / 6 crossings:",
+        "Ratios of p50s against the same-run baselines; hop = (multiprocess − inprocess) / 6 crossings; "
+        "marginal hop = (5-worker − 1-worker chain) / 4, what one more worker costs:",
         md_table(
             [
                 "size",
@@ -290,6 +291,7 @@ def section_chain(d: Json) -> list[str]:
                 "chain / in-process",
                 "chain / its copies (7 in the slots, 1 external)",
                 "hop µs",
+                "marginal hop µs",
                 "hop / memcpy",
                 "Pipe per transfer µs",
             ]
@@ -302,6 +304,7 @@ def section_chain(d: Json) -> list[str]:
                     times(v["chain_over_inprocess"]),
                     times(v["chain_over_copies"]),
                     v["hop_per_crossing_us"],
+                    v.get("marginal_hop_us", "—"),
                     times(v["hop_over_memcpy"]),
                     v["pipe_per_transfer_us"],
                     *([times(v["chain_over_pipecat"])] if "chain_over_pipecat" in v else []),
