@@ -120,6 +120,7 @@ async def test_big_outputs_are_views_that_nothing_writes_while_they_are_held() -
     # Nothing is ever given back here: the first `spare` (8) big outputs are lent with nothing
     # in exchange for their ring slots, then outputs are copies (ipc/_pool.py)
     assert views == [i for i in range(count) if i % 4 != 3][:8]
+    assert session.metrics().frames_lent == session.metrics().frames_lent_held == 8
 
 
 async def test_a_client_that_lets_go_of_each_output_gets_every_big_one_without_a_copy() -> None:
@@ -136,6 +137,8 @@ async def test_a_client_that_lets_go_of_each_output_gets_every_big_one_without_a
             del out
         await session.close()
     assert views == sum(1 for i in range(40) if i % 4 != 3)
+    assert session.metrics().frames_lent == views
+    assert session.metrics().frames_lent_held == 0
 
 
 async def test_a_slice_of_the_input_with_new_metadata_goes_on_by_reference() -> None:

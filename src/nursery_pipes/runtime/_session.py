@@ -96,6 +96,11 @@ class SessionMetrics:
     nodes: Mapping[str, NodeMetrics]
     data_type_breakdown: Mapping[str, int] = field(default_factory=dict)
     outputs_discarded: int = 0
+    frames_lent: int = 0
+    """Big frames (bigger than a ring slot) that left worker processes without a copy: handed
+    on as read-only views of the shared memory they arrived in (``ipc/_pool.py``)."""
+    frames_lent_held: int = 0
+    """Of those, the ones some view still holds now (their memory is not reused until then)."""
 
 
 @dataclass(frozen=True)
@@ -359,6 +364,8 @@ class Session:
             nodes=dict(self._metrics),
             data_type_breakdown=breakdown,
             outputs_discarded=self._events.discarded,
+            frames_lent=self._transport.pool.lent_total if self._transport is not None else 0,
+            frames_lent_held=self._transport.pool.lent if self._transport is not None else 0,
         )
 
     # -- inside ----------------------------------------------------------------------------
