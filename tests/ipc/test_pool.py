@@ -319,3 +319,24 @@ def test_free_segments_stay_for_the_next_burst_until_they_linger(ns: Namespace) 
             pool.close()
             ring.close()
             unlink_namespace(ns)
+
+
+def test_a_consumer_using_the_pool_maps_through_it_read_only(ring: Ring, pool: SegmentPool) -> None:
+    """The supervisor maps each segment once (the pool's cache), and received views stay
+    read-only although that mapping is writable."""
+    p, c = ring.producer(), ring.consumer()
+    c.use_pool(pool)
+    try:
+        sent = send(p, 0)
+        with c.receive(timeout=5) as received:
+            assert received.payload.readonly
+            assert len(pool.cache) == 1  # mapped by the consumer, through the pool
+            array = lend(pool, received)
+            assert len(pool.cache) == 1  # the lend found it there
+        np.testing.assert_array_equal(array, sent)
+        del array
+        gc.collect()
+    finally:
+        p.close()
+        c.close()
+    assert len(pool.cache) == 1  # closing the consumer left the pool's cache alone

@@ -354,6 +354,7 @@ class ShmTransport:
     ) -> Callable[[Callable[[BaseException], None]], Awaitable[None]]:
         """A task body that moves the ring's frames into ``target``: ``await pump(on_error)``."""
         consumer = TrioConsumer(ring.consumer())
+        consumer.consumer.use_pool(self.pool)
         self._closers.append(consumer.close)
         index = self.pumps.add(consumer.consumer.ready)
         return functools.partial(pump, consumer, target, watch=self.pumps, index=index, pool=self.pool)

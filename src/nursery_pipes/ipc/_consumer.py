@@ -42,6 +42,7 @@ from ._sem import acquire
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from ._pool import SegmentPool
     from ._ring import Ring
 
 __all__ = ["Consumer", "Received"]
@@ -129,6 +130,7 @@ class Consumer:
         self._release_next = self._pos
         self._released: set[int] = set()
         self._segs = SegmentCache(spec.namespace.seg_name, readonly=True)
+        self._shared_segs = False
         self._eos = bool(self._buf[L.OFF_EOS_TAKEN])  # sticky, also across a restart
         self._closed = False
         self._bell = Bell(spec.free_doorbell) if spec.free_doorbell else None
@@ -141,6 +143,14 @@ class Consumer:
     @property
     def name(self) -> str:
         return self._name
+
+    def use_pool(self, pool: SegmentPool) -> None:
+        """Map segments through ``pool.cache`` (the supervisor's one writable mapping of each,
+        shared with its producers and the pool; not closed with this end). Received views stay
+        read-only. Without it, a segment the pump lends (``_pool``) would be mapped twice."""
+        self._segs.close()
+        self._segs = pool.cache
+        self._shared_segs = True
 
     # -- waiting on a file descriptor (async consumers, wait_any) -------------------------
 
@@ -332,7 +342,7 @@ class Consumer:
             raise RingCorruptError(
                 self._name, f"external segment {self._segs.name(sid)} smaller than {h.ext_size}"
             )
-        return seg.view
+        return seg.view.toreadonly() if self._shared_segs else seg.view
 
     def _release(self, pos: int) -> None:
         if self._closed:
@@ -371,7 +381,8 @@ class Consumer:
         self._closed = True
         self._buf[L.OFF_CONSUMER_OPEN] = 0  # closed cleanly: a repair can count exactly
         self._ro.release()
-        self._segs.close()
+        if not self._shared_segs:  # a pool's cache is the pool's to close
+            self._segs.close()
         if self._bell is not None:
             self._bell.close()
         self._poller = None
