@@ -106,10 +106,13 @@ class TensorDtype(enum.IntEnum):
 
     @property
     def dtype(self) -> np.dtype[np.generic]:
-        return np.dtype(_TENSOR_DTYPES[self])
+        return _TENSOR_NP[self]
 
     @classmethod
     def from_dtype(cls, dtype: np.dtype[np.generic]) -> TensorDtype:
+        fmt = _TENSOR_BY_NP.get(dtype)  # per frame, twice: a dict lookup, not 5 dtype builds
+        if fmt is not None:
+            return fmt
         for fmt, name in _TENSOR_DTYPES.items():
             if np.dtype(name) == dtype:
                 return fmt
@@ -124,3 +127,7 @@ _TENSOR_DTYPES = {
     TensorDtype.I8: "i1",
     TensorDtype.U8: "u1",
 }
+_TENSOR_NP: dict[TensorDtype, np.dtype[np.generic]] = {
+    fmt: np.dtype(name) for fmt, name in _TENSOR_DTYPES.items()
+}
+_TENSOR_BY_NP: dict[np.dtype[np.generic], TensorDtype] = {dt: fmt for fmt, dt in _TENSOR_NP.items()}
