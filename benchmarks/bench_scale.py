@@ -359,6 +359,10 @@ def summarize(
             "supervisor_us_per_frame": round(1e6 * sup_cpu / max(1, frames_total), 1),
             "workers_us_per_worker_frame": round(1e6 * wrk_cpu / max(1, frames_total * NODES), 1),
             "us_per_hop": round(1e6 * (sup_cpu + wrk_cpu) / max(1, frames_total * hops), 1),
+            # what one frame of one session costs the machine (supervisor + its workers), and so
+            # how many such sessions one core holds at this frame rate (CPU alone, no headroom)
+            "us_per_session_frame": round(1e6 * (sup_cpu + wrk_cpu) / max(1, frames_total), 1),
+            "sessions_per_core": round(len(runs) * wall / max(1e-9, sup_cpu + wrk_cpu), 1),
             "supervisor_ctx_switches_per_frame": round(
                 (after["supervisor_ctx"] - before["supervisor_ctx"]) / max(1, frames_total), 2
             ),
@@ -458,10 +462,12 @@ def report(tag: str, r: dict[str, Any]) -> None:
     print_table(
         f"{tag}: CPU over {cpu['window_s']} s",
         ["supervisor % core", "workers % core", "machine busy %", "sys share sup/workers %", "sup µs/frame",
-         "worker µs/frame", "µs/hop", "sup ctxsw/frame", "worker ctxsw/frame"],
+         "worker µs/frame", "µs/hop", "µs/session frame", "sessions/core", "sup ctxsw/frame",
+         "worker ctxsw/frame"],
         [(cpu["supervisor_pct_of_one_core"], cpu["workers_pct_of_one_core"], cpu["machine_busy_pct_of_all_cores"],
           f"{cpu['supervisor_sys_share_pct']}/{cpu['workers_sys_share_pct']}",
           cpu["supervisor_us_per_frame"], cpu["workers_us_per_worker_frame"], cpu["us_per_hop"],
+          cpu["us_per_session_frame"], cpu["sessions_per_core"],
           cpu["supervisor_ctx_switches_per_frame"], cpu["workers_ctx_switches_per_worker_frame"])],
     )  # fmt: skip
     sessions = r["per_session"]

@@ -527,7 +527,8 @@ def section_scale(d: Json) -> list[str]:
         )  # fmt: skip
         cpu_rows.append(
             (tag, cpu["supervisor_pct_of_one_core"], cpu["workers_pct_of_one_core"],
-             cpu["machine_busy_pct_of_all_cores"], cpu["supervisor_us_per_frame"], cpu["us_per_hop"])
+             cpu["machine_busy_pct_of_all_cores"], cpu["supervisor_us_per_frame"], cpu["us_per_hop"],
+             cpu.get("us_per_session_frame", "—"), cpu.get("sessions_per_core", "—"))
         )  # fmt: skip
     pacing = d.get("pacing_cost_us", {})
     blocks = [
@@ -559,6 +560,8 @@ def section_scale(d: Json) -> list[str]:
                 "machine busy %",
                 "supervisor µs/frame",
                 "µs/hop",
+                "CPU µs per session frame",
+                "sessions per core (CPU alone)",
             ],
             cpu_rows,
         ),
