@@ -42,9 +42,15 @@ within ``budget`` too, and beyond ``keep`` of each kind the free ones unused for
 seconds are unmapped and unlinked, the coldest first. A ring slot whose segment is lent gets
 a free one in exchange; with none free, it is lent anyway only while fewer than ``spare``
 are (the ring then lacks one until its producer makes it again): so a burst of outputs grows
-the session's segments by at most ``spare`` at a time, and meanwhile outputs are copies. What the pool holds when the session ends is unlinked with
-the session's namespace; a view still held keeps its mapping (POSIX: unlinking removes the
-name, not the memory) until it dies.
+the session's segments by at most ``spare`` at a time, and meanwhile outputs are copies. A
+producer using the pool creates a segment at least as big as the biggest it has seen
+(``largest``): frames of several sizes would otherwise churn segments, a small one created
+for a small frame, then grown (created again, the small one unlinked) for a big one.
+
+What the pool holds when the session ends is unlinked with the session's namespace; a view
+still held keeps its mapping (POSIX: unlinking removes the name, not the memory) until it
+dies. ``cache`` is the supervisor's one mapping of each segment: its producers and its pumps'
+consumers map through it (``Producer.use_pool``, ``Consumer.use_pool``).
 
 Thread-safety: finalizers run in whatever thread drops the last view, so the free lists and
 counters are guarded by a lock; mapping, swapping and unlinking happen only in the thread
