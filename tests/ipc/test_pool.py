@@ -8,13 +8,17 @@ import gc
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import pytest
 
 from nursery_pipes.ipc import (
     FLAG_EXTERNAL,
+    Consumer,
     Namespace,
+    Producer,
     Ring,
     RingSpec,
     SegmentPool,
@@ -33,6 +37,32 @@ def ring(ns: Namespace) -> Iterator[Ring]:
     made = Ring.create(RingSpec(ns, 0, 2, SLOT))
     yield made
     made.close()
+
+
+@contextmanager
+def ends(ring: Ring) -> Iterator[tuple[Producer, Consumer]]:
+    """Both ends of ``ring``, closed afterwards."""
+    p, c = ring.producer(), ring.consumer()
+    try:
+        yield p, c
+    finally:
+        p.close()
+        c.close()
+
+
+@contextmanager
+def fresh(
+    ns: Namespace, slots: int, **pool_args: Any
+) -> Iterator[tuple[Ring, SegmentPool, Producer, Consumer]]:
+    """A ring of ``slots`` slots, a pool, and both ends of the ring; all closed afterwards."""
+    ring = Ring.create(RingSpec(ns, 0, slots, SLOT))
+    pool = SegmentPool(ns.seg_name, **pool_args)
+    try:
+        with ends(ring) as (p, c):
+            yield ring, pool, p, c
+    finally:
+        pool.close()
+        ring.close()
 
 
 @pytest.fixture
@@ -70,9 +100,8 @@ def entries(ns: Namespace) -> set[str]:
 
 
 def test_a_lent_segment_is_never_written_while_a_view_lives(ring: Ring, pool: SegmentPool) -> None:
-    p, c = ring.producer(), ring.consumer()
-    p.use_pool(pool)  # it would write into any segment the pool has free
-    try:
+    with ends(ring) as (p, c):
+        p.use_pool(pool)  # it would write into any segment the pool has free
         held = []
         for seq in range(6):  # 3 times round the 2 slots: each slot written again twice
             sent = send(p, seq)
@@ -94,14 +123,10 @@ def test_a_lent_segment_is_never_written_while_a_view_lives(ring: Ring, pool: Se
         gc.collect()
         assert pool.lent == 0
         assert pool.free == 6
-    finally:
-        p.close()
-        c.close()
 
 
 def test_a_returned_segment_is_the_next_input_s_warm_segment(ring: Ring, pool: SegmentPool) -> None:
-    p, c = ring.producer(), ring.consumer()
-    try:
+    with ends(ring) as (p, c):
         send(p, 0)
         send(p, 1)
         with c.receive(timeout=5) as received:
@@ -126,15 +151,11 @@ def test_a_returned_segment_is_the_next_input_s_warm_segment(ring: Ring, pool: S
         assert [sid for sid, *_ in pool._cold] == [before]
         with c.receive(timeout=5) as received:
             np.testing.assert_array_equal(np.frombuffer(received.payload, dtype=np.uint8), sent)
-    finally:
-        p.close()
-        c.close()
 
 
 def test_over_budget_or_not_owned_is_refused(ns: Namespace, ring: Ring) -> None:
     small = SegmentPool(ns.seg_name, budget=BIG // 2)
-    p, c = ring.producer(), ring.consumer()
-    try:
+    with ends(ring) as (p, c):
         send(p, 0)
         with c.receive(timeout=5) as received:
             assert small.borrow(received) is None  # over budget: the pump copies
@@ -149,15 +170,11 @@ def test_over_budget_or_not_owned_is_refused(ns: Namespace, ring: Ring) -> None:
         del array
         gc.collect()
         pool.close()
-    finally:
-        small.close()
-        p.close()
-        c.close()
+    small.close()
 
 
 def test_a_view_dropped_in_another_thread_comes_back(ring: Ring, pool: SegmentPool) -> None:
-    p, c = ring.producer(), ring.consumer()
-    try:
+    with ends(ring) as (p, c):
         send(p, 0)
         with c.receive(timeout=5) as received:
             box = [lend(pool, received)]
@@ -167,16 +184,10 @@ def test_a_view_dropped_in_another_thread_comes_back(ring: Ring, pool: SegmentPo
         gc.collect()
         assert pool.lent == 0
         assert pool.free == 1
-    finally:
-        p.close()
-        c.close()
 
 
 def test_free_segments_beyond_keep_are_unlinked(ns: Namespace) -> None:
-    ring = Ring.create(RingSpec(ns, 0, 8, SLOT))
-    pool = SegmentPool(ns.seg_name, keep=2, linger=0, spare=8)
-    p, c = ring.producer(), ring.consumer()
-    try:
+    with fresh(ns, 8, keep=2, linger=0, spare=8) as (ring, pool, p, c):
         arrays = []
         for seq in range(8):  # 8 segments lent out of the ring
             send(p, seq)
@@ -192,26 +203,17 @@ def test_free_segments_beyond_keep_are_unlinked(ns: Namespace) -> None:
         owned = {ns.seg_name(sid).lstrip("/") for sid in owned_ids(ring) if sid}
         kept = {ns.seg_name(sid).lstrip("/") for sid, *_ in [*pool._warm, *pool._cold]}
         assert entries(ns) == owned | kept  # the trimmed ones are gone from /dev/shm
-    finally:
-        p.close()
-        c.close()
-        pool.close()
-        ring.close()
 
 
 def test_a_view_outlives_the_session(ns: Namespace) -> None:
     ring = Ring.create(RingSpec(ns, 0, 2, SLOT))
     pool = SegmentPool(ns.seg_name)
-    p, c = ring.producer(), ring.consumer()
-    sent = send(p, 0)
-    with c.receive(timeout=5) as received:
-        array = lend(pool, received)
-    p.close()
-    c.close()
+    with ends(ring) as (p, c):
+        sent = send(p, 0)
+        with c.receive(timeout=5) as received:
+            array = lend(pool, received)
     pool.close()
     ring.close()
-    from nursery_pipes.ipc import unlink_namespace
-
     unlink_namespace(ns)
     assert not entries(ns)  # every name is gone ...
     np.testing.assert_array_equal(array, sent)  # ... the memory is not, while a view holds it
@@ -225,11 +227,8 @@ def test_nothing_is_created_while_the_pool_holds_a_segment_big_enough(ns: Namesp
     """Sizes alternating between frames must not churn segments (create one, unlink another):
     a slot that owns none (or too small a one) takes a free one big enough, whatever its size;
     a slot whose segment is taken gets a free one back, the biggest if none is as big."""
-    ring = Ring.create(RingSpec(ns, 0, 2, SLOT))
-    pool = SegmentPool(ns.seg_name)
-    p, c = ring.producer(), ring.consumer()
-    p.use_pool(pool)
-    try:
+    with fresh(ns, 2) as (ring, pool, p, c):
+        p.use_pool(pool)
         send(p, 0, n=8 * BIG)
         send(p, 1, n=BIG)
         with c.receive(timeout=5) as received:
@@ -253,20 +252,12 @@ def test_nothing_is_created_while_the_pool_holds_a_segment_big_enough(ns: Namesp
             assert owned_ids(ring)[1] != 0, "the slot got nothing while the pool had a segment"
         del big
         gc.collect()
-    finally:
-        p.close()
-        c.close()
-        pool.close()
-        ring.close()
 
 
 def test_a_burst_takes_at_most_spare_segments_out_of_the_rings(ns: Namespace) -> None:
     """With nothing free to give a slot in exchange, only ``spare`` outputs are lent (the ring
     lacks their segments until its producer makes new ones); the next are copies."""
-    ring = Ring.create(RingSpec(ns, 0, 4, SLOT))
-    pool = SegmentPool(ns.seg_name, spare=2)
-    p, c = ring.producer(), ring.consumer()
-    try:
+    with fresh(ns, 4, spare=2) as (ring, pool, p, c):
         for seq in range(3):
             send(p, seq)
         held = []
@@ -284,21 +275,13 @@ def test_a_burst_takes_at_most_spare_segments_out_of_the_rings(ns: Namespace) ->
         assert owned_ids(ring)[3] != 0
         held.clear()
         gc.collect()
-    finally:
-        p.close()
-        c.close()
-        pool.close()
-        ring.close()
 
 
 def test_free_segments_stay_for_the_next_burst_until_they_linger(ns: Namespace) -> None:
     """A free segment beyond ``keep`` is unlinked only once unused for ``linger`` seconds: a
     segment unlinked between two bursts is one a producer creates again."""
     for linger, kept in ((60.0, 3), (0.0, 0)):
-        ring = Ring.create(RingSpec(ns, 0, 4, SLOT))
-        pool = SegmentPool(ns.seg_name, keep=0, linger=linger)
-        p, c = ring.producer(), ring.consumer()
-        try:
+        with fresh(ns, 4, keep=0, linger=linger) as (_, pool, p, c):
             for seq in range(4):
                 send(p, seq)
             held = []
@@ -313,20 +296,14 @@ def test_free_segments_stay_for_the_next_burst_until_they_linger(ns: Namespace) 
             assert pool.free == kept - 1 if kept else pool.free == 0
             held.clear()
             gc.collect()
-        finally:
-            p.close()
-            c.close()
-            pool.close()
-            ring.close()
-            unlink_namespace(ns)
+        unlink_namespace(ns)
 
 
 def test_a_consumer_using_the_pool_maps_through_it_read_only(ring: Ring, pool: SegmentPool) -> None:
     """The supervisor maps each segment once (the pool's cache), and received views stay
     read-only although that mapping is writable."""
-    p, c = ring.producer(), ring.consumer()
-    c.use_pool(pool)
-    try:
+    with ends(ring) as (p, c):
+        c.use_pool(pool)
         sent = send(p, 0)
         with c.receive(timeout=5) as received:
             assert received.payload.readonly
@@ -336,7 +313,4 @@ def test_a_consumer_using_the_pool_maps_through_it_read_only(ring: Ring, pool: S
         np.testing.assert_array_equal(array, sent)
         del array
         gc.collect()
-    finally:
-        p.close()
-        c.close()
     assert len(pool.cache) == 1  # closing the consumer left the pool's cache alone
