@@ -188,8 +188,9 @@ class Consumer:
         if self._poller is None:
             self._poller = select.poll()
             self._poller.register(fd, select.POLLIN)
-        ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
-        if not self._poller.poll(ms):  # retried on EINTR with what is left (PEP 475)
+        if not self._poller.poll(
+            max(0, math.ceil(timeout * 1000))
+        ):  # retried on EINTR with what is left (PEP 475)
             return False
         clear(fd)
         return True
@@ -327,7 +328,8 @@ class Consumer:
         return meta, payload
 
     def _external(self, slot: int, pos: int, h: SlotHeader) -> memoryview:
-        """The frame's external segment (recorded in the slot), mapped read-only and cached."""
+        """The frame's external segment (recorded in the slot), mapped once and cached; the view
+        is read-only (the supervisor's consumers map through its pool's writable cache)."""
         sid = self._words[self._spec.record_word(slot, L.REC_FRAME_SEG)]
         if not sid or seg_gen(sid) != h.ext_gen:
             raise RingCorruptError(

@@ -315,17 +315,18 @@ class Producer:
         w = self._words
         owned_word = self._spec.record_word(slot, L.REC_OWNED_SEG)
         owned = w[owned_word]
+        if self._pool is not None:  # a warm segment from the pool instead (``_pool``)
+            owned_size = self._segs.size(owned) if owned else 0  # not mapped just to be parked
+            other = self._pool.swap_in(owned if owned_size else 0, owned_size, need)
+            if other is not None:
+                w[owned_word] = other[0]
+                return other
         cur: Segment | None = None
         if owned:
             try:
                 cur = self._segs.get(owned)
             except posix_ipc.ExistentialError:
                 cur = None  # unlinked under us (the session is closing): make a new one
-        if self._pool is not None:  # a warm segment from the pool instead (``_pool``)
-            other = self._pool.swap_in(owned if cur else 0, cur.size if cur else 0, need)
-            if other is not None:
-                w[owned_word] = other[0]
-                return other
         if cur is not None and cur.size >= need:
             return owned, cur
         rec = self._spec.record_offset(slot)
@@ -396,13 +397,20 @@ class Producer:
             flags |= FLAG_EXTERNAL
             gen = seg_gen(ext[0])
             size = ext[1] if isinstance(ext[1], int) else ext[1].size
-            self._words[(rec + L.REC_FRAME_SEG) >> 3] = ext[0]
-            self._words[(rec + L.REC_PAYLOAD_AT) >> 3] = 0 if split is None else split + 1
+            self._name_segment(rec, ext[0], split)
         encode_frame_into(
             self._buf, rec + L.REC_HEADER, header, flags=flags, meta_len=meta_len,
             payload_len=payload_len, checksum=crc, ext_gen=gen, ext_size=size,
         )  # fmt: skip
         self._post(rec)
+
+    def _name_segment(self, rec: int, sid: int, split: int | None) -> None:
+        """Record, in the slot record at ``rec``, the external segment ``sid`` the frame being
+        published lives in and where its payload starts (``split``: after the metadata kept in
+        the slot, a forward; None: laid out as in a slot). Every external publish does this:
+        readers and forwards find the segment here (``_ownership``)."""
+        self._words[(rec + L.REC_FRAME_SEG) >> 3] = sid
+        self._words[(rec + L.REC_PAYLOAD_AT) >> 3] = 0 if split is None else split + 1
 
     # -- forwarding by reference (see _ownership) --------------------------------------
 
@@ -571,11 +579,10 @@ class Producer:
             flags = FLAG_CHECKSUM if self._checksum else 0
             gen = size = 0
             rec = L.CTRL_SIZE + slot * L.RECORD_SIZE
-            if ext is not None:  # as _publish: the slot record names the segment the frame is in
+            if ext is not None:
                 flags |= FLAG_EXTERNAL
                 gen, size = seg_gen(ext[0]), ext[1].size
-                self._words[(rec + L.REC_FRAME_SEG) >> 3] = ext[0]
-                self._words[(rec + L.REC_PAYLOAD_AT) >> 3] = 0
+                self._name_segment(rec, ext[0], None)
             pack_frame_into(
                 self._buf, rec + L.REC_HEADER, frame.kind, frame.fmt, frame.shape, seq,
                 frame.timestamp_us, frame.aux, flags=flags, meta_len=meta_len, payload_len=n,

@@ -143,6 +143,21 @@ class SegmentCache:
         self.put(key, seg)
         return seg
 
+    def size(self, key: int) -> int:
+        """The size of segment ``key``: its mapping's if this process has one, else asked of the
+        kernel without mapping it; 0 if it does not exist."""
+        seg = self._segs.get(key)
+        if seg is not None:
+            return seg.size
+        try:
+            shm = posix_ipc.SharedMemory(self._name_of(key))
+        except posix_ipc.ExistentialError:
+            return 0
+        try:
+            return int(shm.size)
+        finally:
+            shm.close_fd()
+
     def put(self, key: int, seg: Segment) -> None:
         """Keep ``seg`` (one this process created) as the most recently used mapping."""
         self._segs[key] = seg
