@@ -8,10 +8,19 @@ be copied across the gRPC boundary and into shared-memory slot headers as is.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
+from typing import Final
 
 import numpy as np
 
-__all__ = ["AudioFormat", "FrameKind", "PixelFormat", "TensorDtype"]
+__all__ = [
+    "AUDIO_NUMPY_DTYPES",
+    "TENSOR_NUMPY_DTYPES",
+    "AudioFormat",
+    "FrameKind",
+    "PixelFormat",
+    "TensorDtype",
+]
 
 
 class FrameKind(enum.IntEnum):
@@ -48,10 +57,13 @@ class AudioFormat(enum.IntEnum):
 
     @property
     def dtype(self) -> np.dtype[np.generic]:
-        return np.dtype(_AUDIO_DTYPES[self])
+        return AUDIO_NUMPY_DTYPES[self]
 
     @classmethod
     def from_dtype(cls, dtype: np.dtype[np.generic]) -> AudioFormat:
+        fmt = _AUDIO_BY_NP.get(dtype)  # per frame: a dict lookup, not a dtype build per format
+        if fmt is not None:
+            return fmt
         for fmt, name in _AUDIO_DTYPES.items():
             if np.dtype(name) == dtype:
                 return fmt
@@ -68,6 +80,12 @@ class AudioFormat(enum.IntEnum):
 
 
 _AUDIO_DTYPES = {AudioFormat.F32: "<f4", AudioFormat.I16: "<i2", AudioFormat.I32: "<i4"}
+AUDIO_NUMPY_DTYPES: Final[Mapping[int, np.dtype[np.generic]]] = {
+    fmt: np.dtype(name) for fmt, name in _AUDIO_DTYPES.items()
+}
+"""numpy dtype by audio format code (the keys are the members, so plain ints find them too:
+the frame codec's hot path looks a slot header's code up here without an enum call)."""
+_AUDIO_BY_NP = {dt: AudioFormat(code) for code, dt in AUDIO_NUMPY_DTYPES.items()}
 
 
 class PixelFormat(enum.IntEnum):
@@ -106,7 +124,7 @@ class TensorDtype(enum.IntEnum):
 
     @property
     def dtype(self) -> np.dtype[np.generic]:
-        return _TENSOR_NP[self]
+        return TENSOR_NUMPY_DTYPES[self]
 
     @classmethod
     def from_dtype(cls, dtype: np.dtype[np.generic]) -> TensorDtype:
@@ -127,7 +145,8 @@ _TENSOR_DTYPES = {
     TensorDtype.I8: "i1",
     TensorDtype.U8: "u1",
 }
-_TENSOR_NP: dict[TensorDtype, np.dtype[np.generic]] = {
+TENSOR_NUMPY_DTYPES: Final[Mapping[int, np.dtype[np.generic]]] = {
     fmt: np.dtype(name) for fmt, name in _TENSOR_DTYPES.items()
 }
-_TENSOR_BY_NP: dict[np.dtype[np.generic], TensorDtype] = {dt: fmt for fmt, dt in _TENSOR_NP.items()}
+"""numpy dtype by tensor dtype code (members as keys: plain ints find them too)."""
+_TENSOR_BY_NP = {dt: TensorDtype(code) for code, dt in TENSOR_NUMPY_DTYPES.items()}

@@ -47,6 +47,7 @@ from ..frames import (
     TextFrame,
     VideoFrame,
 )
+from ..frames._kinds import AUDIO_NUMPY_DTYPES, TENSOR_NUMPY_DTYPES
 from ._header import MAX_NDIM, SlotHeader
 
 __all__ = ["EncodedFrame", "decode_frame", "encode_frame", "shm_refusal", "slot_array"]
@@ -109,10 +110,8 @@ def shm_refusal(frame: Frame) -> str | None:
     return None
 
 
-# Hot-path lookups (a dict hit instead of an enum call or a scan of the formats per frame).
+# Hot-path lookup (a dict hit instead of an enum call per frame).
 _KINDS = {int(kind): kind for kind in FrameKind}
-_AUDIO_DTYPES = {int(fmt): fmt.dtype for fmt in AudioFormat}
-_AUDIO_FORMATS = {fmt.dtype: fmt for fmt in AudioFormat}
 
 
 def encode_frame(frame: Frame) -> EncodedFrame:
@@ -120,7 +119,7 @@ def encode_frame(frame: Frame) -> EncodedFrame:
     if isinstance(frame, AudioFrame):
         return EncodedFrame(
             FrameKind.AUDIO,
-            _AUDIO_FORMATS.get(frame.samples.dtype) or frame.format,
+            frame.format,
             tuple(frame.samples.shape),
             (frame.sample_rate, 0, 0, 0),
             0,
@@ -192,7 +191,7 @@ def decode_frame(header: SlotHeader, meta: memoryview | bytes, payload: memoryvi
     if kind is FrameKind.AUDIO:
         # The producer built this frame through the validating constructor; the header carries
         # exactly what it checked, so the hot path skips a second validation.
-        dtype = _AUDIO_DTYPES.get(header.fmt) or AudioFormat(header.fmt).dtype
+        dtype = AUDIO_NUMPY_DTYPES.get(header.fmt) or AudioFormat(header.fmt).dtype
         return _trusted(
             AudioFrame,
             samples=_array(payload, dtype, shape, copy),
@@ -211,7 +210,9 @@ def decode_frame(header: SlotHeader, meta: memoryview | bytes, payload: memoryvi
         )
     if kind is FrameKind.TENSOR:
         return TensorFrame(
-            data=_array(payload, TensorDtype(header.fmt).dtype, shape, copy),
+            data=_array(
+                payload, TENSOR_NUMPY_DTYPES.get(header.fmt) or TensorDtype(header.fmt).dtype, shape, copy
+            ),
             layout=doc.get("layout", ""),
             metadata=metadata,
         )
