@@ -22,8 +22,10 @@ The producer's byte replaces the futex wake a semaphore wait would cost: on
 this VM both measured ~13 µs per transfer in a 6-process token ring.
 Every worker also has an events ring (worker → supervisor).
 
-Frames leaving shared memory for the supervisor are copied out of the slot
-(they may live on in user code); frames entering it are written in place.
+Small frames leaving shared memory for the supervisor are copied out of the
+slot (they may live on in user code); big ones are lent as read-only views of
+their segment, taken out of the ring (``ipc/_pool.py``). Frames entering it are
+written in place.
 
 When a worker dies, its rings outlive it: :meth:`ShmTransport.recover`
 repairs every end it held (``ipc/_repair.py``) and reports what it was
@@ -61,7 +63,6 @@ from ..ipc import (
     SlotHeader,
     decode_frame,
     encode_frame,
-    slot_array,
     sweep_stale,
     unlink_namespace,
 )
@@ -525,16 +526,9 @@ async def pump(
                 await port.end()
                 return
             with received:
-                borrowed = None if pool is None else pool.borrow(received)
-                if borrowed is None:
+                frame = None if pool is None else pool.lend(received)
+                if frame is None:
                     frame = decode_frame(received.header, received.meta, received.payload, copy=True)
-                else:
-                    try:
-                        frame = decode_frame(received.header, received.meta, borrowed.payload, copy=False)
-                    except BaseException:
-                        borrowed.bind(None)
-                        raise
-                    borrowed.bind(slot_array(frame))
                 seq = received.header.seq
             await port.send(seq, frame)
     except (RingAbortedError, trio.ClosedResourceError, trio.BrokenResourceError):

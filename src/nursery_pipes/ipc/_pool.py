@@ -70,10 +70,12 @@ import numpy as np
 import posix_ipc
 
 from . import _spec as L
+from ._codec import decode_frame, slot_array
 from ._header import FLAG_EXTERNAL
 from ._segment import Segment, SegmentCache, round_up, unlink_segment
 
 if TYPE_CHECKING:
+    from ..frames import Frame
     from ._consumer import Received
 
 __all__ = ["Borrowed", "SegmentPool"]
@@ -147,6 +149,21 @@ class SegmentPool:
         so that segments of one session serve every frame size it carries (no size churn)."""
 
     # -- out: the pump -------------------------------------------------------------------
+
+    def lend(self, received: Received) -> Frame | None:
+        """``received`` (held, not yet released) as a frame over its segment taken out of the
+        ring — its arrays read-only views that give the segment back when the last one dies —
+        or None when it cannot be (:meth:`borrow`): copy it out instead."""
+        borrowed = self.borrow(received)
+        if borrowed is None:
+            return None
+        try:
+            frame = decode_frame(received.header, received.meta, borrowed.payload, copy=False)
+        except BaseException:
+            borrowed.bind(None)
+            raise
+        borrowed.bind(slot_array(frame))
+        return frame
 
     def borrow(self, received: Received) -> Borrowed | None:
         """Take the external segment of ``received`` (a frame the caller holds, not yet
