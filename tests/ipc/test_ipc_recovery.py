@@ -182,6 +182,22 @@ def test_consumer_that_closed_cleanly_holding_a_frame_is_repaired_exactly(ns: Na
         assert ring.repair_consumer().dropped == ()  # a second repair is a no-op
 
 
+def test_a_finished_frame_still_kept_is_not_reported_dropped(ns: Namespace) -> None:
+    spec = spec_for(ns)
+    with Ring.create(spec) as ring:
+        prod = ring.producer()
+        for seq in range(3):
+            send(prod, seq)
+        with Ring.attach(spec) as worker_side:
+            cons = worker_side.consumer()
+            cons.receive().finish()  # outputs out, slot kept (shared: ipc/_ownership.py)
+            cons.receive()  # in process when the end went away
+        repair = ring.repair_consumer()
+        assert [d.seq for d in repair.dropped] == [1]
+        stats = ring.statistics()
+        assert (stats.consumed, stats.free, stats.used) == (2, SLOTS - 1, 1)  # both slots back
+
+
 # -- producer killed ------------------------------------------------------------------------
 
 # stage → (frames published before it, frames the consumer must get, frame published by repair)

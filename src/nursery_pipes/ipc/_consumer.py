@@ -8,7 +8,9 @@ The consumer line records what this end did, for the repair of a dead
 consumer (``_repair.py``): ``taken`` after each frame taken, ``consumed``
 before and ``released`` after the posts that return slots, ``eos_taken``.
 A frame taken and not yet released is *in process*: that is what a repair
-reports as dropped, so hold a frame until you are done with it.
+reports as dropped, so hold a frame until you are done with it — unless it was
+marked finished (``Received.finish``, the ``finished`` counter): its outputs
+are out, and the slot is only kept because someone still reads its memory.
 """
 
 from __future__ import annotations
@@ -80,6 +82,14 @@ class Received:
     def position(self) -> int:
         """The frame's position in the ring (0, 1, 2, ... per ring, no gaps)."""
         return self._pos
+
+    def finish(self) -> None:
+        """Record that this frame's processing is done (every output published), before the
+        slot is returned or kept: a repair of this end after a death then does not report it
+        as dropped (``_repair.py``). Frames finish in ring order."""
+        words = self._consumer._words
+        if words[L.W_FINISHED] <= self._pos:
+            words[L.W_FINISHED] = self._pos + 1
 
     def release(self) -> None:
         """Return the slot to the producer (idempotent)."""

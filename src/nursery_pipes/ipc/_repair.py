@@ -65,9 +65,13 @@ Tokens are checked, so the repair posts the upper bound
 Repairing a consumer (:func:`repair_consumer`)
     Frames ``[consumed, taken)`` were taken by the dead consumer and not
     returned. A worker returns an input slot only after ``process()`` and its
-    outputs are done (``worker/_main.py``), so these are the frames it was
-    processing: they are reported (sequence numbers from their slot headers,
-    intact since a slot not returned is never rewritten) and dropped:
+    outputs are done (``worker/_main.py``), and it stores ``finished`` (the
+    position after the last frame it finished) before it returns or keeps the
+    slot (a frame it shared with several outputs is kept until they were read:
+    ``_ownership``). So ``[max(consumed, finished), taken)`` are the frames it
+    was processing: they are reported (sequence numbers from their slot
+    headers, intact since a slot not returned is never rewritten); all of
+    ``[consumed, taken)`` are dropped:
     ``consumed := taken``, post ``taken - released`` free tokens (the held
     slots, plus what (b) may have missed), ``released := taken``. An EOS among
     them (or ``eos_taken``) means the dead consumer had received the end of
@@ -205,11 +209,12 @@ def repair_consumer(ring: Ring) -> ConsumerRepair:
         )
     eos = bool(buf[L.OFF_EOS_TAKEN])
     dropped = []
+    finished = w[L.W_FINISHED]
     for pos in range(consumed, taken):  # not returned: the slots still hold these frames
         header = _header(ring, pos)
         if header.is_eos:
             eos = True  # taken, but the consumer died before returning its slot
-        else:
+        elif pos >= finished:  # else done (outputs out), kept only while they were read
             dropped.append(DroppedFrame(pos, header.seq))
     extra_used = 0 if clean or eos else 1  # (a): a used token it may have taken unrecorded
     if not clean:

@@ -12,7 +12,9 @@ Segment layout (offsets in bytes)::
                 producer_open u8 @73
            128  consumer line: consumed u64 (slots returned; stored before the free posts),
                 released u64 @136 (the same, stored after them), taken u64 @144 (frames
-                taken), eos_taken u8 @152, consumer_open u8 @153
+                taken), eos_taken u8 @152, consumer_open u8 @153, finished u64 @160 (frames
+                whose processing is done: every output published; a worker stores it before
+                it returns, or keeps, the frame's slot — a repair does not report those)
            192  aborted u8; repairs u64 @200 (how often an end was repaired, see _repair)
     256    slot records, RECORD_SIZE = 192 each:
              +0 stamp u64 (ring position + 1 of the frame in the slot)
@@ -53,7 +55,7 @@ from ._segment import PAGE_SIZE, round_up
 __all__ = ["RingSpec"]
 
 MAGIC: Final = b"NPRING\x00\x01"
-VERSION: Final = 3
+VERSION: Final = 4
 CTRL_STATIC: Final = struct.Struct("<8sIIIIQQ")
 OFF_PRODUCED: Final = 64
 OFF_EOS: Final = 72
@@ -63,6 +65,7 @@ OFF_RELEASED: Final = 136
 OFF_TAKEN: Final = 144
 OFF_EOS_TAKEN: Final = 152
 OFF_CONSUMER_OPEN: Final = 153
+OFF_FINISHED: Final = 160
 OFF_ABORTED: Final = 192
 OFF_REPAIRS: Final = 200
 CTRL_SIZE: Final = 256
@@ -71,6 +74,7 @@ W_PRODUCED: Final = OFF_PRODUCED // 8
 W_CONSUMED: Final = OFF_CONSUMED // 8
 W_RELEASED: Final = OFF_RELEASED // 8
 W_TAKEN: Final = OFF_TAKEN // 8
+W_FINISHED: Final = OFF_FINISHED // 8
 W_REPAIRS: Final = OFF_REPAIRS // 8
 RECORD_SIZE: Final = 192
 REC_GEN: Final = 8

@@ -367,12 +367,11 @@ class _Runner:
                     writing, view = self._process_traced(node, received)
                 else:
                     writing, view = self._process(node, received)
+                received.finish()  # its outputs are out: a repair does not report it dropped
                 if view is not None and view() is not None and _still_held(view):
                     raise KeptInputError(self.job.node_type)  # the slot stays taken: never reused
                 if self._lent:
                     self._check_lent()
-                # Return the slot the moment the outputs are written: a kill between the two
-                # would report this frame as lost though its outputs got out (ipc/_repair.py).
                 received.release()
                 self.stats["processing_s"] += time.perf_counter() - began - writing
             self._maybe_stats()
