@@ -29,3 +29,17 @@ def forward_and_die(inp: RingSpec, out: RingSpec, conn: Connection, stores: int)
     assert b.producer().forward(received, received.header, received.meta, received.payload)
     conn.send("forwarded")  # only when the forward completed (stores >= 2)
     conn.recv()  # parked until the test kills us
+
+
+def share_and_park(inp: RingSpec, outs: list[RingSpec], conn: Connection, finish: bool) -> None:
+    """Take one frame from ``inp``, share it into every ring of ``outs`` (fan-out by reference),
+    mark it finished if ``finish``, and park holding it until the test kills us."""
+    a = Ring.attach(inp)
+    producers = [Ring.attach(out).producer() for out in outs]
+    received = a.consumer().receive(timeout=30)
+    for producer in producers:
+        assert producer.share(received, received.header, received.meta, received.payload) is not None
+    if finish:
+        received.finish()
+    conn.send("shared")
+    conn.recv()  # parked until the test kills us

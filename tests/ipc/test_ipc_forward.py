@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from forward_workers import forward_and_die
+from forward_workers import forward_and_die, share_and_park
 
 from nursery_pipes.ipc import FLAG_EXTERNAL, Namespace, Received, Ring, RingSpec, SlotHeader
 from nursery_pipes.ipc._names import SHM_DIR
@@ -225,3 +225,113 @@ def test_a_forwarder_killed_mid_swap_is_repaired_to_one_owner_per_segment(
         with cb.receive(timeout=5) as r:
             assert bytes(r.payload) == payload
     assert_one_owner_each(rings)
+
+
+def share(out: object, received: Received) -> int | None:
+    return out.share(received, received.header, received.meta, received.payload)  # type: ignore[attr-defined,no-any-return]
+
+
+def frame_id(ring: Ring, slot: int) -> int:
+    return ring.words[ring.spec.record_word(slot, REC_FRAME_SEG)]
+
+
+def owned_id(ring: Ring, slot: int) -> int:
+    return ring.words[ring.spec.record_word(slot, REC_OWNED_SEG)]
+
+
+def test_a_shared_frame_goes_to_two_rings_by_reference_and_its_input_slot_keeps_the_segment(
+    ns: Namespace, rings: list[Ring]
+) -> None:
+    a, b, c = rings
+    pa, ca, pb, cb, pc, cc = (
+        a.producer(),
+        a.consumer(),
+        b.producer(),
+        b.consumer(),
+        c.producer(),
+        c.consumer(),
+    )
+    header, meta, payload = frame(1, BIG)
+    pa.send(header, meta, payload)
+    made = ext_entries(ns)
+    r = ca.receive(timeout=5)
+    x = frame_id(a, 0)
+    assert (share(pb, r), share(pc, r)) == (0, 0)
+    assert ext_entries(ns) == made  # no segment made: nothing copied
+    assert frame_id(b, 0) == frame_id(c, 0) == owned_id(a, 0) == x
+    assert owned_id(b, 0) != x  # referred to, not owned
+    assert owned_id(c, 0) != x
+    with cb.receive(timeout=5) as rb:
+        assert bytes(rb.payload) == payload.tobytes()  # checksum verified too
+        # A reader of a shared frame does not pass it on by reference: it does not own it.
+        assert share(pc, rb) is None
+        assert not forward(pc, rb)
+    assert pb.returned(0)
+    assert not pc.returned(0)
+    with cc.receive(timeout=5) as rc:
+        assert bytes(rc.payload) == payload.tobytes()
+    assert pc.returned(0)
+    r.release()
+    assert_one_owner_each(rings)
+
+
+@pytest.mark.parametrize("finish", [True, False], ids=["finished", "in-process"])
+def test_a_sharer_killed_while_a_reader_still_reads_gives_its_input_slot_another_segment(
+    ns: Namespace, rings: list[Ring], finish: bool
+) -> None:
+    a, b, c = rings
+    pa = a.producer()
+    header, meta, payload = frame(1, BIG)
+    pa.send(header, meta, payload)
+    ours, theirs = SPAWN.Pipe()
+    proc = SPAWN.Process(target=share_and_park, args=(a.spec, [b.spec, c.spec], theirs, finish))
+    proc.start()
+    theirs.close()
+    try:
+        assert ours.poll(60)
+        assert ours.recv() == "shared"
+        cb, cc = b.consumer(), c.consumer()
+        cb.receive(timeout=5).release()  # one reader is done, the other still reads:
+        held = cc.receive(timeout=5)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(60)
+        assert proc.exitcode == -signal.SIGKILL
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        ours.close()
+    x = owned_id(a, 0)
+    assert Ring.repair_shares([a], [b, c]) == 1
+    assert owned_id(a, 0) == 0  # the segment the reader reads is no slot's any more
+    repair = a.repair_consumer()
+    assert [d.seq for d in repair.dropped] == ([] if finish else [1])
+    b.repair_producer()
+    c.repair_producer()
+    # The input ring goes on, round and round, while the reader still holds the shared frame.
+    ca = a.consumer()
+    for seq in range(2, 8):
+        pa.send(*frame(seq, BIG))
+        with ca.receive(timeout=5) as r:
+            assert bytes(r.payload) == frame(seq, BIG)[2].tobytes()
+    assert bytes(held.payload) == payload.tobytes()
+    assert frame_id(c, 0) == x
+    held.release()
+    assert_one_owner_each(rings)
+
+
+def test_repair_shares_leaves_a_segment_whose_shares_were_all_read(rings: list[Ring]) -> None:
+    a, b, c = rings
+    a.producer().send(*frame(1, BIG))
+    with Ring.attach(a.spec) as a2, Ring.attach(b.spec) as b2, Ring.attach(c.spec) as c2:
+        r = a2.consumer().receive(timeout=5)
+        assert share(b2.producer(), r) == 0
+        assert share(c2.producer(), r) == 0
+        r.finish()
+        for ring in (b, c):
+            ring.consumer().receive(timeout=5).release()
+        x = owned_id(a, 0)
+        # the sharer closes holding its input (as a worker whose inputs ended does)
+    assert Ring.repair_shares([a], [b, c]) == 0
+    assert owned_id(a, 0) == x
+    assert a.repair_consumer().dropped == ()

@@ -369,10 +369,12 @@ class ShmTransport:
         :meth:`ShmPorts.request_stop` (abort is final). The rings' other ends may go on
         meanwhile. Repairing ends that were left clean is a no-op, so calling it for every
         node a strategy restarts is safe."""
-        # First a forward-by-reference left half done, before the slots go back (ipc/_ownership.py).
-        Ring.repair_swaps(
-            [self._ring_of(spec) for spec in ports.inputs], [self._ring_of(spec) for spec in ports.outputs]
-        )
+        # First a forward-by-reference left half done, and the segments of frames it shared, before
+        # the slots go back (ipc/_ownership.py).
+        held = [self._ring_of(spec) for spec in ports.inputs]
+        made = [self._ring_of(spec) for spec in ports.outputs]
+        Ring.repair_swaps(held, made)
+        Ring.repair_shares(held, made)
         inputs = tuple(self._ring_of(spec).repair_consumer() for spec in ports.inputs)
         outputs = tuple(self._ring_of(spec).repair_producer() for spec in ports.outputs)
         events = self._ring_of(ports.events).repair_producer() if ports.events is not None else None

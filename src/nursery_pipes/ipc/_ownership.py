@@ -66,17 +66,45 @@ payload unchanged, or a contiguous part of it (a slice along the first axis) —
 metadata: unless the frame is the input's very bytes, the metadata goes into the output slot
 and the slot record says where the payload starts in the segment (``REC_PAYLOAD_AT``).
 
-Fan-out: the ownership moves once, to the first output; other outputs get a copy. A frame
-forwarded twice (a node emitting its input twice) is copied the second time (its input slot
-no longer owns the segment).
+Fan-out: a forward moves the ownership once, to the first output; other outputs get a copy.
+A frame forwarded twice (a node emitting its input twice) is copied the second time (its input
+slot no longer owns the segment).
+
+Fan-out by reference: a SHARE (``Producer.share``) publishes a reference to X in the output
+slot WITHOUT moving ownership — the output slot keeps owning Y, its frame id is X — so one
+payload can go to several output rings. X stays owned by the input slot ``s``, which the
+sharing worker keeps (does not return) until every output ring's consumer has returned the
+slot of its reference (``Producer.returned``); until then no producer may write X, since
+only ``s``'s producer writes it, once ``s`` is free. A shared frame is never passed on by
+reference again (its slot does not own X: ``forward_refusal``), and a supervisor's pump does
+not lend it (``SegmentPool.borrow``): its readers copy what they keep, so every reader of X is
+a reader of one of the shares, and the sharer sees each of them go.
+
+    ================================  ===========================================================
+    event                             what keeps X safe
+    ================================  ===========================================================
+    sharer publishes refs to O1..Ok   it stores ``finished`` (outputs out), then keeps ``s``
+    a reader returns its slot         the sharer returns ``s`` once all k are returned
+    a reader dies                     its repair returns its slot (it passed nothing on by ref.)
+    the sharer dies (or ends)         ``repair_shares``: each held input slot owning a segment
+                                      that unread frames in its output rings refer to is made to
+                                      own nothing (its producer makes another); the segment,
+                                      owned by none, is unlinked with the session's names
+    ================================  ===========================================================
+
+    The sharer keeps at most ``slot_count - 1`` input slots per ring this way (beyond, it
+    forwards and copies as above), so its producer always has a slot and the pipeline never
+    waits on a reader downstream to go on: a kept slot is returned when the next frame comes.
+    Which frames are shared is the worker's choice (``worker/_main.py``): fan-outs where at
+    least two readers copy their input anyway (ordinary nodes), so that no copy is added.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Final
 
-__all__ = ["forward_refusal", "resolve_swap", "seg_gen", "seg_id", "seg_origin"]
+__all__ = ["forward_refusal", "resolve_swap", "retired_by_death", "seg_gen", "seg_id", "seg_origin"]
 
 _RING_BITS: Final = 20  # RingSpec.index < 1_000_000 < 2**20
 _SLOT_BITS: Final = 17  # slot < MAX_SLOTS = 65536 < 2**17
@@ -144,3 +172,11 @@ def resolve_swap(
         return out_owned, {}
     changes = {i: swap_out for i, owned in enumerate(held_owned) if owned == swap_in}
     return swap_in, changes
+
+
+def retired_by_death(held_owned: Sequence[int], referenced: Collection[int]) -> list[int]:
+    """After a sharing worker died (fan-out, see above): which of the input slots it held
+    (``held_owned``: their owned ids) must give their segment up, because frames it shared,
+    still unread in its output rings, live in it (``referenced``). Indexes into
+    ``held_owned``."""
+    return [i for i, owned in enumerate(held_owned) if owned and owned in referenced]

@@ -431,16 +431,69 @@ class Producer:
         Returns False, having published nothing, when the frame cannot go by reference (see
         ``_ownership.forward_refusal``): send it the ordinary way.
         """
+        ref = self._reference(received, header, meta, payload)
+        if ref is None:
+            return False
+        x, m, p, split, crc = ref
+        self._acquire(timeout)
+        # We hold slot t's free token: nobody reads the segment t owns (Y). Journalled swap:
+        # t takes X, the input slot takes Y (the step table in _ownership).
+        consumer = received._consumer
+        owned_word = consumer._spec.record_word(received._pos % consumer._slots, L.REC_OWNED_SEG)
+        slot = self._pos % self._slots
+        w = self._words
+        t_owned = self._spec.record_word(slot, L.REC_OWNED_SEG)
+        swap_in = self._spec.record_word(slot, L.REC_SWAP_IN)
+        y = w[t_owned]
+        w[self._spec.record_word(slot, L.REC_SWAP_OUT)] = y
+        w[swap_in] = x  # 1: a swap is in progress
+        _store(w, t_owned, x)  # 2
+        _store(consumer._words, owned_word, y)  # 3
+        w[swap_in] = 0  # 4
+        self._publish_reference(slot, header, m, p, crc, x, received.header.ext_size, split)  # 5
+        return True
+
+    def share(
+        self,
+        received: Received,
+        header: SlotHeader,
+        meta: Buffer = b"",
+        payload: Buffer = b"",
+        timeout: float | None = None,
+    ) -> int | None:
+        """Like :meth:`forward`, but the segment stays the input slot's: the next slot refers to
+        it without owning it, so that several output rings can refer to one payload (fan-out).
+        Returns the ring position published, or None (nothing published) when the frame
+        cannot go by reference. The caller must keep ``received`` — not release it — until this
+        ring's consumer has returned that position (:meth:`returned`): the input slot's
+        producer writes the segment again once the slot is back (``_ownership``, fan-out)."""
+        ref = self._reference(received, header, meta, payload)
+        if ref is None:
+            return None
+        x, m, p, split, crc = ref
+        self._acquire(timeout)
+        slot = self._pos % self._slots
+        pos = self._pos
+        self._publish_reference(slot, header, m, p, crc, x, received.header.ext_size, split)
+        return pos
+
+    def returned(self, pos: int) -> bool:
+        """Has the consumer returned the slot of the frame at ring position ``pos``?"""
+        return bool(self._words[L.W_CONSUMED] > pos)
+
+    def _reference(
+        self, received: Received, header: SlotHeader, meta: Buffer, payload: Buffer
+    ) -> tuple[int, memoryview, memoryview, int | None, int] | None:
+        """Whether ``meta`` + ``payload`` can be published by reference to the external segment
+        of ``received``: ``(segment id, meta, payload, split, checksum)``, else None."""
         h = received.header
         if not h.flags & FLAG_EXTERNAL:
-            return False  # the usual case of small frames: decided before anything else
+            return None  # the usual case of small frames: decided before anything else
         m, p = as_bytes(meta), as_bytes(payload)
         self._check_can_loan(len(p), len(m))
         consumer = received._consumer
         in_words, in_slot = consumer._words, received._pos % consumer._slots
-        frame_word = consumer._spec.record_word(in_slot, L.REC_FRAME_SEG)
-        owned_word = consumer._spec.record_word(in_slot, L.REC_OWNED_SEG)
-        x = in_words[frame_word]
+        x = in_words[consumer._spec.record_word(in_slot, L.REC_FRAME_SEG)]
         payload_at = in_words[consumer._spec.record_word(in_slot, L.REC_PAYLOAD_AT)]
         segment = received._segment
         offset = None if segment is None or received._released else _offset_in(p, segment)
@@ -453,39 +506,41 @@ class Producer:
             external=True,
             same_namespace=consumer._spec.namespace == self._spec.namespace,
             released=received._released,
-            input_owns_segment=bool(x) and in_words[owned_word] == x,
+            input_owns_segment=bool(x)
+            and in_words[consumer._spec.record_word(in_slot, L.REC_OWNED_SEG)] == x,
             inside=offset is not None,
             meta_fits=in_place or len(m) <= self._slot_size,
         )
         if refusal is not None or offset is None:
-            return False
+            return None
         crc = 0
         if self._checksum:  # the same bytes: the input's checksum, if it was verified
             same = same_meta and same_payload and h.flags & FLAG_CHECKSUM
             crc = h.checksum if same else zlib.crc32(p, zlib.crc32(m))
-        self._acquire(timeout)
-        # We hold slot t's free token: nobody reads the segment t owns (Y). Journalled swap:
-        # t takes X, the input slot takes Y (the step table in _ownership).
-        slot = self._pos % self._slots
-        w = self._words
-        t_owned = self._spec.record_word(slot, L.REC_OWNED_SEG)
-        swap_in = self._spec.record_word(slot, L.REC_SWAP_IN)
-        y = w[t_owned]
-        w[self._spec.record_word(slot, L.REC_SWAP_OUT)] = y
-        w[swap_in] = x  # 1: a swap is in progress
-        _store(w, t_owned, x)  # 2
-        _store(in_words, owned_word, y)  # 3
-        w[swap_in] = 0  # 4
+        return x, m, p, None if in_place else offset, crc
+
+    def _publish_reference(
+        self,
+        slot: int,
+        header: SlotHeader,
+        m: memoryview,
+        p: memoryview,
+        crc: int,
+        x: int,
+        ext_size: int,
+        split: int | None,
+    ) -> None:
+        """Publish, in ``slot`` (we hold its free token), a frame whose payload is in segment
+        ``x``: its metadata copied into the slot unless it is the segment's own (``split``
+        None: in place)."""
         try:
-            if not in_place:
+            if split is not None:
                 base = self._data + slot * self._slot_size
                 self._buf[base : base + len(m)] = m
-            split = None if in_place else offset
-            self._publish(slot, header, len(m), len(p), crc, (x, h.ext_size), split)  # 5
+            self._publish(slot, header, len(m), len(p), crc, (x, ext_size), split)
         except BaseException:
-            self._free.release()  # nothing was posted: give the slot back (it owns X now)
+            self._free.release()  # nothing was posted: give the slot back
             raise
-        return True
 
     def _post(self, rec: int, *, eos: bool = False) -> None:
         # Stamp (the frame is complete: the consumer's token check), count, then post: the

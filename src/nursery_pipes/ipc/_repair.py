@@ -114,8 +114,8 @@ from typing import TYPE_CHECKING
 from . import _spec as L
 from ._doorbell import ring_once
 from ._errors import HeaderError, RingCorruptError
-from ._header import decode_from
-from ._ownership import resolve_swap
+from ._header import FLAG_EXTERNAL, decode_from
+from ._ownership import resolve_swap, retired_by_death
 
 if TYPE_CHECKING:
     from ._header import SlotHeader
@@ -127,6 +127,7 @@ __all__ = [
     "ProducerRepair",
     "repair_consumer",
     "repair_producer",
+    "repair_shares",
     "repair_swaps",
 ]
 
@@ -290,3 +291,35 @@ def repair_swaps(inputs: Sequence[Ring], outputs: Sequence[Ring]) -> int:
                 r.words[word] = value
             w[spec.record_word(slot, L.REC_SWAP_IN)] = 0
     return pending
+
+
+def repair_shares(inputs: Sequence[Ring], outputs: Sequence[Ring]) -> int:
+    """Take away from a dead worker's held input slots the segments its shared frames live in
+    (``_ownership``, fan-out): frames in its output rings that refer to a segment without
+    owning it, not yet returned by their consumers. Returning such a slot as it is would let
+    its producer write the segment under those readers; the slot owns nothing instead (its
+    producer makes or finds another) and the segment, owned by none, is unlinked with the
+    session's names. Call before :func:`repair_consumer` of ``inputs``. Returns how many."""
+    referenced: set[int] = set()
+    for ring in outputs:
+        w, spec = ring.words, ring.spec
+        end = w[L.W_PRODUCED]
+        if w[spec.stamp_word(end % spec.slot_count)] == end + 1:
+            end += 1  # complete, not counted: repair_producer publishes it
+        for pos in range(w[L.W_CONSUMED], end):
+            slot = pos % spec.slot_count
+            frame = w[spec.record_word(slot, L.REC_FRAME_SEG)]
+            owned = w[spec.record_word(slot, L.REC_OWNED_SEG)]
+            if frame and owned != frame and _header(ring, pos).flags & FLAG_EXTERNAL:
+                referenced.add(frame)
+    count = 0
+    for ring in inputs:
+        w, spec = ring.words, ring.spec
+        words = [
+            spec.record_word(pos % spec.slot_count, L.REC_OWNED_SEG)
+            for pos in range(w[L.W_CONSUMED], w[L.W_TAKEN])
+        ]
+        for index in retired_by_death([w[word] for word in words], referenced):
+            w[words[index]] = 0
+            count += 1
+    return count

@@ -274,6 +274,15 @@ class Ring:
             ring._check_open()
         return _repair.repair_swaps(inputs, outputs)
 
+    @staticmethod
+    def repair_shares(inputs: Sequence[Ring], outputs: Sequence[Ring]) -> int:
+        """Before repairing a dead worker's consuming ends (after :meth:`repair_swaps`): take
+        away from its held input slots the segments that frames it shared, still unread in its
+        output rings, live in (``_ownership``, fan-out). Returns how many were taken away."""
+        for ring in (*inputs, *outputs):
+            ring._check_open()
+        return _repair.repair_shares(inputs, outputs)
+
     def _check_repairable(self, side: str, here: object) -> None:
         self._check_open()
         if self.buf[L.OFF_ABORTED]:
