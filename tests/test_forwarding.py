@@ -5,6 +5,10 @@ SIGKILLed in the middle of such a handoff is repaired and restarted without a le
 from __future__ import annotations
 
 import itertools
+import os
+import signal
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,47 @@ class Crop(Node):
         return TensorFrame(data=frame.data[8:-8], metadata={"cropped": "yes"})
 
 
+class Copy(Node):
+    """An ordinary node (not zero_copy: its worker copies every input out of the ring)."""
+
+    def process(self, frame: Frame) -> Frame:
+        return frame
+
+
+class SlowCheck(Node):
+    """A zero_copy node that reads its input in place, slowly, and fails if it changes under it
+    (frames of ``constant(i)``: every byte the same)."""
+
+    zero_copy = True
+
+    def process(self, frame: Frame) -> Frame:
+        assert isinstance(frame, TensorFrame)
+        first = int(frame.data[0])
+        time.sleep(0.3 if first == 4 else 0.002)  # meanwhile the rings upstream go round
+        if not np.all(frame.data == first):
+            raise AssertionError(f"a shared frame changed while it was read ({first})")
+        return TensorFrame(data=np.array([first], dtype=np.uint8))
+
+
+class KillOnce(Node):
+    """A zero_copy pass-through whose process SIGKILLs itself at its 6th frame, once per test
+    (the file ``marker``)."""
+
+    zero_copy = True
+
+    def __init__(self, context: Any, params: Any) -> None:
+        super().__init__(context, params)
+        self.frames = 0
+
+    def process(self, frame: Frame) -> Frame:
+        self.frames += 1
+        marker = Path(tempfile.gettempdir()) / f"np-killonce-{os.getppid()}"
+        if self.frames == 6 and not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return frame
+
+
 def runtime(**mp: Any) -> Runtime:
     rt = Runtime(
         RuntimeConfig(
@@ -39,7 +84,8 @@ def runtime(**mp: Any) -> Runtime:
             multiprocess=MultiprocessDefaults(grace_period_secs=0.3, slot_size=SLOT, **mp),
         )
     )
-    rt.registry.register(Crop)
+    for cls in (Crop, Copy, SlowCheck, KillOnce):
+        rt.registry.register(cls)
     return rt
 
 
@@ -224,3 +270,126 @@ async def test_a_worker_killed_while_forwarding_is_repaired_and_restarted(
     assert sorted(outputs) == [s for s in range(1, count + 1) if s not in dropped]
     for seq, data in outputs.items():  # checksums on every ring, and compared here
         assert np.array_equal(data, tensor(seq - 1).data), f"frame {seq} changed on the way"
+
+
+def constant(i: int) -> TensorFrame:
+    """Frame i: every byte ``i % 251``; every fourth one small enough for a ring slot."""
+    n = 100 if i % 4 == 3 else SLOT * (1 + i % 3) + 8 * i + 8
+    return TensorFrame(data=np.full(n, i % 251, dtype=np.uint8))
+
+
+def fan_out(
+    fan: str, readers: list[tuple[str, str]], *, upstream: str | None = None, **supervision: Any
+) -> dict[str, Any]:
+    """Node "fan" (type ``fan``) feeding every reader; fed by an ``upstream`` node "up" if given."""
+    nodes = [*([("up", upstream)] if upstream else []), ("fan", fan), *readers]
+    metadata: dict[str, Any] = {
+        "name": "fan-out",
+        "multiprocess": {"executor_overrides": {n: "multiprocess" for n, _ in nodes}},
+    }
+    if supervision:
+        metadata["supervision"] = supervision
+    return {
+        "version": "v1",
+        "metadata": metadata,
+        "nodes": [{"id": n, "node_type": t, "params": {}} for n, t in nodes],
+        "connections": [
+            *([{"from": "up", "to": "fan"}] if upstream else []),
+            *({"from": "fan", "to": n} for n, _ in readers),
+        ],
+    }
+
+
+async def test_a_fan_out_to_ordinary_nodes_shares_one_payload_that_nothing_writes_while_read() -> None:
+    """A zero_copy node fanning a big frame out to nodes that copy their input anyway sends it
+    to every ring by reference (ipc/_ownership.py, fan-out); its input slot is kept until every
+    reader is done — here one reads in place, slowly, while the client keeps the rings full."""
+    m = fan_out("PassThrough", [("r1", "Copy"), ("r2", "Copy"), ("check", "SlowCheck")])
+    count = 48
+    got: dict[str, list[tuple[int, np.ndarray]]] = {"r1": [], "r2": [], "check": []}
+    async with runtime(checksums=True, slot_count=2).open_session(m) as session:
+
+        async def feed() -> None:
+            for i in range(count):
+                await session.send("fan", constant(i))
+            await session.close()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(feed)
+            async for out in session.outputs():
+                got[out.node_id].append((out.seq, np.array(out.frame.data)))
+    for node in ("r1", "r2"):
+        assert [seq for seq, _ in got[node]] == list(range(1, count + 1))
+        for seq, data in got[node]:
+            assert np.array_equal(data, constant(seq - 1).data), f"{node}: frame {seq} changed"
+    assert [int(data[0]) for _, data in got["check"]] == [i % 251 for i in range(count)]
+    # Shared, unless the one input slot it may keep (2 slots) still waited for the slow reader:
+    # then forwarded to the first output and copied to the others, as without sharing.
+    big = sum(1 for i in range(count) if i % 4 != 3)
+    fan = session.metrics().nodes["fan"]
+    assert fan.frames_shared > big // 3
+    assert fan.frames_shared + fan.frames_forwarded == big
+
+
+async def test_a_fan_out_to_one_ordinary_node_forwards_and_copies_as_before() -> None:
+    """Sharing would not save a copy when fewer than two readers copy anyway: the first output
+    takes the segment over, the other gets a copy."""
+    m = fan_out("PassThrough", [("r1", "Copy"), ("r2", "PassThrough")])
+    async with runtime(slot_count=2).open_session(m) as session:
+        for i in range(8):
+            await session.send("fan", constant(i))
+        await session.close()
+        outputs = [out async for out in session.outputs()]
+    assert len(outputs) == 16
+    fan = session.metrics().nodes["fan"]
+    assert (fan.frames_shared, fan.frames_forwarded) == (0, 6)
+
+
+async def test_a_sharer_killed_while_its_shares_are_read_is_repaired_and_nothing_is_written_under_them() -> (
+    None
+):
+    """SIGKILLed at frame 6 with frame 5 shared and kept, and a slow reader still in it for
+    0.3 s: the repair takes that segment away from the input slot (ipc/_repair.py) — the node
+    upstream writes every new frame into the segment its slot owns — only the frame in process
+    is reported dropped, and the reader never sees its frame change."""
+    marker = Path(tempfile.gettempdir()) / f"np-killonce-{os.getpid()}"
+    marker.unlink(missing_ok=True)
+    m = fan_out(
+        "KillOnce",
+        [("r1", "Copy"), ("r2", "Copy"), ("check", "SlowCheck")],
+        upstream="Copy",
+        strategy="one_for_one",
+        max_restarts=2,
+    )
+    count = 40
+    got: dict[str, dict[int, np.ndarray]] = {"r1": {}, "r2": {}, "check": {}}
+    events: list[Any] = []
+    try:
+        async with runtime(checksums=True, slot_count=4).open_session(m) as session:
+
+            async def read() -> None:
+                async for event in session.events():
+                    if isinstance(event, (FramesDropped, NodeRestarted)):
+                        events.append(event)
+                    elif hasattr(event, "frame"):
+                        got[event.node_id][event.seq] = np.array(event.frame.data)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                for i in range(count):
+                    await session.send("up", constant(i))
+                await session.close()
+    finally:
+        marker.unlink(missing_ok=True)
+    restarted = [e.node_id for e in events if isinstance(e, NodeRestarted)]
+    dropped = [seq for e in events if isinstance(e, FramesDropped) for seq in e.sequences]
+    assert restarted == ["fan"]
+    assert dropped == [6]  # the frame in process; the shared ones kept were finished
+    for node in ("r1", "r2"):
+        assert sorted(got[node]) == [s for s in range(1, count + 1) if s != 6]
+        for seq, data in got[node].items():
+            assert np.array_equal(data, constant(seq - 1).data), f"{node}: frame {seq} changed"
+    assert {seq: int(d[0]) for seq, d in got["check"].items()} == {
+        s: (s - 1) % 251 for s in range(1, count + 1) if s != 6
+    }
+    assert session.metrics().nodes["fan"].frames_shared > 0

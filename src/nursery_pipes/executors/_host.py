@@ -83,6 +83,9 @@ class NodeMetrics:
     """Outputs whose payload was (part of) the node's big input frame — passed on unchanged,
     re-wrapped or sliced by a ``zero_copy`` node in a worker process — sent by reference to the
     shared memory the input arrived in: no copy."""
+    frames_shared: int = 0
+    """Outputs sent by reference to several output rings at once (fan-out to
+    ordinary nodes, which copy what they read anyway): no copy for any of them."""
 
     def count_in(self, frame: Frame) -> None:
         self.frames_in += 1

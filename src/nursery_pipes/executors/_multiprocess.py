@@ -149,6 +149,7 @@ class _Workers:
             copy_inputs=not getattr(cls, "zero_copy", False),
             log_level=max(logging.DEBUG, logging.getLogger().getEffectiveLevel()),
             trace_threshold=host.trace.threshold,
+            share_outputs=sum(wiring.outputs_copied) >= 2,
         )
 
 
@@ -292,6 +293,7 @@ def _update_metrics(host: NodeHost, stats: dict[str, Any]) -> None:
     m.kinds_out = dict(stats.get("kinds_out", m.kinds_out))
     m.frames_in_place = stats.get("frames_in_place", m.frames_in_place)
     m.frames_forwarded = stats.get("frames_forwarded", m.frames_forwarded)
+    m.frames_shared = stats.get("frames_shared", m.frames_shared)
 
 
 async def _next_event(consumer: TrioConsumer) -> dict[str, Any]:

@@ -118,6 +118,10 @@ class ShmPorts:
 
     inputs: list[RingSpec] = field(default_factory=list)
     outputs: list[RingSpec] = field(default_factory=list)
+    outputs_copied: list[bool] = field(default_factory=list)
+    """Per output ring: its reader copies every frame it takes (a worker of an ordinary node,
+    not ``zero_copy``). Where two or more do, the worker shares big frames with all of its
+    output rings by reference (``ipc/_ownership.py``, fan-out) instead of copying."""
     events: RingSpec | None = None
     events_consumer: TrioConsumer | None = None
     control: RingSpec | None = None

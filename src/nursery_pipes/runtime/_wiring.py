@@ -106,6 +106,15 @@ def _temporary(plan: SessionPlan, node_id: str) -> bool:
     return plan.nodes[node_id].restart is RestartType.TEMPORARY
 
 
+def _copies_inputs(plan: SessionPlan, node_id: str) -> bool:
+    """Does ``node_id`` copy every frame out of its input rings (a multiprocess worker of a node
+    that is not ``zero_copy``)? Its input then costs nothing more if it is a shared reference."""
+    if node_id == CLIENT:
+        return False
+    node = plan.nodes[node_id]
+    return node.executor == "multiprocess" and not getattr(node.node_class, "zero_copy", False)
+
+
 def _shm_edge(
     wiring: Wiring,
     plan: SessionPlan,
@@ -130,6 +139,7 @@ def _shm_edge(
     else:
         producer = _shm_ports(wiring, src)
         producer.outputs.append(ring.spec)
+        producer.outputs_copied.append(_copies_inputs(plan, dst))
         producer.rings.append(ring)
     # consuming end
     if dst_in_supervisor:

@@ -17,7 +17,9 @@ Life of a worker:
    ``process``, write every output to every output ring (blocking when a ring
    is full: backpressure) — an output of a ``zero_copy`` node that is (part
    of) its big input goes to the first ring by reference, not by copy
-   (``ipc/_ownership.py``);
+   (``ipc/_ownership.py``) — or, where at least two output rings' readers copy
+   their input anyway (``WorkerJob.share_outputs``), to every ring by reference,
+   the input frame kept (its slot not returned) until every reader is done;
 4. when every input has ended: ``flush``, end every output ring, ``cleanup``,
    report ``done`` with the counters.
 
@@ -48,6 +50,7 @@ import math
 import os
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,6 +126,10 @@ class WorkerJob:
     trace_threshold: int = 0
     """Frames whose input sequence passes ``sampled(seq, trace_threshold)`` are timed and sent
     to the supervisor as ``frame`` events (its tracing makes the spans); 0: none."""
+    share_outputs: bool = False
+    """An output that lies in the big input frame goes to every output ring by reference (fan-out
+    by reference, ``ipc/_ownership.py``) instead of by reference to the first and copied to the
+    others: set when at least two of the rings' readers copy their input anyway."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -249,11 +256,22 @@ class _Runner:
             "kinds_out": {},
             "frames_in_place": 0,
             "frames_forwarded": 0,
+            "frames_shared": 0,
         }
         self.last_seq = 0
         self._input: Received | None = None
         """The input frame being processed: an output whose payload lies in its external segment
         (the input passed on, re-wrapped, or sliced) goes on by reference (ipc/_ownership.py)."""
+        self._from: Consumer | None = None
+        """The input ring ``_input`` came from."""
+        self._shares: list[tuple[Producer, int]] = []
+        """Where the frame being processed was shared: (output, ring position) of each reference."""
+        self._kept: dict[Consumer, deque[tuple[Received, list[tuple[Producer, int]]]]] = {}
+        """Per input ring, in order: frames processed and shared, kept (their slots not returned,
+        which would let the segment be written) until every reference was read."""
+        self._kept_count = 0
+        self._keep_limit: dict[Consumer, int] = {}
+        """At most ``slot_count - 1`` kept per input ring: its producer always has a slot."""
         self._next_stats = 0.0
         self._unsent_stats = False
         """Frames were processed since the counters last went to the supervisor."""
@@ -273,7 +291,10 @@ class _Runner:
         for spec in self.job.inputs:
             ring = Ring.attach(spec)
             rings.append(ring)
-            self.inputs.append(ring.consumer())
+            consumer = ring.consumer()
+            self.inputs.append(consumer)
+            self._kept[consumer] = deque()
+            self._keep_limit[consumer] = spec.slot_count - 1
         for spec in self.job.outputs:
             ring = Ring.attach(spec)
             rings.append(ring)
@@ -345,6 +366,8 @@ class _Runner:
         doorbells = all(c.has_doorbell for c in active)
         poll = None if control is None or doorbells else SIGNAL_POLL_S
         while active:
+            if self._kept_count:
+                self._return_kept()
             if control is not None and self._signal_waiting(control):  # ahead of every frame queued
                 self._signals(node, None)
                 continue
@@ -358,11 +381,12 @@ class _Runner:
                 if received is None:
                     continue
                 self._unsent_stats = True
-                # The input slot is the frame's in-process marker: returned only once process()
-                # and every output are done. If they raise, or the process dies, it stays taken,
-                # and the supervisor's repair of the ring reports this frame as dropped
-                # (ipc/_repair.py). Copied or not, the frame is held until then.
+                # The input slot is held until process() and every output are done; then the
+                # frame is marked finished. If they raise, or the process dies, it stays
+                # unfinished, and the supervisor's repair of the ring reports this frame as
+                # dropped (ipc/_repair.py). Copied or not, the frame is held until then.
                 began = time.perf_counter()
+                self._from = consumer
                 if threshold and sampled(received.header.seq, threshold):
                     writing, view = self._process_traced(node, received)
                 else:
@@ -372,9 +396,51 @@ class _Runner:
                     raise KeptInputError(self.job.node_type)  # the slot stays taken: never reused
                 if self._lent:
                     self._check_lent()
-                received.release()
+                if self._shares:  # read elsewhere by reference: kept until every reader is done
+                    self._kept[consumer].append((received, self._shares))
+                    self._kept_count += 1
+                    self._shares = []
+                else:
+                    received.release()
                 self.stats["processing_s"] += time.perf_counter() - began - writing
             self._maybe_stats()
+
+    def _return_kept(self) -> None:
+        """Return the slots of kept (shared) frames whose every reference has been read, in
+        ring order."""
+        for kept in self._kept.values():
+            while kept and all(out.returned(pos) for out, pos in kept[0][1]):
+                kept.popleft()[0].release()
+                self._kept_count -= 1
+
+    def _may_share(self) -> bool:
+        """May the frame being processed be kept, shared? Not beyond the input's limit."""
+        consumer = self._from
+        if consumer is None or not self.job.share_outputs or len(self.outputs) < 2:
+            return False
+        if len(self._kept[consumer]) >= self._keep_limit[consumer]:
+            self._return_kept()
+        return len(self._kept[consumer]) < self._keep_limit[consumer]
+
+    def _share(self, received: Received, encoded: EncodedFrame, seq: int) -> bool:
+        """Send a frame that lies in the input frame's segment to every output by reference
+        (``Producer.share``; any output that refuses gets a copy). False, nothing sent: it
+        cannot go by reference."""
+        header = encoded.header(seq)
+        first, *rest = self.outputs
+        pos = first.share(received, header, encoded.meta, encoded.payload)
+        if pos is None:
+            return False
+        shares = self._shares
+        shares.append((first, pos))
+        for out in rest:
+            pos = out.share(received, header, encoded.meta, encoded.payload)
+            if pos is None:
+                out.send_frame(encoded, seq)
+            else:
+                shares.append((out, pos))
+        self.stats["frames_shared"] += 1
+        return True
 
     def _idle_timeout(self, poll: float | None) -> float | None:
         """How long an idle wait may last: ``poll``, shortened so that the counters of the
@@ -643,11 +709,19 @@ class _Runner:
                 return
             encoded = rest
         outputs = self.outputs
+        received = self._input
         if (
-            self._input is not None
-            and self._input.header.flags & FLAG_EXTERNAL  # a small input never goes by reference
+            received is not None
+            and received.header.flags & FLAG_EXTERNAL  # a small input never goes by reference
+            and self._may_share()
+            and self._share(received, encoded, seq)
+        ):
+            return  # to every output by reference; the input frame is kept until they are read
+        if (
+            received is not None
+            and received.header.flags & FLAG_EXTERNAL
             and outputs
-            and outputs[0].forward(self._input, encoded.header(seq), encoded.meta, encoded.payload)
+            and outputs[0].forward(received, encoded.header(seq), encoded.meta, encoded.payload)
         ):
             # (Part of) the input frame's external segment: it went on by reference (a zero_copy
             # node passing its input on). Other outputs get a copy. See ipc/_ownership.py.
