@@ -279,7 +279,12 @@ def constant(i: int) -> TensorFrame:
 
 
 def fan_out(
-    fan: str, readers: list[tuple[str, str]], *, upstream: str | None = None, **supervision: Any
+    fan: str,
+    readers: list[tuple[str, str]],
+    *,
+    upstream: str | None = None,
+    params: dict[str, dict[str, Any]] | None = None,
+    **supervision: Any,
 ) -> dict[str, Any]:
     """Node "fan" (type ``fan``) feeding every reader; fed by an ``upstream`` node "up" if given."""
     nodes = [*([("up", upstream)] if upstream else []), ("fan", fan), *readers]
@@ -292,7 +297,7 @@ def fan_out(
     return {
         "version": "v1",
         "metadata": metadata,
-        "nodes": [{"id": n, "node_type": t, "params": {}} for n, t in nodes],
+        "nodes": [{"id": n, "node_type": t, "params": (params or {}).get(n, {})} for n, t in nodes],
         "connections": [
             *([{"from": "up", "to": "fan"}] if upstream else []),
             *({"from": "fan", "to": n} for n, _ in readers),
@@ -331,11 +336,15 @@ async def test_a_fan_out_to_ordinary_nodes_shares_one_payload_that_nothing_write
     assert fan.frames_shared + fan.frames_forwarded == big
 
 
-async def test_a_fan_out_to_one_ordinary_node_forwards_and_copies_as_before() -> None:
-    """Sharing would not save a copy when fewer than two readers copy anyway: the first output
-    takes the segment over, the other gets a copy."""
-    m = fan_out("PassThrough", [("r1", "Copy"), ("r2", "PassThrough")])
-    async with runtime(slot_count=2).open_session(m) as session:
+@pytest.mark.parametrize("readers", [["Copy", "PassThrough"], ["Copy", "Copy"]], ids=["one-copies", "off"])
+async def test_a_fan_out_that_would_not_save_a_copy_or_with_sharing_off_forwards_and_copies(
+    readers: list[str],
+) -> None:
+    """Sharing would not save a copy when fewer than two readers copy anyway, and
+    ``share_fan_out = false`` turns it off: the first output takes the segment over, the other
+    gets a copy."""
+    m = fan_out("PassThrough", [("r1", readers[0]), ("r2", readers[1])])
+    async with runtime(slot_count=2, share_fan_out=readers[1] != "Copy").open_session(m) as session:
         for i in range(8):
             await session.send("fan", constant(i))
         await session.close()
@@ -393,3 +402,50 @@ async def test_a_sharer_killed_while_its_shares_are_read_is_repaired_and_nothing
         s: (s - 1) % 251 for s in range(1, count + 1) if s != 6
     }
     assert session.metrics().nodes["fan"].frames_shared > 0
+
+
+async def test_a_reader_of_shared_frames_killed_is_repaired_and_the_sharer_goes_on(tmp_path: Path) -> None:
+    """A reader SIGKILLed holding a shared frame: its repair returns the slot, the sharer sees
+    it returned and returns its input slot; every other frame arrives intact everywhere."""
+    m = fan_out(
+        "PassThrough",
+        [("r1", "SignalNode"), ("r2", "Copy"), ("check", "SlowCheck")],
+        params={
+            "r1": {
+                "phase": "process",
+                "signal": "SIGKILL",
+                "after_frames": 5,
+                "once": str(tmp_path / "fired"),
+            }
+        },
+        strategy="one_for_one",
+        max_restarts=2,
+    )
+    count = 30
+    got: dict[str, dict[int, np.ndarray]] = {"r1": {}, "r2": {}, "check": {}}
+    events: list[Any] = []
+    async with runtime(checksums=True, slot_count=4).open_session(m) as session:
+
+        async def read() -> None:
+            async for event in session.events():
+                if isinstance(event, (FramesDropped, NodeRestarted)):
+                    events.append(event)
+                elif hasattr(event, "frame"):
+                    got[event.node_id][event.seq] = np.array(event.frame.data)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            for i in range(count):
+                await session.send("fan", constant(i))
+            await session.close()
+    dropped = [seq for e in events if isinstance(e, FramesDropped) for seq in e.sequences]
+    assert [e.node_id for e in events if isinstance(e, NodeRestarted)] == ["r1"]
+    assert len(dropped) == 1
+    assert sorted(got["r1"]) == [s for s in range(1, count + 1) if s not in dropped]
+    for node in ("r1", "r2"):
+        for seq, data in got[node].items():
+            assert np.array_equal(data, constant(seq - 1).data), f"{node}: frame {seq} changed"
+    assert sorted(got["r2"]) == sorted(got["check"]) == list(range(1, count + 1))
+    # More than the 3 input slots it may keep at once (4 slots): it returned them as the
+    # readers went, the restarted one included.
+    assert session.metrics().nodes["fan"].frames_shared > 3

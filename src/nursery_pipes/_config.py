@@ -142,6 +142,11 @@ class MultiprocessDefaults(_Section, frozen=True):
     slot_count: Annotated[int, msgspec.Meta(ge=2, le=1024)] = 8
     slot_size: Annotated[int, msgspec.Meta(ge=4096)] = 256 * 1024
     checksums: bool = False
+    share_fan_out: bool = True
+    """A ``zero_copy`` node that sends a big frame to two or more ordinary nodes (which copy
+    what they read) sends it to all of them by reference, keeping its input slot until they
+    have read it, instead of by reference to one and copied to the others. False: the latter
+    (its upstream keeps every ring slot free for pipelining; each other reader costs a copy)."""
 
 
 class SupervisionDefaults(_Section, frozen=True):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 from forward_workers import forward_and_die, share_and_park
 
-from nursery_pipes.ipc import FLAG_EXTERNAL, Namespace, Received, Ring, RingSpec, SlotHeader
+from nursery_pipes.ipc import FLAG_EXTERNAL, Namespace, Received, Ring, RingSpec, SlotHeader, wait_any
 from nursery_pipes.ipc._names import SHM_DIR
 from nursery_pipes.ipc._ownership import forward_refusal, resolve_swap, seg_id, seg_origin
 from nursery_pipes.ipc._spec import REC_FRAME_SEG, REC_OWNED_SEG, REC_SWAP_IN
@@ -335,3 +337,26 @@ def test_repair_shares_leaves_a_segment_whose_shares_were_all_read(rings: list[R
     assert Ring.repair_shares([a], [b, c]) == 0
     assert owned_id(a, 0) == x
     assert a.repair_consumer().dropped == ()
+
+
+def test_returning_a_shared_frame_wakes_its_sharer_waiting_for_input(ns: Namespace) -> None:
+    """A sharer that is idle with a kept frame sleeps on its inputs and on its outputs' "free"
+    doorbells (``wait_any(also=...)``): the reader returning the share wakes it, although the
+    output ring was never full."""
+    specs = [RingSpec(ns, i, 4, SLOT, async_producer=True, async_consumer=True) for i in range(2)]
+    with Ring.create(specs[0]) as a, Ring.create(specs[1]) as b:
+        a.producer().send(*frame(1, BIG))
+        ca, pb, cb = a.consumer(), b.producer(), b.consumer()
+        r = ca.receive(timeout=5)
+        assert share(pb, r) == 0
+        shared = cb.receive(timeout=5)
+        woke: list[list[object]] = []
+        waiter = threading.Thread(target=lambda: woke.append(wait_any([ca], None, also=[pb])))
+        waiter.start()
+        time.sleep(0.05)
+        assert not woke  # nothing to take, the share not read yet
+        shared.release()
+        waiter.join(10)
+        assert woke == [[]]  # woken by the share's return, with no frame to take
+        assert pb.returned(0)
+        r.release()

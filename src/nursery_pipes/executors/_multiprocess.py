@@ -149,7 +149,7 @@ class _Workers:
             copy_inputs=not getattr(cls, "zero_copy", False),
             log_level=max(logging.DEBUG, logging.getLogger().getEffectiveLevel()),
             trace_threshold=host.trace.threshold,
-            share_outputs=sum(wiring.outputs_copied) >= 2,
+            share_outputs=wiring.share_outputs,
         )
 
 

@@ -118,10 +118,12 @@ class ShmPorts:
 
     inputs: list[RingSpec] = field(default_factory=list)
     outputs: list[RingSpec] = field(default_factory=list)
-    outputs_copied: list[bool] = field(default_factory=list)
-    """Per output ring: its reader copies every frame it takes (a worker of an ordinary node,
-    not ``zero_copy``). Where two or more do, the worker shares big frames with all of its
-    output rings by reference (``ipc/_ownership.py``, fan-out) instead of copying."""
+    share_outputs: bool = False
+    """The worker shares big frames with all of its output rings by reference
+    (``ipc/_ownership.py``, fan-out) instead of forwarding to one and copying to the others:
+    where two or more of their readers copy their input anyway, which saves copies and adds
+    none (``[multiprocess] share_fan_out``; the wiring decides). Its output rings then have
+    "free" doorbells: the worker sleeps until its shares are read."""
     events: RingSpec | None = None
     events_consumer: TrioConsumer | None = None
     control: RingSpec | None = None
@@ -142,7 +144,7 @@ class ShmPorts:
             except RingClosedError:
                 continue
             if ring.spec.name in inputs:
-                queued += stats.produced - stats.consumed
+                queued += stats.unfinished  # not the finished ones a sharer keeps
                 ended = ended and stats.eos_sent
             if ring.spec.name in outputs:
                 full = full or stats.produced - stats.consumed >= stats.slot_count
@@ -253,10 +255,13 @@ def _sweep_once() -> None:
 class ShmTransport:
     """Creates, wires and finally unlinks every ring of one session."""
 
-    def __init__(self, geometry: RingGeometry, events_slots: int = 64) -> None:
+    def __init__(self, geometry: RingGeometry, events_slots: int = 64, *, share_fan_out: bool = True) -> None:
         _sweep_once()
         self.namespace = Namespace.create()
         self.geometry = geometry
+        self.share_fan_out = share_fan_out
+        """Workers may share big frames with several output rings by reference
+        (``ShmPorts.share_outputs``)."""
         self._events_slots = events_slots
         self._rings: list[Ring] = []
         self._by_name: dict[str, Ring] = {}
@@ -292,7 +297,9 @@ class ShmTransport:
         self._by_name[spec.name] = ring
         return ring
 
-    def edge(self, *, producer_in_supervisor: bool, takeover_producer: bool = False) -> Ring:
+    def edge(
+        self, *, producer_in_supervisor: bool, takeover_producer: bool = False, sharing_producer: bool = False
+    ) -> Ring:
         """A ring for one edge; doorbells where an end waits on a file descriptor.
 
         The consuming end always has one, wherever it lives: a worker waits on its inputs'
@@ -303,8 +310,12 @@ class ShmTransport:
         The producing end has one where it waits on a file descriptor: in the supervisor, or
         ``takeover_producer`` — the supervisor may have to take that worker end over for good
         (:meth:`take_over`: a temporary node). Only where needed: the consumer then writes to
-        a FIFO on every release."""
-        return self._ring(async_producer=producer_in_supervisor or takeover_producer, async_consumer=True)
+        a FIFO on every release. ``sharing_producer``: a worker that shares frames with its
+        output rings (``ShmPorts.share_outputs``) waits there for its shares to be read."""
+        return self._ring(
+            async_producer=producer_in_supervisor or takeover_producer or sharing_producer,
+            async_consumer=True,
+        )
 
     def node_ports(self) -> ShmPorts:
         """Ports for one node placed in shared memory: its events ring, read by the supervisor;

@@ -36,7 +36,7 @@ from ._errors import (
     RingCorruptError,
     RingError,
 )
-from ._header import FLAG_CHECKSUM, FLAG_EOS, FLAG_EXTERNAL, SlotHeader, decode_from
+from ._header import FLAG_CHECKSUM, FLAG_EOS, FLAG_EXTERNAL, FLAG_SHARED, SlotHeader, decode_from
 from ._ownership import seg_gen
 from ._segment import SegmentCache, round_up
 from ._sem import acquire
@@ -100,7 +100,7 @@ class Received:
         # Derived numpy arrays keep the memory mapped; we only drop our views.
         self.meta.release()
         self.payload.release()
-        self._consumer._release(self._pos)
+        self._consumer._release(self._pos, shared=bool(self.header.flags & FLAG_SHARED))
 
     def __enter__(self) -> Received:
         return self
@@ -139,6 +139,8 @@ class Consumer:
         self._pos = w[L.W_TAKEN]  # the first frame not taken (after a repair too)
         self._release_next = self._pos
         self._released: set[int] = set()
+        self._ring_free = False
+        """A shared frame was released: ring the free doorbell at the next post."""
         self._segs = SegmentCache(spec.namespace.seg_name, readonly=True)
         self._shared_segs = False
         self._eos = bool(self._buf[L.OFF_EOS_TAKEN])  # sticky, also across a restart
@@ -356,9 +358,10 @@ class Consumer:
             )
         return seg.view.toreadonly() if self._shared_segs else seg.view
 
-    def _release(self, pos: int) -> None:
+    def _release(self, pos: int, *, shared: bool = False) -> None:
         if self._closed:
             return
+        self._ring_free = self._ring_free or shared  # its sharer waits for it (``_ownership``)
         if pos != self._release_next:
             self._released.add(pos)  # an older frame is still held: slots go back in order
             return
@@ -373,7 +376,8 @@ class Consumer:
         for _ in range(count):
             self._free.release()
         w[L.W_RELEASED] = nxt  # after them: a repair knows whether some may be missing
-        if self._bell is not None and self._free.value <= count:  # from 0: the producer may wait
+        if self._bell is not None and (self._ring_free or self._free.value <= count):
+            self._ring_free = False  # from 0 the producer may wait; a sharer waits for a share
             self._bell.ring()  # after the posts: see the wake-up protocol
 
     # -- ending ----------------------------------------------------------------------

@@ -10,7 +10,8 @@ Wire layout (little-endian, :data:`HEADER_SIZE` = 136 bytes)::
       0   u16  magic (0x504E, "NP") — catches reads of an unwritten/overwritten slot
       2   u8   kind          frame kind code (audio, video, tensor, ...; frame layer)
       3   u8   fmt           sample/pixel/dtype code (frame layer)
-      4   u16  flags         FLAG_EOS | FLAG_CHECKSUM | FLAG_EXTERNAL; other bits reserved (0)
+      4   u16  flags         FLAG_EOS | FLAG_CHECKSUM | FLAG_EXTERNAL | FLAG_SHARED; other bits
+                             reserved (0)
       6   u8   ndim          0..6
       7   u8   (reserved, 0)
       8   u32  meta_len      bytes of opaque metadata stored before the payload
@@ -27,7 +28,8 @@ Wire layout (little-endian, :data:`HEADER_SIZE` = 136 bytes)::
 Invariants checked on construction (so both on encode and on decode):
 every integer fits its width; ``len(shape) == ndim <= 6``; no reserved flag bit;
 ``checksum == 0`` unless FLAG_CHECKSUM; ``ext_gen == ext_size == 0`` unless
-FLAG_EXTERNAL; an EOS header carries no meta and no payload. A violation raises
+FLAG_EXTERNAL; FLAG_SHARED only with FLAG_EXTERNAL; an EOS header carries no meta and no
+payload. A violation raises
 :class:`HeaderError` naming the field.
 """
 
@@ -43,6 +45,7 @@ __all__ = [
     "FLAG_CHECKSUM",
     "FLAG_EOS",
     "FLAG_EXTERNAL",
+    "FLAG_SHARED",
     "HEADER_SIZE",
     "MAX_NDIM",
     "SlotHeader",
@@ -55,7 +58,10 @@ MAX_NDIM: Final = 6
 FLAG_EOS: Final = 0x0001
 FLAG_CHECKSUM: Final = 0x0002
 FLAG_EXTERNAL: Final = 0x0004
-_KNOWN_FLAGS: Final = FLAG_EOS | FLAG_CHECKSUM | FLAG_EXTERNAL
+FLAG_SHARED: Final = 0x0008
+"""The external segment is not the slot's but a shared reference (fan-out, ``_ownership``):
+the consumer rings the producer's free doorbell when it returns the slot."""
+_KNOWN_FLAGS: Final = FLAG_EOS | FLAG_CHECKSUM | FLAG_EXTERNAL | FLAG_SHARED
 
 _U8: Final = 0xFF
 _U16: Final = 0xFFFF
@@ -131,6 +137,8 @@ class SlotHeader:
             raise HeaderError("flags", f"reserved bits set in {self.flags:#06x}")
         if not self.flags & FLAG_CHECKSUM and self.checksum:
             raise HeaderError("checksum", "is non-zero but FLAG_CHECKSUM is not set")
+        if self.flags & FLAG_SHARED and not self.flags & FLAG_EXTERNAL:
+            raise HeaderError("flags", "FLAG_SHARED without FLAG_EXTERNAL")
         if not self.flags & FLAG_EXTERNAL and (self.ext_gen or self.ext_size):
             raise HeaderError("ext_gen", "external fields set but FLAG_EXTERNAL is not set")
         if self.flags & FLAG_EOS and (self.payload_len or self.meta_len):

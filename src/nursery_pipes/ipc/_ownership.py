@@ -92,11 +92,15 @@ a reader of one of the shares, and the sharer sees each of them go.
                                       owned by none, is unlinked with the session's names
     ================================  ===========================================================
 
-    The sharer keeps at most ``slot_count - 1`` input slots per ring this way (beyond, it
-    forwards and copies as above), so its producer always has a slot and the pipeline never
-    waits on a reader downstream to go on: a kept slot is returned when the next frame comes.
-    Which frames are shared is the worker's choice (``worker/_main.py``): fan-outs where at
-    least two readers copy their input anyway (ordinary nodes), so that no copy is added.
+    Slots go back in ring order, so a kept slot holds back the later ones too: the input
+    ring's producer may wait for the slowest reader of a shared frame (an ordinary reader
+    returns its slot once its ``process()`` is done). The sharer does not wait for anything
+    else: idle, it also sleeps on its output rings' "free" doorbells, which a consumer rings
+    when it returns a shared frame's slot (``FLAG_SHARED``), and returns its kept slots the
+    moment the last reader is done. It keeps at most ``slot_count - 1`` per input ring
+    (beyond, it forwards and copies as above). Which frames are shared is the wiring's choice
+    (``ShmPorts.share_outputs``): fan-outs where at least two readers copy their input anyway
+    (ordinary nodes), so that no copy is added.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from ._header import (
     FLAG_CHECKSUM,
     FLAG_EOS,
     FLAG_EXTERNAL,
+    FLAG_SHARED,
     SlotHeader,
     encode_frame_into,
     pack_frame_into,
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Loan", "Producer", "as_bytes"]
 
-_TRANSPORT_FLAGS: Final = FLAG_CHECKSUM | FLAG_EXTERNAL
+_TRANSPORT_FLAGS: Final = FLAG_CHECKSUM | FLAG_EXTERNAL | FLAG_SHARED
 _EOS_HEADER: Final = SlotHeader(flags=FLAG_EOS)
 _U32_MAX: Final = 0xFFFF_FFFF
 
@@ -381,11 +382,13 @@ class Producer:
         crc: int,
         ext: tuple[int, Segment] | tuple[int, int] | None,
         split: int | None = None,
+        shared: bool = False,
     ) -> None:
         """Write the slot's header and stamp, then post it (we hold its free token).
 
         ``ext``: the external segment the frame lives in, as (id, mapping) or (id, size);
-        ``split``: the payload's offset in it when the metadata is in the slot (a forward)."""
+        ``split``: the payload's offset in it when the metadata is in the slot (a forward);
+        ``shared``: the segment is not the slot's (:meth:`share`)."""
         flags = header.flags & ~_TRANSPORT_FLAGS
         if flags & FLAG_EOS:
             raise HeaderError("flags", "end-of-stream is sent with end_of_stream()")
@@ -394,7 +397,7 @@ class Producer:
         gen = size = 0
         rec = L.CTRL_SIZE + slot * L.RECORD_SIZE
         if ext is not None:
-            flags |= FLAG_EXTERNAL
+            flags |= FLAG_EXTERNAL | (FLAG_SHARED if shared else 0)
             gen = seg_gen(ext[0])
             size = ext[1] if isinstance(ext[1], int) else ext[1].size
             self._name_segment(rec, ext[0], split)
@@ -450,7 +453,7 @@ class Producer:
         _store(w, t_owned, x)  # 2
         _store(consumer._words, owned_word, y)  # 3
         w[swap_in] = 0  # 4
-        self._publish_reference(slot, header, m, p, crc, x, received.header.ext_size, split)  # 5
+        self._publish_reference(slot, header, m, p, crc, x, received.header.ext_size, split, False)  # 5
         return True
 
     def share(
@@ -474,12 +477,19 @@ class Producer:
         self._acquire(timeout)
         slot = self._pos % self._slots
         pos = self._pos
-        self._publish_reference(slot, header, m, p, crc, x, received.header.ext_size, split)
+        self._publish_reference(slot, header, m, p, crc, x, received.header.ext_size, split, True)
         return pos
 
     def returned(self, pos: int) -> bool:
-        """Has the consumer returned the slot of the frame at ring position ``pos``?"""
+        """Has the consumer returned the slot of the frame at ring position ``pos``? The
+        consumer rings this end's doorbell (:meth:`fileno`, if any) when it returns a shared
+        frame's slot, so a sharer can sleep until then."""
         return bool(self._words[L.W_CONSUMED] > pos)
+
+    @property
+    def has_doorbell(self) -> bool:
+        """This end has a "free" doorbell (``spec.async_producer``)."""
+        return self._wait_fd >= 0
 
     def _reference(
         self, received: Received, header: SlotHeader, meta: Buffer, payload: Buffer
@@ -529,6 +539,7 @@ class Producer:
         x: int,
         ext_size: int,
         split: int | None,
+        shared: bool,
     ) -> None:
         """Publish, in ``slot`` (we hold its free token), a frame whose payload is in segment
         ``x``: its metadata copied into the slot unless it is the segment's own (``split``
@@ -537,7 +548,7 @@ class Producer:
             if split is not None:
                 base = self._data + slot * self._slot_size
                 self._buf[base : base + len(m)] = m
-            self._publish(slot, header, len(m), len(p), crc, (x, ext_size), split)
+            self._publish(slot, header, len(m), len(p), crc, (x, ext_size), split, shared)
         except BaseException:
             self._free.release()  # nothing was posted: give the slot back
             raise

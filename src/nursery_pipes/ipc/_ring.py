@@ -147,6 +147,12 @@ class RingStatistics:
     eos_taken: bool
     aborted: bool
     repairs: int  # repairs of dead ends that may have posted a token too many
+    finished: int = 0  # frames whose processing is done (a sharer keeps some: ``_ownership``)
+
+    @property
+    def unfinished(self) -> int:
+        """Frames waiting or in process: published, not yet finished nor returned."""
+        return self.produced - max(self.consumed, self.finished)
 
 
 def _sem(name: str, initial: int | None) -> posix_ipc.Semaphore:
@@ -322,6 +328,7 @@ class Ring:
             eos_taken=bool(b[L.OFF_EOS_TAKEN]),
             aborted=bool(b[L.OFF_ABORTED]),
             repairs=w[L.W_REPAIRS],
+            finished=w[L.W_FINISHED],
         )
 
     def close(self) -> None:
@@ -395,15 +402,20 @@ def _unlink_all(spec: RingSpec) -> None:
                 os.unlink(path)
 
 
-def wait_any(consumers: Sequence[Consumer], timeout: float | None = None) -> list[Consumer]:
+def wait_any(
+    consumers: Sequence[Consumer], timeout: float | None = None, *, also: Sequence[Producer] = ()
+) -> list[Consumer]:
     """Block until at least one consumer is ready; return the ready ones ([] on timeout).
 
     For a sync worker with several input rings (fan-in); each consumer's ring
     must have ``async_consumer=True`` (a doorbell). A consumer that reached
     end-of-stream or was aborted stays ready (its receive raises): drop it
-    from the set once handled.
+    from the set once handled. ``also``: producers whose "free" doorbell ends the
+    wait too (a sharer waiting for its shares to be read: ``Producer.returned``);
+    then the ready consumers are returned at once, maybe none.
     """
-    by_fd = {c.fileno(): c for c in consumers}
+    by_fd: dict[int, Consumer | Producer] = {c.fileno(): c for c in consumers}
+    by_fd.update((p.fileno(), p) for p in also)
     poller = select.poll()
     for fd in by_fd:
         poller.register(fd, select.POLLIN)
@@ -418,5 +430,10 @@ def wait_any(consumers: Sequence[Consumer], timeout: float | None = None) -> lis
         events = poller.poll(wait_ms)
         if not events and deadline is not None and time.monotonic() >= deadline:
             return []
+        rung = False
         for fd, _ in events:
-            by_fd[fd].clear_doorbell()
+            end = by_fd[fd]
+            end.clear_doorbell()
+            rung = rung or isinstance(end, Producer)
+        if rung:
+            return [c for c in consumers if c.ready()]

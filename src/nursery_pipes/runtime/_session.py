@@ -437,7 +437,7 @@ class Session:
             geometry = RingGeometry.for_session(
                 self.plan.settings.channel_capacity, mp.slot_count, mp.slot_size, mp.checksums
             )
-            transport = ShmTransport(geometry)
+            transport = ShmTransport(geometry, share_fan_out=mp.share_fan_out)
             stack.callback(transport.close)  # unlinks the session's namespace on every exit path
         for name in sorted(self.plan.executors):
             self._runners[name] = await stack.enter_async_context(self._executors[name].session())

@@ -115,6 +115,14 @@ def _copies_inputs(plan: SessionPlan, node_id: str) -> bool:
     return node.executor == "multiprocess" and not getattr(node.node_class, "zero_copy", False)
 
 
+def _shares(plan: SessionPlan, node_id: str) -> bool:
+    """Does worker ``node_id`` share big frames with all of its output rings (fan-out by
+    reference, ``ipc/_ownership.py``)? Where two or more readers copy their input anyway: it
+    saves a copy per extra reader and adds none (a reader that would have taken the segment
+    over, or had it lent, copies instead — one copy against the others')."""
+    return sum(_copies_inputs(plan, dst) for dst in plan.nodes[node_id].outputs) >= 2
+
+
 def _shm_edge(
     wiring: Wiring,
     plan: SessionPlan,
@@ -126,12 +134,14 @@ def _shm_edge(
 ) -> None:
     src_in_supervisor = src == CLIENT or plan.nodes[src].on_supervisor
     dst_in_supervisor = dst == CLIENT or plan.nodes[dst].on_supervisor
+    sharing = not src_in_supervisor and transport.share_fan_out and _shares(plan, src)
     ring = transport.edge(
         producer_in_supervisor=src_in_supervisor,
         # A temporary node that fails is taken over by the supervisor for good (its outputs
         # end, its inputs are drained): its producing ends need doorbells for that (consuming
         # ends always have one).
         takeover_producer=not src_in_supervisor and _temporary(plan, src),
+        sharing_producer=sharing,
     )
     # producing end
     if src_in_supervisor:
@@ -139,7 +149,7 @@ def _shm_edge(
     else:
         producer = _shm_ports(wiring, src)
         producer.outputs.append(ring.spec)
-        producer.outputs_copied.append(_copies_inputs(plan, dst))
+        producer.share_outputs = sharing
         producer.rings.append(ring)
     # consuming end
     if dst_in_supervisor:

@@ -272,6 +272,7 @@ class _Runner:
         self._kept_count = 0
         self._keep_limit: dict[Consumer, int] = {}
         """At most ``slot_count - 1`` kept per input ring: its producer always has a slot."""
+        self._can_share = False
         self._next_stats = 0.0
         self._unsent_stats = False
         """Frames were processed since the counters last went to the supervisor."""
@@ -299,6 +300,9 @@ class _Runner:
             ring = Ring.attach(spec)
             rings.append(ring)
             self.outputs.append(ring.producer())
+        self._can_share = (
+            self.job.share_outputs and len(self.outputs) > 1 and all(o.has_doorbell for o in self.outputs)
+        )
 
     def run(self) -> dict[str, Any]:
         try:
@@ -371,7 +375,7 @@ class _Runner:
             if control is not None and self._signal_waiting(control):  # ahead of every frame queued
                 self._signals(node, None)
                 continue
-            ready = active if single else wait_any(active, self._idle_timeout(poll))
+            ready = active if single else wait_any(active, self._idle_timeout(poll), also=self._awaited())
             for consumer in ready:
                 try:
                     received = self._receive(consumer, single, doorbells, poll)
@@ -413,10 +417,15 @@ class _Runner:
                 kept.popleft()[0].release()
                 self._kept_count -= 1
 
+    def _awaited(self) -> list[Producer]:
+        """Whose doorbells also end an idle wait: the outputs, while shared frames are kept."""
+        return self.outputs if self._kept_count else []
+
     def _may_share(self) -> bool:
-        """May the frame being processed be kept, shared? Not beyond the input's limit."""
+        """May the frame being processed be kept, shared? Not beyond the input's limit, and
+        only if every output can wake this worker when its share was read."""
         consumer = self._from
-        if consumer is None or not self.job.share_outputs or len(self.outputs) < 2:
+        if consumer is None or not self._can_share:
             return False
         if len(self._kept[consumer]) >= self._keep_limit[consumer]:
             self._return_kept()
@@ -463,7 +472,10 @@ class _Runner:
             return consumer.try_receive()
         if doorbell:
             received = consumer.try_receive()
-            if received is None and consumer.wait(self._idle_timeout(None)):
+            if received is None and self._kept_count:  # a frame, or a share read (or the stats)
+                wait_any([consumer], self._idle_timeout(None), also=self.outputs)
+                received = consumer.try_receive()  # None: the loop returns what was read
+            elif received is None and consumer.wait(self._idle_timeout(None)):
                 control = self.control  # rung: a frame, unless a signal came (it goes first)
                 if control is None or not self._signal_waiting(control):
                     received = consumer.try_receive()
