@@ -234,7 +234,17 @@ class ProduceNode(Node[ProduceParams]):
         return TensorFrame(data=out)
 
 
+class FirstByteNode(Node):
+    """An ordinary node (not ``zero_copy``: its worker copies each input out of shared memory)
+    that reduces a big tensor to a small result, like a detector: its first byte."""
+
+    def process(self, frame: Frame) -> Frame:
+        assert isinstance(frame, TensorFrame)
+        return TensorFrame(data=np.array(frame.data[:1]))
+
+
 BENCH_NODES = (
+    FirstByteNode,
     ProduceNode,
     StampedFailNode,
     HopStampNode,

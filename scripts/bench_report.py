@@ -45,6 +45,7 @@ RUNS_FILE = "_report_runs.json"  # in the results dir: how each benchmark's last
 # The order of the report; a bench_<topic>.py not listed here comes after these, by name.
 TOPICS = (
     "chain",
+    "fanout",
     "hop",
     "ipc",
     "loan",
@@ -368,6 +369,65 @@ def section_ipc(d: Json) -> list[str]:
         "Ratios of p50s:",
         md_table(["ring", "p50 µs", "÷ raw floor", "÷ Pipe"], ratio_rows),
         *_goals_blocks(d),
+    ]
+
+
+def section_fanout(d: Json) -> list[str]:
+    res, der = d["results"], d["derived"]
+    rows = []
+    for case, v in res.items():
+        for variant in ("shared", "forward+copy"):
+            e = v[variant]
+            rows.append(
+                (case, variant, e["p50_us"], e["p99_us"], e["fan_cpu_us_per_frame"],
+                 e["all_workers_cpu_us_per_frame"], e["frames_per_s"], e["frames_shared"], e["frames_forwarded"])
+            )  # fmt: skip
+        rows.append((case, "memcpy (baseline)", v["memcpy_p50_us"], "", "", "", "", "", ""))
+    return [
+        "A `zero_copy` node sending each big tensor to k ordinary nodes (which copy what they read), "
+        "with `share_fan_out` on (every ring gets a reference, the input slot is kept until all "
+        "have read it) and off (the first ring takes the segment over, the others get copies), "
+        f"interleaved in one run ({d.get('rounds')} rounds × {d.get('per_round')} frames, one in "
+        "flight; frames/s with the pipeline full); baseline: one memcpy of the payload, same run.",
+        md_table(
+            [
+                "case",
+                "fan-out",
+                "p50 µs",
+                "p99 µs",
+                "fan CPU µs / frame",
+                "all workers CPU µs / frame",
+                "frames/s",
+                "shared",
+                "forwarded",
+            ],
+            rows,
+        ),
+        "shared / forward+copy, and the fan's CPU saved in memcpys (k − 1 copies are saved; a copy "
+        "into a ring costs more than a warm memcpy):",
+        md_table(
+            [
+                "case",
+                "latency",
+                "fan CPU",
+                "fan CPU saved (memcpys)",
+                "copies saved",
+                "all workers CPU",
+                "frames/s",
+            ],
+            [
+                (
+                    case,
+                    times(v["latency_ratio"]),
+                    times(v["fan_cpu_ratio"]),
+                    v["fan_cpu_saved_in_memcpys"],
+                    v["copies_at_fan_expected_saved"],
+                    times(v["all_workers_cpu_ratio"]),
+                    times(v["throughput_ratio"]),
+                )
+                for case, v in der.items()
+            ],
+        ),
     ]
 
 
@@ -885,6 +945,7 @@ def section_turn(d: Json) -> list[str]:
 
 SECTIONS: dict[str, Callable[[Json], list[str]]] = {
     "chain": section_chain,
+    "fanout": section_fanout,
     "hop": section_hop,
     "ipc": section_ipc,
     "loan": section_loan,
@@ -905,6 +966,7 @@ SECTIONS: dict[str, Callable[[Json], list[str]]] = {
 
 TITLES = {
     "chain": "5-node chain by frame size (issue 11)",
+    "fanout": "Fan-out of a big frame by reference (issue 11)",
     "hop": "One executor hop",
     "ipc": "Shared-memory ring transport",
     "loan": "Loaned output buffers (`output_array`)",
