@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import trio
 
-from nursery_pipes import Frame, Node, NodeError, Runtime, RuntimeConfig, TensorFrame
+from nursery_pipes import Frame, Node, NodeError, Params, Runtime, RuntimeConfig, TensorFrame
 from nursery_pipes._config import MultiprocessDefaults, NodesConfig
 from nursery_pipes.ipc import slot_array
 from nursery_pipes.runtime import FramesDropped, NodeRestarted
@@ -58,19 +57,23 @@ class SlowCheck(Node):
         return TensorFrame(data=np.array([first], dtype=np.uint8))
 
 
-class KillOnce(Node):
-    """A zero_copy pass-through whose process SIGKILLs itself at its 6th frame, once per test
-    (the file ``marker``)."""
+class KillOnceParams(Params):
+    marker: str
+
+
+class KillOnce(Node[KillOnceParams]):
+    """A zero_copy pass-through whose process SIGKILLs itself at its 6th frame, once (it
+    creates the file ``marker`` first)."""
 
     zero_copy = True
 
-    def __init__(self, context: Any, params: Any) -> None:
+    def __init__(self, context: Any, params: KillOnceParams) -> None:
         super().__init__(context, params)
         self.frames = 0
 
     def process(self, frame: Frame) -> Frame:
         self.frames += 1
-        marker = Path(tempfile.gettempdir()) / f"np-killonce-{os.getppid()}"
+        marker = Path(self.params.marker)
         if self.frames == 6 and not marker.exists():
             marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)
@@ -354,42 +357,38 @@ async def test_a_fan_out_that_would_not_save_a_copy_or_with_sharing_off_forwards
     assert (fan.frames_shared, fan.frames_forwarded) == (0, 6)
 
 
-async def test_a_sharer_killed_while_its_shares_are_read_is_repaired_and_nothing_is_written_under_them() -> (
-    None
-):
+async def test_a_sharer_killed_while_its_shares_are_read_is_repaired_and_nothing_is_written_under_them(
+    tmp_path: Path,
+) -> None:
     """SIGKILLed at frame 6 with frame 5 shared and kept, and a slow reader still in it for
     0.3 s: the repair takes that segment away from the input slot (ipc/_repair.py) — the node
     upstream writes every new frame into the segment its slot owns — only the frame in process
     is reported dropped, and the reader never sees its frame change."""
-    marker = Path(tempfile.gettempdir()) / f"np-killonce-{os.getpid()}"
-    marker.unlink(missing_ok=True)
     m = fan_out(
         "KillOnce",
         [("r1", "Copy"), ("r2", "Copy"), ("check", "SlowCheck")],
         upstream="Copy",
+        params={"fan": {"marker": str(tmp_path / "fired")}},
         strategy="one_for_one",
         max_restarts=2,
     )
     count = 40
     got: dict[str, dict[int, np.ndarray]] = {"r1": {}, "r2": {}, "check": {}}
     events: list[Any] = []
-    try:
-        async with runtime(checksums=True, slot_count=4).open_session(m) as session:
+    async with runtime(checksums=True, slot_count=4).open_session(m) as session:
 
-            async def read() -> None:
-                async for event in session.events():
-                    if isinstance(event, (FramesDropped, NodeRestarted)):
-                        events.append(event)
-                    elif hasattr(event, "frame"):
-                        got[event.node_id][event.seq] = np.array(event.frame.data)
+        async def read() -> None:
+            async for event in session.events():
+                if isinstance(event, (FramesDropped, NodeRestarted)):
+                    events.append(event)
+                elif hasattr(event, "frame"):
+                    got[event.node_id][event.seq] = np.array(event.frame.data)
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(read)
-                for i in range(count):
-                    await session.send("up", constant(i))
-                await session.close()
-    finally:
-        marker.unlink(missing_ok=True)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            for i in range(count):
+                await session.send("up", constant(i))
+            await session.close()
     restarted = [e.node_id for e in events if isinstance(e, NodeRestarted)]
     dropped = [seq for e in events if isinstance(e, FramesDropped) for seq in e.sequences]
     assert restarted == ["fan"]
