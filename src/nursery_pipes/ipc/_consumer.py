@@ -100,7 +100,7 @@ class Received:
         # Derived numpy arrays keep the memory mapped; we only drop our views.
         self.meta.release()
         self.payload.release()
-        self._consumer._release(self._pos, shared=bool(self.header.flags & FLAG_SHARED))
+        self._consumer._release(self._pos, self.header.flags & FLAG_SHARED)
 
     def __enter__(self) -> Received:
         return self
@@ -358,10 +358,11 @@ class Consumer:
             )
         return seg.view.toreadonly() if self._shared_segs else seg.view
 
-    def _release(self, pos: int, *, shared: bool = False) -> None:
+    def _release(self, pos: int, shared: int = 0) -> None:
         if self._closed:
             return
-        self._ring_free = self._ring_free or shared  # its sharer waits for it (``_ownership``)
+        if shared:  # its sharer waits for it (``_ownership``): ring the free doorbell
+            self._ring_free = True
         if pos != self._release_next:
             self._released.add(pos)  # an older frame is still held: slots go back in order
             return

@@ -425,7 +425,7 @@ class _Runner:
         """May the frame being processed be kept, shared? Not beyond the input's limit, and
         only if every output can wake this worker when its share was read."""
         consumer = self._from
-        if consumer is None or not self._can_share:
+        if consumer is None:
             return False
         if len(self._kept[consumer]) >= self._keep_limit[consumer]:
             self._return_kept()
@@ -725,6 +725,7 @@ class _Runner:
         if (
             received is not None
             and received.header.flags & FLAG_EXTERNAL  # a small input never goes by reference
+            and self._can_share
             and self._may_share()
             and self._share(received, encoded, seq)
         ):
