@@ -207,6 +207,12 @@ class Consumer:
         clear(fd)
         return True
 
+    @property
+    def holds_every_slot(self) -> bool:
+        """Every slot of the ring is taken and not yet returned (slots go back in order): its
+        producer cannot publish until this end returns one."""
+        return self._pos - self._release_next >= self._slots
+
     def ready(self) -> bool:
         """True if a receive would not block (a frame, EOS, or abort is pending)."""
         self._check_open()

@@ -418,8 +418,13 @@ class _Runner:
                 self._kept_count -= 1
 
     def _awaited(self) -> list[Producer]:
-        """Whose doorbells also end an idle wait: the outputs, while shared frames are kept."""
-        return self.outputs if self._kept_count else []
+        """Whose doorbells also end an idle wait: the outputs, when shared frames are kept and
+        an input ring has no slot left for its producer — then only a reader returning a
+        share lets anything go on. Otherwise the next frame wakes this worker, and it returns
+        what was read then: the readers' rings wait in the doorbells, costing no wake-up."""
+        if self._kept_count and any(c.holds_every_slot for c in self._kept if self._kept[c]):
+            return self.outputs
+        return []
 
     def _may_share(self) -> bool:
         """May the frame being processed be kept, shared? Not beyond the input's limit, and
@@ -472,8 +477,8 @@ class _Runner:
             return consumer.try_receive()
         if doorbell:
             received = consumer.try_receive()
-            if received is None and self._kept_count:  # a frame, or a share read (or the stats)
-                wait_any([consumer], self._idle_timeout(None), also=self.outputs)
+            if received is None and (awaited := self._awaited()):  # a frame, or a share read
+                wait_any([consumer], self._idle_timeout(None), also=awaited)
                 received = consumer.try_receive()  # None: the loop returns what was read
             elif received is None and consumer.wait(self._idle_timeout(None)):
                 control = self.control  # rung: a frame, unless a signal came (it goes first)
