@@ -339,6 +339,21 @@ async def test_a_fan_out_to_ordinary_nodes_shares_one_payload_that_nothing_write
     assert fan.frames_shared + fan.frames_forwarded == big
 
 
+async def test_a_shared_frame_kept_by_an_idle_sharer_is_not_counted_as_queued() -> None:
+    """The sharer keeps its input slot after the frame is done (until the next frame comes):
+    ``queued_inputs`` counts frames waiting or in process, not those (``finished``)."""
+    m = fan_out("PassThrough", [("r1", "Copy"), ("r2", "Copy")])
+    async with runtime(slot_count=4).open_session(m) as session:
+        outputs = session.outputs()
+        for i in range(3):
+            await session.send("fan", constant(i * 4))  # all big
+            for _ in range(2):
+                await outputs.__anext__()
+            assert session.queued_inputs()["fan"] == 0
+        await session.close()
+    assert session.metrics().nodes["fan"].frames_shared == 3
+
+
 @pytest.mark.parametrize("readers", [["Copy", "PassThrough"], ["Copy", "Copy"]], ids=["one-copies", "off"])
 async def test_a_fan_out_that_would_not_save_a_copy_or_with_sharing_off_forwards_and_copies(
     readers: list[str],
