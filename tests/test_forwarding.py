@@ -339,6 +339,43 @@ async def test_a_fan_out_to_ordinary_nodes_shares_one_payload_that_nothing_write
     assert fan.frames_shared + fan.frames_forwarded == big
 
 
+async def test_a_shared_frame_read_by_the_supervisor_is_copied_out_not_lent() -> None:
+    """One reader of the shared frame runs in the supervisor (its ring's pump reads it): the
+    pump copies it instead of lending the segment (the fan's input slot owns it) — one frame
+    in flight, every one shared — and with the client keeping the rings full every reader
+    gets every frame intact."""
+    m = fan_out("PassThrough", [("r1", "Copy"), ("r2", "Copy"), ("sup", "Copy")])
+    m["metadata"]["multiprocess"]["executor_overrides"]["sup"] = "inprocess"
+    count = 40
+    got: dict[str, list[tuple[int, np.ndarray]]] = {"r1": [], "r2": [], "sup": []}
+    async with runtime(checksums=True, slot_count=2).open_session(m) as session:
+        outputs = session.outputs()
+        for i in range(8):
+            await session.send("fan", constant(4 * i))  # all big
+            for _ in range(3):
+                out = await outputs.__anext__()
+                got[out.node_id].append((out.seq, out.frame.data))
+                if out.node_id == "sup":
+                    assert slot_array(out.frame) is None, "a shared frame was lent"
+        assert session.metrics().nodes["fan"].frames_forwarded == 0
+
+        async def feed() -> None:
+            for i in range(8, count):
+                await session.send("fan", constant(i))
+            await session.close()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(feed)
+            async for out in outputs:
+                got[out.node_id].append((out.seq, out.frame.data))  # held, views or not
+    for node, received in got.items():
+        assert [seq for seq, _ in received] == list(range(1, count + 1)), node
+        for seq, data in received:
+            want = constant(4 * (seq - 1) if seq <= 8 else seq - 1).data
+            assert np.array_equal(data, want), f"{node}: frame {seq} changed"
+    assert session.metrics().nodes["fan"].frames_shared > 8
+
+
 async def test_a_shared_frame_kept_by_an_idle_sharer_is_not_counted_as_queued() -> None:
     """The sharer keeps its input slot after the frame is done (until the next frame comes):
     ``queued_inputs`` counts frames waiting or in process, not those (``finished``)."""
