@@ -18,7 +18,7 @@ import trio
 from nursery_pipes import Frame, Node, NodeError, Params, Runtime, RuntimeConfig, TensorFrame
 from nursery_pipes._config import MultiprocessDefaults, NodesConfig
 from nursery_pipes.ipc import slot_array
-from nursery_pipes.runtime import FramesDropped, NodeRestarted
+from nursery_pipes.runtime import FramesDropped, NodeRestarted, Output, Session
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -308,6 +308,33 @@ def fan_out(
     }
 
 
+async def supervised_stream(
+    m: dict[str, Any], into: str, count: int
+) -> tuple[dict[str, dict[int, np.ndarray]], list[str], list[int], Session]:
+    """Send ``constant(0..count-1)`` to node ``into`` of a session of ``m`` (checksums, 4
+    slots) and close it; returns every output (node → seq → a copy of its data), the nodes
+    restarted, the sequences reported dropped, and the session."""
+    got: dict[str, dict[int, np.ndarray]] = {}
+    events: list[Any] = []
+    async with runtime(checksums=True, slot_count=4).open_session(m) as session:
+
+        async def read() -> None:
+            async for event in session.events():
+                if isinstance(event, (FramesDropped, NodeRestarted)):
+                    events.append(event)
+                elif isinstance(event, Output):
+                    got.setdefault(event.node_id, {})[event.seq] = np.array(event.frame.data)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            for i in range(count):
+                await session.send(into, constant(i))
+            await session.close()
+    restarted = [e.node_id for e in events if isinstance(e, NodeRestarted)]
+    dropped = [seq for e in events if isinstance(e, FramesDropped) for seq in e.sequences]
+    return got, restarted, dropped, session
+
+
 async def test_a_fan_out_to_ordinary_nodes_shares_one_payload_that_nothing_writes_while_read() -> None:
     """A zero_copy node fanning a big frame out to nodes that copy their input anyway sends it
     to every ring by reference (ipc/_ownership.py, fan-out); its input slot is kept until every
@@ -425,24 +452,7 @@ async def test_a_sharer_killed_while_its_shares_are_read_is_repaired_and_nothing
         max_restarts=2,
     )
     count = 40
-    got: dict[str, dict[int, np.ndarray]] = {"r1": {}, "r2": {}, "check": {}}
-    events: list[Any] = []
-    async with runtime(checksums=True, slot_count=4).open_session(m) as session:
-
-        async def read() -> None:
-            async for event in session.events():
-                if isinstance(event, (FramesDropped, NodeRestarted)):
-                    events.append(event)
-                elif hasattr(event, "frame"):
-                    got[event.node_id][event.seq] = np.array(event.frame.data)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read)
-            for i in range(count):
-                await session.send("up", constant(i))
-            await session.close()
-    restarted = [e.node_id for e in events if isinstance(e, NodeRestarted)]
-    dropped = [seq for e in events if isinstance(e, FramesDropped) for seq in e.sequences]
+    got, restarted, dropped, session = await supervised_stream(m, "up", count)
     assert restarted == ["fan"]
     assert dropped == [6]  # the frame in process; the shared ones kept were finished
     for node in ("r1", "r2"):
@@ -473,24 +483,8 @@ async def test_a_reader_of_shared_frames_killed_is_repaired_and_the_sharer_goes_
         max_restarts=2,
     )
     count = 30
-    got: dict[str, dict[int, np.ndarray]] = {"r1": {}, "r2": {}, "check": {}}
-    events: list[Any] = []
-    async with runtime(checksums=True, slot_count=4).open_session(m) as session:
-
-        async def read() -> None:
-            async for event in session.events():
-                if isinstance(event, (FramesDropped, NodeRestarted)):
-                    events.append(event)
-                elif hasattr(event, "frame"):
-                    got[event.node_id][event.seq] = np.array(event.frame.data)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read)
-            for i in range(count):
-                await session.send("fan", constant(i))
-            await session.close()
-    dropped = [seq for e in events if isinstance(e, FramesDropped) for seq in e.sequences]
-    assert [e.node_id for e in events if isinstance(e, NodeRestarted)] == ["r1"]
+    got, restarted, dropped, session = await supervised_stream(m, "fan", count)
+    assert restarted == ["r1"]
     assert len(dropped) == 1
     assert sorted(got["r1"]) == [s for s in range(1, count + 1) if s not in dropped]
     for node in ("r1", "r2"):

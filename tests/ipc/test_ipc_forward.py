@@ -3,13 +3,17 @@ every external segment owned by exactly one slot — also after a forwarder was 
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
 
 import numpy as np
 import pytest
@@ -56,6 +60,25 @@ def frame(seq: int, n: int) -> tuple[SlotHeader, bytes, np.ndarray]:
 
 def forward(out: object, received: Received) -> bool:
     return out.forward(received, received.header, received.meta, received.payload)  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def child(
+    target: Callable[..., None], before: tuple[Any, ...], after: tuple[Any, ...]
+) -> Iterator[tuple[Connection, BaseProcess]]:
+    """A spawned ``target(*before, conn, *after)``, and our end of ``conn``; killed and reaped
+    on the way out if it is still alive."""
+    ours, theirs = SPAWN.Pipe()
+    proc = SPAWN.Process(target=target, args=(*before, theirs, *after))
+    proc.start()
+    theirs.close()
+    try:
+        yield ours, proc
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+        ours.close()
 
 
 def ext_entries(ns: Namespace) -> set[str]:
@@ -189,22 +212,13 @@ def test_a_forwarder_killed_mid_swap_is_repaired_to_one_owner_per_segment(
         c.receive(timeout=5).release()
         p.close()
         c.close()
-    ours, theirs = SPAWN.Pipe()
-    proc = SPAWN.Process(target=forward_and_die, args=(a.spec, b.spec, theirs, stores))
-    proc.start()
-    theirs.close()
-    try:
+    with child(forward_and_die, (a.spec, b.spec), (stores,)) as (conn, proc):
         if stores >= 2:
-            assert ours.poll(60)
-            assert ours.recv() == "forwarded"
+            assert conn.poll(60)
+            assert conn.recv() == "forwarded"
             os.kill(proc.pid, signal.SIGKILL)
         proc.join(60)
         assert proc.exitcode == -signal.SIGKILL
-    finally:
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-        ours.close()
     pending = Ring.repair_swaps([a], [b])
     assert pending == (1 if stores < 2 else 0)
     a.repair_consumer()
@@ -285,24 +299,15 @@ def test_a_sharer_killed_while_a_reader_still_reads_gives_its_input_slot_another
     pa = a.producer()
     header, meta, payload = frame(1, BIG)
     pa.send(header, meta, payload)
-    ours, theirs = SPAWN.Pipe()
-    proc = SPAWN.Process(target=share_and_park, args=(a.spec, [b.spec, c.spec], theirs, finish))
-    proc.start()
-    theirs.close()
-    try:
-        assert ours.poll(60)
-        assert ours.recv() == "shared"
+    with child(share_and_park, (a.spec, [b.spec, c.spec]), (finish,)) as (conn, proc):
+        assert conn.poll(60)
+        assert conn.recv() == "shared"
         cb, cc = b.consumer(), c.consumer()
         cb.receive(timeout=5).release()  # one reader is done, the other still reads:
         held = cc.receive(timeout=5)
         os.kill(proc.pid, signal.SIGKILL)
         proc.join(60)
         assert proc.exitcode == -signal.SIGKILL
-    finally:
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-        ours.close()
     x = owned_id(a, 0)
     assert Ring.repair_shares([a], [b, c]) == 1
     assert owned_id(a, 0) == 0  # the segment the reader reads is no slot's any more
