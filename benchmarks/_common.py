@@ -63,6 +63,21 @@ def time_per_call(fn: Callable[[], object], *, repeat: int, number: int) -> list
     return samples
 
 
+def memcpy_ns(nbytes: int, n: int) -> list[int]:
+    """Nanoseconds per ``numpy.copyto`` of ``nbytes`` into a preallocated array, ``n`` times: the
+    baseline of one copy of a payload."""
+    import numpy as np
+
+    src = np.full(nbytes, 7, np.uint8)
+    dst = np.empty_like(src)
+    samples = []
+    for _ in range(n):
+        began = time.perf_counter_ns()
+        np.copyto(dst, src)
+        samples.append(time.perf_counter_ns() - began)
+    return samples
+
+
 async def stream_through(session: Any, node_id: str, frame: Any, n: int) -> float:
     """Seconds from the first send to the last output: ``n`` copies of ``frame`` sent to
     ``node_id`` as fast as backpressure allows (then ``close()``), every output read meanwhile."""

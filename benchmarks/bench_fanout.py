@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, _bench_node
 import _bench_nodes
 import numpy as np
 import trio
-from _common import finish, leftovers, parse_args, percentile, print_table
+from _common import finish, leftovers, memcpy_ns, parse_args, percentile, print_table
 
 from nursery_pipes import Runtime, RuntimeConfig, TensorFrame
 from nursery_pipes._config import MultiprocessDefaults
@@ -110,17 +110,6 @@ class Run:
             for _ in range(len(frames) * self.readers):
                 await self.outputs.__anext__()
         return len(frames) / (time.perf_counter() - start)
-
-
-def memcpy_ns(nbytes: int, n: int) -> list[int]:
-    src = np.full(nbytes, 7, np.uint8)
-    dst = np.empty_like(src)
-    samples = []
-    for _ in range(n):
-        began = time.perf_counter_ns()
-        np.copyto(dst, src)
-        samples.append(time.perf_counter_ns() - began)
-    return samples
 
 
 async def measure(rounds: int, per_round: int, burst: int) -> dict[str, Any]:

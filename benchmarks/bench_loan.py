@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, _bench_node
 import _bench_nodes
 import numpy as np
 import trio
-from _common import finish, parse_args, percentile, print_table
+from _common import finish, memcpy_ns, parse_args, percentile, print_table
 
 from nursery_pipes import Runtime, RuntimeConfig, TensorFrame
 from nursery_pipes._config import MultiprocessDefaults
@@ -65,17 +65,6 @@ async def one_by_one(session: Any, pid: int, n: int) -> tuple[list[int], float]:
         latencies.append(time.perf_counter_ns() - began)
         assert out.frame.data.nbytes > 0
     return latencies, (cpu_ns(pid) - cpu_before) / n
-
-
-def memcpy_ns(nbytes: int, n: int) -> list[int]:
-    src = np.full(nbytes, 7, np.uint8)
-    dst = np.empty_like(src)
-    samples = []
-    for _ in range(n):
-        began = time.perf_counter_ns()
-        np.copyto(dst, src)
-        samples.append(time.perf_counter_ns() - began)
-    return samples
 
 
 async def measure(rounds: int, per_round: int) -> dict[str, Any]:
