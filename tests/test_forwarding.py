@@ -8,6 +8,7 @@ import itertools
 import os
 import signal
 import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,8 @@ class KillOnce(Node[KillOnceParams]):
 
     zero_copy = True
 
-    def __init__(self, context: Any, params: KillOnceParams) -> None:
-        super().__init__(context, params)
+    def __init__(self, params: KillOnceParams, context: Any) -> None:
+        super().__init__(params, context)
         self.frames = 0
 
     def process(self, frame: Frame) -> Frame:
@@ -78,6 +79,27 @@ class KillOnce(Node[KillOnceParams]):
             marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)
         return frame
+
+
+async def flood(
+    session: Session,
+    into: str,
+    frames: Iterable[Frame],
+    take: Callable[[Output], None],
+    outputs: AsyncIterator[Output] | None = None,
+) -> None:
+    """Send ``frames`` to node ``into`` as fast as backpressure allows (the rings stay full), then
+    close the session, while ``take`` gets every output until the end."""
+
+    async def feed() -> None:
+        for frame in frames:
+            await session.send(into, frame)
+        await session.close()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(feed)
+        async for out in session.outputs() if outputs is None else outputs:
+            take(out)
 
 
 def runtime(**mp: Any) -> Runtime:
@@ -122,15 +144,10 @@ async def test_big_frames_go_down_a_chain_of_zero_copy_workers_by_reference_and_
     async with runtime(checksums=True, slot_count=4).open_session(m) as session:
         got: list[tuple[int, np.ndarray]] = []
 
-        async def feed() -> None:  # as fast as backpressure allows: the rings stay full
-            for i in range(count):
-                await session.send("w0", tensor(i))
-            await session.close()
+        def take(out: Output) -> None:
+            got.append((out.seq, np.array(out.frame.data)))
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(feed)
-            async for out in session.outputs():
-                got.append((out.seq, np.array(out.frame.data)))
+        await flood(session, "w0", (tensor(i) for i in range(count)), take)  # rings kept full
     metrics = session.metrics().nodes  # final: the workers' last counters are in
     assert [seq for seq, _ in got] == list(range(1, count + 1))
     for i, (_, data) in enumerate(got):
@@ -149,15 +166,10 @@ async def test_big_outputs_are_views_that_nothing_writes_while_they_are_held() -
     held: list[Any] = []
     async with runtime(checksums=True, slot_count=2).open_session(m) as session:
 
-        async def feed() -> None:
-            for i in range(count):
-                await session.send("w0", tensor(i))
-            await session.close()
+        def take(out: Output) -> None:
+            held.append(out.frame)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(feed)
-            async for out in session.outputs():
-                held.append(out.frame)
+        await flood(session, "w0", (tensor(i) for i in range(count)), take)
     assert len(held) == count
     views = []
     for i, frame in enumerate(held):
@@ -249,25 +261,9 @@ async def test_a_worker_killed_while_forwarding_is_repaired_and_restarted(
         supervision={"strategy": "one_for_one", "max_restarts": 2},
     )
     count = 40
-    outputs: dict[int, np.ndarray] = {}
-    events: list[Any] = []
-    async with runtime(checksums=True, slot_count=4).open_session(m) as session:
-
-        async def read() -> None:
-            async for event in session.events():
-                if isinstance(event, (FramesDropped, NodeRestarted)):
-                    events.append(event)
-                elif hasattr(event, "frame"):
-                    outputs[event.seq] = np.array(event.frame.data)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read)
-            for i in range(count):
-                await session.send("a", tensor(i))
-            await session.close()
-    restarted = [e for e in events if isinstance(e, NodeRestarted)]
-    dropped = [seq for e in events if isinstance(e, FramesDropped) for seq in e.sequences]
-    assert [e.node_id for e in restarted] == ["dies"]
+    got, restarted, dropped, _ = await supervised_stream(m, "a", [tensor(i) for i in range(count)])
+    outputs = got["c"]
+    assert restarted == ["dies"]
     assert len(dropped) == 1  # the frame it was forwarding
     assert dropped[0] > 5
     assert sorted(outputs) == [s for s in range(1, count + 1) if s not in dropped]
@@ -309,11 +305,11 @@ def fan_out(
 
 
 async def supervised_stream(
-    m: dict[str, Any], into: str, count: int
+    m: dict[str, Any], into: str, frames: list[TensorFrame]
 ) -> tuple[dict[str, dict[int, np.ndarray]], list[str], list[int], Session]:
-    """Send ``constant(0..count-1)`` to node ``into`` of a session of ``m`` (checksums, 4
-    slots) and close it; returns every output (node → seq → a copy of its data), the nodes
-    restarted, the sequences reported dropped, and the session."""
+    """Send ``frames`` to node ``into`` of a session of ``m`` (checksums, 4 slots) and close
+    it; returns every output (node → seq → a copy of its data), the nodes restarted, the
+    sequences reported dropped, and the session."""
     got: dict[str, dict[int, np.ndarray]] = {}
     events: list[Any] = []
     async with runtime(checksums=True, slot_count=4).open_session(m) as session:
@@ -327,8 +323,8 @@ async def supervised_stream(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read)
-            for i in range(count):
-                await session.send(into, constant(i))
+            for frame in frames:
+                await session.send(into, frame)
             await session.close()
     restarted = [e.node_id for e in events if isinstance(e, NodeRestarted)]
     dropped = [seq for e in events if isinstance(e, FramesDropped) for seq in e.sequences]
@@ -344,15 +340,10 @@ async def test_a_fan_out_to_ordinary_nodes_shares_one_payload_that_nothing_write
     got: dict[str, list[tuple[int, np.ndarray]]] = {"r1": [], "r2": [], "check": []}
     async with runtime(checksums=True, slot_count=2).open_session(m) as session:
 
-        async def feed() -> None:
-            for i in range(count):
-                await session.send("fan", constant(i))
-            await session.close()
+        def take(out: Output) -> None:
+            got[out.node_id].append((out.seq, np.array(out.frame.data)))
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(feed)
-            async for out in session.outputs():
-                got[out.node_id].append((out.seq, np.array(out.frame.data)))
+        await flood(session, "fan", (constant(i) for i in range(count)), take)
     for node in ("r1", "r2"):
         assert [seq for seq, _ in got[node]] == list(range(1, count + 1))
         for seq, data in got[node]:
@@ -386,15 +377,10 @@ async def test_a_shared_frame_read_by_the_supervisor_is_copied_out_not_lent() ->
                     assert slot_array(out.frame) is None, "a shared frame was lent"
         assert session.metrics().nodes["fan"].frames_forwarded == 0
 
-        async def feed() -> None:
-            for i in range(8, count):
-                await session.send("fan", constant(i))
-            await session.close()
+        def take(out: Output) -> None:
+            got[out.node_id].append((out.seq, out.frame.data))  # held, views or not
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(feed)
-            async for out in outputs:
-                got[out.node_id].append((out.seq, out.frame.data))  # held, views or not
+        await flood(session, "fan", (constant(i) for i in range(8, count)), take, outputs)
     for node, received in got.items():
         assert [seq for seq, _ in received] == list(range(1, count + 1)), node
         for seq, data in received:
@@ -452,7 +438,7 @@ async def test_a_sharer_killed_while_its_shares_are_read_is_repaired_and_nothing
         max_restarts=2,
     )
     count = 40
-    got, restarted, dropped, session = await supervised_stream(m, "up", count)
+    got, restarted, dropped, session = await supervised_stream(m, "up", [constant(i) for i in range(count)])
     assert restarted == ["fan"]
     assert dropped == [6]  # the frame in process; the shared ones kept were finished
     for node in ("r1", "r2"):
@@ -483,7 +469,7 @@ async def test_a_reader_of_shared_frames_killed_is_repaired_and_the_sharer_goes_
         max_restarts=2,
     )
     count = 30
-    got, restarted, dropped, session = await supervised_stream(m, "fan", count)
+    got, restarted, dropped, session = await supervised_stream(m, "fan", [constant(i) for i in range(count)])
     assert restarted == ["r1"]
     assert len(dropped) == 1
     assert sorted(got["r1"]) == [s for s in range(1, count + 1) if s not in dropped]
