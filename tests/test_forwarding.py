@@ -389,6 +389,28 @@ async def test_a_shared_frame_read_by_the_supervisor_is_copied_out_not_lent() ->
     assert session.metrics().nodes["fan"].frames_shared > 8
 
 
+async def test_a_node_in_the_supervisor_fans_a_big_frame_out_from_one_copy() -> None:
+    """A supervisor-side node sending big frames to two ordinary workers and a slow in-place
+    checker: one copy in the pool, which every ring refers to (ipc/_pool.py, fan-out), reused
+    only once every ring's consumer returned its reference — the client keeps the rings full."""
+    m = fan_out("PassThrough", [("r1", "Copy"), ("r2", "Copy"), ("check", "SlowCheck")])
+    m["metadata"]["multiprocess"]["executor_overrides"]["fan"] = "inprocess"
+    count = 48
+    got: dict[str, list[tuple[int, np.ndarray]]] = {"r1": [], "r2": [], "check": []}
+    async with runtime(checksums=True, slot_count=2).open_session(m) as session:
+
+        def take(out: Output) -> None:
+            got[out.node_id].append((out.seq, np.array(out.frame.data)))
+
+        await flood(session, "fan", (constant(i) for i in range(count)), take)
+    for node in ("r1", "r2"):
+        assert [seq for seq, _ in got[node]] == list(range(1, count + 1))
+        for seq, data in got[node]:
+            assert np.array_equal(data, constant(seq - 1).data), f"{node}: frame {seq} changed"
+    assert [int(data[0]) for _, data in got["check"]] == [i % 251 for i in range(count)]
+    assert session.metrics().frames_shared == sum(1 for i in range(count) if i % 4 != 3)
+
+
 async def test_a_shared_frame_kept_by_an_idle_sharer_is_not_counted_as_queued() -> None:
     """The sharer keeps its input slot after the frame is done (until the next frame comes):
     ``queued_inputs`` counts frames waiting or in process, not those (``finished``)."""

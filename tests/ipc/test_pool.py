@@ -314,3 +314,54 @@ def test_a_consumer_using_the_pool_maps_through_it_read_only(ring: Ring, pool: S
         del array
         gc.collect()
     assert len(pool.cache) == 1  # closing the consumer left the pool's cache alone
+
+
+def test_a_shared_segment_is_reused_only_once_every_ring_returned_its_reference(ns: Namespace) -> None:
+    """Fan-out from the supervisor (``SegmentPool.share``): one copy that two rings refer to;
+    it is not handed out again while either ring's consumer holds its reference, nor while
+    it is the last frame shared (more rings of its fan-out may come); then it is, warm."""
+    from nursery_pipes import TensorFrame
+    from nursery_pipes.ipc import encode_frame
+
+    rings = [Ring.create(RingSpec(ns, i, 4, SLOT, checksum=True)) for i in range(2)]
+    pool = SegmentPool(ns.seg_name)
+    try:
+        with ends(rings[0]) as (p0, c0), ends(rings[1]) as (p1, c1):
+            frames = [TensorFrame(data=payload(i)) for i in range(4)]
+            encoded = [encode_frame(f) for f in frames]
+
+            def fan_out(i: int) -> int:
+                ids = set()
+                for p in (p0, p1):
+                    ref = pool.share(frames[i], encoded[i], checksum=True)
+                    assert ref is not None
+                    pos = p.try_send_ref(encoded[i], i, *ref)
+                    assert pos is not None
+                    pool.published(ref[0], p.words, pos)
+                    ids.add(ref[0])
+                assert len(ids) == 1  # one copy for both rings
+                return ids.pop()
+
+            a = fan_out(0)
+            with c0.receive(timeout=5) as r:
+                assert bytes(r.payload) == frames[0].data.tobytes()  # checksum verified too
+            held = c1.receive(timeout=5)  # ring 1 still reads frame 0
+            b = fan_out(1)
+            with c0.receive(timeout=5) as r:
+                assert bytes(r.payload) == frames[1].data.tobytes()
+            c = fan_out(2)
+            assert a not in (b, c)  # not reused under ring 1's reader
+            assert bytes(held.payload) == frames[0].data.tobytes()
+            held.release()
+            with c1.receive(timeout=5) as r, c0.receive(timeout=5) as r0:
+                assert bytes(r.payload) == frames[1].data.tobytes()
+                assert bytes(r0.payload) == frames[2].data.tobytes()
+            with c1.receive(timeout=5) as r:
+                assert bytes(r.payload) == frames[2].data.tobytes()
+            assert fan_out(3) in (a, b)  # both read: free again, reused
+            assert pool.shared_total == 4
+    finally:
+        pool.close()
+        for ring in rings:
+            ring.close()
+        unlink_namespace(ns)  # what the pool made goes with the session's names

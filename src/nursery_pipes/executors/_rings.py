@@ -90,6 +90,13 @@ class TrioProducer:
             self._fd, self._p.clear_doorbell, lambda: self._p.try_send_frame(frame, seq) or None
         )
 
+    async def send_ref(self, frame: EncodedFrame, seq: int, sid: int, size: int, crc: int) -> int:
+        """Publish ``frame`` as a shared reference to segment ``sid`` (``Producer.try_send_ref``)
+        in the next free slot; its ring position."""
+        return await _attempt_until(
+            self._fd, self._p.clear_doorbell, lambda: self._p.try_send_ref(frame, seq, sid, size, crc)
+        )
+
     async def end_of_stream(self) -> None:
         """Publish end-of-stream after everything sent so far."""
         await _attempt_until(self._fd, self._p.clear_doorbell, lambda: self._p.try_end_of_stream() or None)

@@ -50,6 +50,7 @@ from .._errors import InputError, SessionError
 from ..frames import Frame
 from ..ipc import (
     ConsumerRepair,
+    EncodedFrame,
     EndOfStream,
     Namespace,
     Producer,
@@ -68,7 +69,7 @@ from ..ipc import (
 )
 from ..ipc._doorbell import ring_once
 from ..ipc._segment import round_up
-from ..ipc._spec import SLOT_ALIGN
+from ..ipc._spec import META_ALIGN, SLOT_ALIGN
 from ..nodes._signals import Signal
 from ._ports import Flow, OutPort
 from ._rings import TrioConsumer, TrioProducer, discard_all, end_stream
@@ -167,9 +168,13 @@ class ShmPort:
     raises ``trio.BrokenResourceError``: callers of an OutPort need not know the transport.
     """
 
-    def __init__(self, producer: TrioProducer, ring: Ring) -> None:
+    def __init__(self, producer: TrioProducer, ring: Ring, share: SegmentPool | None = None) -> None:
         self._producer = producer
         self._ring = ring
+        self._share = share
+        """Big frames go by reference to one copy in this pool, which the other rings a node
+        sends the same frame to refer to as well (fan-out from the supervisor, ``ipc/_pool.py``)."""
+        self._inline = ring.spec.slot_size
         # Only one task may wait on the ring's doorbell: senders that find the ring full queue
         # here, first come first served, and nobody takes a free slot past a queued sender.
         self._waiting = trio.StrictFIFOLock()
@@ -188,11 +193,43 @@ class ShmPort:
         # this is a full checkpoint, and a cancellation never leaves a half-written slot behind.
         await trio.lowlevel.checkpoint_if_cancelled()
         producer = self._producer.producer
+        if (
+            self._share is not None
+            and round_up(len(encoded.meta), META_ALIGN) + encoded.payload.nbytes > self._inline
+            and len(encoded.meta) <= self._inline
+            and await self._send_shared(seq, frame, encoded)
+        ):
+            return
         if not self._waiting.locked() and producer.try_send_frame(encoded, seq):
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
         async with self._waiting:
             await self._producer.send_frame(encoded, seq)
+
+    async def _send_shared(self, seq: int, frame: Frame, encoded: EncodedFrame) -> bool:
+        """Publish a reference to the pool's one copy of ``frame`` (made now, or by another ring
+        of this fan-out); False, nothing sent: the pool's budget is spent (copy it instead)."""
+        assert self._share is not None
+        producer = self._producer.producer
+        ref = self._share.share(frame, encoded, self._ring.spec.checksum)
+        if ref is None:
+            return False
+        sid, size, crc = ref
+        pos = None
+        try:
+            if not self._waiting.locked():
+                pos = producer.try_send_ref(encoded, seq, sid, size, crc)
+            if pos is None:
+                async with self._waiting:
+                    pos = await self._producer.send_ref(encoded, seq, sid, size, crc)
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            if pos is None:
+                self._share.abandoned(sid)
+            else:
+                self._share.published(sid, producer.words, pos)
+        return True
 
     async def end(self) -> None:
         if self._ended:  # idempotent, like MemoryPort.end (a restarted node may end it again)
@@ -359,11 +396,14 @@ class ShmTransport:
             if spec.used_doorbell is not None:
                 ring_once(spec.used_doorbell)
 
-    def port(self, ring: Ring) -> ShmPort:
+    def port(self, ring: Ring, *, share: bool = False) -> ShmPort:
+        """The supervisor's producing end of ``ring``. ``share``: a supervisor-side node sends
+        its big frames to several rings whose readers copy what they read; they all refer to one
+        copy in the pool (``ipc/_pool.py``, fan-out) instead of one copy per ring."""
         producer = TrioProducer(ring.producer())
         producer.producer.use_pool(self.pool)
         self._closers.append(producer.close)
-        return ShmPort(producer, ring)
+        return ShmPort(producer, ring, self.pool if share else None)
 
     def pump(
         self, ring: Ring, target: OutPort

@@ -32,7 +32,22 @@ the pool (free), or by the views of one output frame (lent). The moves, all in t
     lent → pool (finalizer)     the last view died               nobody
     pool ↔ slot (``swap_in``)   the supervisor's producer holds  the producer (warm one), the
                                 the slot's free token            pool (the slot's old one)
+    pool → shared (``share``)   a supervisor-side node sends a   the pool writes it once; then
+                                big frame to several rings       only their readers read it
+    shared → pool (reclaimed)   every ring's consumer returned    nobody
+                                the slot of its reference, and
+                                another frame was shared since
     ==========================  ===============================  ============================
+
+Fan-out from the supervisor (:meth:`SegmentPool.share`): a node in the supervisor that sends a big
+frame to several rings whose readers copy what they read (the wiring decides:
+``ShmTransport.port(share=True)``) copies the payload once, into a segment the pool keeps (a
+free one, or one it makes: ids with ring index ``POOL_RING``), and each ring publishes a
+reference to it (``Producer.try_send_ref``, ``FLAG_SHARED``: the slot keeps owning its own). The
+pool watches each reference's ring position and takes the segment back only when every ring's
+consumer has returned it (read lazily, at the next ``share`` or ``swap_in``; a ring closed
+meanwhile is read by nobody), and not while it holds the last frame shared (the fan-out's
+other rings may still come for it). No slot waits for that: the rings' slots go back as usual.
 
 Lent bytes are bounded per session (``budget``): past it, an output frame is a copy as before
 (a client that keeps every output would otherwise fill /dev/shm, which is often much smaller
@@ -62,6 +77,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
+import zlib
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
@@ -72,10 +88,12 @@ import posix_ipc
 from . import _spec as L
 from ._codec import decode_frame, slot_array
 from ._header import FLAG_EXTERNAL
-from ._segment import Segment, SegmentCache, round_up, unlink_segment
+from ._ownership import seg_id
+from ._segment import PAGE_SIZE, Segment, SegmentCache, round_up, unlink_segment
 
 if TYPE_CHECKING:
     from ..frames import Frame
+    from ._codec import EncodedFrame
     from ._consumer import Received
 
 __all__ = ["Borrowed", "SegmentPool"]
@@ -87,6 +105,8 @@ DEFAULT_KEEP: Final = 8
 """Free segments of each kind (warm, cold) a pool keeps however long they stay unused."""
 DEFAULT_LINGER: Final = 2.0
 """Seconds a free segment beyond ``keep`` may stay unused before it is unlinked."""
+POOL_RING: Final = 1_000_000
+"""The ring index in the ids of segments the pool makes itself (no ring has it: ``RingSpec``)."""
 
 
 class Borrowed:
@@ -147,6 +167,13 @@ class SegmentPool:
         self.largest = 0
         """The biggest segment the pool has seen: what a producer using it creates at least,
         so that segments of one session serve every frame size it carries (no size churn)."""
+        # Shared out (fan-out from the supervisor): id -> [size, holds, [(ring words, position)]]
+        self._out: dict[int, list[Any]] = {}
+        self._out_bytes = 0
+        self._last: tuple[Frame, int, int, int] | None = None  # (frame, id, size, checksum)
+        self._made = 0
+        self.shared_total = 0
+        """Frames the supervisor wrote once into a segment that several rings refer to."""
 
     # -- out: the pump -------------------------------------------------------------------
 
@@ -214,6 +241,77 @@ class SegmentPool:
             if not self._closed:
                 self._add(self._warm, sid, size)
 
+    # -- fan-out from the supervisor --------------------------------------------------------
+
+    def share(self, frame: Frame, encoded: EncodedFrame, checksum: bool) -> tuple[int, int, int] | None:
+        """The segment that holds ``frame``'s payload for references from several rings (a
+        supervisor-side node sending one big frame to several workers that copy what they read,
+        ``_ownership``, fan-out): ``(id, size, checksum)``, held for the caller until it calls
+        :meth:`published` or :meth:`abandoned`. The segment written for this very frame by an
+        earlier ring, if it is still out; else a free one, or a new one, with the payload copied
+        in once (at offset 0; the metadata goes into each slot). None: past the budget."""
+        self._reclaim()
+        last = self._last
+        if last is not None and last[0] is frame and last[1] in self._out:
+            self._out[last[1]][1] += 1
+            return last[1], last[2], last[3]
+        payload = encoded.payload
+        n = payload.nbytes
+        with self._lock:
+            if self._closed or self._lent_bytes + self._out_bytes + n > self.budget:
+                return None
+            found = self._pop(self._warm, n) or self._pop(self._cold, n)
+        if found is not None:
+            sid, size = found
+            try:
+                seg = self.cache.get(sid)
+            except posix_ipc.ExistentialError:
+                return None  # unlinked under us: the session is closing
+        else:
+            self._made += 1
+            sid = seg_id(POOL_RING, 0, self._made)
+            size = round_up(max(n, self.largest), PAGE_SIZE)
+            seg = Segment.create(self.cache.name(sid), size)
+            self.cache.put(sid, seg)
+            self.largest = max(self.largest, size)
+        seg.view[:n] = payload
+        crc = zlib.crc32(payload, zlib.crc32(encoded.meta)) if checksum else 0
+        self._out[sid] = [size, 1, []]
+        self._out_bytes += size
+        self._last = (frame, sid, size, crc)
+        self.shared_total += 1
+        return sid, size, crc
+
+    def published(self, sid: int, words: memoryview, pos: int) -> None:
+        """A ring published a reference to shared segment ``sid`` at position ``pos`` (its
+        ``Ring.words``): the segment is out until that ring's consumer returns the slot."""
+        entry = self._out[sid]
+        entry[1] -= 1
+        entry[2].append((words, pos))
+
+    def abandoned(self, sid: int) -> None:
+        """A ring that held a share of ``sid`` published nothing (cancelled, aborted)."""
+        self._out[sid][1] -= 1
+
+    def _reclaim(self) -> None:
+        """Shared segments no ring refers to any more go back to the free list (warm)."""
+        if not self._out:
+            return
+        last = None if self._last is None else self._last[1]
+        for sid, (size, holds, watches) in list(self._out.items()):
+            if sid == last or holds or not all(_returned(words, pos) for words, pos in watches):
+                continue  # the last frame shared: more rings of its fan-out may refer to it yet
+            del self._out[sid]
+            self._out_bytes -= size
+            with self._lock:
+                if not self._closed:
+                    self._add(self._warm, sid, size)
+
+    @property
+    def shared_out(self) -> int:
+        """Shared segments some ring still refers to."""
+        return len(self._out)
+
     # -- in: the supervisor's producers -----------------------------------------------------
 
     def swap_in(self, owned: int, owned_size: int, need: int) -> tuple[int, Segment] | None:
@@ -222,6 +320,7 @@ class SegmentPool:
         segment to own instead, or None (keep yours). The most recently returned (warm) one big
         enough, if any; else, when the slot's own is too small, any big enough, so that nothing
         is created while the pool holds one. The slot's old segment is parked here, cold."""
+        self._reclaim()
         with self._lock:
             if self._closed:
                 return None
@@ -305,4 +404,15 @@ class SegmentPool:
             self._warm.clear()
             self._cold.clear()
             self._free_bytes = 0
+        self._out.clear()
+        self._last = None
         self.cache.close()
+
+
+def _returned(words: memoryview, pos: int) -> bool:
+    """Has the consumer of the ring whose ``Ring.words`` these are returned position ``pos``?
+    (A ring closed meanwhile: nobody reads it any more.)"""
+    try:
+        return bool(words[L.W_CONSUMED] > pos)
+    except ValueError:
+        return True

@@ -480,6 +480,28 @@ class Producer:
         self._publish_reference(slot, header, m, p, crc, x, received.header.ext_size, split, True)
         return pos
 
+    def try_send_ref(self, frame: EncodedFrame, seq: int, sid: int, size: int, crc: int) -> int | None:
+        """Publish ``frame`` as a shared reference to segment ``sid`` (``size`` bytes), which
+        holds its payload at offset 0 (written by the supervisor's pool for several rings:
+        ``_pool.SegmentPool.share``); its metadata is copied into the slot, which keeps owning
+        its own segment. ``crc``: the checksum of metadata and payload (0 without checksums).
+        Returns the ring position published, or None if the ring is full. The metadata must
+        fit in a slot."""
+        m, p = as_bytes(frame.meta), frame.payload
+        self._check_can_loan(len(p), len(m))
+        if len(m) > self._slot_size:
+            raise ValueError(f"ring {self._name}: metadata of {len(m)} bytes does not fit a slot")
+        if not self._try_acquire():
+            return None
+        pos = self._pos
+        self._publish_reference(pos % self._slots, frame.header(seq), m, p, crc, sid, size, 0, True)
+        return pos
+
+    @property
+    def words(self) -> memoryview:
+        """The ring's counters (``Ring.words``): what :meth:`returned` reads, for whoever watches."""
+        return self._words
+
     def returned(self, pos: int) -> bool:
         """Has the consumer returned the slot of the frame at ring position ``pos``? The
         consumer rings this end's doorbell (:meth:`fileno`, if any) when it returns a shared

@@ -101,6 +101,9 @@ class SessionMetrics:
     on as read-only views of the shared memory they arrived in (``ipc/_pool.py``)."""
     frames_lent_held: int = 0
     """Of those, the ones some view still holds now (their memory is not reused until then)."""
+    frames_shared: int = 0
+    """Big frames a node in the supervisor sent to several workers (which copy what they read)
+    from one copy in shared memory that all their rings refer to, instead of one per ring."""
 
 
 @dataclass(frozen=True)
@@ -366,6 +369,7 @@ class Session:
             outputs_discarded=self._events.discarded,
             frames_lent=self._transport.pool.lent_total if self._transport is not None else 0,
             frames_lent_held=self._transport.pool.lent if self._transport is not None else 0,
+            frames_shared=self._transport.pool.shared_total if self._transport is not None else 0,
         )
 
     # -- inside ----------------------------------------------------------------------------

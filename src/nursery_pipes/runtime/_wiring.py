@@ -145,7 +145,10 @@ def _shm_edge(
     )
     # producing end
     if src_in_supervisor:
-        _add_sender(wiring, src, dst, transport.port(ring))
+        # A supervisor-side node fanning big frames out to workers that copy what they read:
+        # one copy in the pool that every such ring refers to (fan-out by reference).
+        share = src != CLIENT and transport.share_fan_out and _shares(plan, src)
+        _add_sender(wiring, src, dst, transport.port(ring, share=share))
     else:
         producer = _shm_ports(wiring, src)
         producer.outputs.append(ring.spec)
