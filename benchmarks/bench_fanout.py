@@ -13,6 +13,11 @@ two runtimes side by side, interleaved in rounds:
 - ``forward+copy``: ``share_fan_out = false``: the first ring takes the input's segment over,
   the fan copies the frame into every other ring — k − 1 copies at the fan.
 
+A third case runs the fan in the supervisor (the in-process executor), k = 2: ``shared``, its
+ports write the frame once into a pool segment both rings refer to; ``forward+copy``, once
+per ring. Its "fan CPU" is the whole supervisor process's (the client's work included, alike
+in both variants).
+
 Measured, 1 MiB and 10 MiB, k = 2 and 3:
 
 - latency, one frame in flight: ``perf_counter_ns`` before ``session.send`` → the k-th output read;
@@ -46,17 +51,19 @@ from nursery_pipes._config import MultiprocessDefaults
 MIB = 1 << 20
 SIZES = (MIB, 10 * MIB)
 READERS = (2, 3)
+CASES = (*tuple((k, "worker") for k in READERS), (2, "supervisor"))
+"""(readers, where the fan runs): in a worker, or in the supervisor (the in-process executor)."""
 VARIANTS = {"shared": True, "forward+copy": False}
 
 
-def manifest(readers: int) -> dict[str, Any]:
+def manifest(readers: int, fan_in: str = "worker") -> dict[str, Any]:
     ids = [f"r{i}" for i in range(readers)]
+    overrides = dict.fromkeys(["fan", *ids], "multiprocess")
+    if fan_in == "supervisor":
+        overrides["fan"] = "inprocess"
     return {
         "version": "v1",
-        "metadata": {
-            "name": "fanout",
-            "multiprocess": {"executor_overrides": dict.fromkeys(["fan", *ids], "multiprocess")},
-        },
+        "metadata": {"name": "fanout", "multiprocess": {"executor_overrides": overrides}},
         "nodes": [
             {"id": "fan", "node_type": "PassThrough", "params": {}},
             *({"id": i, "node_type": "FirstByteNode", "params": {}} for i in ids),
@@ -65,7 +72,10 @@ def manifest(readers: int) -> dict[str, Any]:
     }
 
 
-def cpu_ns(pid: int) -> int:
+def cpu_ns(pid: int | None) -> int:
+    """CPU time of a process (None: this one, the supervisor — the client's work included)."""
+    if pid is None:
+        return time.process_time_ns()
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
 
 
@@ -77,7 +87,7 @@ class Run:
         self.readers = readers
         self.outputs = session.outputs()
         nodes = session.metrics().nodes
-        self.fan_pid = nodes["fan"].pid
+        self.fan_pid = nodes["fan"].pid  # None: the fan runs in the supervisor (this process)
         self.pids = [m.pid for m in nodes.values() if m.pid is not None]
         self.latency_ns: list[int] = []
         self.fan_cpu: list[float] = []
@@ -126,10 +136,10 @@ async def measure(rounds: int, per_round: int, burst: int) -> dict[str, Any]:
         for nbytes in SIZES:
             frames = [TensorFrame(data=np.full(nbytes, i % 251, np.uint8)) for i in range(per_round)]
             copies = memcpy_ns(nbytes, per_round * rounds)
-            for k in READERS:
+            for k, fan_in in CASES:
                 async with AsyncExitStack() as stack:
                     runs = {
-                        v: Run(await stack.enter_async_context(rt.open_session(manifest(k))), k)
+                        v: Run(await stack.enter_async_context(rt.open_session(manifest(k, fan_in))), k)
                         for v, rt in runtimes.items()
                     }
                     pids += [p for run in runs.values() for p in run.pids]
@@ -152,17 +162,19 @@ async def measure(rounds: int, per_round: int, burst: int) -> dict[str, Any]:
                         async for _ in run.outputs:  # drained: the workers' final counters are in
                             pass
                     for v, run in runs.items():
-                        fan = run.session.metrics().nodes["fan"]
+                        metrics = run.session.metrics()
+                        fan = metrics.nodes["fan"]
                         entry[v] = {
                             "p50_us": percentile(run.latency_ns, 50) / 1000,
                             "p99_us": percentile(run.latency_ns, 99) / 1000,
                             "fan_cpu_us_per_frame": float(np.median(run.fan_cpu)) / 1000,
                             "all_workers_cpu_us_per_frame": float(np.median(run.all_cpu)) / 1000,
                             "frames_per_s": float(np.median(fps[v])),
-                            "frames_shared": fan.frames_shared,
+                            "frames_shared": fan.frames_shared if fan.pid else metrics.frames_shared,
                             "frames_forwarded": fan.frames_forwarded,
                         }
-                    results[f"{nbytes // MIB} MiB, {k} readers"] = entry
+                    where = "" if fan_in == "worker" else ", fan in the supervisor"
+                    results[f"{nbytes // MIB} MiB, {k} readers{where}"] = entry
     return {"results": results, "leftovers": leftovers(pids)}
 
 

@@ -386,7 +386,9 @@ def section_fanout(d: Json) -> list[str]:
     return [
         "A `zero_copy` node sending each big tensor to k ordinary nodes (which copy what they read), "
         "with `share_fan_out` on (every ring gets a reference, the input slot is kept until all "
-        "have read it) and off (the first ring takes the segment over, the others get copies), "
+        "have read it) and off (the first ring takes the segment over, the others get copies); "
+        "in the last case the fan runs in the supervisor (one pool copy for all rings, against "
+        "one per ring; its CPU is the whole supervisor process's), "
         f"interleaved in one run ({d.get('rounds')} rounds × {d.get('per_round')} frames, one in "
         "flight; frames/s with the pipeline full); baseline: one memcpy of the payload, same run.",
         md_table(
