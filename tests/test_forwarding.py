@@ -411,6 +411,33 @@ async def test_a_node_in_the_supervisor_fans_a_big_frame_out_from_one_copy() -> 
     assert session.metrics().frames_shared == sum(1 for i in range(count) if i % 4 != 3)
 
 
+async def test_a_worker_reading_the_supervisors_shared_frames_killed_is_restarted_and_nothing_leaks(
+    tmp_path: Path,
+) -> None:
+    """A reader SIGKILLed holding a reference to the pool's copy: its repair returns the slot,
+    the pool takes the segment back once the other rings have too; every other frame intact."""
+    m = fan_out(
+        "PassThrough",
+        [("r1", "SignalNode"), ("r2", "Copy"), ("check", "SlowCheck")],
+        params={
+            "r1": {"phase": "process", "signal": "SIGKILL", "after_frames": 5, "once": str(tmp_path / "f")}
+        },
+        strategy="one_for_one",
+        max_restarts=2,
+    )
+    m["metadata"]["multiprocess"]["executor_overrides"]["fan"] = "inprocess"
+    count = 30
+    got, restarted, dropped, session = await supervised_stream(m, "fan", [constant(i) for i in range(count)])
+    assert restarted == ["r1"]
+    assert len(dropped) == 1
+    assert sorted(got["r1"]) == [s for s in range(1, count + 1) if s not in dropped]
+    for node in ("r1", "r2"):
+        for seq, data in got[node].items():
+            assert np.array_equal(data, constant(seq - 1).data), f"{node}: frame {seq} changed"
+    assert sorted(got["r2"]) == sorted(got["check"]) == list(range(1, count + 1))
+    assert session.metrics().frames_shared == sum(1 for i in range(count) if i % 4 != 3)
+
+
 async def test_a_shared_frame_kept_by_an_idle_sharer_is_not_counted_as_queued() -> None:
     """The sharer keeps its input slot after the frame is done (until the next frame comes):
     ``queued_inputs`` counts frames waiting or in process, not those (``finished``)."""
