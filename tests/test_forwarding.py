@@ -331,11 +331,18 @@ async def supervised_stream(
     return got, restarted, dropped, session
 
 
-async def test_a_fan_out_to_ordinary_nodes_shares_one_payload_that_nothing_writes_while_read() -> None:
-    """A zero_copy node fanning a big frame out to nodes that copy their input anyway sends it
-    to every ring by reference (ipc/_ownership.py, fan-out); its input slot is kept until every
-    reader is done — here one reads in place, slowly, while the client keeps the rings full."""
+@pytest.mark.parametrize("fan_in", ["worker", "supervisor"])
+async def test_a_fan_out_to_ordinary_nodes_shares_one_payload_that_nothing_writes_while_read(
+    fan_in: str,
+) -> None:
+    """A node fanning a big frame out to nodes that copy their input anyway sends every ring a
+    reference to one copy (ipc/_ownership.py, fan-out): a zero_copy worker its input's segment,
+    keeping its input slot until every reader is done; a node in the supervisor a segment of
+    its pool, reused only once every ring's consumer returned it — here one reader reads in
+    place, slowly, while the client keeps the rings full."""
     m = fan_out("PassThrough", [("r1", "Copy"), ("r2", "Copy"), ("check", "SlowCheck")])
+    if fan_in == "supervisor":
+        m["metadata"]["multiprocess"]["executor_overrides"]["fan"] = "inprocess"
     count = 48
     got: dict[str, list[tuple[int, np.ndarray]]] = {"r1": [], "r2": [], "check": []}
     async with runtime(checksums=True, slot_count=2).open_session(m) as session:
@@ -349,9 +356,12 @@ async def test_a_fan_out_to_ordinary_nodes_shares_one_payload_that_nothing_write
         for seq, data in got[node]:
             assert np.array_equal(data, constant(seq - 1).data), f"{node}: frame {seq} changed"
     assert [int(data[0]) for _, data in got["check"]] == [i % 251 for i in range(count)]
+    big = sum(1 for i in range(count) if i % 4 != 3)
+    if fan_in == "supervisor":  # one pool copy per frame, for all three rings
+        assert session.metrics().frames_shared == big
+        return
     # Shared, unless the one input slot it may keep (2 slots) still waited for the slow reader:
     # then forwarded to the first output and copied to the others, as without sharing.
-    big = sum(1 for i in range(count) if i % 4 != 3)
     fan = session.metrics().nodes["fan"]
     assert fan.frames_shared > big // 3
     assert fan.frames_shared + fan.frames_forwarded == big
@@ -387,55 +397,6 @@ async def test_a_shared_frame_read_by_the_supervisor_is_copied_out_not_lent() ->
             want = constant(4 * (seq - 1) if seq <= 8 else seq - 1).data
             assert np.array_equal(data, want), f"{node}: frame {seq} changed"
     assert session.metrics().nodes["fan"].frames_shared > 8
-
-
-async def test_a_node_in_the_supervisor_fans_a_big_frame_out_from_one_copy() -> None:
-    """A supervisor-side node sending big frames to two ordinary workers and a slow in-place
-    checker: one copy in the pool, which every ring refers to (ipc/_pool.py, fan-out), reused
-    only once every ring's consumer returned its reference — the client keeps the rings full."""
-    m = fan_out("PassThrough", [("r1", "Copy"), ("r2", "Copy"), ("check", "SlowCheck")])
-    m["metadata"]["multiprocess"]["executor_overrides"]["fan"] = "inprocess"
-    count = 48
-    got: dict[str, list[tuple[int, np.ndarray]]] = {"r1": [], "r2": [], "check": []}
-    async with runtime(checksums=True, slot_count=2).open_session(m) as session:
-
-        def take(out: Output) -> None:
-            got[out.node_id].append((out.seq, np.array(out.frame.data)))
-
-        await flood(session, "fan", (constant(i) for i in range(count)), take)
-    for node in ("r1", "r2"):
-        assert [seq for seq, _ in got[node]] == list(range(1, count + 1))
-        for seq, data in got[node]:
-            assert np.array_equal(data, constant(seq - 1).data), f"{node}: frame {seq} changed"
-    assert [int(data[0]) for _, data in got["check"]] == [i % 251 for i in range(count)]
-    assert session.metrics().frames_shared == sum(1 for i in range(count) if i % 4 != 3)
-
-
-async def test_a_worker_reading_the_supervisors_shared_frames_killed_is_restarted_and_nothing_leaks(
-    tmp_path: Path,
-) -> None:
-    """A reader SIGKILLed holding a reference to the pool's copy: its repair returns the slot,
-    the pool takes the segment back once the other rings have too; every other frame intact."""
-    m = fan_out(
-        "PassThrough",
-        [("r1", "SignalNode"), ("r2", "Copy"), ("check", "SlowCheck")],
-        params={
-            "r1": {"phase": "process", "signal": "SIGKILL", "after_frames": 5, "once": str(tmp_path / "f")}
-        },
-        strategy="one_for_one",
-        max_restarts=2,
-    )
-    m["metadata"]["multiprocess"]["executor_overrides"]["fan"] = "inprocess"
-    count = 30
-    got, restarted, dropped, session = await supervised_stream(m, "fan", [constant(i) for i in range(count)])
-    assert restarted == ["r1"]
-    assert len(dropped) == 1
-    assert sorted(got["r1"]) == [s for s in range(1, count + 1) if s not in dropped]
-    for node in ("r1", "r2"):
-        for seq, data in got[node].items():
-            assert np.array_equal(data, constant(seq - 1).data), f"{node}: frame {seq} changed"
-    assert sorted(got["r2"]) == sorted(got["check"]) == list(range(1, count + 1))
-    assert session.metrics().frames_shared == sum(1 for i in range(count) if i % 4 != 3)
 
 
 async def test_a_shared_frame_kept_by_an_idle_sharer_is_not_counted_as_queued() -> None:
@@ -500,9 +461,14 @@ async def test_a_sharer_killed_while_its_shares_are_read_is_repaired_and_nothing
     assert session.metrics().nodes["fan"].frames_shared > 0
 
 
-async def test_a_reader_of_shared_frames_killed_is_repaired_and_the_sharer_goes_on(tmp_path: Path) -> None:
-    """A reader SIGKILLed holding a shared frame: its repair returns the slot, the sharer sees
-    it returned and returns its input slot; every other frame arrives intact everywhere."""
+@pytest.mark.parametrize("fan_in", ["worker", "supervisor"])
+async def test_a_reader_of_shared_frames_killed_is_repaired_and_the_sharer_goes_on(
+    tmp_path: Path, fan_in: str
+) -> None:
+    """A reader SIGKILLed holding a shared frame: its repair returns the slot; a sharing worker
+    sees it returned and returns its input slot, a sharing supervisor's pool takes the segment
+    back once the other rings have too; every other frame arrives intact everywhere, and
+    nothing is left behind."""
     m = fan_out(
         "PassThrough",
         [("r1", "SignalNode"), ("r2", "Copy"), ("check", "SlowCheck")],
@@ -517,6 +483,8 @@ async def test_a_reader_of_shared_frames_killed_is_repaired_and_the_sharer_goes_
         strategy="one_for_one",
         max_restarts=2,
     )
+    if fan_in == "supervisor":
+        m["metadata"]["multiprocess"]["executor_overrides"]["fan"] = "inprocess"
     count = 30
     got, restarted, dropped, session = await supervised_stream(m, "fan", [constant(i) for i in range(count)])
     assert restarted == ["r1"]
@@ -526,6 +494,8 @@ async def test_a_reader_of_shared_frames_killed_is_repaired_and_the_sharer_goes_
         for seq, data in got[node].items():
             assert np.array_equal(data, constant(seq - 1).data), f"{node}: frame {seq} changed"
     assert sorted(got["r2"]) == sorted(got["check"]) == list(range(1, count + 1))
-    # More than the 3 input slots it may keep at once (4 slots): it returned them as the
-    # readers went, the restarted one included.
-    assert session.metrics().nodes["fan"].frames_shared > 3
+    if fan_in == "supervisor":  # one pool copy per big frame
+        assert session.metrics().frames_shared == sum(1 for i in range(count) if i % 4 != 3)
+    else:  # more than the 3 input slots it may keep at once (4 slots): it returned them as the
+        # readers went, the restarted one included
+        assert session.metrics().nodes["fan"].frames_shared > 3
