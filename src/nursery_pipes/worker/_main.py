@@ -271,7 +271,7 @@ class _Runner:
         which would let the segment be written) until every reference was read."""
         self._kept_count = 0
         self._keep_limit: dict[Consumer, int] = {}
-        """At most ``slot_count - 1`` kept per input ring: its producer always has a slot."""
+        """At most ``slot_count - 1`` kept per input ring (beyond: forward and copy)."""
         self._can_share = False
         self._next_stats = 0.0
         self._unsent_stats = False
@@ -427,8 +427,8 @@ class _Runner:
         return []
 
     def _may_share(self) -> bool:
-        """May the frame being processed be kept, shared? Not beyond the input's limit, and
-        only if every output can wake this worker when its share was read."""
+        """May the frame being processed be kept, shared? Not beyond its input ring's limit
+        (``_can_share`` said whether this worker shares at all)."""
         consumer = self._from
         if consumer is None:
             return False
@@ -477,14 +477,18 @@ class _Runner:
             return consumer.try_receive()
         if doorbell:
             received = consumer.try_receive()
-            if received is None and (awaited := self._awaited()):  # a frame, or a share read
-                wait_any([consumer], self._idle_timeout(None), also=awaited)
-                received = consumer.try_receive()  # None: the loop returns what was read
-            elif received is None and consumer.wait(self._idle_timeout(None)):
-                control = self.control  # rung: a frame, unless a signal came (it goes first)
-                if control is None or not self._signal_waiting(control):
-                    received = consumer.try_receive()
-            return received  # None: timed out (the loop sends the counters), or a signal
+            if received is not None:
+                return received
+            timeout = self._idle_timeout(None)
+            if awaited := self._awaited():  # shares kept, no slot left upstream: a share read too
+                wait_any([consumer], timeout, also=awaited)
+                rung = True  # a frame, a share read, or the counters due: try, then the loop
+            else:
+                rung = consumer.wait(timeout)
+            control = self.control  # rung: a frame, unless a signal came (it goes first)
+            if rung and (control is None or not self._signal_waiting(control)):
+                received = consumer.try_receive()
+            return received  # None: timed out, a signal, or a share read (the loop sees to them)
         try:
             return consumer.receive(poll)
         except TimeoutError:  # nothing came: look for signals, then wait again
