@@ -9,11 +9,12 @@ existed.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
 
-from nursery_pipes import Manifest, RuntimeConfig
+from nursery_pipes import Manifest, ResourceLimitError, RuntimeConfig
 from nursery_pipes._config import SupervisionDefaults, load_config
 from nursery_pipes._errors import ConfigError
 from nursery_pipes.cli._serve import apply_overrides
@@ -193,3 +194,83 @@ def test_restart_types_alone_leave_the_servers_policy_in_force() -> None:
     assert resolve_supervision(m, RuntimeConfig()) is FAIL_FAST
     config = load_config(text="[supervision]\nmax_restarts = 2")
     assert resolve_supervision(m, config) == policy(Strategy.ONE_FOR_ONE, 2, 5.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused runs (fuse_chains): which multiprocess nodes share one worker
+
+
+def fusing(
+    connections: list[tuple[str, str]],
+    *,
+    executors: dict[str, str] | None = None,
+    restarts: dict[str, str] | None = None,
+    fuse: bool | None = True,
+    config: RuntimeConfig | None = None,
+) -> dict[str, tuple[str, ...]]:
+    """Plan a graph of PassThrough nodes (multiprocess unless ``executors`` says otherwise);
+    every node's ``chain``."""
+    ids = list(dict.fromkeys(n for edge in connections for n in edge))
+    multiprocess: dict[str, Any] = {
+        "executor_overrides": {n: (executors or {}).get(n, "multiprocess") for n in ids}
+    }
+    if fuse is not None:
+        multiprocess["fuse_chains"] = fuse
+    nodes: list[dict[str, Any]] = [{"id": n, "node_type": "PassThrough"} for n in ids]
+    for node in nodes:
+        if restarts and node["id"] in restarts:
+            node["restart"] = restarts[node["id"]]
+    doc = {
+        "version": "v1",
+        "metadata": {"name": "fusing", "multiprocess": multiprocess},
+        "nodes": nodes,
+        "connections": [{"from": a, "to": b} for a, b in connections],
+    }
+    plan = Runtime(config or RuntimeConfig(), registry=REGISTRY).plan(
+        Manifest.from_dict(doc, registry=REGISTRY)
+    )
+    processes = {n: node.processes for n, node in plan.nodes.items()}
+    assert plan.process_count == sum(processes.values())
+    for n, node in plan.nodes.items():  # a fused run takes its head's worker only
+        alone_or_head = not node.chain or node.chain[0] == n
+        assert processes[n] == int(node.executor == "multiprocess" and alone_or_head)
+    return {n: node.chain for n, node in plan.nodes.items()}
+
+
+LINE = [("a", "b"), ("b", "c"), ("c", "d")]
+
+
+def test_fuse_chains_runs_a_line_of_multiprocess_nodes_as_one_worker() -> None:
+    assert fusing(LINE) == dict.fromkeys("abcd", ("a", "b", "c", "d"))
+
+
+def test_without_fuse_chains_nothing_is_fused() -> None:
+    assert fusing(LINE, fuse=None) == dict.fromkeys("abcd", ())
+    assert fusing(
+        LINE, fuse=False, config=load_config(text="[multiprocess]\nfuse_chains = true\n")
+    ) == dict.fromkeys("abcd", ())
+    on = load_config(text="[multiprocess]\nfuse_chains = true\n")
+    assert fusing(LINE, fuse=None, config=on) == dict.fromkeys("abcd", ("a", "b", "c", "d"))
+
+
+def test_a_fan_out_or_a_fan_in_ends_a_fused_run() -> None:
+    # a → b → {c, d}; c → e; d → e; e → f: b has two outputs, e two inputs.
+    chains = fusing([("a", "b"), ("b", "c"), ("b", "d"), ("c", "e"), ("d", "e"), ("e", "f")])
+    assert chains == {"a": ("a", "b"), "b": ("a", "b"), "c": (), "d": (), "e": ("e", "f"), "f": ("e", "f")}
+
+
+def test_another_executor_or_restart_type_ends_a_fused_run_and_temporary_nodes_run_alone() -> None:
+    assert fusing(LINE, executors={"c": "inprocess"}) == {"a": ("a", "b"), "b": ("a", "b"), "c": (), "d": ()}
+    assert fusing(LINE, restarts={"c": "permanent"}) == {"a": ("a", "b"), "b": ("a", "b"), "c": (), "d": ()}
+    assert fusing(LINE, restarts=dict.fromkeys("abcd", "permanent")) == dict.fromkeys(
+        "abcd", ("a", "b", "c", "d")
+    )
+    assert fusing(LINE, restarts={"b": "temporary"}) == {"a": (), "b": (), "c": ("c", "d"), "d": ("c", "d")}
+
+
+def test_a_fused_run_counts_one_process_against_the_limit() -> None:
+    ids = [f"n{i}" for i in range(12)]
+    edges = list(itertools.pairwise(ids))
+    assert fusing(edges)["n0"] == tuple(ids)  # 12 nodes, 1 process: within the default 10
+    with pytest.raises(ResourceLimitError, match="12 worker processes"):
+        fusing(edges, fuse=False)

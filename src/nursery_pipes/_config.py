@@ -147,6 +147,12 @@ class MultiprocessDefaults(_Section, frozen=True):
     what they read) sends it to all of them by reference, keeping its input slot until they
     have read it, instead of by reference to one and copied to the others. False: the latter
     (its upstream keeps every ring slot free for pipelining; each other reader costs a copy)."""
+    fuse_chains: bool = False
+    """Consecutive multiprocess nodes joined by their only edge run in one worker process
+    (a fused run): a frame goes from one to the next as a Python object — no ring, no copy, no
+    wake-up — at the price of isolation (a failure restarts the whole run) and of parallelism
+    (the run's nodes take turns on one core). A manifest may ask either way
+    (``metadata.multiprocess.fuse_chains``)."""
 
 
 class SupervisionDefaults(_Section, frozen=True):

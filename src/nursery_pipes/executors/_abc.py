@@ -111,6 +111,10 @@ class Executor(abc.ABC):
     fuses_chains: ClassVar[bool] = False
     """It runs a run of consecutive nodes on one host as a unit (``NodeHost.chain``): the
     planner finds those runs, the executor's session runner runs them."""
+    fuses_on_request: ClassVar[bool] = False
+    """It runs such runs as a unit when the session asks (``fuse_chains``: the multiprocess
+    executor, one worker per run), where the nodes' restart types agree and are not
+    temporary — the run fails, restarts and stops as one."""
 
     def __init__(self, config: RuntimeConfig) -> None:
         self.config = config

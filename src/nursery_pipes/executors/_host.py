@@ -46,6 +46,8 @@ class SessionSettings:
     grace_period_secs: float
     python_executable: str
     close_timeout_secs: float = 30.0
+    fuse_chains: bool = False
+    """Run consecutive multiprocess nodes in one worker (``Executor.fuses_on_request``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,19 @@ worker's failure event, or the init deadline — before the ask → grace → ki
 sequence: the session's outcome is visible at the deadline, not a grace
 period later, while the worker is still being stopped inside the session's
 nursery.
+
+Fused runs (``fuse_chains``: ``NodeHost.chain``, one worker for a chain a → b → c):
+
+- the **head** (a) runs the worker, once every member has registered: its job names the
+  members after it (``WorkerJob.run``), its ports hold a's input rings and c's output rings
+  (the wiring made no ring inside the run), and it applies the worker's events to the node
+  each one names — progress, counters, signals handled or sent, sampled frames;
+- every other **member** (b, c) only mirrors the run: it is ready when the worker is (every
+  node of the run initialised, within the head's ``init_timeout_secs``), and finishes when
+  the head's job has finished normally;
+- a **failure** of any node of the run fails the head — the error names the node that
+  raised — so the session's policy restarts (or stops) the run as one, while the members
+  wait; the head's ports are the rings the run's worker held, so its repair is the run's.
 """
 
 from __future__ import annotations
@@ -46,7 +59,7 @@ from ..ipc import EndOfStream, RingAbortedError
 from ..nodes._base import Node
 from ..nodes._registry import import_ref
 from ..nodes._signals import Signal
-from ..worker import WorkerJob
+from ..worker import WorkerJob, WorkerStage
 from ..worker._events import decode_event
 from ._abc import Executor, NodePorts, NodeRunner, Placement
 from ._host import NodeHost
@@ -67,6 +80,7 @@ class MultiprocessExecutor(Executor):
     name = "multiprocess"
     placement = Placement.SHARED_MEMORY
     processes_per_node = 1
+    fuses_on_request = True
 
     def __init__(self, config: RuntimeConfig) -> None:
         super().__init__(config)
@@ -109,19 +123,69 @@ class MultiprocessExecutor(Executor):
             yield _Workers(pool)
 
 
+class _Fused:
+    """One fused run of a session: its nodes' current instances (a restarted node registers
+    anew), and what the head's worker tells the members."""
+
+    def __init__(self, chain: tuple[str, ...]) -> None:
+        self.chain = chain
+        self._hosts: dict[str, NodeHost] = {}
+        self._changed = trio.Event()
+        self.ready = trio.Event()
+        """Set once the run's worker has initialised every node (the first time)."""
+        self.done = trio.Event()
+        """Set once the head's job has finished normally: every output of the run has ended."""
+
+    def register(self, host: NodeHost) -> None:
+        self._hosts[host.node_id] = host
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def unregister(self, host: NodeHost) -> None:
+        if self._hosts.get(host.node_id) is host:
+            del self._hosts[host.node_id]
+
+    async def all_registered(self) -> list[NodeHost]:
+        while len(self._hosts) < len(self.chain):
+            await self._changed.wait()
+        return [self._hosts[node_id] for node_id in self.chain]
+
+    def host(self, stage: int) -> NodeHost | None:
+        """The current instance of the run's node ``stage`` (None between two instances)."""
+        return self._hosts.get(self.chain[stage])
+
+
 class _Workers:
     """Runs one session's nodes on a worker pool."""
 
     def __init__(self, pool: WorkerPool) -> None:
         self.pool = pool
+        self.fused: dict[tuple[str, ...], _Fused] = {}
 
     async def run_node(self, host: NodeHost, ports: NodePorts, *, task_status: trio.TaskStatus[None]) -> None:
         wiring = ports
         assert isinstance(wiring, ShmPorts), "the planner gives shared-memory nodes ShmPorts"
+        if not host.chain:
+            await self._run(host, wiring, None, task_status)
+            return
+        fused = self.fused.setdefault(host.chain, _Fused(host.chain))
+        fused.register(host)
+        try:
+            if host.node_id != host.chain[0]:
+                await _run_member(fused, host, task_status)
+            else:
+                await self._run(host, wiring, fused, task_status)
+        finally:
+            fused.unregister(host)
+
+    async def _run(
+        self, host: NodeHost, wiring: ShmPorts, fused: _Fused | None, task_status: trio.TaskStatus[None]
+    ) -> None:
         assert wiring.events is not None
         assert wiring.events_consumer is not None
-        job = self._job(host, wiring)
-        run = _NodeRun(host, wiring, self.pool)
+        members = [host] if fused is None else await fused.all_registered()
+        job = self._job(host, wiring, members[1:])
+        run = _NodeRun(host, wiring, self.pool, fused)
         host.state.fire(NodeEvent.START)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run.job, job)
@@ -130,10 +194,13 @@ class _Workers:
             finally:
                 await run.stop(host.settings.grace_period_secs)
         run.raise_outcome()
+        if fused is not None and run.finished:
+            fused.done.set()
 
-    def _job(self, host: NodeHost, wiring: ShmPorts) -> WorkerJob:
+    def _job(self, host: NodeHost, wiring: ShmPorts, members: list[NodeHost]) -> WorkerJob:
         cls = host.node_class
         assert wiring.events is not None
+        zero_copy = all(getattr(h.node_class, "zero_copy", False) for h in (host, *members))
         return WorkerJob(
             session_id=host.session_id,
             node_id=host.node_id,
@@ -146,20 +213,40 @@ class _Workers:
             control=wiring.control,
             supervisor_pid=os.getpid(),
             parent_is_forkserver=self.pool.parent_is_forkserver,
-            copy_inputs=not getattr(cls, "zero_copy", False),
+            copy_inputs=not zero_copy,  # a fused run: its nodes all see the frames the head reads
             log_level=max(logging.DEBUG, logging.getLogger().getEffectiveLevel()),
             trace_threshold=host.trace.threshold,
             share_outputs=wiring.share_outputs,
+            run=tuple(
+                WorkerStage(h.node_id, h.node_type, import_ref(h.node_class), msgspec.to_builtins(h.params))
+                for h in members
+            ),
         )
 
 
-class _NodeRun:
-    """One node's worker job and the supervisor's view of it."""
+async def _run_member(fused: _Fused, host: NodeHost, task_status: trio.TaskStatus[None]) -> None:
+    """A node of a fused run other than its head (see the module docstring): the head's worker
+    runs it; the head's events update its state, counters and progress."""
+    host.state.fire(NodeEvent.START)
+    await fused.ready.wait()  # the head's init deadline covers the whole run's initialisation
+    host.state.fire(NodeEvent.INIT_DONE)
+    host.progress("ready", 1.0)
+    task_status.started()
+    await fused.done.wait()
+    host.state.fire(NodeEvent.STOP)
+    host.state.fire(NodeEvent.FINISHED)
 
-    def __init__(self, host: NodeHost, wiring: ShmPorts, pool: WorkerPool) -> None:
+
+class _NodeRun:
+    """One node's worker job (or a fused run's) and the supervisor's view of it."""
+
+    def __init__(
+        self, host: NodeHost, wiring: ShmPorts, pool: WorkerPool, fused: _Fused | None = None
+    ) -> None:
         self.host = host
         self.wiring = wiring
         self.pool = pool
+        self.fused = fused
         self.job_scope = trio.CancelScope(shield=True)
         self.job_done = trio.Event()
         self.follow_scope = trio.CancelScope()
@@ -198,9 +285,12 @@ class _NodeRun:
 
     def _apply(self, event: dict[str, Any], task_status: trio.TaskStatus[None]) -> None:
         kind = event["type"]
-        host = self.host
+        stage = event.get("node", 0)
+        host = self.host if not stage or self.fused is None else self.fused.host(stage)
+        if host is None:
+            return  # a member between two instances (restarted with the run): nothing to update
         if kind == "progress":
-            if event["state"] == "starting":
+            if event["state"] == "starting" and not stage:
                 self.pool_taken()
             host.progress(event["state"], event["progress"], event["message"])
         elif kind == "ready":
@@ -209,6 +299,11 @@ class _NodeRun:
             host.state.fire(NodeEvent.INIT_DONE)
             host.progress("ready", 1.0)
             self.ready = True
+            if self.fused is not None:
+                for index in range(1, len(self.fused.chain)):
+                    if (member := self.fused.host(index)) is not None:
+                        member.metrics.pid = event["pid"]
+                self.fused.ready.set()
             task_status.started()
         elif kind == "frame":  # a sampled frame's timing, measured in the worker
             error = event["error"] and str(NodeError(host.node_id, "process", event["error"]))
@@ -217,10 +312,13 @@ class _NodeRun:
             )
         elif kind in ("stats", "done"):
             _update_metrics(host, event)
-        elif kind == "failed":
-            self._failed(
-                NodeError(host.node_id, event["phase"], event["message"], remote_traceback=event["traceback"])
+        elif kind == "failed":  # a fused run's node: the run (its head) fails, naming that node
+            error = NodeError(
+                host.node_id, event["phase"], event["message"], remote_traceback=event["traceback"]
             )
+            if host is not self.host and not self.ready:
+                host.progress("failed", 0.0, str(error))
+            self._failed(error)
         elif kind == "log":  # in the node's task: tagged with its session and node ids
             logger = logging.getLogger(event.get("logger") or host.logger.name)
             logger.log(event.get("level", logging.WARNING), "%s", event["message"])
@@ -261,13 +359,18 @@ class _NodeRun:
             host.progress("failed", 0.0, str(error))
         host.report_failure(error)
 
+    @property
+    def finished(self) -> bool:
+        """The job ran the node (or run) to its end: every output has ended."""
+        return self.error is None and self.result is not None and self.result.get("status") == "done"
+
     def raise_outcome(self) -> None:
         host = self.host
         if self.error is None and self.crash is not None:
             self._failed(_crash_error(host.node_id, "process" if self.ready else "initialize", self.crash))
         if self.error is not None:
             raise self.error
-        if self.result is not None and self.result.get("status") == "done":
+        if self.finished:
             host.state.fire(NodeEvent.STOP)
             host.state.fire(NodeEvent.FINISHED)
         # else: stopped on request (the session is ending)
@@ -294,6 +397,7 @@ def _update_metrics(host: NodeHost, stats: dict[str, Any]) -> None:
     m.frames_in_place = stats.get("frames_in_place", m.frames_in_place)
     m.frames_forwarded = stats.get("frames_forwarded", m.frames_forwarded)
     m.frames_shared = stats.get("frames_shared", m.frames_shared)
+    m.init_s = stats.get("init_s", m.init_s)
 
 
 async def _next_event(consumer: TrioConsumer) -> dict[str, Any]:

@@ -38,6 +38,7 @@ is not restarted (temporary) is taken over for good instead
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -133,9 +134,18 @@ class ShmPorts:
     rings: list[Ring] = field(default_factory=list)
     stop_mode: StopMode = "ask"
     """How the executor stops this node's worker (see :data:`StopMode`); the session sets it."""
+    run: ShmPorts | None = None
+    """For a member of a fused run other than its head (``NodeHost.chain``): the head's ports —
+    its worker runs this node; these ports have no rings of their own."""
+    stage: int = 0
+    """Its place in its fused run (0: the head, or a node that runs alone)."""
 
     def flow(self) -> Flow:
-        """What the supervisor sees of this worker's edges (racy: the worker runs meanwhile)."""
+        """What the supervisor sees of this worker's edges (racy: the worker runs meanwhile).
+        A fused run's member sees its head's, with nothing queued (frames wait for the run
+        at its head): the run is at work or waits as one."""
+        if self.run is not None:
+            return dataclasses.replace(self.run.flow(), queued_in=0)
         inputs = {spec.name for spec in self.inputs}
         outputs = {spec.name for spec in self.outputs}
         queued, ended, full = 0, True, False
@@ -380,10 +390,19 @@ class ShmTransport:
         """Put ``signal`` on the worker's control ring (never blocks). The worker reads it
         before its next frame, between two outputs, or — idle — at once: its inputs' doorbells
         are rung after the signal is put (a worker waits on those, never on a timeout)."""
+        stage = ports.stage
+        if ports.run is not None:  # a fused run's member: through its head's worker, naming it
+            ports = ports.run
         assert ports.control_producer is not None, "node_ports() made the control ring"
-        meta = msgspec.json.encode(
-            {"name": signal.name, "payload": dict(signal.payload), "origin": signal.origin, "id": signal.id}
-        )
+        sent = {
+            "name": signal.name,
+            "payload": dict(signal.payload),
+            "origin": signal.origin,
+            "id": signal.id,
+        }
+        if stage:
+            sent["stage"] = stage
+        meta = msgspec.json.encode(sent)
         if len(meta) > 4000:
             raise InputError(
                 f"signal {signal.name!r}: its payload is too big ({len(meta)} bytes of JSON, at most 4000)"

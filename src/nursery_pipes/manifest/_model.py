@@ -69,6 +69,9 @@ class MultiprocessConfig(_Strict, frozen=True):
     close_timeout_secs: Annotated[float, msgspec.Meta(ge=1, le=300)] | None = None
     python_executable: str | None = None
     enable_backpressure: bool | None = None
+    fuse_chains: bool | None = None
+    """Run consecutive multiprocess nodes joined by their only edge in one worker (a fused
+    run); None: runtime.toml's ``[multiprocess] fuse_chains`` (off by default)."""
     executor_overrides: dict[str, Executor] = msgspec.field(default_factory=dict)
 
 

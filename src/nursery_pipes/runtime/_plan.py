@@ -72,8 +72,9 @@ class NodePlan:
     """Its manifest entry as written (what a remote executor sends on)."""
     chain: tuple[str, ...] = ()
     """The run of consecutive nodes it belongs to that its executor runs as one unit
-    (``Executor.fuses_chains``: the remote executor's nodes on one host), in order; empty
-    when it runs alone."""
+    (``Executor.fuses_chains``: the remote executor's nodes on one host; with ``fuse_chains``,
+    multiprocess nodes in one worker), in order; empty when it runs alone. Only the run's
+    head counts its ``processes``."""
     restart: RestartType = RestartType.TRANSIENT
     """What its failure means: restarted (permanent, transient — alike in a pipeline, where a
     node only ends normally when its inputs have) or not (temporary: its outputs end)."""
@@ -161,6 +162,7 @@ def resolve_settings(manifest: Manifest, config: RuntimeConfig) -> SessionSettin
         grace_period_secs=defaults.grace_period_secs,
         python_executable=mp.python_executable or defaults.python_executable,
         close_timeout_secs=float(mp.close_timeout_secs or defaults.close_timeout_secs),
+        fuse_chains=mp.fuse_chains if mp.fuse_chains is not None else defaults.fuse_chains,
     )
 
 
@@ -261,9 +263,12 @@ def plan_session(
         issues += _executable_issues(settings.python_executable)
     if issues:
         raise ManifestError(issues, manifest.source)
-    for chain in fused_chains(nodes, executors):
+    for chain in fused_chains(nodes, executors, fuse_on_request=settings.fuse_chains):
         for node_id in chain:
-            nodes[node_id] = replace(nodes[node_id], chain=chain)
+            node = nodes[node_id]
+            # One unit: the head's worker (or remote call) runs the whole run.
+            processes = node.processes if node_id == chain[0] else 0
+            nodes[node_id] = replace(node, chain=chain, processes=processes)
     plan = SessionPlan(
         manifest=manifest,
         settings=settings,
@@ -282,16 +287,32 @@ def plan_session(
     return plan
 
 
-def fused_chains(nodes: Mapping[str, NodePlan], executors: Mapping[str, Executor]) -> list[tuple[str, ...]]:
+def fused_chains(
+    nodes: Mapping[str, NodePlan], executors: Mapping[str, Executor], *, fuse_on_request: bool = False
+) -> list[tuple[str, ...]]:
     """The maximal runs a → b → … of two or more nodes that one executor runs as a unit: each
     link is the only edge out of a and the only edge into b, and both run on the same executor,
-    which fuses chains, on the same host. (A sans-I/O walk over the plan's nodes.)"""
+    on the same host, which fuses chains — always (``Executor.fuses_chains``: remote) or when
+    the session asks (``fuse_on_request``, ``Executor.fuses_on_request``: multiprocess) and the
+    two nodes' restart types agree and are not temporary (the run fails, restarts and stops as
+    one; a temporary node stopped for good would leave the rest of its run nothing to do).
+    (A sans-I/O walk over the plan's nodes.)"""
+
+    def fuses(executor: Executor, a: NodePlan, b: NodePlan) -> bool:
+        if executor.fuses_chains:
+            return True
+        return (
+            executor.fuses_on_request
+            and fuse_on_request
+            and a.restart is b.restart
+            and a.restart is not RestartType.TEMPORARY
+        )
 
     def fusible(a: NodePlan, b: NodePlan) -> bool:
         executor = executors.get(a.executor)
         return (
             executor is not None
-            and executor.fuses_chains
+            and fuses(executor, a, b)
             and a.executor == b.executor
             and a.spec is not None
             and b.spec is not None

@@ -5,6 +5,12 @@ the downstream node's inbox. Shared-memory edges are rings from the session's
 transport: a supervisor-side end becomes an OutPort (producer) or a pump task
 (consumer); a shared-memory end becomes a ring spec in that node's ShmPorts.
 Which it is follows from the placement the plan asked each executor for.
+
+A fused run of shared-memory nodes (``NodePlan.chain``: one worker runs them all) is one
+worker to the rings: its head's ports hold the head's input rings and the tail's output
+rings, the edges inside the run have no ring at all (the worker hands frames from node to
+node as objects), and every other member's ports point at the head's
+(``ShmPorts.run``: signals go through the head's control ring, naming the member).
 """
 
 from __future__ import annotations
@@ -58,14 +64,21 @@ def wire(plan: SessionPlan, events: EventQueue, capacity: float, transport: ShmT
             send, recv = trio.open_memory_channel[Message](capacity)
             inboxes[nid] = send
             ports[nid] = SupervisorPorts(expected_eos=len(node.inputs), inbox=recv)
-        else:
+        elif _worker_of(plan, nid) == nid:
             assert transport is not None, "shared-memory nodes need a shared-memory transport"
             shm = transport.node_ports()
             if plan.survives_failures:
                 shm.stop_mode = "keep"  # never abort rings a restarted node will use
             ports[nid] = shm
+    for nid, node in plan.nodes.items():  # the other members of fused runs: the head's worker
+        if nid not in ports:
+            head = ports[node.chain[0]]
+            assert isinstance(head, ShmPorts)
+            ports[nid] = ShmPorts(run=head, stage=node.chain.index(nid), stop_mode=head.stop_mode)
     wiring = Wiring(ports=ports, ingress={})
     for edge in plan.edges:
+        if _inside_run(plan, edge.src, edge.dst):
+            continue  # the worker passes frames from one member to the next itself
         if edge.transport == "memory":
             _add_sender(wiring, edge.src, edge.dst, _receiving_port(edge.src, edge.dst, inboxes, events))
         else:
@@ -102,6 +115,20 @@ def _shm_ports(wiring: Wiring, node_id: str) -> ShmPorts:
     return ports
 
 
+def _worker_of(plan: SessionPlan, node_id: str) -> str:
+    """The node whose worker runs ``node_id``: the head of its fused run, or itself."""
+    node = plan.nodes[node_id]
+    return node.chain[0] if node.chain and not node.on_supervisor else node_id
+
+
+def _inside_run(plan: SessionPlan, src: str, dst: str) -> bool:
+    """Is src → dst a link inside a fused run of shared-memory nodes (no ring)?"""
+    if CLIENT in (src, dst):
+        return False
+    node = plan.nodes[src]
+    return bool(node.chain) and not node.on_supervisor and dst in node.chain
+
+
 def _temporary(plan: SessionPlan, node_id: str) -> bool:
     return plan.nodes[node_id].restart is RestartType.TEMPORARY
 
@@ -112,7 +139,8 @@ def _copies_inputs(plan: SessionPlan, node_id: str) -> bool:
     if node_id == CLIENT:
         return False
     node = plan.nodes[node_id]
-    return node.executor == "multiprocess" and not getattr(node.node_class, "zero_copy", False)
+    run = [plan.nodes[n] for n in node.chain] if node.chain else [node]  # a fused run: its head reads
+    return node.executor == "multiprocess" and not all(getattr(n.node_class, "zero_copy", False) for n in run)
 
 
 def _shares(plan: SessionPlan, node_id: str) -> bool:
@@ -150,7 +178,7 @@ def _shm_edge(
         share = src != CLIENT and transport.share_fan_out and _shares(plan, src)
         _add_sender(wiring, src, dst, transport.port(ring, share=share))
     else:
-        producer = _shm_ports(wiring, src)
+        producer = _shm_ports(wiring, _worker_of(plan, src))  # a fused run's tail: its head's worker
         producer.outputs.append(ring.spec)
         producer.share_outputs = sharing
         producer.rings.append(ring)
@@ -158,7 +186,7 @@ def _shm_edge(
     if dst_in_supervisor:
         wiring.pumps.append(transport.pump(ring, _receiving_port(src, dst, inboxes, events)))
     else:
-        consumer = _shm_ports(wiring, dst)
+        consumer = _shm_ports(wiring, _worker_of(plan, dst))
         consumer.inputs.append(ring.spec)
         if ring not in consumer.rings:
             consumer.rings.append(ring)

@@ -23,6 +23,14 @@ Life of a worker:
 4. when every input has ended: ``flush``, end every output ring, ``cleanup``,
    report ``done`` with the counters.
 
+Fused runs (``WorkerJob.run``, ``[multiprocess] fuse_chains``): the worker runs a chain of
+nodes a → b → c joined by their only edges, reading a's input rings and writing c's output
+rings. Each output of a goes straight into b's ``process`` (and so on, depth first), as the
+object a made: no ring, no copy, no wake-up between them. Every node keeps its own counters,
+signals (``"stage"`` in the control ring's JSON) and failures; the events say which node
+they are about. A signal that drops work aborts the frame in flight of that node only if
+it is at work on it; nothing is ever queued between two nodes of a run.
+
 Restarts: a worker may be the replacement of one that died. The supervisor
 first repairs the rings (``ShmTransport.recover``); this worker then attaches
 to the same rings like any other: each input starts at the first frame its
@@ -100,12 +108,43 @@ _LABELS = {kind: kind.label for kind in FrameKind}
 
 
 class _SignalAbort(Exception):
-    """A signal dropped the frame in flight: its remaining outputs go nowhere."""
+    """A signal dropped the frame in flight of node ``stage`` of the run: its remaining outputs
+    go nowhere."""
+
+    def __init__(self, stage: int = 0) -> None:
+        super().__init__(stage)
+        self.stage = stage
+
+
+def _new_stats() -> dict[str, Any]:
+    return {
+        "frames_in": 0,
+        "frames_out": 0,
+        "bytes_in": 0,
+        "bytes_out": 0,
+        "processing_s": 0.0,
+        "init_s": 0.0,
+        "kinds_out": {},
+        "frames_in_place": 0,
+        "frames_forwarded": 0,
+        "frames_shared": 0,
+    }
+
+
+@dataclass(frozen=True)
+class WorkerStage:
+    """A node after the head of a fused run, run by the head's worker (picklable)."""
+
+    node_id: str
+    node_type: str
+    import_ref: str
+    params: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class WorkerJob:
-    """Everything a worker needs to run one node (picklable)."""
+    """Everything a worker needs to run one node — or a fused run of nodes, ``run`` after
+    this one (picklable)."""
 
     session_id: str
     node_id: str
@@ -130,6 +169,9 @@ class WorkerJob:
     """An output that lies in the big input frame goes to every output ring by reference (fan-out
     by reference, ``ipc/_ownership.py``) instead of by reference to the first and copied to the
     others: set when at least two of the rings' readers copy their input anyway."""
+    run: tuple[WorkerStage, ...] = ()
+    """The nodes after this one in its fused run, in order: each output of one goes into the
+    next one's ``process``; the last one's outputs go to ``outputs``."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -225,11 +267,17 @@ class KeptInputError(RuntimeError):
     That memory is a shared-memory slot the next frames are written to: the worker stops
     rather than return the slot, so the node never sees it change under it."""
 
-    def __init__(self, node_type: str) -> None:
+    def __init__(self, node_type: str, run: tuple[str, ...] = ()) -> None:
+        who = (
+            f"{node_type} declares zero_copy = True but kept"
+            if not run
+            else f"{node_type} and the nodes fused after it ({', '.join(run)}) all declare "
+            "zero_copy = True, and one of them kept"
+        )
         super().__init__(
-            f"{node_type} declares zero_copy = True but kept its input frame (or a view of its "
-            "data) after process() returned; the shared memory behind it would be reused for the "
-            "next frame. Keep a copy (np.array(frame.samples)), or remove zero_copy = True"
+            f"{who} its input frame (or a view of its data) after process() returned; the shared "
+            "memory behind it would be reused for the next frame. Keep a copy "
+            "(np.array(frame.samples)), or remove zero_copy = True"
         )
 
 
@@ -246,18 +294,25 @@ class _Runner:
         """Inputs that have not ended (the frame loop's, and what a dropping signal drains)."""
         self.phase = "initialize"
         self.node: Node[Any] | None = None
-        self.stats: dict[str, Any] = {
-            "frames_in": 0,
-            "frames_out": 0,
-            "bytes_in": 0,
-            "bytes_out": 0,
-            "processing_s": 0.0,
-            "init_s": 0.0,
-            "kinds_out": {},
-            "frames_in_place": 0,
-            "frames_forwarded": 0,
-            "frames_shared": 0,
-        }
+        """The head of the run (the one node of a worker that runs one)."""
+        self.nodes: list[Node[Any]] = []
+        """Every node of the run built so far, in order."""
+        self.ids = [job.node_id, *(stage.node_id for stage in job.run)]
+        self.types = [job.node_type, *(stage.node_type for stage in job.run)]
+        self.last = len(job.run)
+        """The run's last node: its outputs go to the output rings."""
+        self.stage = 0
+        """The node of the run whose code runs now (or last raised): what a failure names."""
+        self.stage_stats: list[dict[str, Any]] = [_new_stats() for _ in self.ids]
+        self.stats = self.stage_stats[0]
+        self._tail = self.stage_stats[-1]
+        """The last node's counters: the output rings' frames, forwarded, shared, in place."""
+        self._accepts: list[frozenset[FrameKind]] = []
+        self._dropping: set[int] = set()
+        """Nodes of the run a signal told to drop the frame they are at work on: each stops at
+        its next output."""
+        self._tracing = False
+        """The frame in flight is sampled for tracing: each node's part is timed."""
         self.last_seq = 0
         self._input: Received | None = None
         """The input frame being processed: an output whose payload lies in its external segment
@@ -306,60 +361,69 @@ class _Runner:
 
     def run(self) -> dict[str, Any]:
         try:
-            self.events.progress("starting", 0.0)
-            self.node = self._build()
-            self._initialize(self.node)
-            if self.control is not None and cancels_work(self.node):
+            refs = [(self.job.import_ref, self.job.params), *((s.import_ref, s.params) for s in self.job.run)]
+            for stage, (ref, params) in enumerate(refs):  # built and initialized in order
+                self.stage = stage
+                self.events.progress("starting", 0.0, node=stage)
+                self.nodes.append(self._build(stage, ref, params))
+                self._initialize(stage, self.nodes[stage])
+            self.node = self.nodes[0]
+            self.events.ready(os.getpid(), self.stats["init_s"])  # the others': in their counters
+            self._accepts = [type(node).accepts for node in self.nodes]
+            if self.control is not None and any(cancels_work(node) for node in self.nodes):
                 self.watch = BusyWatch(self.control, self._cancel_work)
             self.phase = "process"
             self._loop(self.node)
             self.phase = "flush"
-            self._emit_all(self.node.flush, "flush")
+            for stage, node in enumerate(self.nodes):  # each one's flush outputs go through the rest
+                self._emit_all(stage, node.flush, "flush")
             for out in self.outputs:
                 if not out.eos_sent:  # a predecessor that died after ending it
                     out.end_of_stream()
         except RingAbortedError:
             return {"status": "stopped", **self.stats}
         except BaseException as exc:
-            self.events.failed(self.phase, exc)
+            self.events.failed(self.phase, exc, node=self.stage)
             return {"status": "failed", "phase": self.phase, **self.stats}
         finally:
             if self.watch is not None:
                 self.watch.close()
-            if self.node is not None:  # built: cleanup() is owed even if initialize failed
-                self._cleanup(self.node)
+            for stage, node in enumerate(self.nodes):  # built: cleanup() is owed even if initialize failed
+                self._cleanup(stage, node)
+        for stage in range(1, len(self.nodes)):  # the other nodes' last counters, before "done"
+            self.events.stats(self.stage_stats[stage], node=stage, required=True)
         self.events.done(self.stats)
         return {"status": "done", **self.stats}
 
-    def _build(self) -> Node[Any]:
-        cls = load_ref(self.job.import_ref)
-        params = msgspec.convert(self.job.params, cls.Params)
+    def _build(self, stage: int, ref: str, raw: dict[str, Any]) -> Node[Any]:
+        cls = load_ref(ref)
+        params = msgspec.convert(raw, cls.Params)
+        node_id = self.ids[stage]
         context = NodeContext(
-            node_id=self.job.node_id,
-            node_type=self.job.node_type,
+            node_id=node_id,
+            node_type=self.types[stage],
             session_id=self.job.session_id,
             executor="multiprocess",
-            logger=logging.getLogger(f"nursery_pipes.node.{self.job.node_id}"),
+            logger=logging.getLogger(f"nursery_pipes.node.{node_id}"),
             in_worker_process=True,
-            allocate_output=self._loan_output,
-            send_signal=lambda name, to, payload: self.events.send_signal(name, to, payload),
+            # Only the run's last node writes into the output rings: the others' arrays are plain.
+            allocate_output=self._loan_output if stage == self.last else None,
+            send_signal=lambda name, to, payload: self.events.send_signal(name, to, payload, node=stage),
         )
         return cls(params, context)
 
-    def _initialize(self, node: Node[Any]) -> None:
+    def _initialize(self, stage: int, node: Node[Any]) -> None:
         started = time.perf_counter()
         result = node.initialize(
-            lambda fraction, message="": self.events.progress("loading", fraction, message)
+            lambda fraction, message="": self.events.progress("loading", fraction, message, node=stage)
         )
         if result is not None:
             raise TypeError(
-                f"{self.job.node_type}.initialize is asynchronous; async nodes must run in-process"
+                f"{self.types[stage]}.initialize is asynchronous; async nodes must run in-process"
             )
-        self.stats["init_s"] = time.perf_counter() - started
-        self.events.ready(os.getpid(), self.stats["init_s"])
+        self.stage_stats[stage]["init_s"] = time.perf_counter() - started
 
     def _loop(self, node: Node[Any]) -> None:
-        self.accepts = type(node).accepts
         threshold = self.job.trace_threshold
         active = self.active = list(self.inputs)  # an input a predecessor read to its end is ended
         single = len(active) == 1
@@ -373,7 +437,7 @@ class _Runner:
             if self._kept_count:
                 self._return_kept()
             if control is not None and self._signal_waiting(control):  # ahead of every frame queued
-                self._signals(node, None)
+                self._signals(None)
                 continue
             ready = active if single else wait_any(active, self._idle_timeout(poll), also=self._awaited())
             for consumer in ready:
@@ -391,13 +455,19 @@ class _Runner:
                 # dropped (ipc/_repair.py). Copied or not, the frame is held until then.
                 began = time.perf_counter()
                 self._from = consumer
-                if threshold and sampled(received.header.seq, threshold):
+                if threshold and sampled(received.header.seq, threshold) and self.last:
+                    self._tracing = True  # a fused run: each node times its own part
+                    try:
+                        writing, view = self._process(node, received)
+                    finally:
+                        self._tracing = False
+                elif threshold and sampled(received.header.seq, threshold):
                     writing, view = self._process_traced(node, received)
                 else:
                     writing, view = self._process(node, received)
                 received.finish()  # its outputs are out: a repair does not report it dropped
                 if view is not None and view() is not None and _still_held(view):
-                    raise KeptInputError(self.job.node_type)  # the slot stays taken: never reused
+                    raise KeptInputError(self.job.node_type, tuple(self.types[1:]))  # the slot stays taken
                 if self._lent:
                     self._check_lent()
                 if self._shares:  # read elsewhere by reference: kept until every reader is done
@@ -453,7 +523,7 @@ class _Runner:
                 out.send_frame(encoded, seq)
             else:
                 shares.append((out, pos))
-        self.stats["frames_shared"] += 1
+        self._tail["frames_shared"] += 1
         return True
 
     def _idle_timeout(self, poll: float | None) -> float | None:
@@ -494,22 +564,28 @@ class _Runner:
         except TimeoutError:  # nothing came: look for signals, then wait again
             return None
 
-    def _signals(self, node: Node[Any], in_flight: int | None) -> bool:
-        """Give the node every signal on the control ring; True if one asked to drop: the
-        queued input frames are then dropped, and the caller aborts the frame in flight."""
+    def _signals(self, in_flight: int | None, busy: int = -1) -> None:
+        """Give each node of the run its signals from the control ring. One that asks to drop:
+        for the head, the queued input frames are dropped (nothing is ever queued for the
+        others); a node at work on the frame in flight (``busy``: the stages ``0..busy`` are)
+        is marked in ``_dropping``: it stops at its next output (:class:`_SignalAbort`)."""
         assert self.control is not None
-        dropping = False
         for sent in self._signals_sent():
+            stage = sent.get("stage", 0)
+            node = self.nodes[stage]
             self.phase, phase = "on_signal", self.phase
+            self.stage, running = stage, self.stage
             drop = bool(node.on_signal(Signal(sent["name"], sent["payload"], sent["origin"], sent["id"])))
-            self.phase = phase
-            dropped = self._drop_queued() if drop else []
-            self.events.signal_handled(sent, dropped, in_flight if drop and not dropping else None)
-            dropping = dropping or drop
+            self.phase, self.stage = phase, running
+            dropped = self._drop_queued() if drop and stage == 0 else []
+            aborted = drop and stage <= busy and stage not in self._dropping
+            if aborted:
+                self._dropping.add(stage)
+            self.events.signal_handled(sent, dropped, in_flight if aborted else None, node=stage)
             if sent["name"] == FLUSH and not drop:
                 with contextlib.suppress(_SignalAbort):
-                    self._emit_all(node.flush, "flush")
-        return dropping
+                    self._emit_all(stage, node.flush, "flush")
+                self.stage = running
 
     def _signal_waiting(self, control: Consumer) -> bool:
         return control.ready() or (self.watch is not None and self.watch.pending)
@@ -525,44 +601,51 @@ class _Runner:
             yield sent
 
     def _cancel_work(self, sent: dict[str, Any]) -> None:
-        """On the watcher's thread, while node code runs: tell the node a signal came."""
-        assert self.node is not None
+        """On the watcher's thread, while node code runs: tell the node a signal came — if it
+        is the node of the run whose code runs now (another one is not at work)."""
+        stage = sent.get("stage", 0)
+        if stage != self.stage or stage >= len(self.nodes):
+            return
         try:
-            self.node.cancel_work(Signal(sent["name"], sent["payload"], sent["origin"], sent["id"]))
+            self.nodes[stage].cancel_work(Signal(sent["name"], sent["payload"], sent["origin"], sent["id"]))
         except Exception:  # the signal still reaches on_signal once the code returns
-            logging.getLogger(f"nursery_pipes.node.{self.job.node_id}").exception(
+            logging.getLogger(f"nursery_pipes.node.{self.ids[stage]}").exception(
                 "%s.cancel_work failed for signal %r; it is delivered when the hook returns",
-                self.job.node_type,
+                self.types[stage],
                 sent["name"],
             )
 
-    def _watched(self, step: Callable[[], Any], in_flight: int | None) -> Any:
+    def _watched(self, step: Callable[[], Any], in_flight: int | None, stage: int) -> Any:
         """Run a piece of node code with the watcher on. If it raises after the watcher gave the
         node a signal, the signals are delivered now: one that drops makes the error part of
         the abort (the node stopped its work on request), not a failure."""
-        watch, node = self.watch, self.node
+        watch = self.watch
         assert watch is not None
-        assert node is not None
         watch.busy()
         try:
             return step()
         except Exception:
             watch.idle()
-            if watch.took and self._signals(node, in_flight):
-                raise _SignalAbort from None
+            if watch.took:
+                self._signals(in_flight, stage)
+                if stage in self._dropping:
+                    raise _SignalAbort(stage) from None
             raise
         finally:
             watch.idle()
 
     def _watched_outputs(
-        self, hook: Any, args: tuple[Any, ...], where: str, in_flight: int | None
+        self, hook: Any, args: tuple[Any, ...], where: str, in_flight: int | None, stage: int
     ) -> Generator[Frame, None, None]:
         """:func:`iter_outputs` of a hook, each piece of the node's code run :meth:`_watched`."""
-        result = self._watched(functools.partial(hook, *args), in_flight)
+        result = self._watched(functools.partial(hook, *args), in_flight, stage)
         outputs = iter_outputs(result, where)
         try:
-            while (frame := self._watched(functools.partial(next, outputs, None), in_flight)) is not None:
+            while (
+                frame := self._watched(functools.partial(next, outputs, None), in_flight, stage)
+            ) is not None:
                 yield frame
+                self.stage = stage  # back from the nodes after it
         finally:
             outputs.close()
 
@@ -591,22 +674,72 @@ class _Runner:
         if not self.job.copy_inputs and (array := slot_array(frame)) is not None:
             view = weakref.ref(array)
             del array
-        if frame.kind not in self.accepts:
-            accepted = ", ".join(sorted(k.label for k in self.accepts))
-            raise TypeError(
-                f"{self.job.node_type} does not accept {frame.kind.label} frames (accepts {accepted})"
-            )
+        self.stage = 0
+        self._check_kind(0, frame)
         self.stats["frames_in"] += 1
         self.stats["bytes_in"] += frame.nbytes
         self.last_seq = received.header.seq
         self._input = received
         try:
-            return self._write_outputs(node.process, "process", frame), view
+            if self._tracing:  # a fused run: each node times its own part
+                return self._traced(0, node, frame), view
+            return self._write_outputs(0, node.process, "process", frame), view
         except _SignalAbort:  # dropped by a signal (reported): the frame is done with
             self._abandon_loan()
             return 0.0, view
         finally:
             self._input = None
+            self._dropping.clear()
+
+    def _check_kind(self, stage: int, frame: Frame) -> None:
+        accepts = self._accepts[stage]
+        if frame.kind not in accepts:
+            accepted = ", ".join(sorted(k.label for k in accepts))
+            raise TypeError(
+                f"{self.types[stage]} does not accept {frame.kind.label} frames (accepts {accepted})"
+            )
+
+    def _feed(self, stage: int, frame: Frame) -> float:
+        """An output of node ``stage - 1`` of the run goes into node ``stage``'s ``process``
+        (and its outputs on, depth first). Returns 0: its own time is counted as its own."""
+        began = time.perf_counter()
+        self.stage = stage
+        self._check_kind(stage, frame)
+        stats = self.stage_stats[stage]
+        stats["frames_in"] += 1
+        stats["bytes_in"] += frame.nbytes
+        node = self.nodes[stage]
+        try:
+            if self._tracing:
+                writing = self._traced(stage, node, frame)
+            else:
+                writing = self._write_outputs(stage, node.process, "process", frame)
+        except _SignalAbort as abort:
+            if abort.stage != stage:
+                raise  # an earlier node of the run dropped its frame: this one's part goes too
+            self._dropping.discard(stage)
+            writing = 0.0
+            if stage == self.last:
+                self._abandon_loan()
+        stats["processing_s"] += time.perf_counter() - began - writing
+        self.stage = stage - 1
+        return 0.0
+
+    def _traced(self, stage: int, node: Node[Any], frame: Frame) -> float:
+        """Node ``stage`` of a fused run processes a sampled frame: its part (its own process
+        call with the run's nodes after it nested inside) is sent as a ``frame`` event."""
+        stats, started = self.stage_stats[stage], time.time_ns()
+        counted = stats["bytes_in"] - frame.nbytes, stats["bytes_out"]
+        try:
+            writing = self._write_outputs(stage, node.process, "process", frame)
+        except (RingAbortedError, _SignalAbort):
+            raise
+        except BaseException as exc:
+            if self.stage == stage:  # it raised (not a node after it: that one says so)
+                self._frame_event(self.last_seq, started, counted, exc, stage)
+            raise
+        self._frame_event(self.last_seq, started, counted, None, stage)
+        return writing
 
     def _process_traced(self, node: Node[Any], received: Received) -> tuple[float, weakref.ref[Any] | None]:
         """:meth:`_process` of a sampled frame, timed for the supervisor's tracing: from taking
@@ -618,13 +751,13 @@ class _Runner:
         except RingAbortedError:
             raise  # stopped on request: the frame never finished, and nothing failed
         except BaseException as exc:
-            self._frame_event(received.header.seq, started, counted, exc)
+            self._frame_event(received.header.seq, started, counted, exc, 0)
             raise
-        self._frame_event(received.header.seq, started, counted, None)
+        self._frame_event(received.header.seq, started, counted, None, 0)
         return result
 
     def _frame_event(
-        self, seq: int, started: int, counted: tuple[int, int], error: BaseException | None
+        self, seq: int, started: int, counted: tuple[int, int], error: BaseException | None, stage: int
     ) -> None:
         message = (
             ""
@@ -633,7 +766,7 @@ class _Runner:
             if str(error)
             else type(error).__name__
         )
-        stats = self.stats
+        stats = self.stage_stats[stage]
         self.events.frame(
             seq,
             started,
@@ -641,39 +774,56 @@ class _Runner:
             stats["bytes_in"] - counted[0],
             stats["bytes_out"] - counted[1],
             message,
+            node=stage,
         )
 
-    def _emit_all(self, hook: Any, phase: str, *args: Any) -> None:
-        """Call a hook and write each output as it comes; time the node's work, not the writes."""
+    def _emit_all(self, stage: int, hook: Any, phase: str, *args: Any) -> None:
+        """Call a hook of node ``stage`` and pass each output on as it comes; time the node's
+        work, not the writes (nor the nodes after it in a fused run)."""
         began = time.perf_counter()
-        writing = self._write_outputs(hook, phase, *args)
-        self.stats["processing_s"] += time.perf_counter() - began - writing
+        self.stage = stage
+        try:
+            writing = self._write_outputs(stage, hook, phase, *args)
+        except _SignalAbort as abort:
+            if abort.stage != stage:
+                raise
+            self._dropping.discard(stage)
+            writing = 0.0
+        self.stage_stats[stage]["processing_s"] += time.perf_counter() - began - writing
         if self._lent:
             self._check_lent()
 
-    def _write_outputs(self, hook: Any, phase: str, *args: Any) -> float:
-        where = f"{self.job.node_type}.{phase}"
+    def _write_outputs(self, stage: int, hook: Any, phase: str, *args: Any) -> float:
+        """Call a hook of node ``stage`` and pass each output on: into the output rings (the
+        run's last node), else into the next node's ``process``. Between two outputs, the
+        signals come first; one that drops this node's frame stops it (:class:`_SignalAbort`).
+        Returns the time spent passing outputs on."""
+        where = f"{self.types[stage]}.{phase}"
         writing = 0.0
-        control, node = self.control, self.node
+        control = self.control
         in_flight = self.last_seq if phase == "process" else None
         outputs: Generator[Frame, None, None] = (
             iter_outputs(hook(*args), where)
             if self.watch is None
-            else self._watched_outputs(hook, args, where, in_flight)
+            else self._watched_outputs(hook, args, where, in_flight, stage)
         )
+        last = stage == self.last
         for frame in outputs:
-            if (
-                control is not None
-                and node is not None
-                and self._signal_waiting(control)
-                and self._signals(node, in_flight)
-            ):
+            if control is not None and self._signal_waiting(control) and self.nodes:
+                self._signals(in_flight, stage)
+            if self._dropping and stage in self._dropping:
                 outputs.close()  # the node's generator stops at its yield
-                raise _SignalAbort
+                raise _SignalAbort(stage)
             paused = time.perf_counter()
-            self._write(frame)
+            if last:
+                self._write(frame)
+            else:
+                self._count_out(self.stage_stats[stage], frame, frame.nbytes)
+                self._feed(stage + 1, frame)
+                self.stage = stage
             writing += time.perf_counter() - paused
-        self._abandon_loan()
+        if last:
+            self._abandon_loan()
         return writing
 
     def _abandon_loan(self) -> None:
@@ -689,7 +839,7 @@ class _Runner:
         ring, lent until the frame built on it is written (see :meth:`_write_loaned`)."""
         if self._loaned is not None:
             raise OutputArrayError(
-                self.job.node_type,
+                self.types[self.last],
                 "asked output_array() again before emitting the frame built on the previous one",
             )
         nbytes = math.prod(shape) * dtype.itemsize
@@ -707,20 +857,25 @@ class _Runner:
         for ref in lent:
             if ref() is not None and _still_held(ref):
                 raise OutputArrayError(
-                    self.job.node_type, "kept an array from output_array() after the call returned"
+                    self.types[self.last], "kept an array from output_array() after the call returned"
                 )
 
-    def _write(self, frame: Frame) -> None:
-        encoded = encode_frame(frame)
-        stats = self.stats
-        stats["frames_out"] += 1  # counted first: nothing but the commits before the release
-        stats["bytes_out"] += encoded.payload.nbytes
+    @staticmethod
+    def _count_out(stats: dict[str, Any], frame: Frame, nbytes: int) -> None:
+        stats["frames_out"] += 1
+        stats["bytes_out"] += nbytes
         kinds = stats["kinds_out"]
         label = _LABELS[frame.kind]
         kinds[label] = kinds.get(label, 0) + 1
+
+    def _write(self, frame: Frame) -> None:
+        """Write an output of the run's last node to every output ring."""
+        encoded = encode_frame(frame)
+        # counted first: nothing but the commits before the release
+        self._count_out(self._tail, frame, encoded.payload.nbytes)
         if self._given_back and any(ref() is slot_array(frame) for ref in self._given_back):
             raise OutputArrayError(
-                self.job.node_type,
+                self.types[self.last],
                 "emitted the frame built on output_array() after another output; emit it first",
             )
         seq = self.last_seq
@@ -747,7 +902,7 @@ class _Runner:
         ):
             # (Part of) the input frame's external segment: it went on by reference (a zero_copy
             # node passing its input on). Other outputs get a copy. See ipc/_ownership.py.
-            self.stats["frames_forwarded"] += 1
+            self._tail["frames_forwarded"] += 1
             outputs = outputs[1:]
         for out in outputs:
             out.send_frame(encoded, seq)  # one copy, header packed from the fields
@@ -774,7 +929,7 @@ class _Runner:
                     other.commit(header)
             loan.meta[:] = _padded_meta(encoded.meta)
             loan.commit(header)
-            self.stats["frames_in_place"] += 1
+            self._tail["frames_in_place"] += 1
             return None
         copied = dataclasses.replace(encoded, payload=memoryview(bytes(encoded.payload)))
         loan.discard()  # the copy goes to the same slot next
@@ -785,13 +940,17 @@ class _Runner:
         if now >= self._next_stats:
             self._next_stats = now + self.job.stats_interval_s
             self._unsent_stats = False
-            self.events.stats(self.stats)
+            for stage, stats in enumerate(self.stage_stats):
+                self.events.stats(stats, node=stage)
 
-    def _cleanup(self, node: Node[Any]) -> None:
+    def _cleanup(self, stage: int, node: Node[Any]) -> None:
         try:
             node.cleanup()
         except Exception as exc:
-            self.events.log(f"cleanup() raised {type(exc).__name__}: {exc}")
+            self.events.log(
+                f"cleanup() raised {type(exc).__name__}: {exc}",
+                logger=f"nursery_pipes.node.{self.ids[stage]}",
+            )
 
 
 def _set_title(job: WorkerJob) -> None:
