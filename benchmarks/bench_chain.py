@@ -24,6 +24,9 @@ to round; nothing pinned):
 - ``multiprocess_1``: a chain of ONE such worker (2 crossings): the difference to the 5-worker
   chain, / 4, is what one more worker costs (``marginal_hop_us``), the fixed costs (the copy
   into the first ring, the session) cancelled out;
+- ``multiprocess_fused``: the 5-worker chain's manifest with ``fuse_chains``: the 5 nodes in
+  ONE worker (2 crossings; docs/design.md, fused runs) — not what the goals measure (every
+  node in its own process), reported beside them;
 - ``inprocess``: the same manifest, every node ``inprocess`` (the output *is* the input object);
 - ``memcpy``: one ``numpy.copyto`` of the payload into a preallocated array (small sizes
   timed in batches, per-copy time = batch / count);
@@ -91,7 +94,7 @@ def copies(size: int) -> int:
 
 SLOT_SIZE = 256 * KIB  # 640 B and 64 KiB inline, 1 MiB and 10 MiB in external segments
 SLOT_COUNT = 8
-PATHS = ("multiprocess", "multiprocess_1", "inprocess", "memcpy", "pipe", "pipecat")
+PATHS = ("multiprocess", "multiprocess_1", "multiprocess_fused", "inprocess", "memcpy", "pipe", "pipecat")
 GOAL_BIG_VS_MEMCPY = 2.0
 GOAL_SMALL_VS_PIPE = 1.0
 GOAL_FLAT = 2.0
@@ -106,7 +109,7 @@ def size_label(size: int) -> str:
     return f"{size} B"
 
 
-def manifest(executor: str, nodes: int = NODES) -> dict[str, Any]:
+def manifest(executor: str, nodes: int = NODES, *, fuse: bool = False) -> dict[str, Any]:
     ids = [f"n{i + 1}" for i in range(nodes)]
     return {
         "version": "v1",
@@ -115,6 +118,7 @@ def manifest(executor: str, nodes: int = NODES) -> dict[str, Any]:
             "multiprocess": {
                 "executor_overrides": dict.fromkeys(ids, executor),
                 "channel_capacity": SLOT_COUNT,
+                "fuse_chains": fuse,
             },
         },
         "nodes": [{"id": nid, "node_type": "PassThrough", "params": {}} for nid in ids],
@@ -296,6 +300,7 @@ async def measure(quick: bool) -> dict[str, Any]:
         async with runtime, AsyncExitStack() as stack:
             mp = await stack.enter_async_context(runtime.open_session(manifest("multiprocess")))
             mp1 = await stack.enter_async_context(runtime.open_session(manifest("multiprocess", 1)))
+            fused = await stack.enter_async_context(runtime.open_session(manifest("multiprocess", fuse=True)))
             ip = await stack.enter_async_context(runtime.open_session(manifest("inprocess")))
             worker_pids = [m.pid for m in mp.metrics().nodes.values() if m.pid]
 
@@ -304,6 +309,8 @@ async def measure(quick: bool) -> dict[str, Any]:
                     return await chain_latency(mp, frames[size], n, same_object=False)
                 if path == "multiprocess_1":
                     return await chain_latency(mp1, frames[size], n, same_object=False)
+                if path == "multiprocess_fused":
+                    return await chain_latency(fused, frames[size], n, same_object=False)
                 if path == "inprocess":
                     return await chain_latency(ip, frames[size], n, same_object=True)
                 if path == "memcpy":
@@ -371,6 +378,9 @@ def derive(res: dict[str, dict[str, dict[str, float]]], have_peer: bool) -> dict
             "hop_over_memcpy": hop / cp,
             "pipe_per_transfer_us": pipe / CROSSINGS,
             "marginal_hop_us": (mp - r["multiprocess_1"]) / (NODES - 1),
+            "fused_over_memcpy": r["multiprocess_fused"] / cp,
+            "fused_over_pipe": r["multiprocess_fused"] / pipe,
+            "fused_over_chain": r["multiprocess_fused"] / mp,
             "inprocess_per_node_us": ip / NODES,
         }
         if have_peer:

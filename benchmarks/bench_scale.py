@@ -19,7 +19,10 @@ clients) while a second task per session reads its outputs. Measured:
   process left (and how long after the last session ended that was true).
 
 Full mode: 10 sessions for 30 s (the seed's goal), then 20 sessions for 30 s
-(the issue's goal). Quick mode: 10 sessions for 5 s only.
+(the issue's goal). Quick mode: 10 sessions for 5 s only. Then, in both modes, the first run
+again with ``fuse_chains`` (run ``fused``): each session's 5 nodes in ONE worker process
+(a fused run, docs/design.md), same frames, same checks; the goal compares its CPU per
+session frame with the unfused run's of the same invocation (issue 11: at most half).
 Prints tables; the LAST line is one JSON object (also benchmarks/results/scale.json).
 """
 
@@ -49,7 +52,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 now = time.perf_counter
 
 
-def manifest(index: int) -> dict[str, Any]:
+def manifest(index: int, *, fuse: bool = False) -> dict[str, Any]:
     ids = [f"n{i}" for i in range(NODES)]
     return {
         "version": "v1",
@@ -58,6 +61,7 @@ def manifest(index: int) -> dict[str, Any]:
             "multiprocess": {
                 "executor_overrides": dict.fromkeys(ids, "multiprocess"),
                 "init_timeout_secs": 120,
+                "fuse_chains": fuse,
             },
         },
         "nodes": [{"id": i, "node_type": "PassThrough", "params": {}} for i in ids],
@@ -179,11 +183,14 @@ class SessionRun:
 
 
 async def run_session(
-    rt: Runtime, run: SessionRun, go: trio.Event, start_at: list[float], may_close: trio.Event
+    rt: Runtime, run: SessionRun, go: trio.Event, start_at: list[float], may_close: trio.Event, fuse: bool
 ) -> None:
     try:
-        async with rt.open_session(manifest(run.index)) as session:
-            run.pids = [m.pid for m in session.metrics().nodes.values() if m.pid is not None]
+        async with rt.open_session(manifest(run.index, fuse=fuse)) as session:
+            # one pid per worker (a fused run's nodes share theirs)
+            run.pids = list(
+                dict.fromkeys(m.pid for m in session.metrics().nodes.values() if m.pid is not None)
+            )
             run.ready.set()
             await go.wait()
 
@@ -233,7 +240,7 @@ async def run_session(
             raise
 
 
-async def scale(n_sessions: int, seconds: float) -> dict[str, Any]:
+async def scale(n_sessions: int, seconds: float, fuse: bool = False) -> dict[str, Any]:
     frames = round(seconds / PERIOD)
     config = RuntimeConfig(
         nodes=NodesConfig(testing=True),
@@ -251,7 +258,7 @@ async def scale(n_sessions: int, seconds: float) -> dict[str, Any]:
     t_open = now()
     async with rt, trio.open_nursery() as nursery:
         for run in runs:
-            nursery.start_soon(run_session, rt, run, go, start_at, may_close)
+            nursery.start_soon(run_session, rt, run, go, start_at, may_close, fuse)
         for run in runs:
             await run.ready.wait()
         t_ready = now() - t_open
@@ -327,7 +334,7 @@ def summarize(
     return {
         "sessions": len(runs),
         "nodes_per_session": NODES,
-        "workers": len(runs) * NODES,
+        "workers": sum(len(r.pids) for r in runs),
         "seconds": seconds,
         "frames_per_session": runs[0].frames,
         "all_ready_s": round(t_ready, 2),
@@ -453,7 +460,7 @@ def raw_pacing_cost(n_fast: int, n_paced: int) -> dict[str, dict[str, float]]:
 def report(tag: str, r: dict[str, Any]) -> None:
     cpu, lat = r["cpu"], r["latency_ms"]
     print_table(
-        f"{tag}: {r['sessions']} sessions × {NODES} workers, {r['frames_per_session']} frames each "
+        f"{tag}: {r['sessions']} sessions × {NODES} nodes in {r['workers']} workers, {r['frames_per_session']} frames each "
         f"({r['seconds']:g} s real time), all ready after {r['all_ready_s']} s",
         ["sent", "received", "no loss", "lat p50 ms", "p90", "p99", "max", "worst session p99", "late sends > 5 ms"],
         [(r["frames_sent"], r["frames_received"], r["no_loss"], lat["p50"], lat["p90"], lat["p99"], lat["max"],
@@ -496,6 +503,7 @@ def main() -> None:
     started = time.monotonic()
     load_before = os.getloadavg()
     plans = [("seed", 10, 5.0)] if args.quick else [("seed", 10, 30.0), ("issue", 20, 30.0)]
+    plans.append(("fused", 10, plans[0][2]))  # the seed run again, each session in one worker
     n_fast, n_paced = (1000, 100) if args.quick else (3000, 300)
     pacing = {**trio.run(pacing_cost, n_fast, n_paced), **raw_pacing_cost(n_fast, n_paced)}
     print_table(
@@ -505,26 +513,32 @@ def main() -> None:
     )
     results = {}
     for tag, n, seconds in plans:
-        results[tag] = trio.run(scale, n, seconds)
+        results[tag] = trio.run(scale, n, seconds, tag == "fused")
         report(f"{tag} ({n} sessions)", results[tag])
     load_after = os.getloadavg()
     goals = {}
     for tag, n, _ in plans:
         r = results[tag]
-        goals[f"{n}_sessions_no_loss"] = {
+        label = f"{n}_fused" if tag == "fused" else str(n)
+        goals[f"{label}_sessions_no_loss"] = {
             "goal": "sent == received, in order",
             "measured": r["no_loss"],
             "met": r["no_loss"],
         }
-        goals[f"{n}_sessions_clean_afterwards"] = {
+        goals[f"{label}_sessions_clean_afterwards"] = {
             "goal": "no worker, no /dev/shm entry",
             "measured": r["clean"],
             "met": r["clean"],
         }
         realtime = r["latency_ms"]["p99"] is not None and r["latency_ms"]["p99"] < PERIOD * 1000
-        goals[f"{n}_sessions_p99_below_frame_period"] = {
+        goals[f"{label}_sessions_p99_below_frame_period"] = {
             "goal": f"< {PERIOD * 1000:g} ms (keeps up in real time)", "measured": r["latency_ms"]["p99"], "met": realtime,
         }  # fmt: skip
+    fused, separate = results["fused"]["cpu"], results["seed"]["cpu"]
+    ratio = fused["us_per_session_frame"] / max(1e-9, separate["us_per_session_frame"])
+    goals["fused_cpu_per_session_frame_over_separate_workers"] = {
+        "goal": "<= 0.5 (issue 11: halved, with fuse_chains)", "measured": round(ratio, 3), "met": ratio <= 0.5,
+    }  # fmt: skip
     print_table(
         "goals",
         ["goal", "target", "measured", "met"],

@@ -138,7 +138,8 @@ def draw_scale(data: Data, path: Path) -> bool:
     d = data.get("scale")
     if d is None:
         return False
-    runs = sorted(d["runs"].values(), key=lambda r: r["sessions"])
+    # one worker per node (the fused run, each session in one worker, is in the tables)
+    runs = sorted((r for tag, r in d["runs"].items() if tag != "fused"), key=lambda r: r["sessions"])
     xs = [r["sessions"] for r in runs]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (key, label) in enumerate(

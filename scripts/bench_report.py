@@ -314,6 +314,25 @@ def section_chain(d: Json) -> list[str]:
             ],
         ),
     ]
+    if any("fused_over_chain" in v for v in der.values()):
+        blocks += [
+            "`multiprocess_fused`: the same 5 nodes with `fuse_chains`, in one worker process (2 ring "
+            "crossings; not what the goals measure, which put every node in a process of its own):",
+            md_table(
+                ["size", "fused p50 µs", "fused / 5-worker chain", "fused / memcpy", "fused / Pipe chain"],
+                [
+                    (
+                        size,
+                        res[size].get("multiprocess_fused", {}).get("p50_us"),
+                        times(v["fused_over_chain"]),
+                        times(v["fused_over_memcpy"]),
+                        times(v["fused_over_pipe"]),
+                    )
+                    for size, v in der.items()
+                    if "fused_over_chain" in v
+                ],
+            ),
+        ]
     return blocks + _goals_blocks(d)
 
 
@@ -596,7 +615,8 @@ def section_scale(d: Json) -> list[str]:
     blocks = [
         "Sessions of 5 `PassThrough` nodes, each in its own worker process, each fed a 20 ms audio frame "
         "every 20 ms in real time; latency from `session.send` to the sink's output (ms). The "
-        "baseline is the frame period: p99 below it keeps up in real time.",
+        "baseline is the frame period: p99 below it keeps up in real time. Run `fused`: the first "
+        "run again with `fuse_chains` (each session's 5 nodes in one worker process), same run.",
         md_table(
             [
                 "run",

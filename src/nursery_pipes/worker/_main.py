@@ -675,7 +675,8 @@ class _Runner:
             view = weakref.ref(array)
             del array
         self.stage = 0
-        self._check_kind(0, frame)
+        if frame.kind not in self._accepts[0]:
+            self._refuse(0, frame)
         self.stats["frames_in"] += 1
         self.stats["bytes_in"] += frame.nbytes
         self.last_seq = received.header.seq
@@ -689,22 +690,21 @@ class _Runner:
             return 0.0, view
         finally:
             self._input = None
-            self._dropping.clear()
+            if self._dropping:
+                self._dropping.clear()
 
-    def _check_kind(self, stage: int, frame: Frame) -> None:
-        accepts = self._accepts[stage]
-        if frame.kind not in accepts:
-            accepted = ", ".join(sorted(k.label for k in accepts))
-            raise TypeError(
-                f"{self.types[stage]} does not accept {frame.kind.label} frames (accepts {accepted})"
-            )
+    def _refuse(self, stage: int, frame: Frame) -> None:
+        """Node ``stage`` does not accept ``frame``'s kind: a TypeError naming it."""
+        accepted = ", ".join(sorted(k.label for k in self._accepts[stage]))
+        raise TypeError(f"{self.types[stage]} does not accept {frame.kind.label} frames (accepts {accepted})")
 
     def _feed(self, stage: int, frame: Frame) -> float:
         """An output of node ``stage - 1`` of the run goes into node ``stage``'s ``process``
         (and its outputs on, depth first). Returns 0: its own time is counted as its own."""
         began = time.perf_counter()
         self.stage = stage
-        self._check_kind(stage, frame)
+        if frame.kind not in self._accepts[stage]:
+            self._refuse(stage, frame)
         stats = self.stage_stats[stage]
         stats["frames_in"] += 1
         stats["bytes_in"] += frame.nbytes
