@@ -274,3 +274,23 @@ def test_a_fused_run_counts_one_process_against_the_limit() -> None:
     assert fusing(edges)["n0"] == tuple(ids)  # 12 nodes, 1 process: within the default 10
     with pytest.raises(ResourceLimitError, match="12 worker processes"):
         fusing(edges, fuse=False)
+
+
+def test_a_fused_nodes_assignment_says_with_whom_and_who_runs_the_run() -> None:
+    doc = {
+        "version": "v1",
+        "metadata": {
+            "name": "fusing",
+            "multiprocess": {
+                "executor_overrides": {"a": "multiprocess", "b": "multiprocess"},
+                "fuse_chains": True,
+            },
+        },
+        "nodes": [{"id": n, "node_type": "PassThrough"} for n in "ab"],
+        "connections": [{"from": "a", "to": "b"}],
+    }
+    plan = Runtime(RuntimeConfig(), registry=REGISTRY).plan(Manifest.from_dict(doc, registry=REGISTRY))
+    assert plan.assignments["b"].executor == "multiprocess"
+    assert plan.assignments["b"].reason == (
+        "manifest override (metadata.multiprocess.executor_overrides); fused with a (one unit, run by a)"
+    )

@@ -390,9 +390,9 @@ class ShmTransport:
         """Put ``signal`` on the worker's control ring (never blocks). The worker reads it
         before its next frame, between two outputs, or — idle — at once: its inputs' doorbells
         are rung after the signal is put (a worker waits on those, never on a timeout)."""
-        stage = ports.stage
+        stage, who = ports.stage, "the node"
         if ports.run is not None:  # a fused run's member: through its head's worker, naming it
-            ports = ports.run
+            ports, who = ports.run, "the worker of its fused run"
         assert ports.control_producer is not None, "node_ports() made the control ring"
         sent = {
             "name": signal.name,
@@ -409,7 +409,7 @@ class ShmTransport:
             )
         if not ports.control_producer.try_send(SlotHeader(kind=0, meta_len=len(meta)), meta):
             raise InputError(
-                f"signal {signal.name!r}: the node already has {CONTROL_SLOTS} signals it has not taken yet"
+                f"signal {signal.name!r}: {who} already has {CONTROL_SLOTS} signals it has not taken yet"
             )
         for spec in ports.inputs:  # after the post: an idle worker wakes and finds the signal
             if spec.used_doorbell is not None:

@@ -268,7 +268,10 @@ def plan_session(
             node = nodes[node_id]
             # One unit: the head's worker (or remote call) runs the whole run.
             processes = node.processes if node_id == chain[0] else 0
-            nodes[node_id] = replace(node, chain=chain, processes=processes)
+            others = ", ".join(n for n in chain if n != node_id)
+            reason = f"{node.assignment.reason}; fused with {others} (one unit, run by {chain[0]})"
+            assignment = replace(node.assignment, reason=reason)
+            nodes[node_id] = replace(node, chain=chain, processes=processes, assignment=assignment)
     plan = SessionPlan(
         manifest=manifest,
         settings=settings,
