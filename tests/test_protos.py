@@ -413,6 +413,7 @@ EXTENSIONS: dict[str, dict[str, list[str]]] = {
             "5: optional bool enable_backpressure",
             "6: map<string,string> executor_overrides",
             "7: uint32 close_timeout_secs",
+            "8: optional bool fuse_chains",
         ],
         "message ExecutionResult": [
             "5: repeated NodeAssignment assignments",

@@ -85,11 +85,13 @@ def child_of(span: ReadableSpan, parent: ReadableSpan) -> bool:
     return span.parent.span_id == parent.context.span_id and span.context.trace_id == parent.context.trace_id
 
 
-async def stream_audio(served: Any, doc: dict[str, Any], values: list[float], **client: Any) -> list[Any]:
+async def stream_audio(
+    served: Any, doc: dict[str, Any], values: list[float], *, entry: str = "src", **client: Any
+) -> list[Any]:
     async def call() -> list[Any]:
         async with served.client(**client) as c, c.stream(doc) as stream:
             for value in values:
-                await stream.send("src", audio(value))
+                await stream.send(entry, audio(value))
             await stream.close()
             return [event async for event in stream]
 
@@ -218,6 +220,38 @@ async def test_a_node_that_fails_on_a_frame_gives_error_spans_naming_it(executor
     assert "node 'boom' failed in process: RuntimeError: boom" in failed.status.description
     (init,) = spans.inits()["boom"]
     assert init.status.status_code is StatusCode.UNSET  # it was ready: init is not what failed
+
+
+async def test_each_node_of_a_fused_run_gets_its_own_frame_spans_and_the_failing_one_the_error() -> None:
+    """Three worker nodes fused in one process (fuse_chains): the worker times each node's part
+    of a sampled frame and says which node it was; the one that raises has the error span."""
+    spans = Spans(1.0)
+    doc = manifest(
+        [
+            ("a", "PassThrough", {}),
+            ("b", "RaiseNode", {"phase": "process", "after_frames": 1}),
+            ("c", "PassThrough", {}),
+        ],
+        [("a", "b"), ("b", "c")],
+        executors=dict.fromkeys("abc", "multiprocess"),
+        fuse_chains=True,
+    )
+    async with serving(tracer=spans.tracer) as served:
+        with pytest.raises(NodeError, match="node 'b' failed in process: RuntimeError: boom"):
+            await stream_audio(served, doc, [0.1, 0.2], entry="a")
+    frames = {
+        node: sorted(spans, key=lambda s: attr(s, "frame.seq")) for node, spans in spans.frames().items()
+    }
+    assert {node: [attr(f, "frame.seq") for f in fs] for node, fs in frames.items()} == {
+        "a": [1, 2],
+        "b": [1, 2],
+        "c": [1],
+    }
+    assert [f.status.status_code for f in frames["b"]] == [StatusCode.UNSET, StatusCode.ERROR]
+    assert [f.status.status_code for f in frames["a"]] == [StatusCode.UNSET] * 2  # b raised, not a
+    assert attr(frames["c"][0], "frame.bytes_in") == attr(frames["c"][0], "frame.bytes_out") == 640
+    pids = {attr(init, "node.pid") for (init,) in spans.inits().values()}
+    assert len(pids) == 1  # one worker for the run
 
 
 @pytest.mark.parametrize("executor", ["inprocess", "multiprocess"])

@@ -99,6 +99,7 @@ def test_multiprocess_settings_cross_the_wire_both_ways() -> None:
         "python_executable": "python3",
         "enable_backpressure": False,
         "executor_overrides": {"a": "inprocess"},
+        "fuse_chains": False,  # false is a value (the server's default may be true)
     }
     doc = {
         "version": "v1",
@@ -108,6 +109,12 @@ def test_multiprocess_settings_cross_the_wire_both_ways() -> None:
     }
     wire = UPB.PipelineManifest.FromString(bytes(manifest_to_proto(doc)))
     assert manifest_from_proto(wire)["metadata"]["multiprocess"] == multiprocess
+    for fuse in (True, None):  # unset stays unset
+        doc["metadata"]["multiprocess"] = (
+            {"fuse_chains": fuse} if fuse is not None else {"channel_capacity": 7}
+        )
+        back = manifest_from_proto(UPB.PipelineManifest.FromString(bytes(manifest_to_proto(doc))))
+        assert back["metadata"]["multiprocess"].get("fuse_chains") is fuse
 
 
 # -- supervision -------------------------------------------------------------------------------------

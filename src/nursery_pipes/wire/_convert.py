@@ -308,9 +308,10 @@ def _multiprocess_from_proto(mp: Any) -> dict[str, Any]:
         value = getattr(mp, field)
         if value:
             out[field] = value
-    backpressure = optional(mp, "enable_backpressure")
-    if backpressure is not None:
-        out["enable_backpressure"] = backpressure
+    for flag in ("enable_backpressure", "fuse_chains"):  # presence: false is a value
+        value = optional(mp, flag)
+        if value is not None:
+            out[flag] = value
     if mp.executor_overrides:
         out["executor_overrides"] = dict(mp.executor_overrides)
     return out
@@ -401,6 +402,7 @@ def manifest_to_proto(doc: Mapping[str, Any]) -> pb.PipelineManifest:
             python_executable=mp.get("python_executable", ""),
             enable_backpressure=mp.get("enable_backpressure"),
             executor_overrides=dict(mp.get("executor_overrides", {})),
+            fuse_chains=mp.get("fuse_chains"),
         )
     if meta.get("supervision") is not None:  # null: no policy, like a missing key
         sup = meta["supervision"]

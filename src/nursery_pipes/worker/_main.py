@@ -734,9 +734,8 @@ class _Runner:
             writing = self._write_outputs(stage, node.process, "process", frame)
         except (RingAbortedError, _SignalAbort):
             raise
-        except BaseException as exc:
-            if self.stage == stage:  # it raised (not a node after it: that one says so)
-                self._frame_event(self.last_seq, started, counted, exc, stage)
+        except BaseException as exc:  # its error if it raised; a node after it says so itself
+            self._frame_event(self.last_seq, started, counted, exc if self.stage == stage else None, stage)
             raise
         self._frame_event(self.last_seq, started, counted, None, stage)
         return writing

@@ -424,6 +424,7 @@ class MultiprocessConfig(betterproto.Message):
         6, betterproto.TYPE_STRING, betterproto.TYPE_STRING
     )
     close_timeout_secs: int = betterproto.uint32_field(7)
+    fuse_chains: Optional[bool] = betterproto.bool_field(8, optional=True)
 
 
 @dataclass(eq=False, repr=False)
