@@ -374,3 +374,80 @@ async def test_a_zero_copy_node_of_a_fused_run_keeping_its_input_stops_the_run_n
         await run_frames(chain(nodes), keep_frames(), slot_count=2)
     assert caught.value.node_id == "a"  # the run (its head): the worker cannot tell which kept it
     assert "PassThrough and the nodes fused after it (KeepInputNode, PassThrough)" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("head", "outputs", "aborted"),
+    [("Split", ["x/1.b.c"], 1), ("Step", ["x.a.b.c"], None)],
+    ids=["it-had-more-outputs", "it-had-none-left"],
+)
+async def test_a_drop_signal_to_a_fused_node_waiting_on_the_nodes_after_it(
+    head: str, outputs: list[str], aborted: int | None
+) -> None:
+    """a is told to drop while b works on a's output: a gives up its frame only if it has
+    another output to make (the splitter's parts 2 and 3 go nowhere); a node with none left has
+    nothing to give up — as if it had been a worker of its own, done with the frame."""
+    nodes = [
+        ("a", head, {}),
+        ("b", "Step", {"slow_on": "x/1" if head == "Split" else "x"}),
+        ("c", "Step", {}),
+    ]
+    async with runtime().open_session(chain(nodes)) as session:
+        await session.send("a", TextFrame(text="x"))
+        await trio.sleep(0.2)
+        session.signal("interrupt" if head == "Split" else "drop", to=["a"])  # each drops for it
+        await session.close()
+        events = [event async for event in session.events()]
+    assert texts_out(events) == outputs
+    [handled] = [e for e in events if isinstance(e, SignalHandled)]
+    assert (handled.node_id, handled.dropped, handled.aborted) == ("a", (), aborted)
+    dropped = [(e.node_id, e.sequences) for e in events if isinstance(e, FramesDropped)]
+    assert dropped == ([("a", (1,))] if aborted else [])
+
+
+async def test_a_fused_node_that_can_cancel_its_work_stops_its_call_for_a_signal() -> None:
+    """b's blocking call (30 s) gives way to an interrupt at once: cancel_work reaches the
+    node of the run whose code runs, its call raises, and that is the abort, not a failure."""
+    nodes = [("a", "Step", {}), ("b", "BlockingCallNode", {"call_seconds": 30.0}), ("c", "Step", {})]
+    async with runtime().open_session(chain(nodes)) as session:
+        await session.send("a", TextFrame(text="f1"))
+        await trio.sleep(0.5)
+        session.signal("interrupt", to=["b"])
+        with trio.fail_after(5):
+            await session.close()
+            events = [event async for event in session.events()]
+    [handled] = [e for e in events if isinstance(e, SignalHandled)]
+    assert (handled.node_id, handled.aborted) == ("b", 1)
+    assert texts_out(events) == []
+    assert session.state.name == "TERMINATED"
+
+
+async def test_nodes_of_a_fused_run_restarted_with_the_others_register_anew(tmp_path: Path) -> None:
+    """one_for_all: a node after the run fails, every node restarts — the run's members too,
+    whose new instances the head's next worker serves (counters, pid)."""
+    nodes = [
+        *steps(),
+        ("d", "RaiseNode", {"phase": "process", "after_frames": 2, "once": str(tmp_path / "fired")}),
+    ]
+    m = chain(nodes, strategy="one_for_all", max_restarts=2)
+    m["metadata"]["multiprocess"]["executor_overrides"]["d"] = "inprocess"
+    events: list[Any] = []
+    async with runtime().open_session(m) as session:
+        first = session.metrics().nodes["a"].pid
+        for i in range(3):
+            await session.send("a", TextFrame(text=f"t{i}"))
+        with trio.fail_after(10):
+            async for event in session.events():
+                events.append(event)
+                if sum(isinstance(e, NodeRestarted) for e in events) == 4:
+                    break
+        for i in range(3, 6):  # through the fresh worker
+            await session.send("a", TextFrame(text=f"t{i}"))
+        await session.close()
+        events += [event async for event in session.events()]
+    assert sorted(e.node_id for e in events if isinstance(e, NodeRestarted)) == ["a", "b", "c", "d"]
+    assert texts_out(events) == ["t0.a.b.c", "t1.a.b.c", "t3.a.b.c", "t4.a.b.c", "t5.a.b.c"]
+    metrics = session.metrics().nodes
+    assert len({metrics[n].pid for n in "abc"}) == 1
+    assert metrics["a"].pid != first
+    assert [(metrics[n].frames_in, metrics[n].restarts) for n in "abc"] == [(3, 1)] * 3

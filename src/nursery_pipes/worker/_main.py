@@ -308,9 +308,11 @@ class _Runner:
         self._tail = self.stage_stats[-1]
         """The last node's counters: the output rings' frames, forwarded, shared, in place."""
         self._accepts: list[frozenset[FrameKind]] = []
-        self._dropping: set[int] = set()
+        self._dropping: dict[int, tuple[dict[str, Any], list[int]] | None] = {}
         """Nodes of the run a signal told to drop the frame they are at work on: each stops at
-        its next output."""
+        its next output. The value: the signal and the queued frames it dropped, when whether
+        the node gives anything up is known only at its next output (it waits for the nodes
+        after it: it has one, or it is done with the frame); None once reported."""
         self._tracing = False
         """The frame in flight is sampled for tracing: each node's part is timed."""
         self.last_seq = 0
@@ -568,7 +570,10 @@ class _Runner:
         """Give each node of the run its signals from the control ring. One that asks to drop:
         for the head, the queued input frames are dropped (nothing is ever queued for the
         others); a node at work on the frame in flight (``busy``: the stages ``0..busy`` are)
-        is marked in ``_dropping``: it stops at its next output (:class:`_SignalAbort`)."""
+        is marked in ``_dropping``: it stops at its next output (:class:`_SignalAbort`). Node
+        ``busy`` holds the output it just made (or its call was cancelled): that is given up
+        now. A node before it waits for the nodes after it: it gives up its frame only if it
+        has another output — known, and reported, when it comes (:meth:`_stop_dropping`)."""
         assert self.control is not None
         for sent in self._signals_sent():
             stage = sent.get("stage", 0)
@@ -578,9 +583,12 @@ class _Runner:
             drop = bool(node.on_signal(Signal(sent["name"], sent["payload"], sent["origin"], sent["id"])))
             self.phase, self.stage = phase, running
             dropped = self._drop_queued() if drop and stage == 0 else []
-            aborted = drop and stage <= busy and stage not in self._dropping
+            if drop and stage < busy and stage not in self._dropping:
+                self._dropping[stage] = (sent, dropped)  # reported at its next output, or its end
+                continue
+            aborted = drop and stage == busy and stage not in self._dropping
             if aborted:
-                self._dropping.add(stage)
+                self._dropping[stage] = None
             self.events.signal_handled(sent, dropped, in_flight if aborted else None, node=stage)
             if sent["name"] == FLUSH and not drop:
                 with contextlib.suppress(_SignalAbort):
@@ -629,6 +637,7 @@ class _Runner:
             if watch.took:
                 self._signals(in_flight, stage)
                 if stage in self._dropping:
+                    self._stop_dropping(stage, in_flight)
                     raise _SignalAbort(stage) from None
             raise
         finally:
@@ -690,8 +699,8 @@ class _Runner:
             return 0.0, view
         finally:
             self._input = None
-            if self._dropping:
-                self._dropping.clear()
+            for stage in list(self._dropping):  # (after a failure: nothing else was given up)
+                self._stop_dropping(stage, None)
 
     def _refuse(self, stage: int, frame: Frame) -> None:
         """Node ``stage`` does not accept ``frame``'s kind: a TypeError naming it."""
@@ -717,7 +726,7 @@ class _Runner:
         except _SignalAbort as abort:
             if abort.stage != stage:
                 raise  # an earlier node of the run dropped its frame: this one's part goes too
-            self._dropping.discard(stage)
+            self._dropping.pop(stage, None)
             writing = 0.0
             if stage == self.last:
                 self._abandon_loan()
@@ -786,7 +795,7 @@ class _Runner:
         except _SignalAbort as abort:
             if abort.stage != stage:
                 raise
-            self._dropping.discard(stage)
+            self._dropping.pop(stage, None)
             writing = 0.0
         self.stage_stats[stage]["processing_s"] += time.perf_counter() - began - writing
         if self._lent:
@@ -811,6 +820,7 @@ class _Runner:
             if control is not None and self._signal_waiting(control) and self.nodes:
                 self._signals(in_flight, stage)
             if self._dropping and stage in self._dropping:
+                self._stop_dropping(stage, in_flight)  # this output and the rest are given up
                 outputs.close()  # the node's generator stops at its yield
                 raise _SignalAbort(stage)
             paused = time.perf_counter()
@@ -821,9 +831,19 @@ class _Runner:
                 self._feed(stage + 1, frame)
                 self.stage = stage
             writing += time.perf_counter() - paused
+        if self._dropping and stage in self._dropping:  # it had no other output: nothing given up
+            self._stop_dropping(stage, None)
         if last:
             self._abandon_loan()
         return writing
+
+    def _stop_dropping(self, stage: int, aborted: int | None) -> None:
+        """Node ``stage`` is no longer dropping; a signal whose answer waited for it is
+        answered now: ``aborted`` is the frame it gave up, or None if it had nothing left."""
+        deferred = self._dropping.pop(stage, None)
+        if deferred is not None:
+            sent, dropped = deferred
+            self.events.signal_handled(sent, dropped, aborted, node=stage)
 
     def _abandon_loan(self) -> None:
         if self._loaned is not None:  # output_array() whose frame was never emitted: give it back
