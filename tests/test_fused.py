@@ -451,3 +451,47 @@ async def test_nodes_of_a_fused_run_restarted_with_the_others_register_anew(tmp_
     assert len({metrics[n].pid for n in "abc"}) == 1
     assert metrics["a"].pid != first
     assert [(metrics[n].frames_in, metrics[n].restarts) for n in "abc"] == [(3, 1)] * 3
+
+
+async def test_a_fused_run_fanning_big_frames_out_to_ordinary_nodes_shares_them() -> None:
+    """The run's last node fans out to two ordinary workers (which copy what they read): every
+    ring gets a reference to the frame the run's head read in place (fan-out by reference)."""
+    m = {
+        "version": "v1",
+        "metadata": {
+            "name": "fused-fan",
+            "multiprocess": {
+                "executor_overrides": dict.fromkeys("abcd", "multiprocess"),
+                "fuse_chains": True,
+            },
+        },
+        "nodes": [
+            {"id": "a", "node_type": "PassThrough"},
+            {"id": "b", "node_type": "PassThrough"},
+            {"id": "c", "node_type": "Tensors"},
+            {"id": "d", "node_type": "Tensors"},
+        ],
+        "connections": [{"from": "a", "to": "b"}, {"from": "b", "to": "c"}, {"from": "b", "to": "d"}],
+    }
+    frames = keep_frames()
+    got: dict[str, list[np.ndarray]] = {"c": [], "d": []}
+    async with runtime(checksums=True).open_session(m) as session:
+        assert session.plan.nodes["b"].chain == ("a", "b")
+
+        async def feed() -> None:
+            for frame in frames:
+                await session.send("a", frame)
+            await session.close()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(feed)
+            async for out in session.outputs():
+                got[out.node_id].append(np.array(out.frame.data))
+    for node in "cd":
+        assert all(np.array_equal(g, f.data) for g, f in zip(got[node], frames, strict=True)), node
+    metrics = session.metrics().nodes
+    # by reference, shared with both rings — or, past the input slots it may keep, forwarded
+    # to one and copied to the other (ipc/_ownership.py)
+    assert metrics["b"].frames_shared + metrics["b"].frames_forwarded == len(frames)
+    assert metrics["b"].frames_shared >= len(frames) // 2
+    assert metrics["a"].frames_shared == metrics["a"].frames_forwarded == 0
