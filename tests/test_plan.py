@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from nursery_pipes import Manifest, ResourceLimitError, RuntimeConfig
+from nursery_pipes import Frame, Manifest, Node, ResourceLimitError, RuntimeConfig
 from nursery_pipes._config import SupervisionDefaults, load_config
 from nursery_pipes._errors import ConfigError
 from nursery_pipes.cli._serve import apply_overrides
@@ -294,3 +294,36 @@ def test_a_fused_nodes_assignment_says_with_whom_and_who_runs_the_run() -> None:
     assert plan.assignments["b"].reason == (
         "manifest override (metadata.multiprocess.executor_overrides); fused with a (one unit, run by a)"
     )
+
+
+class Heavy(Node):
+    """A node that keeps a process of its own even where runs are fused."""
+
+    fusible = False
+
+    def process(self, frame: Frame) -> Frame:
+        return frame
+
+
+def test_a_node_class_that_is_not_fusible_ends_the_runs_around_it() -> None:
+    registry = builtin_registry()
+    registry.register(Heavy)
+    ids = ["a", "b", "heavy", "c", "d"]
+    doc = {
+        "version": "v1",
+        "metadata": {
+            "name": "fusing",
+            "multiprocess": {"executor_overrides": dict.fromkeys(ids, "multiprocess"), "fuse_chains": True},
+        },
+        "nodes": [{"id": n, "node_type": "Heavy" if n == "heavy" else "PassThrough"} for n in ids],
+        "connections": [{"from": a, "to": b} for a, b in itertools.pairwise(ids)],
+    }
+    plan = Runtime(RuntimeConfig(), registry=registry).plan(Manifest.from_dict(doc, registry=registry))
+    assert {n: node.chain for n, node in plan.nodes.items()} == {
+        "a": ("a", "b"),
+        "b": ("a", "b"),
+        "heavy": (),
+        "c": ("c", "d"),
+        "d": ("c", "d"),
+    }
+    assert plan.process_count == 3

@@ -157,6 +157,11 @@ class Node(Generic[P]):
     """In a worker process, hand ``process()`` frames whose arrays are views into shared
     memory (no copy). Only for nodes that never keep an input frame, or a view of its
     data, after ``process()`` returns: the memory is reused for later frames."""
+    fusible: ClassVar[bool] = True
+    """Where a session fuses runs of multiprocess nodes (``fuse_chains``), this node may share
+    a worker with its neighbours. ``False`` for a node that should keep a process — and a
+    core — of its own, e.g. a model run that takes much of a frame period: fused, the nodes
+    of a run take turns on one core."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

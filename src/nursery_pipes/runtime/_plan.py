@@ -296,9 +296,10 @@ def fused_chains(
     """The maximal runs a → b → … of two or more nodes that one executor runs as a unit: each
     link is the only edge out of a and the only edge into b, and both run on the same executor,
     on the same host, which fuses chains — always (``Executor.fuses_chains``: remote) or when
-    the session asks (``fuse_on_request``, ``Executor.fuses_on_request``: multiprocess) and the
+    the session asks (``fuse_on_request``, ``Executor.fuses_on_request``: multiprocess), the
     two nodes' restart types agree and are not temporary (the run fails, restarts and stops as
-    one; a temporary node stopped for good would leave the rest of its run nothing to do).
+    one; a temporary node stopped for good would leave the rest of its run nothing to do), and
+    neither node class says ``fusible = False`` (it keeps a process of its own).
     (A sans-I/O walk over the plan's nodes.)"""
 
     def fuses(executor: Executor, a: NodePlan, b: NodePlan) -> bool:
@@ -309,6 +310,8 @@ def fused_chains(
             and fuse_on_request
             and a.restart is b.restart
             and a.restart is not RestartType.TEMPORARY
+            and a.node_class.fusible
+            and b.node_class.fusible
         )
 
     def fusible(a: NodePlan, b: NodePlan) -> bool:
