@@ -287,8 +287,10 @@ class _NodeRun:
         kind = event["type"]
         stage = event.get("node", 0)
         host = self.host if not stage or self.fused is None else self.fused.host(stage)
-        if host is None:
-            return  # a member between two instances (restarted with the run): nothing to update
+        if host is None:  # a member between two instances (restarted with the run)
+            if kind == "failed" and self.fused is not None:  # still the run's failure, naming it
+                self._failed(NodeError(self.fused.chain[stage], event["phase"], event["message"]))
+            return
         if kind == "progress":
             if event["state"] == "starting" and not stage:
                 self.pool_taken()
