@@ -245,10 +245,13 @@ async def test_a_failure_in_a_fused_run_restarts_the_run_and_drops_only_its_fram
     [failed] = [e for e in events if isinstance(e, NodeFailed)]
     assert failed.node_id == "a"  # the run's head: what the policy restarts
     assert failed.error.node_id == "c"  # the node that raised
-    assert [e.node_id for e in events if isinstance(e, NodeRestarted)] == ["a"]
+    # the run restarts as one: its head (the policy's), and the members rebuilt with it
+    restarted = [(e.node_id, e.restarts, e.cause) for e in events if isinstance(e, NodeRestarted)]
+    assert restarted == [("a", 1, "a"), ("b", 1, "a"), ("c", 1, "a")]
     assert [seq for e in events if isinstance(e, FramesDropped) for seq in e.sequences] == [3]
     metrics = session.metrics().nodes
     assert len({metrics[n].pid for n in "abc"}) == 1  # the fresh worker runs the whole run
+    assert [metrics[n].restarts for n in "abc"] == [1, 1, 1]
 
 
 async def test_a_fused_worker_killed_is_repaired_and_the_run_restarted(tmp_path: Path) -> None:
@@ -261,7 +264,7 @@ async def test_a_fused_worker_killed_is_repaired_and_the_run_restarted(tmp_path:
     events, _ = await run_texts(
         chain(nodes, strategy="one_for_one", max_restarts=2), [f"t{i}" for i in range(8)]
     )
-    assert [e.node_id for e in events if isinstance(e, NodeRestarted)] == ["a"]
+    assert [e.node_id for e in events if isinstance(e, NodeRestarted)] == ["a", "b", "c"]
     dropped = [seq for e in events if isinstance(e, FramesDropped) for seq in e.sequences]
     assert dropped == [4]
     assert texts_out(events) == [f"t{i}.a.c" for i in range(8) if i != 3]

@@ -103,6 +103,11 @@ class NodeRecovery:
         for node_id in record.restarted:
             self._metrics[node_id].restarts += 1
             self._emit(NodeRestarted(node_id, counts.get(node_id, 0), record.child))
+        for member in self._fused_members(record.restarted):
+            # The head's fresh worker (or remote call) builds fresh instances of them too.
+            metrics = self._metrics[member]
+            metrics.restarts += 1
+            self._emit(NodeRestarted(member, metrics.restarts, record.child))
 
     # -- nodes stopped for good ------------------------------------------------------------------
 
@@ -167,6 +172,15 @@ class NodeRecovery:
         recovery = self.transport.recover(ports)
         if recovery.dropped:
             self._emit(FramesDropped(node_id, tuple(recovery.dropped), reason))
+
+    def _fused_members(self, restarted: tuple[str, ...]) -> list[str]:
+        """The other nodes of the fused runs whose heads restart, not restarted themselves."""
+        members = []
+        for node_id in restarted:
+            host = self.hosts.get(node_id)
+            if host is not None and host.chain and host.chain[0] == node_id:
+                members += [m for m in host.chain[1:] if m not in restarted and m not in members]
+        return members
 
     def _drop_in_flight(self, node_id: str, reason: str) -> None:
         host = self.hosts.get(node_id)
