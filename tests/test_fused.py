@@ -42,7 +42,7 @@ class StepParams(Params):
     flush_output: bool = False
     """Emit ``flush.<id>`` from flush()."""
     slow_on: str = ""
-    """Sleep 0.6 s on an input whose text, as the client sent it, is this."""
+    """Sleep 1 s on an input whose text, as the client sent it, is this."""
 
 
 class Step(Node[StepParams]):
@@ -56,7 +56,7 @@ class Step(Node[StepParams]):
         if sent == self.params.fail_on:
             raise RuntimeError(f"cannot handle {sent!r}")
         if sent == self.params.slow_on:
-            time.sleep(0.6)
+            time.sleep(1.0)
         return TextFrame(text=f"{frame.text}.{self.context.node_id}")
 
     def flush(self) -> Frame | None:
@@ -292,14 +292,14 @@ async def test_signals_reach_the_fused_node_they_name() -> None:
 
 
 async def test_a_drop_signal_aborts_only_the_frame_its_fused_node_is_at_work_on() -> None:
-    """b (after a splitter) is 0.6 s into part 1 of frame 1 when it is told to drop: part 1 is
+    """b (after a splitter) is 0.4 s into its 1 s on part 1 of frame 1 when it is told to drop: part 1 is
     given up; parts 2 and 3, which the splitter makes afterwards, go through as usual (nothing
     was queued for b); the splitter's work is not touched."""
     nodes = [("a", "Split", {}), ("b", "Step", {"slow_on": "x/1"}), ("c", "Step", {})]
     async with runtime().open_session(chain(nodes)) as session:
         events: list[Any] = []
         await session.send("a", TextFrame(text="x"))
-        await trio.sleep(0.2)
+        await trio.sleep(0.4)
         session.signal("drop", to=["b"])
         await session.close()
         async for event in session.events():
@@ -397,7 +397,7 @@ async def test_a_drop_signal_to_a_fused_node_waiting_on_the_nodes_after_it(
     ]
     async with runtime().open_session(chain(nodes)) as session:
         await session.send("a", TextFrame(text="x"))
-        await trio.sleep(0.2)
+        await trio.sleep(0.4)
         session.signal("interrupt" if head == "Split" else "drop", to=["a"])  # each drops for it
         await session.close()
         events = [event async for event in session.events()]
