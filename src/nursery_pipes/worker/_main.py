@@ -457,13 +457,14 @@ class _Runner:
                 # dropped (ipc/_repair.py). Copied or not, the frame is held until then.
                 began = time.perf_counter()
                 self._from = consumer
-                if threshold and sampled(received.header.seq, threshold) and self.last:
+                traced = threshold and sampled(received.header.seq, threshold)
+                if traced and self.last:
                     self._tracing = True  # a fused run: each node times its own part
                     try:
                         writing, view = self._process(node, received)
                     finally:
                         self._tracing = False
-                elif threshold and sampled(received.header.seq, threshold):
+                elif traced:
                     writing, view = self._process_traced(node, received)
                 else:
                     writing, view = self._process(node, received)
