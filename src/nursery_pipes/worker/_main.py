@@ -708,9 +708,9 @@ class _Runner:
         accepted = ", ".join(sorted(k.label for k in self._accepts[stage]))
         raise TypeError(f"{self.types[stage]} does not accept {frame.kind.label} frames (accepts {accepted})")
 
-    def _feed(self, stage: int, frame: Frame) -> float:
+    def _feed(self, stage: int, frame: Frame) -> None:
         """An output of node ``stage - 1`` of the run goes into node ``stage``'s ``process``
-        (and its outputs on, depth first). Returns 0: its own time is counted as its own."""
+        (and its outputs on, depth first); its time, less what it passes on, is its own."""
         began = time.perf_counter()
         self.stage = stage
         if frame.kind not in self._accepts[stage]:
@@ -733,7 +733,6 @@ class _Runner:
                 self._abandon_loan()
         stats["processing_s"] += time.perf_counter() - began - writing
         self.stage = stage - 1
-        return 0.0
 
     def _traced(self, stage: int, node: Node[Any], frame: Frame) -> float:
         """Node ``stage`` of a fused run processes a sampled frame: its part (its own process
