@@ -21,6 +21,7 @@ from nursery_pipes import (
     Frame,
     FrameKind,
     Node,
+    NodeCloseTimeout,
     NodeError,
     Params,
     Runtime,
@@ -498,3 +499,15 @@ async def test_a_fused_run_fanning_big_frames_out_to_ordinary_nodes_shares_them(
     assert metrics["b"].frames_shared + metrics["b"].frames_forwarded == len(frames)
     assert metrics["b"].frames_shared >= len(frames) // 2
     assert metrics["a"].frames_shared == metrics["a"].frames_forwarded == 0
+
+
+async def test_a_fused_run_stuck_in_flush_at_close_is_named_whole_and_its_worker_stopped() -> None:
+    """c hangs in flush (deaf to stop requests): at the close deadline the session fails naming
+    the run's nodes — one worker holds them all up — and the worker is killed after the grace
+    period (the leak check of every test sees no process left)."""
+    nodes = [("a", "Step", {}), ("b", "Step", {}), ("c", "HangNode", {"phase": "flush"})]
+    m = chain(nodes)
+    m["metadata"]["multiprocess"]["close_timeout_secs"] = 1
+    with trio.fail_after(10), pytest.raises(NodeCloseTimeout) as caught:
+        await run_texts(m, ["x"])
+    assert caught.value.node_ids == ("a", "b", "c")
