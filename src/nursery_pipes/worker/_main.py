@@ -700,8 +700,9 @@ class _Runner:
             return 0.0, view
         finally:
             self._input = None
-            for stage in list(self._dropping):  # (after a failure: nothing else was given up)
-                self._stop_dropping(stage, None)
+            if self._dropping:  # (after a failure: nothing else was given up)
+                for stage in list(self._dropping):
+                    self._stop_dropping(stage, None)
 
     def _refuse(self, stage: int, frame: Frame) -> None:
         """Node ``stage`` does not accept ``frame``'s kind: a TypeError naming it."""
