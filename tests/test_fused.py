@@ -320,18 +320,8 @@ async def test_big_frames_cross_a_fused_run_of_zero_copy_nodes_by_reference() ->
     ]
     for middle, forwarded in (("PassThrough", 12), ("Tensors", 0)):
         nodes = [("a", "PassThrough", {}), ("b", middle, {}), ("c", "PassThrough", {})]
-        got: list[np.ndarray] = []
-        async with runtime(checksums=True).open_session(chain(nodes)) as session:
-
-            async def feed() -> None:
-                for frame in frames:
-                    await session.send("a", frame)
-                await session.close()
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(feed)
-                async for out in session.outputs():
-                    got.append(np.array(out.frame.data))
+        events, session = await run_frames(chain(nodes), frames, checksums=True)
+        got = [e.frame.data for e in events if isinstance(e, Output)]
         assert all(np.array_equal(g, f.data) for g, f in zip(got, frames, strict=True))
         assert session.metrics().nodes["c"].frames_forwarded == forwarded
 
@@ -359,16 +349,8 @@ async def test_an_ordinary_node_fused_after_a_zero_copy_one_gets_frames_of_its_o
     """The run's worker reads its input in place only if every node of the run is zero_copy:
     an ordinary node may keep its inputs, so with one in the run the head copies them out."""
     nodes = [("a", "PassThrough", {}), ("b", "Keeper", {}), ("c", "PassThrough", {})]
-    async with runtime(slot_count=2).open_session(chain(nodes)) as session:
-
-        async def feed() -> None:
-            for frame in keep_frames():
-                await session.send("a", frame)
-            await session.close()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(feed)
-            got = [int(out.frame.data[0]) async for out in session.outputs()]
+    events, _ = await run_frames(chain(nodes), keep_frames(), slot_count=2)
+    got = [int(e.frame.data[0]) for e in events if isinstance(e, Output)]
     assert got == list(range(20))
 
 
@@ -478,19 +460,12 @@ async def test_a_fused_run_fanning_big_frames_out_to_ordinary_nodes_shares_them(
         "connections": [{"from": "a", "to": "b"}, {"from": "b", "to": "c"}, {"from": "b", "to": "d"}],
     }
     frames = keep_frames()
+    events, session = await run_frames(m, frames, checksums=True)
+    assert session.plan.nodes["b"].chain == ("a", "b")
     got: dict[str, list[np.ndarray]] = {"c": [], "d": []}
-    async with runtime(checksums=True).open_session(m) as session:
-        assert session.plan.nodes["b"].chain == ("a", "b")
-
-        async def feed() -> None:
-            for frame in frames:
-                await session.send("a", frame)
-            await session.close()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(feed)
-            async for out in session.outputs():
-                got[out.node_id].append(np.array(out.frame.data))
+    for e in events:
+        if isinstance(e, Output):
+            got[e.node_id].append(e.frame.data)
     for node in "cd":
         assert all(np.array_equal(g, f.data) for g, f in zip(got[node], frames, strict=True)), node
     metrics = session.metrics().nodes
